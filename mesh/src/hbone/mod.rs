@@ -1,0 +1,132 @@
+//! HBONE: TCP connections carried as HTTP/2 CONNECT streams over mutual TLS.
+//!
+//! - [`pool`]: the client side; HTTP/2 connections shared per [`pool::PoolKey`], one stream
+//!   per proxied connection.
+//! - [`server`]: the server side; accepts CONNECT streams and hands each to a handler with the
+//!   verified peer identity.
+//! - [`connect`]: the CONNECT request itself (pure, fuzzed).
+//! - [`stream`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub mod connect;
+mod keepalive;
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+pub use connect::{Baggage, ConnectMeta};
+pub use pool::{Connector, Pool, PoolKey, TcpConnector};
+pub use server::{InboundRequest, Server, ServerCerts};
+pub use stream::H2Stream;
+
+/// The HBONE port on every meshed pod (and waypoint).
+pub const HBONE_PORT: u16 = 15008;
+/// Ports of the tunnel itself, never valid CONNECT targets: outbound capture, inbound
+/// plaintext, HBONE.
+pub const RESERVED_PORTS: [u16; 3] = [15001, 15006, HBONE_PORT];
+/// Per-stream flow-control window.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection flow-control window.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept.
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Streams per connection before the pool opens another.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+
+/// HTTP/2 and pool tuning. The defaults are the values upstream uses.
+#[derive(Debug, Clone)]
+pub struct H2Config {
+    /// Per-stream window.
+    pub stream_window: u32,
+    /// Per-connection window.
+    pub connection_window: u32,
+    /// Largest frame.
+    pub max_frame_size: u32,
+    /// Concurrent streams per connection.
+    pub max_streams: usize,
+    /// Largest header block the server accepts (oversized CONNECT headers are refused).
+    pub max_header_list_size: u32,
+    /// How often to PING an otherwise quiet connection.
+    pub ping_interval: Duration,
+    /// Drop the connection when a PING goes unanswered this long.
+    pub ping_timeout: Duration,
+    /// Close pooled connections that carried no stream for this long.
+    pub idle_timeout: Duration,
+    /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
+    pub connect_timeout: Duration,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        H2Config {
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+            max_frame_size: MAX_FRAME_SIZE,
+            max_streams: MAX_STREAMS_PER_CONNECTION,
+            max_header_list_size: 16 * 1024,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an HBONE connection or stream failed. [`HboneError::status`] says what to answer a
+/// client with, [`HboneError::is_retryable`] whether another attempt could succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    /// TCP connect to the HBONE endpoint failed.
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        /// The HBONE endpoint.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (includes a peer that is not who we expected).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The HBONE endpoint.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer did not negotiate `h2`.
+    #[error("peer did not negotiate ALPN h2")]
+    Alpn,
+    /// HTTP/2 protocol or connection error.
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The server answered the CONNECT with a non-200 status.
+    #[error("CONNECT refused with {0}")]
+    Status(StatusCode),
+    /// A handshake or response did not arrive in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// No certificate is available to present.
+    #[error("no certificate for this identity: {0}")]
+    NoCertificate(String),
+}
+
+impl HboneError {
+    /// The status to report for this failure on an inbound request.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HboneError::Status(s) => *s,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether trying again (on a new connection) could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HboneError::Connect { .. } | HboneError::Timeout(_) | HboneError::H2(_) => true,
+            HboneError::Status(s) => *s == StatusCode::SERVICE_UNAVAILABLE,
+            HboneError::Tls { .. } | HboneError::Alpn | HboneError::NoCertificate(_) => false,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One HBONE stream as a byte stream: an HTTP/2 CONNECT stream behind `AsyncRead`/`AsyncWrite`.
+//!
+//! Shutting down the write half sends END_STREAM (a half-close); reading returns EOF when the
+//! peer's END_STREAM arrives. Received data is handed back to the flow-control window as soon
+//! as it is copied out, so the window never stalls a reader that keeps up.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest chunk queued on the stream in one write: the frame size we negotiate.
+const MAX_WRITE: usize = super::MAX_FRAME_SIZE as usize;
+
+/// A bidirectional byte stream carried by one HTTP/2 stream.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    write_closed: bool,
+    /// Dropped with the stream: releases a slot in the pool's per-connection stream count.
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id().as_u32())
+            .field("write_closed", &self.write_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        H2Stream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            write_closed: false,
+            _guard: guard,
+        }
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    match e.reason() {
+        Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, e)
+        }
+        _ => io::Error::other(e),
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    // Give the window back now: the bytes are ours, the peer may send more.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.pending = data;
+                }
+                Some(Err(e)) => {
+                    // A peer that resets with NO_ERROR after END_STREAM has simply finished.
+                    if e.reason() == Some(h2::Reason::NO_ERROR) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        if this.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "HBONE stream write half is closed",
+            )));
+        }
+        this.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        loop {
+            // A reset from the peer wins over waiting for capacity that will never come.
+            if let Poll::Ready(reason) = this.send.poll_reset(cx) {
+                return Poll::Ready(Err(match reason {
+                    Ok(reason) => io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("HBONE stream reset by peer: {reason:?}"),
+                    ),
+                    Err(e) => h2_to_io(e),
+                }));
+            }
+            match ready!(this.send.poll_capacity(cx)) {
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HBONE stream closed",
+                    )))
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    this.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 writes frames as the connection task is polled; nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.write_closed {
+            this.write_closed = true;
+            // END_STREAM: the peer reads EOF; our read half stays open.
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        if !self.write_closed {
+            // Dropped without a clean close (e.g. an error): tell the peer promptly.
+            self.send.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Mutual TLS between workloads: TLS 1.3 only, ALPN `h2`, SPIFFE identities on both sides.
+//!
+//! The client knows which identities may answer for a destination and refuses any other. The
+//! server requires a client certificate chaining to the trust bundle and from its own trust
+//! domain; *what* that client may do is left to authorization policy, so the server exposes the
+//! verified peer [`Identity`] through [`peer_identity`].
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, ClientConfig, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, ServerConfig, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
+    SignatureScheme,
+};
+
+use crate::cert::{identity_of, WorkloadCertificate};
+use crate::identity::Identity;
+
+/// ALPN protocol for HBONE.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The crypto provider, chosen at build time by cargo feature.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        // A root that does not parse cannot anchor anything; skipping it fails closed.
+        if let Err(e) = store.add(root.clone()) {
+            tracing::warn!(error = %e, "ignoring unparseable root certificate");
+        }
+    }
+    store
+}
+
+/// The client side of a workload connection: present `cert`, accept only a server proving one
+/// of `expected`.
+pub fn client_config(cert: &WorkloadCertificate, expected: Vec<Identity>) -> ClientConfig {
+    let verifier = Arc::new(IdentityServerVerifier {
+        roots: root_store(cert.roots()),
+        expected,
+        provider: provider(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by the built-in provider")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(FixedClientCert(cert.certified_key())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection re-proves its identities; no tickets to carry them across.
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    config
+}
+
+/// The server side for one workload identity: present `cert`, require a client certificate
+/// from the same trust domain chaining to the bundle.
+pub fn server_config(cert: &WorkloadCertificate) -> Arc<ServerConfig> {
+    let roots = Arc::new(root_store(cert.roots()));
+    let verifier = Arc::new(TrustDomainClientVerifier {
+        inner: WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .ok(),
+        trust_domain: cert.identity().trust_domain().to_string(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by the built-in provider")
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(FixedServerCert(cert.certified_key())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// The verified identity of the peer of an established connection.
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
+    let leaf = conn.peer_certificates()?.first()?;
+    identity_of(leaf).ok()
+}
+
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug)]
+struct FixedServerCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Checks the server chain against the bundle, then its URI SAN against the expected set.
+#[derive(Debug)]
+struct IdentityServerVerifier {
+    roots: RootCertStore,
+    expected: Vec<Identity>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for IdentityServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let got = identity_of(end_entity)
+            .map_err(|e| TlsError::General(format!("server certificate: {e}")))?;
+        if self.expected.contains(&got) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::debug!(server = %got, expected = ?self.expected.iter().map(ToString::to_string).collect::<Vec<_>>(), "server identity mismatch");
+            Err(TlsError::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// webpki chain validation, then: the client's identity is in our trust domain.
+#[derive(Debug)]
+struct TrustDomainClientVerifier {
+    /// `None` when the bundle is empty: every client is then refused.
+    inner: Option<Arc<dyn ClientCertVerifier>>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for TrustDomainClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        let inner = self.inner.as_ref().ok_or(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))?;
+        inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = identity_of(end_entity)
+            .map_err(|e| TlsError::General(format!("client certificate: {e}")))?;
+        if id.trust_domain() != self.trust_domain {
+            tracing::debug!(client = %id, trust_domain = %self.trust_domain, "client from a foreign trust domain");
+            return Err(TlsError::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
