@@ -149,7 +149,6 @@ impl CaClient {
             .tls_config(tls)
             .map_err(|e| CaClientError::Tls(source_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(DEFAULT_REQUEST_TIMEOUT)
             .tcp_nodelay(true);
         let client = IstioCertificateServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_RESPONSE_LEN);
@@ -236,14 +235,23 @@ fn fetch_error(status: &Status) -> FetchError {
         }
         // Unavailable, DeadlineExceeded, Unknown (transport errors), Internal, ...: the CA may
         // answer differently next time.
-        code => FetchError::Unavailable(format!("{code:?}: {}", source_chain(status))),
+        code => {
+            let mut detail = status.message().to_string();
+            append_sources(&mut detail, std::error::Error::source(status));
+            FetchError::Unavailable(format!("{code:?}: {detail}"))
+        }
     }
 }
 
 /// An error's message followed by its sources, so a TLS failure under a transport error shows.
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
-    let mut next = e.source();
+    append_sources(&mut out, e.source());
+    out
+}
+
+fn append_sources(out: &mut String, first: Option<&(dyn std::error::Error + 'static)>) {
+    let mut next = first;
     while let Some(cause) = next {
         let text = cause.to_string();
         if !out.contains(&text) {
@@ -252,7 +260,6 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         next = cause.source();
     }
-    out
 }
 
 #[cfg(test)]

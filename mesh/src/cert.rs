@@ -37,9 +37,9 @@ pub enum CertError {
     #[error("certificate is for {got}, expected {want}")]
     WrongIdentity {
         /// The identity that was asked for.
-        want: Identity,
+        want: Box<Identity>,
         /// The identity the certificate carries.
-        got: Identity,
+        got: Box<Identity>,
     },
     /// The key could not be generated, parsed or used for signing.
     #[error("key error: {0}")]
@@ -178,8 +178,8 @@ impl WorkloadCertificate {
         let got = identity_of(leaf)?;
         if &got != identity {
             return Err(CertError::WrongIdentity {
-                want: identity.clone(),
-                got,
+                want: Box::new(identity.clone()),
+                got: Box::new(got),
             });
         }
         let (not_before, not_after) = validity_of(leaf)?;

@@ -114,13 +114,13 @@ mod tests {
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut server_r, mut server_w) = tokio::io::split(server);
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        client_w.write_all(&payload).await.expect("write");
-        client_w.shutdown().await.expect("client half-close");
         let mut got = Vec::new();
-        server_r
-            .read_to_end(&mut got)
-            .await
-            .expect("server reads to EOF");
+        let send = async {
+            client_w.write_all(&payload).await.expect("write");
+            client_w.shutdown().await.expect("client half-close");
+        };
+        let (_, read) = tokio::join!(send, server_r.read_to_end(&mut got));
+        read.expect("server reads to EOF");
         assert_eq!(got, payload);
 
         // The other direction still works after the first one closed.

@@ -207,7 +207,8 @@ mod tests {
 
     #[test]
     fn rejects_each_malformed_shape_with_its_own_error() {
-        let cases: &[(&str, fn(&IdentityError) -> bool)] = &[
+        type Check = fn(&IdentityError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("http://cluster.local/ns/a/sa/b", |e| {
                 matches!(e, IdentityError::MissingScheme(_))
             }),

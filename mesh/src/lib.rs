@@ -5,21 +5,35 @@
 //! - [`tls`]: rustls configs for mutual TLS between workloads.
 //! - [`cert_manager`]: per-identity certificates fetched from the CA and renewed at half-life.
 //! - [`hbone`]: the HBONE tunnel (HTTP/2 CONNECT over mutual TLS), client pool and server.
+//! - [`capture`]: the in-pod traffic capture rules (iptables and policy routing).
+//! - [`zds`]: the CNI agent ↔ ztunnel link that hands over pod network namespaces.
+//! - [`metrics`]: Istio-compatible `istio_tcp_*` metrics.
+//! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
 //! - [`copy`]: bidirectional byte copying with half-close and growing buffers.
+//! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
+//! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
+//! - [`xds`]: the delta ADS client that keeps the store in sync with the control plane.
 //!
 //! Everything here is async on tokio and free of process-wide state other than the crypto
 //! provider choice.
 
 pub mod ca;
 pub mod ca_client;
+pub mod capture;
 pub mod cert;
 pub mod cert_manager;
 pub mod copy;
 pub mod hbone;
+pub mod http_server;
 pub mod identity;
+pub mod metrics;
+pub mod model;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 #[allow(clippy::expect_used, missing_docs)]
 pub mod testing;
 pub mod tls;
+pub mod xds;
+pub mod zds;
 
 pub use identity::Identity;

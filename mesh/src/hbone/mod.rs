@@ -18,7 +18,7 @@ pub mod server;
 pub mod stream;
 
 pub use connect::{Baggage, ConnectMeta};
-pub use pool::{Connector, Pool, PoolKey, TcpConnector};
+pub use pool::{ConnectFuture, Connector, Pool, PoolKey, TcpConnector};
 pub use server::{InboundRequest, Server, ServerCerts};
 pub use stream::H2Stream;
 

@@ -1,0 +1,127 @@
+//! Start-up wiring: build every component from the config and run until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use mesh::ca_client::{CaClient, CaClientConfig};
+use mesh::cert_manager::{CertManager, RenewalConfig};
+use mesh::store::Store;
+use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsTls, XdsTransport};
+use tokio::net::TcpListener;
+
+use crate::admin::{AdminState, LogReload};
+use crate::config::Config;
+use crate::inpod::{self, Pods};
+use crate::netns::Netns;
+use crate::proxy::ProxyInputs;
+use crate::telemetry::Telemetry;
+
+/// Runs ztunnel until SIGTERM, ctrl-c or `/quitquitquit`.
+pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<()> {
+    let home = Netns::current().context("reading ztunnel's own network namespace")?;
+    let root_cert_pem = std::fs::read_to_string(&config.root_ca_file).with_context(|| {
+        format!(
+            "reading the control plane root certificate {}",
+            config.root_ca_file.display()
+        )
+    })?;
+    let token = match &config.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+
+    let ca = CaClient::new(CaClientConfig {
+        address: config.ca_address().to_string(),
+        root_cert_pem: root_cert_pem.clone(),
+        server_name: config.control_plane_name.clone(),
+        token: token.clone(),
+        ttl: config.cert_ttl(),
+        impersonate: true,
+    })
+    .context("CA client")?;
+    let certs = CertManager::new(Arc::new(ca), RenewalConfig::default());
+
+    let store = Store::new();
+    let node_ip = config.admin_addr.ip();
+    let xds = XdsClient::new(
+        XdsConfig {
+            address: config.xds_address.clone(),
+            transport: XdsTransport::Tls(XdsTls {
+                root_cert_pem,
+                server_name: config.control_plane_name.clone(),
+                client_cert: None,
+            }),
+            token: config
+                .token_file
+                .clone()
+                .map(BearerToken::File)
+                .or(token.map(BearerToken::Static)),
+            node: NodeInfo::ztunnel(
+                node_ip,
+                &format!("ztunnel-{}", config.node_name),
+                "istio-system",
+                &config.node_name,
+            ),
+            backoff: BackoffConfig::default(),
+        },
+        store.clone(),
+    )
+    .context("xDS client")?;
+    let xds_status = xds.status();
+    tokio::spawn(xds.run());
+
+    let telemetry = Arc::new(Telemetry::default());
+    let pods = Arc::new(Pods::default());
+    let inputs = ProxyInputs {
+        config: config.clone(),
+        store: store.clone(),
+        certs: certs.clone(),
+        telemetry: telemetry.clone(),
+        home,
+    };
+    tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let admin = AdminState {
+        store,
+        certs,
+        pods,
+        xds: xds_status,
+        telemetry,
+        log_reload,
+        shutdown: shutdown.clone(),
+    };
+    for (addr, handler, what) in [
+        (config.admin_addr, admin.clone().admin_handler(), "admin"),
+        (
+            config.metrics_addr,
+            admin.clone().metrics_handler(),
+            "metrics",
+        ),
+        (
+            config.readiness_addr,
+            admin.clone().readiness_handler(),
+            "readiness",
+        ),
+    ] {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} endpoint on {addr}"))?;
+        tracing::info!(%addr, "{what} endpoint listening");
+        tokio::spawn(mesh::http_server::serve(listener, handler));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
+        () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
+    }
+    Ok(())
+}

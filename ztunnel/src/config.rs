@@ -1,0 +1,140 @@
+//! ztunnel's configuration: one typed struct, parsed once at start from flags and environment.
+//! Where Istio's ztunnel has an environment variable for the same setting, the same name works.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// ztunnel, the per-node tunnel of the ambient mesh (Istio ambient compatible).
+///
+/// One ztunnel runs on every node. It receives each enrolled pod's network namespace from the
+/// CNI agent (ZDS, on a Unix socket), listens inside it on 15001 (outbound capture), 15006
+/// (inbound plaintext) and 15008 (HBONE), fetches a certificate per pod identity from the mesh
+/// CA, learns workloads, services and policies over delta xDS, and carries the pods' TCP
+/// connections as HTTP/2 CONNECT streams over mutual TLS (HBONE).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ztunnel", version)]
+pub struct Config {
+    /// Name of the Kubernetes node this ztunnel runs on.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// The control plane's xDS address (https://host:15012).
+    #[arg(long, env = "XDS_ADDRESS", value_parser = https_address,
+          default_value = "https://istiod-lite.istio-system.svc:15012")]
+    pub xds_address: String,
+
+    /// The CA address; defaults to the xDS address.
+    #[arg(long, env = "CA_ADDRESS", value_parser = https_address)]
+    pub ca_address: Option<String>,
+
+    /// PEM root certificate that signed the control plane's serving certificate.
+    #[arg(
+        long,
+        env = "CA_ROOT_CA",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub root_ca_file: PathBuf,
+
+    /// Name the control plane's serving certificate must carry.
+    #[arg(
+        long,
+        env = "CA_SERVER_NAME",
+        default_value = "istiod-lite.istio-system.svc"
+    )]
+    pub control_plane_name: String,
+
+    /// File holding the bearer token this node presents to the CA and xDS server.
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The CNI agent's ZDS socket.
+    #[arg(long, env = "INPOD_UDS", default_value = mesh::zds::DEFAULT_SOCKET)]
+    pub inpod_uds: PathBuf,
+
+    /// The mesh's trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Cluster id reported in metrics and baggage.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// Admin endpoint (/config_dump, /logging, /quitquitquit); keep it on localhost.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus endpoint (/metrics).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// Lifetime to request for workload certificates, in seconds.
+    #[arg(long, env = "SECRET_TTL_SECS", default_value_t = 86_400)]
+    pub cert_ttl_secs: u64,
+
+    /// Log line format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Where certificates come from.
+    pub fn ca_address(&self) -> &str {
+        self.ca_address.as_deref().unwrap_or(&self.xds_address)
+    }
+
+    /// Requested certificate lifetime.
+    pub fn cert_ttl(&self) -> Duration {
+        Duration::from_secs(self.cert_ttl_secs)
+    }
+}
+
+fn https_address(s: &str) -> Result<String, String> {
+    if s.starts_with("https://") && s.len() > "https://".len() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} must be an https:// address: the node's token is never sent in the clear"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn refuses_plaintext_control_plane_addresses() {
+        let base = ["ztunnel", "--node-name", "n1"];
+        let with = |extra: &[&str]| {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args)
+        };
+        assert!(with(&["--xds-address", "http://cp:15012"]).is_err());
+        assert!(with(&["--ca-address", "http://cp:15012"]).is_err());
+        let ok = with(&["--xds-address", "https://cp:15012"]).expect("valid");
+        assert_eq!(ok.ca_address(), "https://cp:15012");
+    }
+}

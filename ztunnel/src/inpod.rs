@@ -1,0 +1,183 @@
+//! In-pod mode: pods arrive over ZDS from the CNI agent, each with its network namespace.
+//!
+//! We connect to the agent (retrying with backoff), say hello, and serve each `add` by
+//! starting a [`PodProxy`] in the handed-over namespace. After `snapshot_sent`, pods that were
+//! not re-announced on this connection are stopped. A lost connection keeps every running pod
+//! proxy: the agent re-announces them when we reconnect.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh::zds::{Request, ZdsClient, ZdsError};
+use mesh::Identity;
+use serde::Serialize;
+
+use crate::netns::Netns;
+use crate::proxy::{PodContext, PodProxy, ProxyInputs};
+
+/// The pods this ztunnel serves, by uid.
+#[derive(Default)]
+pub struct Pods {
+    running: Mutex<BTreeMap<String, PodProxy>>,
+}
+
+/// One served pod, for `/config_dump`.
+#[derive(Debug, Serialize)]
+pub struct PodDump {
+    /// Workload uid.
+    pub uid: String,
+    /// Identity the pod's traffic carries.
+    pub identity: String,
+    /// Inode of the pod's network namespace.
+    pub netns_inode: u64,
+}
+
+impl Pods {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodProxy>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The served pods.
+    pub fn dump(&self) -> Vec<PodDump> {
+        self.lock()
+            .values()
+            .map(|p| PodDump {
+                uid: p.pod().uid.clone(),
+                identity: p.pod().identity.to_string(),
+                netns_inode: p.pod().netns.inode(),
+            })
+            .collect()
+    }
+
+    /// How many pods are served.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no pod is served.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Runs the ZDS link forever: connect, serve, reconnect.
+pub async fn run(inputs: ProxyInputs, pods: Arc<Pods>, socket: PathBuf) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ZdsClient::connect(&socket).await {
+            Ok(client) => {
+                tracing::info!(socket = %socket.display(), "connected to the CNI agent");
+                backoff = Duration::from_millis(100);
+                if let Err(e) = serve(&inputs, &pods, &client).await {
+                    tracing::warn!(error = %e, "CNI agent link lost; pods keep running, reconnecting");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(socket = %socket.display(), error = %e, retry_ms = backoff.as_millis() as u64, "CNI agent not reachable yet");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn serve(inputs: &ProxyInputs, pods: &Pods, client: &ZdsClient) -> Result<(), ZdsError> {
+    let mut announced: HashSet<String> = HashSet::new();
+    loop {
+        let request = match client.next().await {
+            Ok(r) => r,
+            Err(ZdsError::Io(e)) => return Err(ZdsError::Io(e)),
+            Err(e) => {
+                // Already answered with an error ack; the link stays up.
+                tracing::warn!(error = %e, "bad ZDS message refused");
+                continue;
+            }
+        };
+        let result = match request {
+            Request::Add { uid, info, netns } => {
+                announced.insert(uid.clone());
+                add(inputs, pods, uid, info, netns)
+            }
+            Request::Keep { uid } => {
+                announced.insert(uid.clone());
+                if pods.lock().contains_key(&uid) {
+                    Ok(())
+                } else {
+                    Err(format!("keep for unknown pod {uid}"))
+                }
+            }
+            Request::Del { uid } => {
+                announced.remove(&uid);
+                if pods.lock().remove(&uid).is_none() {
+                    tracing::debug!(%uid, "del for a pod not served");
+                }
+                Ok(())
+            }
+            Request::SnapshotSent => {
+                let mut running = pods.lock();
+                let stale: Vec<String> = running
+                    .keys()
+                    .filter(|uid| !announced.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in stale {
+                    tracing::info!(%uid, "pod not in the agent's snapshot; stopping it");
+                    running.remove(&uid);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "ZDS request failed");
+        }
+        client.ack(result).await?;
+    }
+}
+
+fn add(
+    inputs: &ProxyInputs,
+    pods: &Pods,
+    uid: String,
+    info: Option<proto::zds::WorkloadInfo>,
+    netns: std::os::fd::OwnedFd,
+) -> Result<(), String> {
+    let netns = Netns::from_fd(netns).map_err(|e| format!("bad network namespace fd: {e}"))?;
+    let identity = identity_for(inputs, &uid, info.as_ref())?;
+    if let Some(existing) = pods.lock().get(&uid) {
+        if existing.pod().netns.inode() == netns.inode() {
+            // Re-announced after a reconnect: already serving it.
+            return Ok(());
+        }
+    }
+    let pod = PodContext {
+        uid: uid.clone(),
+        identity,
+        netns,
+    };
+    let proxy = PodProxy::start(inputs, pod)
+        .map_err(|e| format!("cannot open listeners in the pod's namespace: {e}"))?;
+    pods.lock().insert(uid, proxy);
+    Ok(())
+}
+
+/// The pod's identity: from the control plane's workload if known, else from the agent's info.
+fn identity_for(
+    inputs: &ProxyInputs,
+    uid: &str,
+    info: Option<&proto::zds::WorkloadInfo>,
+) -> Result<Identity, String> {
+    if let Some(w) = inputs.store.workload(uid) {
+        return Ok(w.identity.clone());
+    }
+    let info = info.ok_or_else(|| {
+        format!("pod {uid} is unknown to the control plane and the agent sent no workload info")
+    })?;
+    let sa = if info.service_account.is_empty() {
+        "default"
+    } else {
+        &info.service_account
+    };
+    Identity::new(&inputs.config.trust_domain, &info.namespace, sa).map_err(|e| e.to_string())
+}

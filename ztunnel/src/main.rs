@@ -1,0 +1,62 @@
+//! The ztunnel binary: parse the config, set up logging, run. See `ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
+use ztunnel::admin::LogReload;
+use ztunnel::config::{Config, LogFormat};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn init_tracing(format: LogFormat) -> LogReload {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+    }
+    Arc::new(move |level: &str| {
+        if !level.is_empty() {
+            let new =
+                EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+            handle.reload(new).map_err(|e| e.to_string())?;
+            tracing::info!(filter = level, "log filter changed");
+        }
+        handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn main() -> ExitCode {
+    let config = Arc::new(Config::parse());
+    let log_reload = init_tracing(config.log_format);
+    tracing::debug!(?config, "configuration");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ztunnel")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ztunnel::app::run(config, log_reload)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ztunnel failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The per-pod proxy: three listeners inside the pod's network namespace.
+//!
+//! - 15001 ([`outbound`]): the pod's outgoing TCP, redirected by the capture rules; carried as
+//!   HBONE to the destination (or passed through when the destination is not in the mesh).
+//! - 15006 ([`inbound`]): plaintext arriving from outside the mesh, redirected to us.
+//! - 15008 ([`inbound`]): HBONE from other tunnels.
+//!
+//! Every socket ztunnel opens in the pod namespace carries mark 0x539 so the capture rules let
+//! it pass, and leaves with the pod's own IP.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use mesh::capture::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
+use mesh::cert_manager::CertManager;
+use mesh::hbone::{ConnectFuture, Connector};
+use mesh::model::Workload;
+use mesh::store::Store;
+use mesh::Identity;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::netns::Netns;
+use crate::telemetry::Telemetry;
+
+pub mod inbound;
+pub mod outbound;
+
+/// What every pod proxy shares.
+#[derive(Clone)]
+pub struct ProxyInputs {
+    /// Process configuration.
+    pub config: Arc<Config>,
+    /// Workloads, services and policies from the control plane.
+    pub store: Store,
+    /// Certificates per identity.
+    pub certs: Arc<CertManager>,
+    /// Metrics and access logs.
+    pub telemetry: Arc<Telemetry>,
+    /// ztunnel's own network namespace, to return to after creating pod sockets.
+    pub home: Netns,
+}
+
+/// The pod a proxy serves.
+#[derive(Debug, Clone)]
+pub struct PodContext {
+    /// Its workload uid (the xDS resource name).
+    pub uid: String,
+    /// Its identity (from ZDS workload info, or from the store).
+    pub identity: Identity,
+    /// Its network namespace.
+    pub netns: Netns,
+}
+
+impl PodContext {
+    /// The pod's workload, when the control plane has told us about it.
+    pub fn workload(&self, store: &Store) -> Option<Arc<Workload>> {
+        store.workload(&self.uid)
+    }
+
+    /// Creates a TCP socket inside the pod namespace, marked so it is not captured.
+    pub fn socket(&self, home: &Netns, v6: bool) -> io::Result<Socket> {
+        self.netns.run(home, || {
+            let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_mark(ZTUNNEL_MARK)?;
+            socket.set_nonblocking(true)?;
+            socket.set_tcp_nodelay(true)?;
+            Ok(socket)
+        })
+    }
+
+    /// Binds a listener on `port` (all addresses) inside the pod namespace.
+    pub fn listen(&self, home: &Netns, port: u16) -> io::Result<TcpListener> {
+        let socket = self.netns.run(home, || {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_mark(ZTUNNEL_MARK)?;
+            socket.set_reuse_address(true)?;
+            // A restarted ztunnel binds beside the old one before it goes away.
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+            socket.listen(1024)?;
+            Ok(socket)
+        })?;
+        TcpListener::from_std(socket.into())
+    }
+
+    /// Connects from inside the pod namespace to `dst`. With `spoof_source`, the connection
+    /// leaves from that address (IP_TRANSPARENT) so the application sees the real client;
+    /// falls back to the pod's own address when the kernel refuses.
+    pub async fn connect(
+        &self,
+        home: &Netns,
+        dst: SocketAddr,
+        spoof_source: Option<IpAddr>,
+    ) -> io::Result<TcpStream> {
+        let mut socket = self.socket(home, dst.is_ipv6())?;
+        if let Some(src) = spoof_source.filter(|s| s.is_ipv4() == dst.is_ipv4()) {
+            let bound = socket
+                .set_ip_transparent_v4(true)
+                .and_then(|()| socket.bind(&SocketAddr::new(src, 0).into()));
+            if let Err(e) = bound {
+                tracing::debug!(error = %e, %src, "cannot keep the client's source address");
+                socket = self.socket(home, dst.is_ipv6())?;
+            }
+        }
+        let socket = TcpSocket::from_std_stream(socket.into());
+        socket.connect(dst).await
+    }
+}
+
+/// HBONE's TCP connections, opened from inside the source pod's namespace.
+pub struct PodConnector {
+    pod: PodContext,
+    home: Netns,
+}
+
+impl Connector for PodConnector {
+    fn connect(&self, dst: SocketAddr, _src_ip: Option<IpAddr>) -> ConnectFuture<'_> {
+        Box::pin(self.pod.connect(&self.home, dst, None))
+    }
+}
+
+/// A running pod proxy; dropping it stops the listeners (live connections drain on their own).
+pub struct PodProxy {
+    pod: PodContext,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PodProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodProxy")
+            .field("uid", &self.pod.uid)
+            .field("identity", &self.pod.identity.to_string())
+            .field("netns_inode", &self.pod.netns.inode())
+            .finish()
+    }
+}
+
+impl PodProxy {
+    /// Binds 15001, 15006 and 15008 in the pod's namespace and starts serving.
+    pub fn start(inputs: &ProxyInputs, pod: PodContext) -> io::Result<PodProxy> {
+        let outbound_listener = pod.listen(&inputs.home, OUTBOUND_PORT)?;
+        let inbound_listener = pod.listen(&inputs.home, INBOUND_PORT)?;
+        let hbone_listener = pod.listen(&inputs.home, HBONE_PORT)?;
+        inputs.certs.prefetch(&pod.identity);
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(outbound::serve(
+                inputs.clone(),
+                pod.clone(),
+                outbound_listener,
+                rx.clone(),
+            )),
+            tokio::spawn(inbound::serve_plaintext(
+                inputs.clone(),
+                pod.clone(),
+                inbound_listener,
+                rx.clone(),
+            )),
+            tokio::spawn(inbound::serve_hbone(
+                inputs.clone(),
+                pod.clone(),
+                hbone_listener,
+                rx,
+            )),
+        ];
+        tracing::info!(uid = %pod.uid, identity = %pod.identity, netns = pod.netns.inode(), "pod proxy started");
+        Ok(PodProxy {
+            pod,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The pod served.
+    pub fn pod(&self) -> &PodContext {
+        &self.pod
+    }
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        tracing::info!(uid = %self.pod.uid, "pod proxy stopped");
+    }
+}
+
+/// Resolves when `rx` says stop (or its sender is gone).
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

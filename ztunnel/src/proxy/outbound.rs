@@ -1,0 +1,395 @@
+//! Outbound (15001): the pod's own outgoing TCP connections.
+//!
+//! The original destination comes from SO_ORIGINAL_DST. A meshed workload's IP, or a service
+//! VIP whose chosen endpoint is meshed, goes over HBONE to that pod's 15008, expecting its
+//! identity; a service or workload bound to a waypoint goes over HBONE to the waypoint with
+//! the original destination as authority; anything else passes through as plain TCP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mesh::hbone::{Baggage, ConnectMeta, H2Config, Pool, PoolKey};
+use mesh::metrics::Reporter;
+use mesh::model::{
+    GatewayAddress, GatewayDestination, HealthStatus, Service, TunnelProtocol, Workload,
+};
+use mesh::store::Store;
+use mesh::Identity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{stopped, PodConnector, PodContext, ProxyInputs};
+use crate::telemetry::{ConnectionRecord, Peer};
+
+/// Where an outbound connection goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Over HBONE.
+    Hbone {
+        /// The tunnel endpoint (pod or waypoint IP, HBONE port).
+        endpoint: SocketAddr,
+        /// The CONNECT authority: the destination as the server side must see it.
+        authority: SocketAddr,
+        /// Identities the endpoint may prove.
+        expected: Vec<Identity>,
+        /// The destination workload, when known.
+        workload: Option<Arc<Workload>>,
+        /// The service addressed, if the destination was a VIP.
+        service: Option<Arc<Service>>,
+        /// Whether this hop is to a waypoint.
+        via_waypoint: bool,
+    },
+    /// Plain TCP to a destination outside the mesh.
+    Passthrough {
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The destination workload, when known but not meshed.
+        workload: Option<Arc<Workload>>,
+        /// The service addressed, if any.
+        service: Option<Arc<Service>>,
+    },
+    /// Nothing can serve it (a service with no healthy endpoint).
+    Unreachable(String),
+}
+
+static ROUND_ROBIN: AtomicUsize = AtomicUsize::new(0);
+
+/// Decides the route for a connection from `src` to `dst` (pure over the store).
+pub fn resolve(store: &Store, src: Option<&Workload>, dst: SocketAddr) -> Route {
+    let network = src.map(|w| w.network.as_str()).unwrap_or("");
+    if let Some(service) = store.service_by_vip(network, dst.ip()) {
+        if let Some(route) =
+            via_waypoint(store, src, service.waypoint.as_ref(), dst, Some(&service))
+        {
+            return route;
+        }
+        let endpoints: Vec<_> = store
+            .endpoints_of(&service.key())
+            .into_iter()
+            .filter(|e| e.workload.status == HealthStatus::Healthy)
+            .filter(|e| {
+                e.workload
+                    .addresses
+                    .iter()
+                    .any(|a| a.is_ipv4() == dst.is_ipv4())
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Route::Unreachable(format!(
+                "service {} has no healthy endpoint",
+                service.key()
+            ));
+        }
+        let pick = &endpoints[ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+        let port = pick
+            .target_port(dst.port())
+            .or_else(|| {
+                service
+                    .ports
+                    .iter()
+                    .find(|p| p.service_port == dst.port() && p.target_port != 0)
+                    .map(|p| p.target_port)
+            })
+            .unwrap_or(dst.port());
+        let ip = pick
+            .workload
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())
+            .unwrap_or(dst.ip());
+        let mut route = to_workload(pick.workload.clone(), SocketAddr::new(ip, port));
+        let sans: Vec<Identity> = service
+            .subject_alt_names
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        match &mut route {
+            Route::Hbone {
+                service: s,
+                expected,
+                ..
+            } => {
+                *s = Some(service.clone());
+                if !sans.is_empty() {
+                    *expected = sans;
+                }
+            }
+            Route::Passthrough { service: s, .. } => *s = Some(service.clone()),
+            Route::Unreachable(_) => {}
+        }
+        return route;
+    }
+    if let Some(workload) = store.workload_by_ip(network, dst.ip()) {
+        if let Some(route) = via_waypoint(store, src, workload.waypoint.as_ref(), dst, None) {
+            return route;
+        }
+        return to_workload(workload, dst);
+    }
+    Route::Passthrough {
+        addr: dst,
+        workload: None,
+        service: None,
+    }
+}
+
+fn to_workload(workload: Arc<Workload>, dst: SocketAddr) -> Route {
+    if workload.tunnel_protocol == TunnelProtocol::Hbone {
+        Route::Hbone {
+            endpoint: SocketAddr::new(dst.ip(), mesh::hbone::HBONE_PORT),
+            authority: dst,
+            expected: vec![workload.identity.clone()],
+            workload: Some(workload),
+            service: None,
+            via_waypoint: false,
+        }
+    } else {
+        Route::Passthrough {
+            addr: dst,
+            workload: Some(workload),
+            service: None,
+        }
+    }
+}
+
+/// The route through `waypoint`, unless there is none or the source is that waypoint.
+fn via_waypoint(
+    store: &Store,
+    src: Option<&Workload>,
+    waypoint: Option<&GatewayAddress>,
+    dst: SocketAddr,
+    service: Option<&Arc<Service>>,
+) -> Option<Route> {
+    let gw = waypoint?;
+    let network = src.map(|w| w.network.as_str()).unwrap_or("");
+    let candidates: Vec<Arc<Workload>> = match &gw.destination {
+        GatewayDestination::Address(addr) => match store.workload_by_ip(&addr.network, addr.ip) {
+            Some(w) => vec![w],
+            None => store
+                .service_by_vip(&addr.network, addr.ip)
+                .map(|s| {
+                    store
+                        .endpoints_of(&s.key())
+                        .into_iter()
+                        .map(|e| e.workload)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        GatewayDestination::Hostname(h) => store
+            .services_by_hostname(&h.hostname)
+            .into_iter()
+            .filter(|s| s.namespace == h.namespace)
+            .flat_map(|s| store.endpoints_of(&s.key()))
+            .map(|e| e.workload)
+            .collect(),
+    };
+    let healthy: Vec<_> = candidates
+        .into_iter()
+        .filter(|w| w.status == HealthStatus::Healthy)
+        .collect();
+    if src.is_some_and(|s| healthy.iter().any(|w| w.uid == s.uid)) {
+        // The waypoint itself is sending: go straight to the destination.
+        return None;
+    }
+    let Some(pick) =
+        healthy.get(ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % healthy.len().max(1))
+    else {
+        return Some(Route::Unreachable(
+            "waypoint has no healthy instance".into(),
+        ));
+    };
+    let ip = pick
+        .addresses
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() == dst.is_ipv4())?;
+    let _ = network;
+    Some(Route::Hbone {
+        endpoint: SocketAddr::new(ip, gw.hbone_mtls_port),
+        authority: dst,
+        expected: vec![pick.identity.clone()],
+        workload: None,
+        service: service.cloned(),
+        via_waypoint: true,
+    })
+}
+
+/// Accepts the pod's outbound connections until told to stop.
+pub async fn serve(
+    inputs: ProxyInputs,
+    pod: PodContext,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+) {
+    let pool = Pool::new(
+        H2Config::default(),
+        Arc::new(PodConnector {
+            pod: pod.clone(),
+            home: inputs.home.clone(),
+        }),
+    );
+    let accept = async {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let (inputs, pod, pool) = (inputs.clone(), pod.clone(), pool.clone());
+            let span = tracing::debug_span!("outbound", pod = %pod.uid, client = %peer);
+            tokio::spawn(handle(inputs, pod, pool, stream, peer).instrument(span));
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = stopped(stop) => {}
+    }
+}
+
+async fn handle(
+    inputs: ProxyInputs,
+    pod: PodContext,
+    pool: Pool,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let orig_dst = match socket2::SockRef::from(&stream).original_dst_v4() {
+        Ok(addr) => match addr.as_socket() {
+            Some(a) => a,
+            None => return,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no original destination on a captured connection");
+            return;
+        }
+    };
+    if orig_dst.port() == mesh::capture::OUTBOUND_PORT && is_local(&stream, orig_dst.ip()) {
+        // Somebody connected to 15001 directly: there is nowhere to send it.
+        tracing::info!(%orig_dst, "refusing a direct connection to the outbound port");
+        return;
+    }
+    let store = &inputs.store;
+    let src_workload = pod.workload(store);
+    let route = resolve(store, src_workload.as_deref(), orig_dst);
+    let src = Peer {
+        workload: src_workload.clone(),
+        identity: Some(pod.identity.clone()),
+        addr: Some(peer),
+    };
+    match route {
+        Route::Unreachable(why) => {
+            let record = ConnectionRecord::open(
+                &inputs.telemetry,
+                Reporter::source,
+                src,
+                Peer {
+                    addr: Some(orig_dst),
+                    ..Peer::default()
+                },
+                None,
+                false,
+            );
+            record.close(0, 0, Some(&why));
+        }
+        Route::Passthrough {
+            addr,
+            workload,
+            service,
+        } => {
+            let dst = Peer {
+                workload,
+                identity: None,
+                addr: Some(addr),
+            };
+            let record = ConnectionRecord::open(
+                &inputs.telemetry,
+                Reporter::source,
+                src,
+                dst,
+                service.as_deref(),
+                false,
+            );
+            match pod.connect(&inputs.home, addr, None).await {
+                Ok(upstream) => match mesh::copy::copy_bidirectional(stream, upstream).await {
+                    Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
+                    Err(e) => record.close(0, 0, Some(&e)),
+                },
+                Err(e) => record.close(0, 0, Some(&e)),
+            }
+        }
+        Route::Hbone {
+            endpoint,
+            authority,
+            expected,
+            workload,
+            service,
+            via_waypoint,
+        } => {
+            let dst = Peer {
+                workload: workload.clone(),
+                identity: expected.first().cloned(),
+                addr: Some(authority),
+            };
+            let record = ConnectionRecord::open(
+                &inputs.telemetry,
+                Reporter::source,
+                src,
+                dst,
+                service.as_deref(),
+                true,
+            );
+            let cert = match inputs.certs.get(&pod.identity).await {
+                Ok(c) => c,
+                Err(e) => return record.close(0, 0, Some(&e)),
+            };
+            let src_ip = src_workload
+                .as_ref()
+                .and_then(|w| w.addresses.first().copied());
+            let key = PoolKey::new(pod.identity.clone(), expected, endpoint, src_ip);
+            let meta = ConnectMeta {
+                baggage: src_workload.as_deref().map(baggage),
+                forwarded_for: Some(peer),
+                traceparent: None,
+            };
+            tracing::debug!(%endpoint, %authority, via_waypoint, "HBONE");
+            match pool.connect(&key, &cert, authority, &meta).await {
+                Ok(tunnel) => match mesh::copy::copy_bidirectional(stream, tunnel).await {
+                    Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
+                    Err(e) => record.close(0, 0, Some(&e)),
+                },
+                Err(e) => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    record.close(0, 0, Some(&e));
+                }
+            }
+        }
+    }
+}
+
+fn is_local(stream: &TcpStream, ip: IpAddr) -> bool {
+    stream.local_addr().map(|a| a.ip() == ip).unwrap_or(false) || ip.is_loopback()
+}
+
+/// The source's `baggage` for the CONNECT request.
+pub fn baggage(w: &Workload) -> Baggage {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Baggage {
+        cluster: some(&w.cluster_id),
+        namespace: some(w.namespace()),
+        workload_type: Some(format!("{:?}", w.workload_type).to_lowercase()),
+        workload_name: some(if w.workload_name.is_empty() {
+            &w.name
+        } else {
+            &w.workload_name
+        }),
+        service: some(&w.canonical_name),
+        revision: some(&w.canonical_revision),
+    }
+}

@@ -1,0 +1,203 @@
+//! Metrics and access logs for proxied connections.
+//!
+//! A [`ConnectionRecord`] is created when a connection is accepted (counting it as opened) and
+//! finished when it closes (counting bytes and the close, and writing one access-log line on
+//! target `access`).
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use mesh::metrics::{set_label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+use mesh::model::{Service, Workload};
+use mesh::Identity;
+use prometheus_client::registry::Registry;
+
+/// The process's metrics registry and the L4 counters in it.
+pub struct Telemetry {
+    registry: Mutex<Registry>,
+    tcp: TcpMetrics,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let tcp = TcpMetrics::register(&mut registry);
+        Telemetry {
+            registry: Mutex::new(registry),
+            tcp,
+        }
+    }
+}
+
+impl Telemetry {
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        mesh::metrics::encode(&registry)
+    }
+
+    /// Runs `f` with the registry, to register more metrics.
+    pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut registry);
+    }
+}
+
+/// What is known about one side of a connection.
+#[derive(Debug, Default, Clone)]
+pub struct Peer {
+    /// Its workload, if it is one we know.
+    pub workload: Option<std::sync::Arc<Workload>>,
+    /// Its identity, when proven (HBONE) or known.
+    pub identity: Option<Identity>,
+    /// Its address.
+    pub addr: Option<SocketAddr>,
+}
+
+/// One connection being proxied.
+pub struct ConnectionRecord<'a> {
+    telemetry: &'a Telemetry,
+    labels: TcpLabels,
+    src: Peer,
+    dst: Peer,
+    start: Instant,
+    policy: Option<String>,
+}
+
+/// Workload labels as Istio derives them: `app`/`version` are the canonical service and
+/// revision (the workload API carries no raw pod labels).
+fn workload_labels(w: &Workload) -> [String; 6] {
+    let name = if w.workload_name.is_empty() {
+        w.name.clone()
+    } else {
+        w.workload_name.clone()
+    };
+    [
+        name,
+        w.canonical_name.clone(),
+        w.canonical_revision.clone(),
+        w.namespace().to_string(),
+        w.canonical_name.clone(),
+        w.canonical_revision.clone(),
+    ]
+}
+
+impl<'a> ConnectionRecord<'a> {
+    /// Starts recording; counts the connection as opened.
+    pub fn open(
+        telemetry: &'a Telemetry,
+        reporter: Reporter,
+        src: Peer,
+        dst: Peer,
+        service: Option<&Service>,
+        mtls: bool,
+    ) -> Self {
+        let mut l = TcpLabels::new(reporter);
+        if let Some(w) = &src.workload {
+            let [name, cs, cr, ns, app, version] = workload_labels(w);
+            set_label(&mut l.source_workload, &name);
+            set_label(&mut l.source_canonical_service, &cs);
+            set_label(&mut l.source_canonical_revision, &cr);
+            set_label(&mut l.source_workload_namespace, &ns);
+            set_label(&mut l.source_app, &app);
+            set_label(&mut l.source_version, &version);
+            set_label(&mut l.source_cluster, &w.cluster_id);
+        }
+        if let Some(id) = &src.identity {
+            l.source_principal = id.to_string();
+        }
+        if let Some(w) = &dst.workload {
+            let [name, cs, cr, ns, app, version] = workload_labels(w);
+            set_label(&mut l.destination_workload, &name);
+            set_label(&mut l.destination_canonical_service, &cs);
+            set_label(&mut l.destination_canonical_revision, &cr);
+            set_label(&mut l.destination_workload_namespace, &ns);
+            set_label(&mut l.destination_app, &app);
+            set_label(&mut l.destination_version, &version);
+            set_label(&mut l.destination_cluster, &w.cluster_id);
+        }
+        if let Some(id) = &dst.identity {
+            l.destination_principal = id.to_string();
+        }
+        if let Some(s) = service {
+            set_label(&mut l.destination_service, &s.hostname);
+            set_label(&mut l.destination_service_namespace, &s.namespace);
+            set_label(&mut l.destination_service_name, &s.name);
+        }
+        if mtls {
+            l.connection_security_policy = SecurityPolicy::mutual_tls;
+        }
+        telemetry.tcp.opened.get_or_create(&l).inc();
+        ConnectionRecord {
+            telemetry,
+            labels: l,
+            src,
+            dst,
+            start: Instant::now(),
+            policy: None,
+        }
+    }
+
+    /// Sets the `response_flags` label (e.g. `DENY`, `UF` for upstream connect failure).
+    pub fn set_flags(&mut self, flags: &str) {
+        self.labels.response_flags = flags.to_string();
+    }
+
+    /// Names the policy that decided (for the access log).
+    pub fn set_policy(&mut self, policy: impl Into<String>) {
+        self.policy = Some(policy.into());
+    }
+
+    /// Finishes: bytes the client sent (request) and the server sent back (response), and an
+    /// error if the connection failed.
+    pub fn close(mut self, sent: u64, received: u64, error: Option<&dyn std::fmt::Display>) {
+        // The opened count already used these labels; a flag learned later goes on the close.
+        if error.is_some() && self.labels.response_flags == "-" {
+            self.labels.response_flags = "UF".to_string();
+        }
+        self.telemetry
+            .tcp
+            .record_close(&self.labels, sent, received);
+        let fmt_addr = |p: &Peer| p.addr.map(|a| a.to_string()).unwrap_or_default();
+        let fmt_id = |p: &Peer| {
+            p.identity
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        let fmt_wl = |p: &Peer| {
+            p.workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.namespace(), w.name))
+                .unwrap_or_default()
+        };
+        let duration_ms = self.start.elapsed().as_millis() as u64;
+        let error = error.map(ToString::to_string);
+        tracing::info!(
+            target: "access",
+            reporter = ?self.labels.reporter,
+            src.addr = %fmt_addr(&self.src),
+            src.workload = %fmt_wl(&self.src),
+            src.identity = %fmt_id(&self.src),
+            dst.addr = %fmt_addr(&self.dst),
+            dst.workload = %fmt_wl(&self.dst),
+            dst.identity = %fmt_id(&self.dst),
+            dst.service = %self.labels.destination_service,
+            mtls = matches!(self.labels.connection_security_policy, SecurityPolicy::mutual_tls),
+            bytes_sent = sent,
+            bytes_recv = received,
+            duration_ms,
+            flags = %self.labels.response_flags,
+            policy = self.policy.as_deref().unwrap_or(""),
+            error = error.as_deref().unwrap_or(""),
+            "connection complete"
+        );
+    }
+}
