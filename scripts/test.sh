@@ -3,10 +3,11 @@
 #
 # Usage: scripts/test.sh
 #
-# Installs what it needs when missing (rustfmt and clippy components, a C toolchain for
-# jemalloc; cargo-fuzz is installed by scripts/fuzz.sh). Builds into a target directory outside
-# the clone, $CARGO_TARGET_DIR (default ~/.cache/ambient-mesh/target), so CI's fresh clones
-# reuse earlier builds.
+# Installs what it needs when missing: rustfmt and clippy, a C toolchain, and the tools of the
+# end-to-end tests (iproute2, iptables, procps, tcpdump) with apt-get; cargo-fuzz is installed
+# by scripts/fuzz.sh. The end-to-end tests need root (network namespaces) and fail without it.
+# Builds into a target directory outside the clone, $CARGO_TARGET_DIR (default
+# ~/.cache/ambient-mesh/target), so CI's fresh clones reuse earlier builds.
 #
 # Environment:
 #   CARGO_TARGET_DIR   where to build (default ~/.cache/ambient-mesh/target)
@@ -49,10 +50,21 @@ step() {
 
 # --- what the gate needs -------------------------------------------------------------------
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
-    log "installing a C toolchain (jemalloc and ring build C code)"
+# command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
+# end-to-end tests in e2e/ drive (network namespaces, capture rules, packet captures).
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
+    iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump; do
+    cmd="${pair%%:*}" pkg="${pair#*:}"
+    if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends build-essential
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -18,11 +18,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// The certificate authority of the mesh control plane.
+/// The mesh control plane: certificate authority and config server.
 ///
 /// istiod-lite signs workload certificates for node tunnels (ztunnel) over
-/// `istio.v1.auth.IstioCertificateService/CreateCertificate` (gRPC over TLS, port 15012).
-/// Callers authenticate with a bearer token from the tokens file; a node may only obtain the
+/// `istio.v1.auth.IstioCertificateService/CreateCertificate`, and serves workloads, services
+/// and authorization policies over delta ADS (`DeltaAggregatedResources`), both gRPC over TLS
+/// on port 15012. Callers authenticate with a bearer token from the tokens file; a node may only obtain the
 /// identities of pods scheduled on it (read from the Kubernetes YAML in the config directory)
 /// and its own ztunnel identity. The root CA is generated on first start and kept in the data
 /// directory, or loaded from a plug-in CA directory.
@@ -34,8 +35,9 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "/var/lib/istiod-lite")]
     pub data_dir: PathBuf,
 
-    /// Directory of Kubernetes YAML files (multi-document); `kind: Pod` documents say which
-    /// pods run on which node.
+    /// Directory of Kubernetes YAML files (multi-document), followed while running: pods say
+    /// which identities run on which node (for the CA); namespaces, pods, services and
+    /// authorization policies are translated into the config pushed to proxies.
     #[arg(long, env = "CONFIG_DIR")]
     pub config_dir: PathBuf,
 
@@ -73,12 +75,43 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The cluster's name: the `<cluster>` in workload uids and `cluster_id` of workloads.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// DNS suffix of service host names: `<service>.<namespace>.svc.<suffix>`.
+    #[arg(long, env = "DOMAIN_SUFFIX", default_value = "cluster.local")]
+    pub domain_suffix: String,
+
+    /// The mesh's root namespace: authorization policies there apply mesh-wide.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+
+    /// Address of the plain HTTP server for `GET /metrics` (Prometheus).
+    #[arg(long, env = "MONITORING_ADDR", default_value = "0.0.0.0:15014")]
+    pub monitoring_addr: SocketAddr,
+
+    /// Config changes closer together than this many milliseconds are pushed to proxies as
+    /// one (waiting at most ten times this after the first change of a burst); 0 pushes each
+    /// change at once.
+    #[arg(
+        long = "push-debounce-ms",
+        env = "PUSH_DEBOUNCE_MS",
+        default_value_t = 100
+    )]
+    pub push_debounce_ms: u64,
 }
 
 impl Config {
     /// The cap on workload certificate lifetimes.
     pub fn max_cert_ttl(&self) -> Duration {
         Duration::from_secs(self.max_cert_ttl_secs)
+    }
+
+    /// How long config changes are left to settle before they are pushed.
+    pub fn push_debounce(&self) -> Duration {
+        Duration::from_millis(self.push_debounce_ms)
     }
 }
 
@@ -106,6 +139,14 @@ mod tests {
         );
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.plugin_ca_dir.is_none());
+        assert_eq!(config.cluster_id, "Kubernetes");
+        assert_eq!(config.domain_suffix, "cluster.local");
+        assert_eq!(config.root_namespace, "istio-system");
+        assert_eq!(
+            config.monitoring_addr,
+            "0.0.0.0:15014".parse().expect("addr")
+        );
+        assert_eq!(config.push_debounce(), Duration::from_millis(100));
     }
 
     #[test]
@@ -118,12 +159,25 @@ mod tests {
             "--max-cert-ttl-secs=3600",
             "--log-format=json",
             "--plugin-ca-dir=/cacerts",
+            "--cluster-id=c2",
+            "--domain-suffix=example.internal",
+            "--root-namespace=mesh-root",
+            "--monitoring-addr=127.0.0.1:9000",
+            "--push-debounce-ms=0",
         ])
         .expect("parses");
         assert_eq!(config.server_names, ["a.example", "10.0.0.1"]);
         assert_eq!(config.max_cert_ttl(), Duration::from_secs(3600));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.plugin_ca_dir, Some(PathBuf::from("/cacerts")));
+        assert_eq!(config.cluster_id, "c2");
+        assert_eq!(config.domain_suffix, "example.internal");
+        assert_eq!(config.root_namespace, "mesh-root");
+        assert_eq!(
+            config.monitoring_addr,
+            "127.0.0.1:9000".parse().expect("addr")
+        );
+        assert_eq!(config.push_debounce(), Duration::ZERO);
         assert!(Config::try_parse_from([
             "istiod-lite",
             "--config-dir=/c",

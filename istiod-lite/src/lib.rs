@@ -1,18 +1,27 @@
-//! istiod-lite: the certificate authority of the mesh control plane.
+//! istiod-lite: the mesh control plane, a certificate authority and a config server.
 //!
-//! It serves `istio.v1.auth.IstioCertificateService/CreateCertificate` over gRPC/TLS (port
-//! 15012) and signs a workload certificate only for a caller that may hold the identity:
+//! On one gRPC/TLS port (15012) it serves
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`, signing a workload certificate
+//! only for a caller that may hold the identity, and delta ADS
+//! (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`),
+//! pushing workloads, services and authorization policies to node tunnels:
 //!
-//! - [`config`]: the one typed [`Config`](config::Config), from flags and environment;
+//! - [`config`]: the one typed [`Config`], from flags and environment;
 //! - [`ca_store`]: the root's lifecycle (generate and persist, reload, or plug-in CA) and
 //!   istiod-lite's own serving certificate;
-//! - [`tokens`]: caller authentication (bearer token → node);
-//! - [`pods`]: which pods run on which node, from a directory of Kubernetes YAML;
-//! - [`ca_service`]: the gRPC service: authentication, authorization, signing, audit lines.
+//! - [`tokens`]: caller authentication (bearer token → node), shared by both services;
+//! - [`config_source`]: the cluster as snapshots, read and followed from a directory of
+//!   Kubernetes YAML; [`resources`]: the Istio and Gateway API kinds it reads;
+//! - [`pods`]: which pods run on which node, from those snapshots;
+//! - [`ca_service`]: the gRPC service: authentication, authorization, signing, audit lines;
+//! - [`translate`]: cluster snapshot → workloads, services, L4 policies (pure);
+//! - [`xds`]: the config API: snapshots in, debounced per-proxy deltas out, metrics.
 //!
-//! [`Server::bind`] does all start-up work (CA, tokens, pods, listening socket) and reports
-//! the bound address; [`Server::serve`] answers requests until the shutdown future completes,
-//! then drains in-flight requests. Integration tests run it in-process on `127.0.0.1:0`.
+//! [`Server::bind`] does all start-up work (CA, tokens, config directory, listening sockets)
+//! and reports the bound addresses; [`Server::serve`] answers requests until the
+//! shutdown future completes, then ends the config streams and drains in-flight requests.
+//! Integration tests run it in-process on `127.0.0.1:0`, feeding config snapshots through
+//! [`Server::bind_with_snapshots`].
 //!
 //! Invariants: the CA key never leaves the data or plug-in directory and this process; every
 //! certificate decision is logged on the tracing target `audit`; nothing read from the
@@ -23,8 +32,12 @@
 pub mod ca_service;
 pub mod ca_store;
 pub mod config;
+pub mod config_source;
 pub mod pods;
+pub mod resources;
 pub mod tokens;
+pub mod translate;
+pub mod xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,15 +45,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use http::StatusCode;
+use mesh::http_server::{Call, Handler, Reply};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
 
 use crate::ca_service::CaService;
 use crate::ca_store::CaStore;
 use crate::config::Config;
-use crate::pods::YamlPodDirectory;
+use crate::config_source::{ClusterState, ConfigSource as _, DirSource, DEFAULT_POLL_INTERVAL};
+use crate::pods::ClusterPods;
 use crate::tokens::Tokens;
+use crate::translate::TranslateOptions;
+use crate::xds::{XdsMetrics, XdsOptions, XdsService, XdsSnapshot};
 
 /// How long one request may take before the server gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,29 +68,59 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests per connection; a node tunnel sends a handful at a time.
 const CONCURRENCY_PER_CONNECTION: usize = 64;
+/// HTTP/2 PING interval, and the silence after which a connection is dropped: a node tunnel
+/// that vanished without closing its connection frees its config stream.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A CA server that has loaded its material and bound its socket, ready to serve.
+/// A server that has loaded its material and bound its sockets, ready to serve.
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    monitoring: TcpListener,
+    monitoring_addr: SocketAddr,
     root_cert_pem: String,
     tls: ServerTlsConfig,
     service: CaService,
+    xds: XdsService,
+    registry: Arc<Registry>,
+    /// Polls the config directory; kept alive while serving.
+    config_source: DirSource,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
+            .field("monitoring_addr", &self.monitoring_addr)
             .finish_non_exhaustive()
     }
 }
 
 impl Server {
-    /// Loads or generates the CA, issues the serving certificate, reads the tokens and the
-    /// pods, and binds `config.listen`. Installs ring as the process's default rustls crypto
-    /// provider if none is installed yet.
+    /// Loads or generates the CA, issues the serving certificate, reads the tokens, reads the
+    /// config directory (and keeps following it: its pods answer the CA's placement checks,
+    /// its translation is the config pushed to proxies), and binds `config.listen` and
+    /// `config.monitoring_addr`. Installs ring as the process's default rustls crypto provider
+    /// if none is installed yet.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Self::bind_from(config, None).await
+    }
+
+    /// As [`Server::bind`], but the config API serves the snapshots published on `snapshots`
+    /// instead of the config directory's translation (the CA still reads its pods from the
+    /// directory). Each change is pushed after `config.push_debounce_ms`.
+    pub async fn bind_with_snapshots(
+        config: &Config,
+        snapshots: watch::Receiver<Arc<XdsSnapshot>>,
+    ) -> anyhow::Result<Self> {
+        Self::bind_from(config, Some(snapshots)).await
+    }
+
+    async fn bind_from(
+        config: &Config,
+        snapshots: Option<watch::Receiver<Arc<XdsSnapshot>>>,
+    ) -> anyhow::Result<Self> {
         mesh::Identity::new(config.trust_domain.as_str(), "ns", "sa")
             .with_context(|| format!("trust domain {:?} is invalid", config.trust_domain))?;
         // tonic builds its server TLS config from the process default provider.
@@ -87,19 +137,56 @@ impl Server {
         if tokens.is_empty() {
             tracing::warn!(file = %config.tokens_file.display(), "the tokens file lists no tokens: every request will be refused");
         }
-        let pods = YamlPodDirectory::open(&config.config_dir, &config.trust_domain)?;
+        // One source for both services, so the CA and the config API never disagree and the
+        // files are polled once.
+        let config_source = DirSource::open(&config.config_dir, DEFAULT_POLL_INTERVAL)?;
+        let pods = ClusterPods::new(config_source.subscribe(), &config.trust_domain);
+        let snapshots = match snapshots {
+            Some(snapshots) => snapshots,
+            None => {
+                let options = translate_options(config);
+                xds::translated(config_source.subscribe(), move |state| {
+                    xds_snapshot(state, &options)
+                })
+            }
+        };
+        let (addresses, authorizations) = {
+            let current = snapshots.borrow();
+            (current.addresses.len(), current.authorizations.len())
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        let monitoring = TcpListener::bind(config.monitoring_addr)
+            .await
+            .with_context(|| format!("binding {} (monitoring)", config.monitoring_addr))?;
+        let monitoring_addr = monitoring
+            .local_addr()
+            .context("reading the bound monitoring address")?;
+
+        let tokens = Arc::new(tokens);
+        let mut registry = Registry::default();
+        let xds = XdsService::new(
+            tokens.clone(),
+            snapshots,
+            &XdsOptions {
+                push_debounce: config.push_debounce(),
+            },
+            XdsMetrics::register(&mut registry),
+        );
 
         tracing::info!(
             listen = %local_addr,
+            monitoring = %monitoring_addr,
             trust_domain = %config.trust_domain,
             ca_source = ?store.source,
             tokens = tokens.len(),
             pods = pods.pods().len(),
+            addresses,
+            authorizations,
             max_cert_ttl_secs = config.max_cert_ttl_secs,
+            push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"
         );
         let tls = ServerTlsConfig::new()
@@ -111,16 +198,21 @@ impl Server {
         let root_cert_pem = store.ca.root_pem().to_string();
         let service = CaService::new(
             Arc::new(store.ca),
-            Arc::new(tokens),
+            tokens,
             Arc::new(pods),
             config.max_cert_ttl(),
         );
         Ok(Server {
             listener,
             local_addr,
+            monitoring,
+            monitoring_addr,
             root_cert_pem,
             tls,
             service,
+            xds,
+            registry: Arc::new(registry),
+            config_source,
         })
     }
 
@@ -129,26 +221,87 @@ impl Server {
         self.local_addr
     }
 
+    /// The address of the monitoring server (`GET /metrics`).
+    pub fn monitoring_addr(&self) -> SocketAddr {
+        self.monitoring_addr
+    }
+
     /// The root certificate every issued chain ends with, PEM.
     pub fn root_cert_pem(&self) -> &str {
         &self.root_cert_pem
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and finishes in-flight requests.
+    /// The config API, e.g. to watch which snapshot generation it serves.
+    pub fn xds(&self) -> &XdsService {
+        &self.xds
+    }
+
+    /// Serves until `shutdown` completes, then ends the config streams, stops accepting and
+    /// finishes in-flight requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let config_source = self.config_source;
+        let monitoring = tokio::spawn(mesh::http_server::serve(
+            self.monitoring,
+            metrics_handler(self.registry),
+        ));
+        let xds = self.xds.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Config streams never end on their own: end them so the drain below completes.
+            xds.stop_streams();
+        };
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .tls_config(self.tls)
             .context("configuring server TLS")?
             .timeout(REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(self.service.into_server())
+            .add_service(self.xds.into_server())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
-            .context("serving gRPC")?;
+            .context("serving gRPC");
+        monitoring.abort();
+        drop(config_source);
+        served?;
         tracing::info!("istiod-lite stopped");
         Ok(())
     }
+}
+
+/// The translation settings of `config`.
+fn translate_options(config: &Config) -> TranslateOptions {
+    TranslateOptions {
+        cluster_id: config.cluster_id.clone(),
+        trust_domain: config.trust_domain.clone(),
+        domain_suffix: config.domain_suffix.clone(),
+        root_namespace: config.root_namespace.clone(),
+        network: String::new(),
+    }
+}
+
+/// The xDS resources of a cluster snapshot.
+fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot {
+    let translated = translate::translate(state, options);
+    let (addresses, authorizations) = translate::resources(&translated);
+    XdsSnapshot {
+        addresses,
+        authorizations,
+    }
+}
+
+/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format.
+fn metrics_handler(registry: Arc<Registry>) -> Handler {
+    Arc::new(move |call: &Call<'_>| match call.path {
+        "/metrics" => Reply {
+            status: StatusCode::OK,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: mesh::metrics::encode(&registry),
+        },
+        _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics\n"),
+    })
 }
 
 /// Binds and serves `config` until `shutdown` completes.

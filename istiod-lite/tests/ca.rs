@@ -152,6 +152,11 @@ impl Env {
             max_cert_ttl_secs: MAX_TTL.as_secs(),
             server_names: vec![SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
             log_format: LogFormat::Text,
+            cluster_id: "Kubernetes".into(),
+            domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
+            push_debounce_ms: 100,
         }
     }
 

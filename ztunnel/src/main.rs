@@ -15,16 +15,21 @@ use ztunnel::config::{Config, LogFormat};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn init_tracing(format: LogFormat) -> LogReload {
+/// Logs to stderr through a non-blocking writer (a slow log sink never stalls proxying);
+/// the filter can be changed at run time through `/logging`.
+fn init_tracing(format: LogFormat) -> (LogReload, tracing_appender::non_blocking::WorkerGuard) {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json()).init(),
     }
-    Arc::new(move |level: &str| {
+    let reload: LogReload = Arc::new(move |level: &str| {
         if !level.is_empty() {
             let new =
                 EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
@@ -34,12 +39,14 @@ fn init_tracing(format: LogFormat) -> LogReload {
         handle
             .with_current(|f| f.to_string())
             .map_err(|e| e.to_string())
-    })
+    });
+    (reload, guard)
 }
 
 fn main() -> ExitCode {
     let config = Arc::new(Config::parse());
-    let log_reload = init_tracing(config.log_format);
+    // The guard flushes buffered log lines when main returns.
+    let (log_reload, _log_guard) = init_tracing(config.log_format);
     tracing::debug!(?config, "configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

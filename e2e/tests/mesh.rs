@@ -1,0 +1,333 @@
+//! The mesh on real kernel networking: istiod-lite, a ztunnel per node in in-pod mode, pods
+//! captured by the real rules. Needs root; fails loudly without it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use common::{metric_sum, Mesh, Svc, WAIT};
+use e2e::Capture;
+
+/// Pod A (node 1) reaches pod B (node 2) through its ordinary socket calls; the bytes arrive
+/// exactly; between the nodes there is only TLS to 15008; metrics and access logs match.
+#[test]
+fn cross_node_traffic_is_hbone_byte_exact_and_observed() {
+    let mut mesh = Mesh::new("mesh_cross_node", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let a = mesh.pod(0, "demo", "client", "client", "client", true);
+    let b = mesh.pod(1, "demo", "server", "server", "server", true);
+    mesh.start();
+    let echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
+    mesh.enroll(&a);
+    mesh.enroll(&b);
+    mesh.wait_workload(0, &b.uid);
+
+    let wire = Capture::start(
+        &mesh.topo,
+        mesh.topo.underlay_netns().expect("underlay"),
+        "br0",
+        "tcp",
+    )
+    .expect("tcpdump");
+    let marker = "PAYLOAD-MARKER-31337-in-clear";
+    let reply = mesh
+        .topo
+        .tcp_send(&a, b.addr(7000), marker)
+        .unwrap_or_else(|e| panic!("send: {e:#}\n{}", mesh.logs()));
+    assert_eq!(reply, marker);
+    mesh.topo
+        .tcp_send_bytes(&a, b.addr(7000), 1 << 20)
+        .unwrap_or_else(|e| panic!("1 MiB: {e:#}\n{}", mesh.logs()));
+    let pcap = wire.stop().expect("capture");
+    assert!(
+        !e2e::contains(&pcap, marker.as_bytes()),
+        "payload seen in clear on the underlay"
+    );
+
+    // The application saw the client pod's own address (source IP kept).
+    assert!(
+        echo.log().contains(&format!("accepted peer={}:", a.ip)),
+        "server saw: {}",
+        echo.log()
+    );
+    // Only HBONE crossed: a capture of anything but port 15008 sees no TCP payload.
+    let other = Capture::start(
+        &mesh.topo,
+        mesh.topo.underlay_netns().expect("underlay"),
+        "br0",
+        "tcp and not port 15008 and not port 15012",
+    )
+    .expect("tcpdump");
+    mesh.topo
+        .tcp_send(&a, b.addr(7000), marker)
+        .expect("send again");
+    let other = other.stop().expect("capture");
+    assert!(
+        other.len() <= 24 + 16,
+        "non-HBONE TCP on the underlay: {} bytes of pcap",
+        other.len()
+    );
+
+    // Metrics: both reporters counted three connections with mTLS and the right identities.
+    let src_principal = format!("source_principal=\"{}\"", a.identity());
+    let dst_principal = format!("destination_principal=\"{}\"", b.identity());
+    e2e::wait_until("source metrics", WAIT, || {
+        metric_sum(
+            &mesh.metrics(0),
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"source\"", &src_principal, &dst_principal],
+        ) >= 3.0
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.metrics(0)));
+    let m = mesh.metrics(1);
+    let opened = metric_sum(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            &src_principal,
+            "connection_security_policy=\"mutual_tls\"",
+        ],
+    );
+    assert_eq!(opened, 3.0, "{m}");
+    let received = metric_sum(
+        &m,
+        "istio_tcp_received_bytes_total",
+        &["reporter=\"destination\"", &src_principal],
+    );
+    let expected = (2 * marker.len() + (1 << 20)) as f64;
+    assert_eq!(received, expected, "request bytes at the destination\n{m}");
+    let sent = metric_sum(
+        &m,
+        "istio_tcp_sent_bytes_total",
+        &["reporter=\"destination\"", &src_principal],
+    );
+    assert_eq!(sent, expected, "echoed bytes at the destination\n{m}");
+
+    // Access log: one line per connection at close, with both identities.
+    let complete = || {
+        mesh.ztunnels["n2"]
+            .log()
+            .matches("connection complete")
+            .count()
+    };
+    e2e::wait_until("three access-log lines", WAIT, || complete() >= 3).expect("access log");
+    let log = mesh.ztunnels["n2"].log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection complete"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(&a.identity()) && l.contains(&b.identity())),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("bytes_recv={}", marker.len()))),
+        "{log}"
+    );
+}
+
+/// A service VIP spreads connections over its endpoints; a pod outside the mesh is reached by
+/// plain TCP and reaches meshed pods through 15006.
+#[test]
+fn services_spread_and_non_mesh_pods_interoperate() {
+    let mut mesh = Mesh::new("mesh_services", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let client = mesh.pod(0, "demo", "client", "client", "client", true);
+    let backends = [
+        mesh.pod(1, "demo", "echo-1", "echo", "echo", true),
+        mesh.pod(1, "demo", "echo-2", "echo", "echo", true),
+        mesh.pod(0, "demo", "echo-3", "echo", "echo", true),
+    ];
+    let outside = mesh.pod(1, "legacy", "plain", "default", "plain", false);
+    mesh.services.push(Svc {
+        name: "echo".into(),
+        namespace: "demo".into(),
+        vip: "10.96.0.10".into(),
+        port: 80,
+        target_port: 7000,
+        app: "echo".into(),
+    });
+    mesh.start();
+    let echoes: Vec<_> = backends
+        .iter()
+        .map(|b| mesh.topo.tcp_echo(b, 7000).expect("echo"))
+        .collect();
+    let plain_echo = mesh.topo.tcp_echo(&outside, 7000).expect("plain echo");
+    for p in [&client, &backends[0], &backends[1], &backends[2]] {
+        mesh.enroll(p);
+    }
+    mesh.wait_workload(0, "demo/echo.demo.svc.cluster.local");
+
+    let vip: std::net::SocketAddr = "10.96.0.10:80".parse().unwrap();
+    for i in 0..9 {
+        let reply = mesh
+            .topo
+            .tcp_send(&client, vip, &format!("hello-{i}"))
+            .unwrap_or_else(|e| panic!("via VIP: {e:#}\n{}", mesh.logs()));
+        assert_eq!(reply, format!("hello-{i}"));
+    }
+    for (i, e) in echoes.iter().enumerate() {
+        assert!(
+            e.log().contains("accepted"),
+            "endpoint {i} got no connection: {}",
+            e.log()
+        );
+    }
+
+    // Meshed client → pod outside the mesh: passthrough, plain TCP.
+    let reply = mesh
+        .topo
+        .tcp_send(&client, outside.addr(7000), "to-legacy")
+        .expect("passthrough");
+    assert_eq!(reply, "to-legacy");
+    assert!(plain_echo
+        .log()
+        .contains(&format!("accepted peer={}:", client.ip)));
+
+    // Pod outside the mesh → meshed pod: arrives through the inbound plaintext port.
+    let reply = mesh
+        .topo
+        .tcp_send(&outside, backends[0].addr(7000), "from-legacy")
+        .expect("inbound plaintext");
+    assert_eq!(reply, "from-legacy");
+    let m = mesh.metrics(1);
+    assert!(
+        metric_sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"unknown\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+/// ztunnel restarts: the agent hands the pods over again and traffic resumes. istiod-lite
+/// stops: existing and new connections keep working; when it is back the store resyncs.
+#[test]
+fn restarts_of_ztunnel_and_istiod_lose_nothing() {
+    let mut mesh = Mesh::new("mesh_restarts", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let a = mesh.pod(0, "demo", "client", "client", "client", true);
+    let b = mesh.pod(1, "demo", "server", "server", "server", true);
+    mesh.start();
+    let _echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
+    mesh.enroll(&a);
+    mesh.enroll(&b);
+    mesh.wait_workload(0, &b.uid);
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "before")
+            .expect("before"),
+        "before"
+    );
+
+    mesh.stop_ztunnel(1);
+    mesh.start_ztunnel(1);
+    e2e::wait_until("pod handed over again", WAIT, || {
+        mesh.config_dump(1)["pods"].to_string().contains(&b.uid)
+    })
+    .expect("re-handed");
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "after-ztunnel")
+            .expect("after ztunnel restart"),
+        "after-ztunnel"
+    );
+
+    // A long-lived connection across the control plane outage.
+    mesh.stop_istiod();
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "cp-down")
+            .expect("new connection with CP down"),
+        "cp-down"
+    );
+
+    // Back: a pod added meanwhile shows up in the data plane.
+    let c = mesh.pod(1, "demo", "late", "late", "late", true);
+    mesh.write_config();
+    mesh.start_istiod();
+    mesh.wait_workload(0, &c.uid);
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "resynced")
+            .expect("after resync"),
+        "resynced"
+    );
+}
+
+/// Bad input gives a clear error and breaks nothing: ZDS messages with no fd or two, a
+/// malformed config file.
+#[test]
+fn bad_input_is_refused_and_breaks_nothing() {
+    let mut mesh = Mesh::new("mesh_bad_input", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let a = mesh.pod(0, "demo", "client", "client", "client", true);
+    let b = mesh.pod(1, "demo", "server", "server", "server", true);
+    mesh.start();
+    let _echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
+    mesh.enroll(&a);
+    mesh.enroll(&b);
+
+    use prost::Message;
+    let add = proto::zds::WorkloadRequest {
+        payload: Some(proto::zds::workload_request::Payload::Add(
+            proto::zds::AddWorkload {
+                uid: "Kubernetes//v1/Pod/demo/ghost".into(),
+                workload_info: None,
+            },
+        )),
+    }
+    .encode_to_vec();
+    let agent = &mesh.agents["n1"];
+    let none = agent.send_raw(add.clone(), vec![]);
+    assert!(none.is_err(), "add without fd accepted");
+    let fd = |p: &e2e::Pod| -> std::os::fd::OwnedFd {
+        std::fs::File::open(format!("/var/run/netns/{}", p.netns_name))
+            .unwrap()
+            .into()
+    };
+    let two = agent.send_raw(add, vec![fd(&a), fd(&a)]);
+    assert!(two.is_err(), "add with two fds accepted");
+    let z1 = &mesh.ztunnels["n1"];
+    e2e::wait_until("ztunnel logs the refusal", WAIT, || {
+        z1.log()
+            .contains("exactly one network namespace descriptor")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", z1.log_tail()));
+
+    // A malformed file is reported and the last good config stays.
+    std::fs::write(
+        mesh.config_dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: [not, a, map\n",
+    )
+    .unwrap();
+    std::fs::write(
+        mesh.config_dir.join("unknown.yaml"),
+        "apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: g\n",
+    )
+    .unwrap();
+    let istiod = mesh.istiod.as_ref().unwrap();
+    e2e::wait_until("istiod reports the broken file", WAIT, || {
+        istiod.log().contains("broken.yaml")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", istiod.log_tail()));
+    assert!(istiod.is_running());
+    mesh.wait_workload(0, &b.uid);
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "still-fine")
+            .expect("traffic still flows"),
+        "still-fine"
+    );
+    let _ = WAIT;
+}

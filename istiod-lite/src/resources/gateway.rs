@@ -1,0 +1,181 @@
+//! Gateway API `gateway.networking.k8s.io/v1` Gateway and HTTPRoute, typed where translation
+//! reads them (a waypoint is a Gateway of class `istio-waypoint`; routes are kept for the
+//! waypoint's config later) and loose elsewhere.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+use super::{namespaced_resource, null_as_default};
+
+/// A Gateway API Gateway (a waypoint when its class is `istio-waypoint`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The gateway.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub spec: GatewaySpec,
+    /// Status as written by a controller (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+namespaced_resource!(
+    Gateway,
+    group = "gateway.networking.k8s.io",
+    kind = "Gateway",
+    plural = "gateways"
+);
+
+/// What a Gateway is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The class, e.g. `istio-waypoint`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub gateway_class_name: String,
+    /// Listeners.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub listeners: Vec<GatewayListener>,
+    /// Requested addresses (kept, not read).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub addresses: Vec<serde_json::Value>,
+    /// Infrastructure settings (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure: Option<serde_json::Value>,
+}
+
+/// One listener of a Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayListener {
+    /// Listener name, e.g. `mesh`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
+    /// Host name the listener serves, if restricted.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Port, e.g. 15008.
+    #[serde(default)]
+    pub port: u16,
+    /// Protocol, e.g. `HBONE`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub protocol: String,
+    /// TLS settings (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    /// Which routes may attach (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<serde_json::Value>,
+}
+
+/// A Gateway API HTTPRoute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The route.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub spec: HttpRouteSpec,
+    /// Status as written by a controller (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+namespaced_resource!(
+    HttpRoute,
+    group = "gateway.networking.k8s.io",
+    kind = "HTTPRoute",
+    plural = "httproutes"
+);
+
+/// What an HTTPRoute attaches to and does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// The Gateways or Services the route attaches to.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub parent_refs: Vec<ParentReference>,
+    /// Host names the route matches.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub hostnames: Vec<String>,
+    /// Matches, filters and backends (kept as JSON until the waypoint consumes them).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub rules: Vec<serde_json::Value>,
+}
+
+/// A route's parent: a Gateway, or a Service for mesh (waypoint) routing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentReference {
+    /// API group; `gateway.networking.k8s.io` when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind; `Gateway` when absent.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Namespace; the route's own when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Name of the parent.
+    pub name: String,
+    /// Listener (of a Gateway) or port name, if restricted.
+    #[serde(default)]
+    pub section_name: Option<String>,
+    /// Port, if restricted.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl Gateway {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The object's namespace (the config source fills in `default` when absent).
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_waypoint_and_a_route_keeping_unread_parts() {
+        let gw: Gateway = serde_yaml::from_str(
+            r#"
+metadata: {name: waypoint, namespace: apps, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+status: {addresses: [{value: 10.96.0.9}]}
+"#,
+        )
+        .expect("gateway");
+        assert_eq!(gw.spec.gateway_class_name, "istio-waypoint");
+        assert_eq!(gw.spec.listeners[0].port, 15008);
+        assert_eq!(gw.name(), "waypoint");
+        assert!(gw.status.is_some());
+
+        let route: HttpRoute = serde_yaml::from_str(
+            r#"
+metadata: {name: r}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080, weight: 90}]
+"#,
+        )
+        .expect("route");
+        assert_eq!(route.spec.parent_refs[0].kind.as_deref(), Some("Service"));
+        assert_eq!(route.spec.rules[0]["backendRefs"][0]["weight"], 90);
+        assert!(serde_yaml::from_str::<Gateway>("spec: {listeners: [{port: 99999}]}").is_err());
+    }
+}
