@@ -244,6 +244,24 @@ fn restarts_of_ztunnel_and_istiod_lose_nothing() {
     );
 
     // A long-lived connection across the control plane outage.
+    let gate = mesh.topo.dir().join("gate");
+    let long = mesh
+        .topo
+        .spawn_in(
+            &a,
+            e2e::Topology::tcp_tool().expect("e2e-tcp"),
+            &[
+                "send-gated",
+                &b.addr(7000).to_string(),
+                "opened-before|",
+                gate.to_str().unwrap(),
+                "finished-after",
+            ],
+            &[],
+        )
+        .expect("long-lived client");
+    long.wait_for_log("first sent", WAIT)
+        .expect("long-lived connection open");
     mesh.stop_istiod();
     assert_eq!(
         mesh.topo

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("bad byte count {n:?}: {e}")),
         },
         ["http-get", addr, path] => http_get(addr, path),
+        ["send-gated", addr, first, gate, second] => send_gated(addr, first, gate, second),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
                   send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH"
             .into()),
@@ -154,6 +155,40 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| e.to_string())?;
     Ok(stream)
+}
+
+/// A long-lived connection: sends `first`, logs `first sent`, waits until the file `gate`
+/// exists (the test changes the world meanwhile), sends `second`, half-closes and prints the
+/// whole reply.
+fn send_gated(addr: &str, first: &str, gate: &str, second: &str) -> Result<(), String> {
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(first.as_bytes())
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    println!("first sent");
+    let _ = std::io::stdout().flush();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(gate).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("gate {gate} never opened"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stream
+        .write_all(second.as_bytes())
+        .map_err(|e| format!("write after the gate to {addr}: {e}"))?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| format!("half-close to {addr}: {e}"))?;
+    let mut reply = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    println!("reply: {}", String::from_utf8_lossy(&reply));
+    Ok(())
 }
 
 fn send(addr: &str, payload: &[u8]) -> Result<(), String> {
