@@ -12,6 +12,7 @@
 //! - [`copy`]: bidirectional byte copying with half-close and growing buffers.
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
 //! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
+//! - [`rbac`]: L4 authorization: a connection's verdict under the policies in scope (pure).
 //! - [`xds`]: the delta ADS client that keeps the store in sync with the control plane.
 //!
 //! Everything here is async on tokio and free of process-wide state other than the crypto
@@ -28,6 +29,7 @@ pub mod http_server;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod rbac;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 #[allow(clippy::expect_used, missing_docs)]

@@ -13,6 +13,7 @@ use crate::admin::{AdminState, LogReload};
 use crate::config::Config;
 use crate::inpod::{self, Pods};
 use crate::netns::Netns;
+use crate::proxy::authz::LiveConnections;
 use crate::proxy::ProxyInputs;
 use crate::telemetry::Telemetry;
 
@@ -77,12 +78,15 @@ pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<(
 
     let telemetry = Arc::new(Telemetry::default());
     let pods = Arc::new(Pods::default());
+    let live = Arc::new(LiveConnections::default());
+    tokio::spawn(live.clone().watch(store.clone()));
     let inputs = ProxyInputs {
         config: config.clone(),
         store: store.clone(),
         certs: certs.clone(),
         telemetry: telemetry.clone(),
         home,
+        live,
     };
     tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
 

@@ -155,6 +155,30 @@ impl Mesh {
         std::fs::rename(&tmp, self.config_dir.join("cluster.yaml")).expect("rename config");
     }
 
+    /// Replaces the extra objects (policies...) with `yaml`, atomically.
+    pub fn apply(&self, yaml: &str) {
+        let tmp = self.config_dir.join(".policies.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write policies");
+        std::fs::rename(&tmp, self.config_dir.join("policies.yaml")).expect("rename policies");
+    }
+
+    /// Waits until ztunnel on node `i` holds policy `key` (`<ns>/<name>`), or no longer holds it.
+    pub fn wait_policy(&self, i: usize, key: &str, present: bool) {
+        let name = key.rsplit('/').next().unwrap_or(key).to_string();
+        e2e::wait_until(
+            &format!("node {i} policy {key} present={present}"),
+            WAIT,
+            || {
+                let dump = self.config_dump(i);
+                dump["config"]["policies"]
+                    .to_string()
+                    .contains(&format!("\"{name}\""))
+                    == present
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+    }
+
     fn istiod_addr(&self) -> String {
         format!("{}:15012", self.nodes[0].underlay_ip)
     }

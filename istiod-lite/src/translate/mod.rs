@@ -10,10 +10,12 @@
 //! - [`workload`]: every pod with an IP (enrolled ones tunnel with HBONE);
 //! - [`service`]: ClusterIP and headless Services;
 //! - [`policy`]: the L4 subset of AuthorizationPolicies that ztunnel enforces;
+//! - [`peer_authentication`]: PeerAuthentications as DENY policies on plaintext;
 //! - [`waypoint`]: which waypoint a workload or service uses.
 //!
 //! [`ClusterState`]: crate::config_source::ClusterState
 
+pub mod peer_authentication;
 pub mod policy;
 pub mod service;
 pub mod waypoint;
@@ -102,9 +104,13 @@ impl Warnings {
 /// Translates a snapshot. Pure; logs each warning on `tracing` once per call.
 pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated {
     let mut warnings = Warnings::default();
-    let policies = policy::policies(state, options, &mut warnings);
+    let mut policies = policy::policies(state, options, &mut warnings);
+    let peer_auth = peer_authentication::translate(state, options, &mut policies, &mut warnings);
     let services = service::services(state, options, &mut warnings);
-    let workloads = workload::workloads(state, options, &policies, &mut warnings);
+    let workloads = workload::workloads(state, options, &policies, &peer_auth, &mut warnings);
+    let mut policies: Vec<Policy> = policies.into_iter().map(|p| p.policy).collect();
+    policies.extend(peer_auth.into_policies());
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let warnings: Vec<_> = warnings.0.into_iter().collect();
     for w in &warnings {
         tracing::warn!(object = %w.object, message = %w.message, "config not carried over as written");
@@ -112,7 +118,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
     Translated {
         workloads,
         services,
-        policies: policies.into_iter().map(|p| p.policy).collect(),
+        policies,
         warnings,
     }
 }

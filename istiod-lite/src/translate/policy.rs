@@ -21,8 +21,7 @@
 //! - in a DENY rule only the L7 parts are dropped and the L4 rest is kept, which denies more
 //!   than written (a DENY rule that was only L7 denies everything in its scope).
 //!
-//! Either case is reported. PeerAuthentications are not translated yet; one that asks for
-//! STRICT is reported as not enforced. A clause that some entry matches unconditionally (an operation
+//! Either case is reported. A clause that some entry matches unconditionally (an operation
 //! or source that had only L7 fields) is left out, as it constrains nothing. A policy
 //! without rules is kept as such: ALLOW with no rules denies everything in scope, DENY with
 //! no rules denies nothing.
@@ -34,8 +33,7 @@ use mesh::model::{
 use super::{TranslateOptions, Warnings};
 use crate::config_source::{ClusterState, ObjectKey};
 use crate::resources::{
-    AuthorizationAction, AuthorizationPolicy, Condition, MtlsMode, Operation, Source,
-    WorkloadSelector,
+    AuthorizationAction, AuthorizationPolicy, Condition, Operation, Source, WorkloadSelector,
 };
 
 /// A translated policy and, for WORKLOAD_SELECTOR scope, its selector.
@@ -53,30 +51,11 @@ pub(crate) fn policies(
     options: &TranslateOptions,
     warnings: &mut Warnings,
 ) -> Vec<TranslatedPolicy> {
-    peer_authentication_warnings(state, warnings);
     state
         .authorization_policies
         .iter()
         .filter_map(|(key, ap)| policy(options, key, ap, warnings))
         .collect()
-}
-
-/// PeerAuthentications are read but not translated yet: say so where it matters, i.e. where
-/// one asks for STRICT (plaintext stays accepted).
-fn peer_authentication_warnings(state: &ClusterState, warnings: &mut Warnings) {
-    for (key, pa) in &state.peer_authentications {
-        let strict_ports = pa
-            .spec
-            .port_level_mtls
-            .values()
-            .any(|m| m.mode == MtlsMode::Strict);
-        if pa.mode() == MtlsMode::Strict || strict_ports {
-            warnings.add(
-                format!("PeerAuthentication {key}"),
-                "PeerAuthentication is not enforced yet: mode STRICT is ignored and plaintext is still accepted",
-            );
-        }
-    }
 }
 
 fn policy(

@@ -365,31 +365,3 @@ fn string_matches_follow_istio_wildcards() {
     assert_eq!(string_match("x.*"), StringMatch::Prefix("x.".into()));
     assert_eq!(string_match("x"), exact("x"));
 }
-
-#[test]
-fn strict_peer_authentications_are_reported_as_not_enforced() {
-    let pa = |name: &str, spec: &str| {
-        format!("---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: apps}}\nspec: {spec}\n")
-    };
-    let t = run(&[
-        pa("strict", "{mtls: {mode: STRICT}}"),
-        pa(
-            "port-strict",
-            "{selector: {matchLabels: {a: b}}, portLevelMtls: {8080: {mode: STRICT}}}",
-        ),
-        pa("permissive", "{mtls: {mode: PERMISSIVE}}"),
-    ]
-    .concat());
-    assert!(t.policies.is_empty());
-    let objects: Vec<&str> = t.warnings.iter().map(|w| w.object.as_str()).collect();
-    assert_eq!(
-        objects,
-        [
-            "PeerAuthentication apps/port-strict",
-            "PeerAuthentication apps/strict"
-        ]
-    );
-    assert!(t.warnings[0]
-        .message
-        .contains("plaintext is still accepted"));
-}

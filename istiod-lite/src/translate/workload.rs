@@ -23,7 +23,8 @@
 //! - services: every Service of the pod's namespace with a non-empty selector matching the
 //!   pod's labels, with ports resolved for this pod ([`super::service::workload_ports`]);
 //! - authorization_policies: the WORKLOAD_SELECTOR policies of its namespace, and of the root
-//!   namespace, whose selector matches the pod's labels;
+//!   namespace, whose selector matches the pod's labels, then the policy its
+//!   PeerAuthentications give it, if any ([`super::peer_authentication`]);
 //! - waypoint: see [`super::waypoint`].
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use k8s_openapi::api::core::v1::Pod;
 use mesh::model::{HealthStatus, NetworkMode, TunnelProtocol, Workload, WorkloadType};
 use mesh::Identity;
 
+use super::peer_authentication::PeerAuthentications;
 use super::policy::TranslatedPolicy;
 use super::service::{is_translated, workload_ports};
 use super::waypoint::{waypoint_for, Attachment};
@@ -50,12 +52,13 @@ pub(crate) fn workloads(
     state: &ClusterState,
     options: &TranslateOptions,
     policies: &[TranslatedPolicy],
+    peer_auth: &PeerAuthentications,
     warnings: &mut Warnings,
 ) -> Vec<Workload> {
     let mut out: Vec<Workload> = state
         .pods
         .iter()
-        .filter_map(|(key, pod)| workload(state, options, policies, key, pod, warnings))
+        .filter_map(|(key, pod)| workload(state, options, policies, peer_auth, key, pod, warnings))
         .collect();
     out.sort_by(|a, b| a.uid.cmp(&b.uid));
     out
@@ -113,6 +116,7 @@ fn workload(
     state: &ClusterState,
     options: &TranslateOptions,
     policies: &[TranslatedPolicy],
+    peer_auth: &PeerAuthentications,
     key: &ObjectKey,
     pod: &Pod,
     warnings: &mut Warnings,
@@ -201,6 +205,7 @@ fn workload(
                 && p.selector.as_ref().is_some_and(|s| s.matches(pod_labels))
         })
         .map(|p| p.policy.key())
+        .chain(peer_auth.attached(&key.namespace, pod_labels))
         .collect();
 
     Some(Workload {

@@ -166,10 +166,20 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let _ = tcp.set_nodelay(true);
-        let tls_config = self
-            .certs
-            .server_config()
-            .ok_or_else(|| HboneError::NoCertificate("server certificate not yet issued".into()))?;
+        // A workload just handed over may still be waiting for its first certificate: hold the
+        // client (it is in its TLS handshake) briefly rather than drop it.
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let tls_config = loop {
+            if let Some(config) = self.certs.server_config() {
+                break config;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HboneError::NoCertificate(
+                    "server certificate not yet issued".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
         let handshake = TlsAcceptor::from(tls_config).accept(tcp);
         let tls = tokio::time::timeout(self.config.connect_timeout, handshake)
             .await

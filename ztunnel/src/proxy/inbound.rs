@@ -5,12 +5,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
+use mesh::copy::Transferred;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
+use mesh::rbac::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::authz::{self, LiveGuard};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Peer};
 
@@ -62,15 +65,13 @@ pub async fn serve_hbone(
 async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest) {
     let target = req.target();
     let peer_id = req.peer().clone();
-    // The tunnel's TCP source is the client pod's own address (in-pod mode).
-    let client_ip = mesh::hbone::connect::forwarded_for(req.headers())
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_loopback())
-        .unwrap_or(req.peer_addr().ip());
+    // In-pod mode: the tunnel's TCP source is the client pod's own address. The `forwarded`
+    // header is the client's claim and is never trusted for policy or for the source address.
+    let client_ip = req.peer_addr().ip();
     let store = &inputs.store;
     let dst_workload = pod.workload(store);
     let src = Peer {
-        workload: store.workload_by_ip("", req.peer_addr().ip()),
+        workload: store.workload_by_ip("", client_ip),
         identity: Some(peer_id.clone()),
         addr: Some(req.peer_addr()),
     };
@@ -87,24 +88,32 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         None,
         true,
     );
-    let ours = dst_workload
-        .as_ref()
-        .map(|w| w.addresses.contains(&target.ip()))
-        .unwrap_or(false);
-    if !ours {
+    let Some(dst_workload) = dst_workload.filter(|w| w.addresses.contains(&target.ip())) else {
         let err = InboundError::NotThisPod(target.ip());
         tracing::info!(peer = %peer_id, %target, "HBONE request for another pod refused");
         req.reject(err.status());
         record.set_flags("NR");
         return record.close(0, 0, Some(&err));
+    };
+    let conn = Connection {
+        src_identity: Some(peer_id.clone()),
+        src_ip: client_ip,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let decision = authz::check(store, &dst_workload, &conn);
+    record.set_policy(decision.reason.to_string());
+    if !decision.allowed {
+        tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "HBONE connection denied");
+        req.reject(StatusCode::UNAUTHORIZED);
+        record.set_flags("DENY");
+        return record.close(0, 0, Some(&decision.reason));
     }
+    let guard = inputs.live.register(conn, &dst_workload.uid);
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match pod.connect(&inputs.home, target, spoof).await {
         Ok(app) => match req.accept() {
-            Ok(tunnel) => match mesh::copy::copy_bidirectional(tunnel, app).await {
-                Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
-                Err(e) => record.close(0, 0, Some(&e)),
-            },
+            Ok(tunnel) => finish(record, copy_while_allowed(tunnel, app, guard).await),
             Err(e) => record.close(0, 0, Some(&e)),
         },
         Err(source) => {
@@ -172,7 +181,7 @@ async fn handle_plaintext(
         identity: Some(pod.identity.clone()),
         addr: Some(orig_dst),
     };
-    let record = ConnectionRecord::open(
+    let mut record = ConnectionRecord::open(
         &inputs.telemetry,
         Reporter::destination,
         src,
@@ -184,11 +193,64 @@ async fn handle_plaintext(
         // Reaching the tunnel's own ports through the plaintext path is never legitimate.
         return record.close(0, 0, Some(&"connection to a tunnel port refused"));
     }
+    let Some(dst_workload) = pod.workload(store) else {
+        // Without the control plane's view of this pod no policy can be checked: fail closed.
+        record.set_flags("DENY");
+        return record.close(
+            0,
+            0,
+            Some(&"destination workload unknown; policy cannot be checked"),
+        );
+    };
+    let conn = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst_ip: orig_dst.ip(),
+        dst_port: orig_dst.port(),
+    };
+    let decision = authz::check(store, &dst_workload, &conn);
+    record.set_policy(decision.reason.to_string());
+    if !decision.allowed {
+        tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "plaintext connection denied");
+        record.set_flags("DENY");
+        return record.close(0, 0, Some(&decision.reason));
+    }
+    let guard = inputs.live.register(conn, &dst_workload.uid);
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
-        Ok(app) => match mesh::copy::copy_bidirectional(stream, app).await {
-            Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
-            Err(e) => record.close(0, 0, Some(&e)),
-        },
+        Ok(app) => finish(record, copy_while_allowed(stream, app, guard).await),
+        Err(e) => record.close(0, 0, Some(&e)),
+    }
+}
+
+/// Why a proxied connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum CopyEnd {
+    #[error(transparent)]
+    Io(#[from] mesh::copy::CopyError),
+    #[error("closed: no longer allowed ({0})")]
+    Revoked(String),
+}
+
+/// Copies both ways until done, or until policy revokes the connection.
+async fn copy_while_allowed<A, B>(a: A, b: B, mut guard: LiveGuard) -> Result<Transferred, CopyEnd>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        res = mesh::copy::copy_bidirectional(a, b) => Ok(res?),
+        reason = guard.closed() => Err(CopyEnd::Revoked(reason)),
+    }
+}
+
+fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, CopyEnd>) {
+    match result {
+        Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
+        Err(CopyEnd::Revoked(reason)) => {
+            record.set_flags("DENY");
+            let err = CopyEnd::Revoked(reason);
+            record.close(0, 0, Some(&err));
+        }
         Err(e) => record.close(0, 0, Some(&e)),
     }
 }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::netns::Netns;
 use crate::telemetry::Telemetry;
 
+pub mod authz;
 pub mod inbound;
 pub mod outbound;
 
@@ -43,6 +44,8 @@ pub struct ProxyInputs {
     pub telemetry: Arc<Telemetry>,
     /// ztunnel's own network namespace, to return to after creating pod sockets.
     pub home: Netns,
+    /// Allowed connections, re-checked when policy changes.
+    pub live: Arc<authz::LiveConnections>,
 }
 
 /// The pod a proxy serves.
