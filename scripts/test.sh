@@ -66,6 +66,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+# The end-to-end tests build nodes and pods out of network namespaces (iproute2), write the
+# capture rules (iptables) and watch the wire (tcpdump); the CNI reference plugins come with
+# containernetworking-plugins.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (end-to-end tests)"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         log "installing the $component component"
