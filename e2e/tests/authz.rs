@@ -2,7 +2,7 @@
 //! namespace-isolation example, DENY by port, live updates closing connections, dry-run.
 //! Needs root; fails loudly without it.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -191,12 +191,10 @@ fn a_policy_update_closes_live_connections_that_became_denied() {
             .contains("closing a live connection no longer allowed")
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.logs()));
-    // Config reload (poll + debounce) plus push plus re-check: well within the budget.
-    assert!(
-        applied.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        applied.elapsed()
-    );
+    // Config reload (file poll + debounce), push and re-check: the budget is one second.
+    let took = applied.elapsed();
+    eprintln!("policy applied to the live connection in {took:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     std::fs::write(&gate, "").unwrap();
     let status = long.wait_exit(WAIT).expect("client ends");
     assert!(
