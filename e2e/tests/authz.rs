@@ -274,3 +274,25 @@ spec:
         "HBONE still passes under STRICT"
     );
 }
+
+#[test]
+fn a_meshed_pod_cannot_reach_a_peers_tunnel_ports() {
+    let (t, _echoes) = isolation("authz_tunnel_ports");
+    let m = &t.mesh;
+    for port in [15006u16, 15008, 15001] {
+        assert!(
+            !reaches(m, &t.client_a, t.server.addr(port)),
+            "port {port} of a peer must never be reachable"
+        );
+    }
+    let z2 = &m.ztunnels["n2"];
+    e2e::wait_until("refusals logged", WAIT, || {
+        z2.log()
+            .matches("is a tunnel port and never a valid target")
+            .count()
+            >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", z2.log_tail()));
+    // And the normal port still works.
+    assert!(reaches(m, &t.client_a, t.server.addr(7000)));
+}
