@@ -1,16 +1,28 @@
-//! cni-plugin: the mesh's CNI node agent, which enrols pods and hands them to ztunnel.
+//! cni-plugin: the mesh's CNI plugin and node agent, in one binary.
 //!
-//! Today this binary only parses and checks its configuration, then says that it cannot enrol
-//! pods yet and exits with status 1. Pod watching, the capture rules inside each pod's network
-//! namespace and the ZDS server for ztunnel arrive in later issues. See
-//! `cni-plugin/ARCHITECTURE.md`.
+//! - **Plugin mode** (the container runtime runs it with `CNI_COMMAND` set): a chained CNI
+//!   plugin (CNI 1.0.0) that tells the node agent about each pod sandbox ([`plugin`]).
+//! - **Agent mode** (`cni-plugin agent ...`): one per node; decides which pods are in the mesh,
+//!   installs their capture rules and hands their network namespaces to ztunnel ([`agent`]).
+//!
+//! See `cni-plugin/ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
+mod agent;
+mod agent_proto;
+mod cni;
+mod enrollment;
+mod netns;
+mod plugin;
+mod rules;
+
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -24,34 +36,59 @@ enum LogFormat {
     Json,
 }
 
-/// cni-plugin, the CNI node agent of the ambient mesh (Istio ambient compatible). Not
-/// functional yet: this build checks its configuration and exits with status 1
+/// cni-plugin, the CNI plugin and node agent of the ambient mesh (Istio ambient compatible).
 ///
-/// One agent runs on every node. Once complete, it will find pods enrolled in the mesh (label
-/// `istio.io/dataplane-mode=ambient` on the pod or its namespace, no pod restart), install the
-/// capture rules inside each pod's network namespace (iptables or nftables: outbound TCP to
-/// 15001, inbound to 15006, HBONE on 15008 untouched), and hand the namespace to the node's
-/// ztunnel over ZDS (a SOCK_SEQPACKET Unix socket, the namespace passed as a file descriptor).
-///
-/// It is not yet usable as a CNI plugin either.
+/// Run by the container runtime with `CNI_COMMAND` set, it acts as a chained CNI plugin: it
+/// passes the previous plugin's result through and tells the node agent about the pod (ADD
+/// fails with "try again later" while the agent is unreachable; DEL always succeeds). Run as
+/// `cni-plugin agent`, it is that node agent.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cni-plugin", version)]
-struct Config {
-    /// Name of the Kubernetes node this agent runs on; only pods on this node are enrolled.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
-
-    /// Unix socket on which the agent serves ZDS to the node's ztunnel.
+struct Cli {
+    /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(
         long,
-        env = "ZDS_SOCKET",
-        default_value = "/var/run/ztunnel/ztunnel.sock"
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
     )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Sub {
+    /// Run the node agent: serve the plugin's events, capture enrolled pods, serve ZDS.
+    Agent(AgentArgs),
+}
+
+/// The node agent's flags.
+#[derive(Debug, Clone, Args)]
+struct AgentArgs {
+    /// Unix socket on which the agent serves ZDS to the node's ztunnel.
+    #[arg(long, env = "ZDS_SOCKET", default_value = mesh::zds::DEFAULT_SOCKET)]
     zds_socket: PathBuf,
 
-    /// Log line format; the level comes from RUST_LOG (default `info`).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Unix socket on which the agent takes the plugin's events (the plugin config's
+    /// `agent_socket`).
+    #[arg(long, env = "CNI_SOCKET", default_value = cni::DEFAULT_AGENT_SOCKET)]
+    cni_socket: PathBuf,
+
+    /// Directory of Kubernetes YAML (the one istiod-lite reads): Namespaces and Pods decide
+    /// enrolment (label `istio.io/dataplane-mode`).
+    #[arg(long, env = "CONFIG_DIR")]
+    config_dir: PathBuf,
+
+    /// Cluster id used in workload uids (`<cluster>//v1/Pod/<ns>/<name>`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+
+    /// Also redirect the pods' DNS (UDP 53) to ztunnel's 15053.
+    #[arg(long, env = "CAPTURE_DNS")]
+    capture_dns: bool,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -67,10 +104,16 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    init_tracing(config.log_format);
-    tracing::debug!(?config, "configuration");
-    match run(&config) {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return plugin_main();
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    tracing::debug!(?cli, "configuration");
+    let result = match cli.command {
+        Sub::Agent(args) => agent_main(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one place a daemon writes to stderr directly: before (or instead of) running.
@@ -83,15 +126,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> anyhow::Result<()> {
-    if config.zds_socket.as_os_str().is_empty() {
-        anyhow::bail!("--zds-socket must not be empty");
+/// CNI plugin mode: stdout carries only the result (or error) JSON; logs go to stderr.
+fn plugin_main() -> ExitCode {
+    init_tracing(LogFormat::Text);
+    let mut stdin = Vec::new();
+    let stdin = std::io::stdin().read_to_end(&mut stdin).map(|_| stdin);
+    let outcome = plugin::run(|k| std::env::var(k).ok(), stdin, agent_proto::REPLY_TIMEOUT);
+    if let Some(json) = outcome.stdout {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
     }
-    anyhow::bail!(
-        "not functional yet: pod enrolment, capture rules and the ZDS server for ztunnel arrive \
-         in later issues; this build only checks its configuration. See \
-         cni-plugin/ARCHITECTURE.md."
-    )
+    if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.zds_socket.as_os_str().is_empty(),
+        "--zds-socket must not be empty"
+    );
+    anyhow::ensure!(
+        !args.cni_socket.as_os_str().is_empty(),
+        "--cni-socket must not be empty"
+    );
+    anyhow::ensure!(
+        args.config_dir.is_dir(),
+        "--config-dir {} is not a directory",
+        args.config_dir.display()
+    );
+    let config = agent::AgentConfig {
+        zds_socket: args.zds_socket,
+        cni_socket: args.cni_socket,
+        cluster_id: args.cluster_id,
+        capture: mesh::capture::CaptureOptions {
+            capture_dns: args.capture_dns,
+        },
+    };
+    let enrollment = Arc::new(enrollment::DirEnrollment::new(args.config_dir));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(agent::run(config, enrollment))
 }
 
 #[cfg(test)]
@@ -101,13 +181,20 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        Config::command().debug_assert();
+        Cli::command().debug_assert();
     }
 
     #[test]
-    fn says_it_is_not_functional_yet() {
-        let config = Config::try_parse_from(["cni-plugin"]).expect("defaults parse");
-        let err = run(&config).expect_err("not functional");
-        assert!(err.to_string().contains("not functional yet"), "{err}");
+    fn agent_flags_parse_with_defaults() {
+        let cli =
+            Cli::try_parse_from(["cni-plugin", "agent", "--config-dir", "/tmp"]).expect("parses");
+        let Sub::Agent(a) = cli.command;
+        assert_eq!(a.zds_socket, PathBuf::from("/var/run/ztunnel/ztunnel.sock"));
+        assert_eq!(
+            a.cni_socket,
+            PathBuf::from("/var/run/ambient-mesh/cni.sock")
+        );
+        assert_eq!(a.cluster_id, "Kubernetes");
+        assert!(Cli::try_parse_from(["cni-plugin", "agent"]).is_err());
     }
 }

@@ -129,6 +129,9 @@ impl IstiodLite {
             .arg(opts.trust_domain)
             .arg("--server-names")
             .arg(opts.server_name)
+            // Any free port: two demos (or a real istiod-lite) may run on this machine.
+            .arg("--monitoring-addr")
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
