@@ -66,7 +66,8 @@ fn ip_ignoring(args: &[String], ignore: &[&str]) -> Result<(), RulesError> {
     }
 }
 
-fn remove_here() -> Result<(), RulesError> {
+/// Removes our iptables jumps and chains, if installed (in the current thread's netns).
+fn remove_iptables_here() -> Result<(), RulesError> {
     let saved = run("iptables-save", &[], None)?;
     if capture::installed_jumps(&saved) {
         run(
@@ -75,6 +76,11 @@ fn remove_here() -> Result<(), RulesError> {
             Some(&capture::iptables_cleanup_v4()),
         )?;
     }
+    Ok(())
+}
+
+fn remove_here() -> Result<(), RulesError> {
+    remove_iptables_here()?;
     for args in capture::ip_route_cleanup_v4() {
         ip_ignoring(&args, &["No such file", "No such process", "not exist"])?;
     }
@@ -84,14 +90,7 @@ fn remove_here() -> Result<(), RulesError> {
 /// Installs the capture rules and policy routing inside `netns` (replacing an earlier install).
 pub fn install(netns: &File, opts: &capture::CaptureOptions) -> Result<(), RulesError> {
     crate::netns::run_in(netns, || {
-        let saved = run("iptables-save", &[], None)?;
-        if capture::installed_jumps(&saved) {
-            run(
-                "iptables-restore",
-                &["--noflush"],
-                Some(&capture::iptables_cleanup_v4()),
-            )?;
-        }
+        remove_iptables_here()?;
         run(
             "iptables-restore",
             &["--noflush"],
