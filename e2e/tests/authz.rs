@@ -296,3 +296,36 @@ fn a_meshed_pod_cannot_reach_a_peers_tunnel_ports() {
     // And the normal port still works.
     assert!(reaches(m, &t.client_a, t.server.addr(7000)));
 }
+
+#[test]
+fn ip_blocks_select_sources_by_address() {
+    let (t, _echoes) = isolation("authz_ip_blocks");
+    let m = &t.mesh;
+    // Deny one source address, whatever its identity.
+    m.apply(&format!(
+        "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: block-one-address
+  namespace: team-a
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        ipBlocks: [\"{}/32\"]
+",
+        t.client_b.ip
+    ));
+    m.wait_policy(1, "team-a/block-one-address", true);
+    assert!(
+        !reaches(m, &t.client_b, t.server.addr(7000)),
+        "the blocked address must be denied"
+    );
+    assert!(
+        reaches(m, &t.client_a, t.server.addr(7000)),
+        "other addresses pass\n{}",
+        m.logs()
+    );
+}
