@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -111,6 +112,9 @@ pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow
     }
     let cni = UnixListener::bind(&config.cni_socket)
         .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
+    // Whoever can connect can make the agent enter any namespace path: root only.
+    std::fs::set_permissions(&config.cni_socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", config.cni_socket.display()))?;
     let zds = SeqPacketListener::bind(&config.zds_socket)
         .with_context(|| format!("binding the ZDS socket {}", config.zds_socket.display()))?;
     tracing::info!(cni_socket = %config.cni_socket.display(), zds_socket = %config.zds_socket.display(), "node agent ready");

@@ -181,6 +181,12 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
     agent
         .wait_for_log("node agent ready", TIMEOUT)
         .expect("agent ready");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&cni_socket)
+            .expect("cni socket")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the CNI socket is root-only");
 
     // ztunnel connects first: an empty snapshot.
     let ztunnel = fake_ztunnel(zds_socket.clone());

@@ -14,6 +14,8 @@ struct Isolation {
     client_a: Pod,
     client_b: Pod,
     server: Pod,
+    /// Another meshed pod on the server's node.
+    neighbour: Pod,
     outside: Pod,
 }
 
@@ -25,13 +27,14 @@ fn isolation(test: &str) -> (Isolation, Vec<e2e::Proc>) {
     let client_a = mesh.pod(0, "team-a", "client", "client", "client", true);
     let client_b = mesh.pod(0, "team-b", "client", "client", "client", true);
     let server = mesh.pod(1, "team-a", "server", "server", "server", true);
+    let neighbour = mesh.pod(1, "team-a", "neighbour", "neighbour", "neighbour", true);
     let outside = mesh.pod(0, "legacy", "plain", "default", "plain", false);
     mesh.start();
     let echoes = vec![
         mesh.topo.tcp_echo(&server, 7000).expect("echo 7000"),
         mesh.topo.tcp_echo(&server, 7001).expect("echo 7001"),
     ];
-    for p in [&client_a, &client_b, &server] {
+    for p in [&client_a, &client_b, &server, &neighbour] {
         mesh.enroll(p);
     }
     mesh.wait_workload(0, &server.uid);
@@ -41,6 +44,7 @@ fn isolation(test: &str) -> (Isolation, Vec<e2e::Proc>) {
             client_a,
             client_b,
             server,
+            neighbour,
             outside,
         },
         echoes,
@@ -328,4 +332,40 @@ spec:
         "other addresses pass\n{}",
         m.logs()
     );
+}
+
+#[test]
+fn an_hbone_connect_to_another_pods_address_is_refused() {
+    let (t, _echoes) = isolation("authz_other_pod");
+    let m = &t.mesh;
+    let tool = Topology::binary("e2e-hbone").expect("e2e-hbone");
+    let dir = m.topo.dir();
+    let args = |authority: std::net::SocketAddr| -> Vec<String> {
+        vec![
+            format!("https://{}:15012", m.nodes[0].underlay_ip),
+            dir.join("istiod-data/root-cert.pem").display().to_string(),
+            dir.join("n1.token").display().to_string(),
+            t.client_a.identity(),
+            t.server.addr(15008).to_string(),
+            authority.to_string(),
+            t.server.identity(),
+        ]
+    };
+    let run = |authority| {
+        let a = args(authority);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        m.topo
+            .exec_in(&m.nodes[0], &tool, &refs)
+            .expect("e2e-hbone runs")
+    };
+    // The tool works: a legitimate CONNECT to the server itself is answered.
+    assert_eq!(run(t.server.addr(7000)).trim(), "status 200 ping");
+    // The same listener asked to reach another pod on the same node refuses.
+    let out = run(t.neighbour.addr(7000));
+    assert_eq!(out.trim(), "refused: status 400", "{out}");
+    let z2 = &m.ztunnels["n2"];
+    e2e::wait_until("refusal logged", WAIT, || {
+        z2.log().contains("HBONE request for another pod refused")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", z2.log_tail()));
 }
