@@ -22,7 +22,7 @@ use mesh::zds::{SeqPacket, SeqPacketListener, ZdsServerConn};
 use proto::zds::WorkloadInfo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::agent_proto::{AgentCommand, AgentReply, AgentRequest};
@@ -35,6 +35,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST: u64 = 64 * 1024;
 /// How long ztunnel may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long ztunnel may take to ack an add before the plugin call fails.
+const ZDS_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The agent's settings.
 #[derive(Debug, Clone)]
@@ -57,9 +59,12 @@ struct Enrolled {
     netns: Arc<File>,
 }
 
+/// ztunnel's answer to one add: `Err` carries why it was not served.
+type AckSender = oneshot::Sender<Result<(), String>>;
+
 #[derive(Debug)]
 enum ZdsEvent {
-    Add(Enrolled),
+    Add(Enrolled, AckSender),
     Del(String),
 }
 
@@ -84,16 +89,23 @@ impl Agent {
     }
 
     /// Records a change and forwards it to the connected ztunnel, if any (otherwise the next
-    /// connection's snapshot carries it).
-    fn publish(&self, change: impl FnOnce(&mut BTreeMap<String, Enrolled>) -> Option<ZdsEvent>) {
+    /// connection's snapshot carries it). Returns whether a ztunnel took the event.
+    fn publish(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Enrolled>) -> Option<ZdsEvent>,
+    ) -> bool {
         let mut state = self.state();
-        if let Some(event) = change(&mut state.pods) {
-            if let Some((_, tx)) = &state.ztunnel {
-                if tx.send(event).is_err() {
-                    state.ztunnel = None;
-                }
-            }
+        let Some(event) = change(&mut state.pods) else {
+            return false;
+        };
+        let sent = state
+            .ztunnel
+            .as_ref()
+            .is_some_and(|(_, tx)| tx.send(event).is_ok());
+        if !sent {
+            state.ztunnel = None;
         }
+        sent
     }
 }
 
@@ -242,15 +254,35 @@ async fn add(agent: &Arc<Agent>, req: AgentRequest) -> AgentReply {
         },
         netns: Arc::new(file),
     };
-    agent.publish(|pods| {
+    // The pod is recorded whatever ztunnel says: a later snapshot retries it, and the DEL that
+    // follows a failed ADD removes it with its rules.
+    let (ack_tx, ack_rx) = oneshot::channel();
+    let sent = agent.publish(|pods| {
         pods.insert(req.container_id.clone(), pod.clone());
-        Some(ZdsEvent::Add(pod))
+        Some(ZdsEvent::Add(pod, ack_tx))
     });
-    AgentReply {
-        ok: true,
-        enrolled: true,
-        error: None,
-    }
+    // Fail closed: a pod whose traffic is captured must not start before ztunnel serves it.
+    let failure = if !sent {
+        format!(
+            "capture rules are installed but no ztunnel is connected to the ZDS socket {}: \
+             check that the ztunnel DaemonSet pod runs on this node",
+            agent.config.zds_socket.display()
+        )
+    } else {
+        match tokio::time::timeout(ZDS_ACK_TIMEOUT, ack_rx).await {
+            Ok(Ok(Ok(()))) => {
+                return AgentReply {
+                    ok: true,
+                    enrolled: true,
+                    error: None,
+                }
+            }
+            Ok(Ok(Err(e))) => format!("ztunnel did not take the pod: {e}"),
+            Ok(Err(_)) => "the ztunnel connection ended before it acked the pod".into(),
+            Err(_) => format!("ztunnel did not ack the pod within {ZDS_ACK_TIMEOUT:?}"),
+        }
+    };
+    failed(failure)
 }
 
 async fn del(agent: &Arc<Agent>, req: AgentRequest) -> AgentReply {
@@ -297,16 +329,22 @@ async fn serve_ztunnel(agent: Arc<Agent>, sock: SeqPacket) {
     tracing::info!(pods = snapshot.len(), "ztunnel connected; sending snapshot");
     let result = async {
         for pod in &snapshot {
-            conn.add(&pod.uid, Some(pod.info.clone()), pod.netns.as_ref())
-                .await?;
+            // A refused pod is logged by send_add; the snapshot goes on.
+            let _refused = send_add(&conn, pod).await?;
         }
         conn.snapshot_sent().await?;
         while let Some(event) = rx.recv().await {
             match event {
-                ZdsEvent::Add(pod) => {
-                    conn.add(&pod.uid, Some(pod.info), pod.netns.as_ref())
-                        .await?;
-                    tracing::info!(uid = %pod.uid, "sent add to ztunnel");
+                ZdsEvent::Add(pod, ack) => {
+                    let result = send_add(&conn, &pod).await;
+                    let answer = match result {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            let _ = ack.send(Err(e.to_string()));
+                            return Err(e);
+                        }
+                    };
+                    let _ = ack.send(answer);
                 }
                 ZdsEvent::Del(uid) => {
                     conn.del(&uid).await?;
@@ -330,5 +368,27 @@ async fn serve_ztunnel(agent: Arc<Agent>, sock: SeqPacket) {
         .is_some_and(|(current, _)| *current == id)
     {
         state.ztunnel = None;
+    }
+}
+
+/// Sends one add. `Ok(Err)`: ztunnel refused this pod (the link stays usable); `Err`: the
+/// link failed.
+async fn send_add(
+    conn: &ZdsServerConn,
+    pod: &Enrolled,
+) -> Result<Result<(), String>, mesh::zds::ZdsError> {
+    match conn
+        .add(&pod.uid, Some(pod.info.clone()), pod.netns.as_ref())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(uid = %pod.uid, "ztunnel took the pod");
+            Ok(Ok(()))
+        }
+        Err(mesh::zds::ZdsError::Refused(why)) => {
+            tracing::warn!(uid = %pod.uid, error = %why, "ztunnel refused the pod");
+            Ok(Err(why))
+        }
+        Err(e) => Err(e),
     }
 }

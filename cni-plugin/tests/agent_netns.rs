@@ -25,8 +25,9 @@ enum Seen {
     Closed(String),
 }
 
-/// A fake ztunnel on a thread of its own: connects, acks everything, reports what it got.
-fn fake_ztunnel(socket: PathBuf) -> mpsc::Receiver<Seen> {
+/// A fake ztunnel on a thread of its own: connects, acks everything (or refuses adds, when
+/// `refuse_adds`), reports what it got.
+fn fake_ztunnel(socket: PathBuf, refuse_adds: bool) -> mpsc::Receiver<Seen> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -61,7 +62,11 @@ fn fake_ztunnel(socket: PathBuf) -> mpsc::Receiver<Seen> {
                         return;
                     }
                 };
-                let _ = client.ack(Ok(())).await;
+                let answer = match &seen {
+                    Seen::Add { .. } if refuse_adds => Err("refused by the test".to_string()),
+                    _ => Ok(()),
+                };
+                let _ = client.ack(answer).await;
                 if tx.send(seen).is_err() {
                     return;
                 }
@@ -188,10 +193,6 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
     );
     assert_eq!(mode & 0o777, 0o600, "the CNI socket is root-only");
 
-    // ztunnel connects first: an empty snapshot.
-    let ztunnel = fake_ztunnel(zds_socket.clone());
-    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
-
     let conf = |prev_ip: std::net::Ipv4Addr| {
         json!({
             "cniVersion": "1.0.0",
@@ -207,6 +208,26 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
         sa: "sleep-sa".into(),
         ino: inode(&sleep_ns),
     };
+
+    // No ztunnel yet: ADD fails closed (the runtime will DEL and retry).
+    let (code, out, _) = plugin("ADD", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
+    assert_ne!(code, 0);
+    let err: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(err["code"], json!(999), "{err}");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no ztunnel"),
+        "{err}"
+    );
+    let (code, _, err) = plugin("DEL", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
+    assert_eq!(code, 0, "plugin: {err}");
+    assert_eq!(chains_installed(&sleep), 0);
+
+    // ztunnel connects: an empty snapshot.
+    let ztunnel = fake_ztunnel(zds_socket.clone(), false);
+    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
 
     // ADD of an enrolled pod: rules in its netns, an add (with its netns) to ztunnel.
     let (code, out, err) = plugin("ADD", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
@@ -238,7 +259,7 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
     assert!(!has_route_rule(&topo, &plain));
 
     // A restarted ztunnel gets the enrolled pod in its snapshot; the old link is closed.
-    let ztunnel2 = fake_ztunnel(zds_socket.clone());
+    let ztunnel2 = fake_ztunnel(zds_socket.clone(), false);
     assert_eq!(next(&ztunnel2), want_add);
     assert_eq!(next(&ztunnel2), Seen::SnapshotSent);
     assert!(matches!(next(&ztunnel), Seen::Closed(_)));
@@ -261,6 +282,25 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
         ztunnel2.recv_timeout(Duration::from_millis(300)).is_err(),
         "nothing more is sent to ztunnel"
     );
+
+    // A ztunnel that refuses the pod: ADD fails with its reason.
+    let refusing = fake_ztunnel(zds_socket.clone(), true);
+    assert_eq!(next(&refusing), Seen::SnapshotSent);
+    let (code, out, _) = plugin("ADD", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
+    assert_ne!(code, 0);
+    let err: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(err["code"], json!(999), "{err}");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused by the test"),
+        "{err}"
+    );
+    assert_eq!(next(&refusing), want_add);
+    let (code, _, err) = plugin("DEL", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
+    assert_eq!(code, 0, "plugin: {err}");
+    assert_eq!(chains_installed(&sleep), 0);
     assert!(agent.is_running(), "agent log: {}", agent.log_tail());
 }
 
