@@ -42,6 +42,9 @@ pub struct Mesh {
     /// Namespaces labelled for ambient.
     pub ambient_namespaces: Vec<String>,
     pub services: Vec<Svc>,
+    /// Use the real CNI node agent (cni-plugin) instead of the harness's fake ZDS agent.
+    pub real_cni: bool,
+    pub cni_agents: BTreeMap<String, Proc>,
 }
 
 fn token(node: &str) -> String {
@@ -82,6 +85,8 @@ impl Mesh {
             agents: BTreeMap::new(),
             ambient_namespaces: vec![],
             services: vec![],
+            real_cni: false,
+            cni_agents: BTreeMap::new(),
         }
     }
 
@@ -231,7 +236,31 @@ impl Mesh {
     pub fn start_ztunnel(&mut self, i: usize) {
         let node = self.nodes[i].clone();
         let sock = self.topo.dir().join(format!("{}.sock", node.name));
-        if !self.agents.contains_key(&node.name) {
+        if self.real_cni && !self.cni_agents.contains_key(&node.name) {
+            let cni_sock = self.cni_socket(&node.name);
+            let proc = self
+                .topo
+                .spawn_in(
+                    &node,
+                    Topology::binary("cni-plugin").expect("cni-plugin binary"),
+                    &[
+                        "agent",
+                        "--zds-socket",
+                        sock.to_str().unwrap(),
+                        "--cni-socket",
+                        cni_sock.to_str().unwrap(),
+                        "--config-dir",
+                        self.config_dir.to_str().unwrap(),
+                    ],
+                    &[("RUST_LOG", "info")],
+                )
+                .expect("start the CNI agent");
+            e2e::wait_until("CNI agent sockets", WAIT, || {
+                sock.exists() && cni_sock.exists()
+            })
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", proc.log_tail()));
+            self.cni_agents.insert(node.name.clone(), proc);
+        } else if !self.real_cni && !self.agents.contains_key(&node.name) {
             let agent = ZdsAgent::start(&sock).expect("zds agent");
             self.agents.insert(node.name.clone(), agent);
         }
@@ -268,10 +297,11 @@ impl Mesh {
             )
             .expect("start ztunnel");
         self.ztunnels.insert(node.name.clone(), proc);
-        let agent = &self.agents[&node.name];
-        agent
-            .wait_connections(1, WAIT)
-            .expect("ztunnel connects to the CNI agent");
+        if let Some(agent) = self.agents.get(&node.name) {
+            agent
+                .wait_connections(1, WAIT)
+                .expect("ztunnel connects to the CNI agent");
+        }
         self.topo
             .wait_http_ok(&node, ready.parse().unwrap(), "/healthz/ready", WAIT)
             .unwrap_or_else(|e| {
@@ -288,6 +318,60 @@ impl Mesh {
         if let Some(p) = self.ztunnels.remove(&self.nodes[i].name) {
             let _ = p.stop();
         }
+    }
+
+    /// The node agent's socket for CNI plugin calls on `node`.
+    pub fn cni_socket(&self, node: &str) -> PathBuf {
+        self.topo.dir().join(format!("{node}-cni.sock"))
+    }
+
+    /// Runs the real CNI plugin binary for `pod` as a container runtime would (chained after
+    /// the network plugin, with its result as `prevResult`); returns (exit code, stdout).
+    pub fn cni(&self, command: &str, pod: &Pod) -> (i32, String) {
+        use std::io::Write as _;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "cni-plugin",
+            "agent_socket": self.cni_socket(&pod.node),
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": format!("/var/run/netns/{}", pod.netns_name)}],
+                "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
+            },
+        });
+        let mut child =
+            std::process::Command::new(Topology::binary("cni-plugin").expect("cni-plugin"))
+                .env("CNI_COMMAND", command)
+                .env(
+                    "CNI_CONTAINERID",
+                    format!("ctr-{}-{}", pod.namespace, pod.name),
+                )
+                .env("CNI_NETNS", format!("/var/run/netns/{}", pod.netns_name))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni")
+                .env(
+                    "CNI_ARGS",
+                    format!(
+                        "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                        pod.namespace, pod.name
+                    ),
+                )
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run the CNI plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("plugin");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// Hands every meshed pod of each node to its ztunnel.
