@@ -226,7 +226,9 @@ impl Connection {
     pub fn on_snapshot(&mut self, snapshot: Arc<PreparedSnapshot>) -> Vec<Outgoing> {
         let previous = std::mem::replace(&mut self.snapshot, snapshot);
         let mut out = Vec::new();
-        for kind in ResourceType::ALL {
+        // Policies before addresses: a workload that starts naming a new policy must never reach
+        // a proxy before the policy itself (it would be enforced without it for a moment).
+        for kind in [ResourceType::Authorization, ResourceType::Address] {
             let state = &mut self.types[kind.index()];
             if !state.subscribed {
                 continue;
