@@ -235,7 +235,7 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
         let id = identity_of(end_entity)
             .map_err(|e| TlsError::General(format!("client certificate: {e}")))?;
         if id.trust_domain() != self.trust_domain {
-            tracing::debug!(client = %id, trust_domain = %self.trust_domain, "client from a foreign trust domain");
+            tracing::info!(client = %id, trust_domain = %self.trust_domain, "client certificate refused: foreign trust domain");
             return Err(TlsError::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));

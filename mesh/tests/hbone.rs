@@ -267,8 +267,58 @@ async fn client_refuses_a_server_with_an_unexpected_identity() {
     assert_eq!(fx.handled.load(Ordering::SeqCst), 0);
 }
 
-/// Attempts a stream with `cert`; the server must refuse it before any handler runs.
+/// Log lines written on this thread while a [`LogCapture`] guard lives.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
+    }
+}
+
+impl LogCapture {
+    /// Captures this thread's `info` logs (the test runtime is single-threaded, so the
+    /// server's tasks log here too) until the guard drops.
+    fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+/// Attempts a stream with `cert`; the server must refuse it before any handler runs, and say
+/// so in its log with `reason`.
 async fn assert_server_refuses(fx: &Fixture, cert: WorkloadCertificate, why: &str) {
+    assert_server_refuses_saying(fx, cert, why, "HBONE TLS handshake refused").await;
+}
+
+async fn assert_server_refuses_saying(
+    fx: &Fixture,
+    cert: WorkloadCertificate,
+    why: &str,
+    reason: &str,
+) {
+    let (logs, _guard) = LogCapture::start();
     let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
     let key = fx.key(&cert, vec![fx.server_id.clone()]);
     let result = pool
@@ -280,6 +330,15 @@ async fn assert_server_refuses(fx: &Fixture, cert: WorkloadCertificate, why: &st
         0,
         "{why}: no handler ran"
     );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !logs.text().contains(reason) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why}: refusal not logged with {reason:?}:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -290,7 +349,7 @@ async fn server_refuses_client_from_another_root() {
     let cert = other
         .issue(&id("default/sa/sleep"))
         .with_extra_roots(fx.ca.issue(&id("x/sa/y")).roots().to_vec());
-    assert_server_refuses(&fx, cert, "foreign root").await;
+    assert_server_refuses_saying(&fx, cert, "foreign root", "invalid peer certificate").await;
 }
 
 #[tokio::test]
@@ -306,7 +365,7 @@ async fn server_refuses_an_expired_client_certificate() {
         )
         .expect("expired cert");
     assert!(cert.is_expired_at(SystemTime::now()));
-    assert_server_refuses(&fx, cert, "expired").await;
+    assert_server_refuses_saying(&fx, cert, "expired", "expired").await;
 }
 
 #[tokio::test]
@@ -320,7 +379,7 @@ async fn server_refuses_a_client_from_another_trust_domain() {
         .ca
         .issue_at(&foreign, SystemTime::now(), Duration::from_secs(3600))
         .expect("cert");
-    assert_server_refuses(&fx, cert, "foreign trust domain").await;
+    assert_server_refuses_saying(&fx, cert, "foreign trust domain", "foreign trust domain").await;
 }
 
 /// Accepts any server certificate, so that only the server's checks decide.
@@ -390,6 +449,7 @@ async fn server_refuses_a_client_with_no_certificate() {
 
 #[tokio::test]
 async fn plaintext_to_the_hbone_port_gets_nothing() {
+    let (logs, _guard) = LogCapture::start();
     let fx = start_server(Behaviour::Echo).await;
     for probe in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -407,6 +467,10 @@ async fn plaintext_to_the_hbone_port_gets_nothing() {
         );
     }
     assert_eq!(fx.handled.load(Ordering::SeqCst), 0);
+    eventually("plaintext refusals logged", || {
+        logs.text().matches("HBONE TLS handshake refused").count() >= 3
+    })
+    .await;
 }
 
 #[tokio::test]
