@@ -308,10 +308,6 @@ impl LogCapture {
 
 /// Attempts a stream with `cert`; the server must refuse it before any handler runs, and say
 /// so in its log with `reason`.
-async fn assert_server_refuses(fx: &Fixture, cert: WorkloadCertificate, why: &str) {
-    assert_server_refuses_saying(fx, cert, why, "HBONE TLS handshake refused").await;
-}
-
 async fn assert_server_refuses_saying(
     fx: &Fixture,
     cert: WorkloadCertificate,
