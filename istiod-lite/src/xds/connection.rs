@@ -358,6 +358,38 @@ mod tests {
     const A: ResourceType = ResourceType::Address;
 
     #[test]
+    fn policies_go_out_before_the_addresses_that_name_them() {
+        let mut c = Connection::new(prepared(&[], 0), Arc::default());
+        for kind in ResourceType::ALL {
+            let (_, out) = c.on_request(subscribe(kind, &[]));
+            c.on_request(ack(&out.unwrap()));
+        }
+        let mut snapshot = XdsSnapshot {
+            addresses: [("w1".to_string(), workload("w1", &[]))].into(),
+            ..Default::default()
+        };
+        snapshot.authorizations.insert(
+            "ns/p".into(),
+            proto::security::Authorization {
+                name: "p".into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            },
+        );
+        let both = Arc::new(PreparedSnapshot::prepare(
+            &snapshot,
+            1,
+            Some(Instant::now()),
+        ));
+        let out = c.on_snapshot(both);
+        let order: Vec<&str> = out.iter().map(|o| o.response.type_url.as_str()).collect();
+        assert_eq!(
+            order,
+            [proto::AUTHORIZATION_TYPE_URL, proto::ADDRESS_TYPE_URL]
+        );
+    }
+
+    #[test]
     fn subscription_is_always_answered_and_only_one_response_is_in_flight() {
         let mut c = Connection::new(prepared(&[], 0), Arc::default());
         let (received, out) = c.on_request(subscribe(ResourceType::Authorization, &[]));
