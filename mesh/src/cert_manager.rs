@@ -83,6 +83,8 @@ pub struct CertManager {
     provider: Arc<dyn CertificateProvider>,
     config: RenewalConfig,
     entries: Mutex<HashMap<Identity, Entry>>,
+    /// Where renewal tasks run; the caller's runtime when `None`.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for CertManager {
@@ -98,6 +100,22 @@ impl CertManager {
             provider,
             config,
             entries: Mutex::new(HashMap::new()),
+            runtime: None,
+        })
+    }
+
+    /// A manager whose fetch and renewal tasks run on `runtime` (a control-plane runtime), so
+    /// CA traffic never competes with proxying on the data-plane threads.
+    pub fn on_runtime(
+        provider: Arc<dyn CertificateProvider>,
+        config: RenewalConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(CertManager {
+            provider,
+            config,
+            entries: Mutex::new(HashMap::new()),
+            runtime: Some(runtime),
         })
     }
 
@@ -123,12 +141,16 @@ impl CertManager {
             return entry.rx.clone();
         }
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(renew_loop(
+        let work = renew_loop(
             self.provider.clone(),
             self.config.clone(),
             identity.clone(),
             tx,
-        ));
+        );
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        };
         entries.insert(
             identity.clone(),
             Entry {

@@ -17,8 +17,14 @@ use crate::proxy::authz::LiveConnections;
 use crate::proxy::ProxyInputs;
 use crate::telemetry::Telemetry;
 
-/// Runs ztunnel until SIGTERM, ctrl-c or `/quitquitquit`.
-pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<()> {
+/// Runs ztunnel until SIGTERM, ctrl-c or `/quitquitquit`, on the data-plane runtime; the CA
+/// client, the xDS client, policy re-checks and the admin endpoints run on `control`, so config
+/// work and metrics encoding never take a data-plane thread.
+pub async fn run(
+    config: Arc<Config>,
+    log_reload: LogReload,
+    control: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let home = Netns::current().context("reading ztunnel's own network namespace")?;
     let root_cert_pem = std::fs::read_to_string(&config.root_ca_file).with_context(|| {
         format!(
@@ -36,6 +42,8 @@ pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<(
         None => None,
     };
 
+    // Clients created here spawn their connection tasks on the control runtime.
+    let enter = control.enter();
     let ca = CaClient::new(CaClientConfig {
         address: config.ca_address().to_string(),
         root_cert_pem: root_cert_pem.clone(),
@@ -45,7 +53,7 @@ pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<(
         impersonate: true,
     })
     .context("CA client")?;
-    let certs = CertManager::new(Arc::new(ca), RenewalConfig::default());
+    let certs = CertManager::on_runtime(Arc::new(ca), RenewalConfig::default(), control.clone());
 
     let store = Store::new();
     let node_ip = config.admin_addr.ip();
@@ -73,13 +81,14 @@ pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<(
         store.clone(),
     )
     .context("xDS client")?;
+    drop(enter);
     let xds_status = xds.status();
-    tokio::spawn(xds.run());
+    control.spawn(xds.run());
 
     let telemetry = Arc::new(Telemetry::default());
     let pods = Arc::new(Pods::default());
     let live = Arc::new(LiveConnections::default());
-    tokio::spawn(live.clone().watch(store.clone()));
+    control.spawn(live.clone().watch(store.clone()));
     let inputs = ProxyInputs {
         config: config.clone(),
         store: store.clone(),
@@ -113,11 +122,14 @@ pub async fn run(config: Arc<Config>, log_reload: LogReload) -> anyhow::Result<(
             "readiness",
         ),
     ] {
-        let listener = TcpListener::bind(addr)
+        // Bound on the control runtime so its reactor owns the socket.
+        let listener = control
+            .spawn(TcpListener::bind(addr))
             .await
+            .context("control runtime")?
             .with_context(|| format!("binding the {what} endpoint on {addr}"))?;
         tracing::info!(%addr, "{what} endpoint listening");
-        tokio::spawn(mesh::http_server::serve(listener, handler));
+        control.spawn(mesh::http_server::serve(listener, handler));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -48,9 +48,29 @@ fn main() -> ExitCode {
     // The guard flushes buffered log lines when main returns.
     let (log_reload, _log_guard) = init_tracing(config.log_format);
     tracing::debug!(?config, "configuration");
+    // Two runtimes, as upstream: a single-threaded one for control work (CA, xDS, admin,
+    // policy re-checks) on its own thread, and a multi-threaded one for the data plane.
+    let control = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let control_handle = control.handle().clone();
+    let control_thread = std::thread::Builder::new()
+        .name("ztunnel-control".into())
+        .spawn(move || control.block_on(std::future::pending::<()>()));
+    if let Err(e) = control_thread {
+        tracing::error!(error = %e, "cannot start the control thread");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("ztunnel")
+        .thread_name("ztunnel-data")
         .build()
     {
         Ok(rt) => rt,
@@ -59,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ztunnel::app::run(config, log_reload)) {
+    match runtime.block_on(ztunnel::app::run(config, log_reload, control_handle)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "ztunnel failed");
