@@ -14,16 +14,13 @@
 //! behind the same trait.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use mesh::Identity;
 use tokio::sync::watch;
 
-use crate::config_source::{
-    ClusterState, ConfigSource, ConfigSourceError, DirSource, ObjectKey, DEFAULT_POLL_INTERVAL,
-};
+use crate::config_source::{ClusterState, ObjectKey};
 
 /// Answers whether a node may hold an identity.
 pub trait PodDirectory: Send + Sync + 'static {
@@ -42,14 +39,6 @@ pub struct PodInfo {
     pub node: Option<String>,
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccountName or "default">`.
     pub identity: Identity,
-}
-
-/// Why the pod directory is unusable at start.
-#[derive(Debug, thiserror::Error)]
-pub enum PodsError {
-    /// The config source could not start.
-    #[error(transparent)]
-    Source(#[from] ConfigSourceError),
 }
 
 /// The pods of a snapshot that have not finished, with their identities, in key order. Pods
@@ -152,54 +141,13 @@ impl PodDirectory for ClusterPods {
     }
 }
 
-/// The pods of a config directory: a [`DirSource`] of its own and [`ClusterPods`] over it.
-///
-/// For a caller that has no other use for the directory. When the same directory also feeds
-/// the config API, open one [`DirSource`] and build [`ClusterPods`] from its
-/// [`ConfigSource::subscribe`], so both read the same snapshots and the files are polled once.
-pub struct YamlPodDirectory {
-    source: DirSource,
-    pods: ClusterPods,
-}
-
-impl std::fmt::Debug for YamlPodDirectory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("YamlPodDirectory")
-            .field("dir", &self.source.dir())
-            .finish_non_exhaustive()
-    }
-}
-
-impl YamlPodDirectory {
-    /// Reads `dir` now and follows its changes (see [`DirSource`]): fails if it cannot be
-    /// listed or holds an unusable document. Must be called inside a tokio runtime.
-    pub fn open(dir: &Path, trust_domain: &str) -> Result<Self, PodsError> {
-        let source = DirSource::open(dir, DEFAULT_POLL_INTERVAL)?;
-        let pods = ClusterPods::new(source.subscribe(), trust_domain);
-        Ok(YamlPodDirectory { source, pods })
-    }
-
-    /// The pods as of the latest snapshot.
-    pub fn pods(&self) -> Vec<PodInfo> {
-        self.pods.pods()
-    }
-
-    /// The config source underneath.
-    pub fn source(&self) -> &DirSource {
-        &self.source
-    }
-}
-
-impl PodDirectory for YamlPodDirectory {
-    fn may_hold(&self, node: &str, identity: &Identity) -> bool {
-        self.pods.may_hold(node, identity)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
+
+    use crate::config_source::{ConfigSource, DirSource, DEFAULT_POLL_INTERVAL};
 
     use super::*;
 
@@ -298,7 +246,8 @@ spec: {nodeName: node-1, serviceAccountName: "not valid", containers: []}
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pods.yaml"), PODS).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "kind: Pod").unwrap();
-        let pods = YamlPodDirectory::open(dir.path(), TD).unwrap();
+        let source = DirSource::open(dir.path(), DEFAULT_POLL_INTERVAL).unwrap();
+        let pods = ClusterPods::new(source.subscribe(), TD);
         let sleep = id("spiffe://cluster.local/ns/apps/sa/sleep");
         assert!(pods.may_hold("node-1", &sleep));
 
@@ -321,7 +270,8 @@ spec: {nodeName: node-1, serviceAccountName: "not valid", containers: []}
 
     #[tokio::test]
     async fn an_unlistable_or_invalid_directory_fails_at_start() {
-        let err = YamlPodDirectory::open(Path::new("/nonexistent/config"), TD).unwrap_err();
+        let err =
+            DirSource::open(Path::new("/nonexistent/config"), DEFAULT_POLL_INTERVAL).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/config"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -329,7 +279,7 @@ spec: {nodeName: node-1, serviceAccountName: "not valid", containers: []}
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: [x]}\n",
         )
         .unwrap();
-        let err = YamlPodDirectory::open(dir.path(), TD).unwrap_err();
+        let err = DirSource::open(dir.path(), DEFAULT_POLL_INTERVAL).unwrap_err();
         assert!(
             err.to_string()
                 .contains("pods.yaml document 0: not a valid Pod"),
