@@ -3,9 +3,7 @@
 //! `CaClient` and, for malformed input, a raw tonic client.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use istiod_lite::config::{Config, LogFormat};
@@ -14,6 +12,7 @@ use mesh::ca::CertificateAuthority;
 use mesh::ca_client::{CaClient, CaClientConfig, IMPERSONATED_IDENTITY_KEY};
 use mesh::cert::{identity_of, new_csr, parse_pem_certs, validity_of};
 use mesh::cert_manager::{CertificateProvider, FetchError};
+use mesh::testing::LogBuffer;
 use mesh::Identity;
 use proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
@@ -58,51 +57,8 @@ fn id(s: &str) -> Identity {
 
 // ---- log capture -------------------------------------------------------------------------
 
-/// Everything logged by any test of this binary (one global subscriber).
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogBuffer {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 fn logs() -> &'static LogBuffer {
-    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = LogBuffer::default();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .with_env_filter("info")
-            .try_init();
-        buffer
-    })
+    LogBuffer::global()
 }
 
 // ---- harness -----------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 //! The directory config source over a real (temporary) directory: initial load, changes,
 //! rejected changes, ignored kinds and deleted files; and its snapshots through translation.
 
-use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use istiod_lite::config_source::{ConfigSource, ConfigSourceError, DirSource, ObjectKey};
 use istiod_lite::translate::{resources, translate, TranslateOptions};
+use mesh::testing::LogBuffer;
 use tokio::time::Instant;
 
 /// Short, so the tests are quick; the waits below are bounded by `WAIT`.
@@ -49,48 +49,15 @@ spec:
 
 // ---- log capture -------------------------------------------------------------------------
 
-/// Everything logged by any test of this binary (one global subscriber).
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 fn logs() -> &'static LogBuffer {
-    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = LogBuffer::default();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .with_env_filter("info")
-            .try_init();
-        buffer
-    })
+    LogBuffer::global()
 }
 
 /// Whether some log line contains every one of `parts`.
 fn logged(parts: &[&str]) -> bool {
-    let bytes = logs().0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    String::from_utf8_lossy(&bytes)
+    logs()
         .lines()
+        .iter()
         .any(|line| parts.iter().all(|p| line.contains(p)))
 }
 

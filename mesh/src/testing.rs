@@ -70,3 +70,68 @@ impl CertificateProvider for TestCa {
         })
     }
 }
+
+/// Log lines captured from `tracing`, for tests that assert what a refusal logged.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    /// Everything captured, as lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.text().lines().map(str::to_string).collect()
+    }
+
+    /// Everything captured.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// The process-wide capture of `info` logs: installs a global subscriber on first use
+    /// (for test binaries whose servers log from many threads).
+    pub fn global() -> &'static LogBuffer {
+        static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let buffer = LogBuffer::default();
+            let _ = tracing_subscriber::fmt()
+                .with_writer(buffer.clone())
+                .with_ansi(false)
+                .with_env_filter("info")
+                .try_init();
+            buffer
+        })
+    }
+
+    /// Captures `info` logs of the current thread until the guard drops (for single-threaded
+    /// test runtimes, where spawned tasks log on this thread too).
+    pub fn scoped() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+        let buffer = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (buffer, tracing::subscriber::set_default(subscriber))
+    }
+}

@@ -11,7 +11,7 @@ use mesh::cert::WorkloadCertificate;
 use mesh::hbone::{
     ConnectMeta, H2Config, HboneError, InboundRequest, Pool, PoolKey, Server, TcpConnector,
 };
-use mesh::testing::TestCa;
+use mesh::testing::{LogBuffer, TestCa};
 use mesh::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -267,45 +267,6 @@ async fn client_refuses_a_server_with_an_unexpected_identity() {
     assert_eq!(fx.handled.load(Ordering::SeqCst), 0);
 }
 
-/// Log lines written on this thread while a [`LogCapture`] guard lives.
-#[derive(Clone, Default)]
-struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
-    type Writer = LogCapture;
-    fn make_writer(&'a self) -> LogCapture {
-        self.clone()
-    }
-}
-
-impl LogCapture {
-    /// Captures this thread's `info` logs (the test runtime is single-threaded, so the
-    /// server's tasks log here too) until the guard drops.
-    fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
-        let capture = LogCapture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(capture.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (capture, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-}
-
 /// Attempts a stream with `cert`; the server must refuse it before any handler runs, and say
 /// so in its log with `reason`.
 async fn assert_server_refuses_saying(
@@ -314,7 +275,7 @@ async fn assert_server_refuses_saying(
     why: &str,
     reason: &str,
 ) {
-    let (logs, _guard) = LogCapture::start();
+    let (logs, _guard) = LogBuffer::scoped();
     let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
     let key = fx.key(&cert, vec![fx.server_id.clone()]);
     let result = pool
@@ -445,7 +406,7 @@ async fn server_refuses_a_client_with_no_certificate() {
 
 #[tokio::test]
 async fn plaintext_to_the_hbone_port_gets_nothing() {
-    let (logs, _guard) = LogCapture::start();
+    let (logs, _guard) = LogBuffer::scoped();
     let fx = start_server(Behaviour::Echo).await;
     for probe in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],

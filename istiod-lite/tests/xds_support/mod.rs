@@ -2,10 +2,10 @@
 //! proxy's model, the mesh's `XdsClient`, and a raw delta ADS stream.
 
 use std::collections::BTreeMap;
-use std::io;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use istiod_lite::config::{Config, LogFormat};
@@ -16,6 +16,7 @@ use mesh::model::{
     PolicyScope, PortMapping, Service, TunnelProtocol, Workload, WorkloadType,
 };
 use mesh::store::{Store, StoreSnapshot};
+use mesh::testing::LogBuffer;
 use mesh::xds::{
     BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsStatus, XdsTls, XdsTransport,
 };
@@ -39,51 +40,8 @@ pub const QUIET: Duration = Duration::from_millis(500);
 
 // ---- log capture -------------------------------------------------------------------------
 
-/// Everything logged by any test of this binary (one global subscriber).
-#[derive(Clone, Default)]
-pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogBuffer {
-    pub fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 pub fn logs() -> &'static LogBuffer {
-    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = LogBuffer::default();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .with_env_filter("info")
-            .try_init();
-        buffer
-    })
+    LogBuffer::global()
 }
 
 // ---- config ------------------------------------------------------------------------------
