@@ -1,21 +1,25 @@
-//! Which pods are in the mesh.
+//! Which pods are in the mesh, and what the node agent knows of each Pod object.
 //!
 //! A pod is enrolled when its own label `istio.io/dataplane-mode` is `ambient`, or when its
 //! namespace has that label and the pod does not opt out with `istio.io/dataplane-mode=none`.
 //!
 //! The source is behind the [`Enrollment`] trait. Today's implementation, [`DirEnrollment`],
 //! reads the Namespaces and Pods of the same directory of Kubernetes YAML that istiod-lite
-//! reads, afresh on every question (a CNI ADD is rare and the directory small, so no cache can
-//! go stale). A later issue may replace it by a watch on istiod-lite (or the API server), which
-//! would also catch label changes of running pods; that reconciliation is not built.
+//! reads, afresh on every question (a CNI ADD or a reconcile pass: the directory is small, so
+//! no cache can go stale). Besides labels it keeps what reconciliation needs: `spec.nodeName`,
+//! `spec.hostNetwork`, `status.phase` and `status.podIPs` (else `status.podIP`).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 /// The label that enrols a namespace or pod.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// A pod's identity in the cluster: (namespace, name).
+pub type PodKey = (String, String);
 
 /// What the agent knows about a pod it is asked to set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +41,7 @@ pub enum EnrollmentError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A document is not YAML.
+    /// A document is not YAML, or a Namespace or Pod document has an unexpected shape.
     #[error("{path} is not valid YAML: {reason}")]
     Parse {
         /// The file.
@@ -49,8 +53,8 @@ pub enum EnrollmentError {
 
 /// A source of enrolment decisions.
 pub trait Enrollment: Send + Sync {
-    /// Decides for pod `namespace/name`.
-    fn decide(&self, namespace: &str, name: &str) -> Result<Decision, EnrollmentError>;
+    /// Reads every Namespace and Pod, as of now (decisions: [`Snapshot::decide`]).
+    fn snapshot(&self) -> Result<Snapshot, EnrollmentError>;
 }
 
 /// Enrolment from a directory of Kubernetes YAML (istiod-lite's `--config-dir`).
@@ -62,11 +66,11 @@ pub struct DirEnrollment {
 #[derive(Debug, Default, Deserialize)]
 struct Doc {
     #[serde(default)]
-    kind: String,
-    #[serde(default)]
     metadata: Meta,
     #[serde(default)]
     spec: Option<PodSpec>,
+    #[serde(default)]
+    status: Option<PodStatus>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,63 +80,166 @@ struct Meta {
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "deletionTimestamp")]
+    deletion_timestamp: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PodSpec {
-    #[serde(default, rename = "serviceAccountName")]
+    #[serde(default)]
     service_account_name: Option<String>,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    host_network: Option<bool>,
 }
 
-type Labels = BTreeMap<String, String>;
-
-/// A pod as read: its labels and service account.
-#[derive(Debug, Default)]
-struct PodEntry {
-    labels: Labels,
-    service_account: Option<String>,
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodStatus {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Option<Vec<PodIp>>,
 }
 
-/// Namespace and pod labels, as read.
-#[derive(Debug, Default)]
-struct Cluster {
+#[derive(Debug, Default, Deserialize)]
+struct PodIp {
+    #[serde(default)]
+    ip: String,
+}
+
+/// Labels of an object.
+pub type Labels = BTreeMap<String, String>;
+
+/// One Pod object, as the agent needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodObject {
+    /// `metadata.labels`.
+    pub labels: Labels,
+    /// `spec.serviceAccountName`.
+    pub service_account: Option<String>,
+    /// `spec.nodeName`; `None` while the pod is not scheduled.
+    pub node_name: Option<String>,
+    /// `spec.hostNetwork`: the pod shares the node's network namespace (never captured).
+    pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set: the pod is shutting down (its CNI DEL will come).
+    pub deleting: bool,
+    /// `status.phase` (`Pending`, `Running`, `Succeeded`, `Failed`), when there is a status.
+    pub phase: Option<String>,
+    /// `status.podIPs`, else `status.podIP`; entries that are not addresses are left out.
+    /// Empty while the sandbox is being created.
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodObject {
+    /// The pod's containers have all ended for good (phase `Succeeded` or `Failed`).
+    pub fn finished(&self) -> bool {
+        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+}
+
+/// Every Namespace's labels and every Pod, as read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
     namespaces: BTreeMap<String, Labels>,
-    pods: BTreeMap<(String, String), PodEntry>,
+    pods: BTreeMap<PodKey, PodObject>,
 }
 
-impl Cluster {
-    fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), EnrollmentError> {
+fn pod_ips(status: &PodStatus) -> Vec<IpAddr> {
+    let listed: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .collect();
+    // Like istiod-lite: `podIPs` when given, else `podIP`.
+    let raw: Vec<&str> = if listed.is_empty() {
+        status.pod_ip.as_deref().into_iter().collect()
+    } else {
+        listed
+    };
+    raw.iter().filter_map(|ip| ip.trim().parse().ok()).collect()
+}
+
+impl Snapshot {
+    /// Adds the Namespaces and Pods of one YAML file, also those inside a `kind: List` (other
+    /// kinds are istiod-lite's business).
+    pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), EnrollmentError> {
         for de in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(de).map_err(|e| EnrollmentError::Parse {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-            // Other kinds (and documents of unexpected shape) are istiod-lite's business.
-            let Ok(doc) = serde_yaml::from_value::<Doc>(value) else {
-                continue;
+            let items = match value.get("kind").and_then(serde_yaml::Value::as_str) {
+                Some("List") => value
+                    .get("items")
+                    .and_then(serde_yaml::Value::as_sequence)
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => vec![value],
             };
-            match doc.kind.as_str() {
-                "Namespace" => {
-                    self.namespaces
-                        .insert(doc.metadata.name, doc.metadata.labels);
-                }
-                "Pod" => {
-                    let ns = doc.metadata.namespace.unwrap_or_else(|| "default".into());
-                    let sa = doc.spec.and_then(|s| s.service_account_name);
-                    let entry = PodEntry {
-                        labels: doc.metadata.labels,
-                        service_account: sa,
-                    };
-                    self.pods.insert((ns, doc.metadata.name), entry);
-                }
-                _ => {}
+            for item in items {
+                self.add_object(item)
+                    .map_err(|reason| EnrollmentError::Parse {
+                        path: path.to_path_buf(),
+                        reason,
+                    })?;
             }
         }
         Ok(())
     }
 
-    fn decide(&self, namespace: &str, name: &str) -> Decision {
+    fn add_object(&mut self, value: serde_yaml::Value) -> Result<(), String> {
+        let kind = match value.get("kind").and_then(serde_yaml::Value::as_str) {
+            Some(k @ ("Namespace" | "Pod")) => k.to_string(),
+            _ => return Ok(()),
+        };
+        // A Namespace or Pod we cannot read is an error, not a skip: skipping it would make
+        // its pods look un-enrolled (or gone) and release them.
+        let doc = serde_yaml::from_value::<Doc>(value).map_err(|e| format!("{kind}: {e}"))?;
+        let labels = doc.metadata.labels.unwrap_or_default();
+        let deleting = doc
+            .metadata
+            .deletion_timestamp
+            .is_some_and(|t| !t.is_null());
+        if kind == "Namespace" {
+            self.namespaces.insert(doc.metadata.name, labels);
+            return Ok(());
+        }
+        let ns = doc.metadata.namespace.unwrap_or_else(|| "default".into());
+        let spec = doc.spec.unwrap_or_default();
+        let status = doc.status.unwrap_or_default();
+        let pod = PodObject {
+            labels,
+            service_account: spec.service_account_name,
+            node_name: spec.node_name.filter(|n| !n.is_empty()),
+            host_network: spec.host_network.unwrap_or(false),
+            deleting,
+            ips: pod_ips(&status),
+            phase: status.phase,
+        };
+        self.pods.insert((ns, doc.metadata.name), pod);
+        Ok(())
+    }
+
+    /// The Pod object `namespace/name`, if there is one.
+    pub fn pod(&self, key: &PodKey) -> Option<&PodObject> {
+        self.pods.get(key)
+    }
+
+    /// Every Pod object, by (namespace, name).
+    pub fn pods(&self) -> impl Iterator<Item = (&PodKey, &PodObject)> {
+        self.pods.iter()
+    }
+
+    /// Decides for pod `namespace/name`: its own label wins, else its namespace's. A pod
+    /// without an object is decided by its namespace; its service account is `default`.
+    pub fn decide(&self, namespace: &str, name: &str) -> Decision {
         let pod = self.pods.get(&(namespace.to_string(), name.to_string()));
         let pod_mode = pod.and_then(|p| p.labels.get(DATAPLANE_MODE_LABEL));
         let ns_mode = self
@@ -158,26 +265,22 @@ impl DirEnrollment {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DirEnrollment { dir: dir.into() }
     }
+}
 
-    fn load(&self) -> Result<Cluster, EnrollmentError> {
+impl Enrollment for DirEnrollment {
+    fn snapshot(&self) -> Result<Snapshot, EnrollmentError> {
         let mut files = Vec::new();
         walk(&self.dir, 0, &mut files)?;
         files.sort();
-        let mut cluster = Cluster::default();
+        let mut snapshot = Snapshot::default();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|source| EnrollmentError::Read {
                 path: path.clone(),
                 source,
             })?;
-            cluster.add_yaml(&path, &text)?;
+            snapshot.add_yaml(&path, &text)?;
         }
-        Ok(cluster)
-    }
-}
-
-impl Enrollment for DirEnrollment {
-    fn decide(&self, namespace: &str, name: &str) -> Result<Decision, EnrollmentError> {
-        Ok(self.load()?.decide(namespace, name))
+        Ok(snapshot)
     }
 }
 
@@ -232,8 +335,8 @@ kind: Service
 metadata: {name: svc, namespace: mesh}
 ";
 
-    fn cluster() -> Cluster {
-        let mut c = Cluster::default();
+    fn cluster() -> Snapshot {
+        let mut c = Snapshot::default();
         c.add_yaml(Path::new("t.yaml"), YAML).expect("parses");
         c
     }
@@ -259,16 +362,96 @@ metadata: {name: svc, namespace: mesh}
         std::fs::write(dir.path().join(".hidden.yaml"), "{{{").expect("write");
         std::fs::write(dir.path().join("notes.txt"), "{{{").expect("write");
         let e = DirEnrollment::new(dir.path());
-        assert!(e.decide("mesh", "x").expect("reads").enrolled);
+        assert!(e.snapshot().expect("reads").decide("mesh", "x").enrolled);
         std::fs::write(dir.path().join("b.yml"), "a: [").expect("write");
-        assert!(matches!(
-            e.decide("mesh", "x"),
-            Err(EnrollmentError::Parse { .. })
-        ));
+        assert!(matches!(e.snapshot(), Err(EnrollmentError::Parse { .. })));
         let missing = DirEnrollment::new(dir.path().join("nope"));
         assert!(matches!(
-            missing.decide("mesh", "x"),
+            missing.snapshot(),
             Err(EnrollmentError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn pods_keep_node_name_addresses_and_phase() {
+        let yaml = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, uid: 0b6c-1, labels: {app: web}}
+spec: {nodeName: n1, serviceAccountName: web, containers: [{name: main, image: local}]}
+status: {phase: Running, podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, {ip: 'fd00::2'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: demo}
+spec: {nodeName: n1, containers: [{name: main, image: local}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old-style, namespace: demo, deletionTimestamp: '2025-01-01T00:00:00Z'}
+spec: {nodeName: n2, hostNetwork: true}
+status: {phase: Succeeded, podIP: 10.244.2.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unscheduled}
+status: {phase: Pending, podIP: not-an-ip}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}}
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: x}}
+";
+        let mut s = Snapshot::default();
+        s.add_yaml(Path::new("t.yaml"), yaml).expect("parses");
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        let web = s.pod(&key("demo", "web")).expect("web");
+        assert_eq!(web.node_name.as_deref(), Some("n1"));
+        assert_eq!(
+            web.ips,
+            vec![
+                "10.244.1.2".parse::<IpAddr>().expect("ip"),
+                "fd00::2".parse().expect("ip")
+            ]
+        );
+        assert_eq!(web.phase.as_deref(), Some("Running"));
+        assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
+        assert!(!web.host_network && !web.finished());
+        let starting = s.pod(&key("demo", "starting")).expect("starting");
+        assert!(starting.ips.is_empty() && starting.phase.is_none());
+        let old = s.pod(&key("demo", "old-style")).expect("old-style");
+        assert_eq!(old.ips, vec!["10.244.2.7".parse::<IpAddr>().expect("ip")]);
+        assert!(old.host_network && old.finished() && old.deleting);
+        assert!(!web.deleting);
+        let unscheduled = s.pod(&key("default", "unscheduled")).expect("default ns");
+        assert_eq!(
+            (unscheduled.node_name.as_deref(), unscheduled.ips.len()),
+            (None, 0)
+        );
+        // The Namespace inside the List counts.
+        assert!(s.decide("demo", "web").enrolled);
+        assert_eq!(s.decide("demo", "web").service_account, "web");
+        assert_eq!(s.pods().count(), 4);
+    }
+
+    #[test]
+    fn an_unreadable_pod_or_namespace_is_an_error_not_a_skip() {
+        for doc in [
+            "kind: Pod\nmetadata: {name: a, labels: [x]}\n",
+            "kind: Namespace\nmetadata: {name: [a]}\n",
+            "kind: Pod\nmetadata: {name: a}\nspec: {nodeName: [x]}\n",
+        ] {
+            let mut s = Snapshot::default();
+            let err = s.add_yaml(Path::new("bad.yaml"), doc).expect_err(doc);
+            assert!(err.to_string().contains("bad.yaml"), "{err}");
+        }
+        // Other kinds of unexpected shape are istiod-lite's business.
+        let mut s = Snapshot::default();
+        s.add_yaml(
+            Path::new("ok.yaml"),
+            "kind: Service\nmetadata: [1]\n---\n[1, 2]\n",
+        )
+        .expect("skipped");
     }
 }

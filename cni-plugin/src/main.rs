@@ -13,14 +13,20 @@ mod agent;
 mod agent_proto;
 mod cni;
 mod enrollment;
+mod install;
 mod netns;
 mod plugin;
+mod pods;
+mod reconcile;
 mod rules;
+mod scan;
+mod ztunnel;
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -63,6 +69,21 @@ struct Cli {
 enum Sub {
     /// Run the node agent: serve the plugin's events, capture enrolled pods, serve ZDS.
     Agent(AgentArgs),
+    /// Remove what the agent installed: its entry from every `*.conflist` of the conf dir and
+    /// its binary from the bin dir.
+    Uninstall(UninstallArgs),
+}
+
+/// `uninstall`'s flags.
+#[derive(Debug, Clone, Args)]
+struct UninstallArgs {
+    /// The CNI network config directory.
+    #[arg(long, env = "CNI_CONF_DIR")]
+    cni_conf_dir: PathBuf,
+
+    /// The CNI plugin binary directory.
+    #[arg(long, env = "CNI_BIN_DIR")]
+    cni_bin_dir: PathBuf,
 }
 
 /// The node agent's flags.
@@ -89,13 +110,35 @@ struct AgentArgs {
     /// Also redirect the pods' DNS (UDP 53) to ztunnel's 15053.
     #[arg(long, env = "CAPTURE_DNS")]
     capture_dns: bool,
+
+    /// This node's name: the agent manages the pods whose `spec.nodeName` it is (and those
+    /// the runtime on this node sets up).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Milliseconds between two reads of the config dir to follow label changes.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    reconcile_interval_ms: u64,
+
+    /// Install into this CNI network config directory: add the plugin to its first
+    /// `*.conflist` (waiting for one to appear). Needs --cni-bin-dir.
+    #[arg(long, env = "CNI_CONF_DIR", requires = "cni_bin_dir")]
+    cni_conf_dir: Option<PathBuf>,
+
+    /// Copy the running binary into this CNI plugin directory as `ambient-mesh-cni`. Needs
+    /// --cni-conf-dir.
+    #[arg(long, env = "CNI_BIN_DIR", requires = "cni_conf_dir")]
+    cni_bin_dir: Option<PathBuf>,
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files (DaemonSet logs, tests) stay greppable.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -112,6 +155,7 @@ fn main() -> ExitCode {
     tracing::debug!(?cli, "configuration");
     let result = match cli.command {
         Sub::Agent(args) => agent_main(args),
+        Sub::Uninstall(args) => uninstall_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +202,11 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         "--config-dir {} is not a directory",
         args.config_dir.display()
     );
+    anyhow::ensure!(!args.node_name.is_empty(), "--node-name must not be empty");
+    let install = match (args.cni_conf_dir, args.cni_bin_dir) {
+        (Some(conf_dir), Some(bin_dir)) => Some(agent::InstallDirs { conf_dir, bin_dir }),
+        _ => None,
+    };
     let config = agent::AgentConfig {
         zds_socket: args.zds_socket,
         cni_socket: args.cni_socket,
@@ -165,6 +214,9 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         capture: mesh::capture::CaptureOptions {
             capture_dns: args.capture_dns,
         },
+        node_name: args.node_name,
+        reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
+        install,
     };
     let enrollment = Arc::new(enrollment::DirEnrollment::new(args.config_dir));
     tokio::runtime::Builder::new_multi_thread()
@@ -172,6 +224,18 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(agent::run(config, enrollment))
+}
+
+fn uninstall_main(args: UninstallArgs) -> anyhow::Result<()> {
+    let done = install::uninstall(&args.cni_conf_dir, &args.cni_bin_dir)?;
+    for path in &done.conflists {
+        tracing::info!(conflist = %path.display(), "removed the plugin from the CNI config");
+    }
+    match &done.binary {
+        Some(path) => tracing::info!(path = %path.display(), "removed the plugin binary"),
+        None => tracing::info!("no plugin binary to remove"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -186,15 +250,60 @@ mod tests {
 
     #[test]
     fn agent_flags_parse_with_defaults() {
-        let cli =
-            Cli::try_parse_from(["cni-plugin", "agent", "--config-dir", "/tmp"]).expect("parses");
-        let Sub::Agent(a) = cli.command;
+        let base = [
+            "cni-plugin",
+            "agent",
+            "--config-dir",
+            "/tmp",
+            "--node-name",
+            "n1",
+        ];
+        let cli = Cli::try_parse_from(base).expect("parses");
+        let Sub::Agent(a) = cli.command else {
+            panic!("not agent");
+        };
         assert_eq!(a.zds_socket, PathBuf::from("/var/run/ztunnel/ztunnel.sock"));
         assert_eq!(
             a.cni_socket,
             PathBuf::from("/var/run/ambient-mesh/cni.sock")
         );
         assert_eq!(a.cluster_id, "Kubernetes");
+        assert_eq!(a.node_name, "n1");
+        assert_eq!(a.reconcile_interval_ms, 500);
+        assert_eq!((a.cni_conf_dir, a.cni_bin_dir), (None, None));
         assert!(Cli::try_parse_from(["cni-plugin", "agent"]).is_err());
+        assert!(
+            Cli::try_parse_from(["cni-plugin", "agent", "--config-dir", "/tmp"]).is_err(),
+            "--node-name is required"
+        );
+        // Install needs both directories.
+        let one = [&base[..], &["--cni-conf-dir", "/etc/cni/net.d"]].concat();
+        assert!(Cli::try_parse_from(one).is_err());
+        let both = [
+            &base[..],
+            &[
+                "--cni-conf-dir",
+                "/etc/cni/net.d",
+                "--cni-bin-dir",
+                "/opt/cni/bin",
+            ],
+        ]
+        .concat();
+        let Sub::Agent(a) = Cli::try_parse_from(both).expect("parses").command else {
+            panic!("not agent");
+        };
+        assert_eq!(a.cni_bin_dir, Some(PathBuf::from("/opt/cni/bin")));
+        let uninstall = [
+            "cni-plugin",
+            "uninstall",
+            "--cni-conf-dir",
+            "/etc/cni/net.d",
+            "--cni-bin-dir",
+            "/opt/cni/bin",
+        ];
+        assert!(matches!(
+            Cli::try_parse_from(uninstall).expect("parses").command,
+            Sub::Uninstall(_)
+        ));
     }
 }

@@ -66,31 +66,33 @@ fn ip_ignoring(args: &[String], ignore: &[&str]) -> Result<(), RulesError> {
     }
 }
 
-/// Removes our iptables jumps and chains, if installed (in the current thread's netns).
-fn remove_iptables_here() -> Result<(), RulesError> {
+/// Removes our iptables jumps and chains, if installed (in the current thread's netns);
+/// whether they were.
+fn remove_iptables_here() -> Result<bool, RulesError> {
     let saved = run("iptables-save", &[], None)?;
-    if capture::installed_jumps(&saved) {
+    let installed = capture::installed_jumps(&saved);
+    if installed {
         run(
             "iptables-restore",
             &["--noflush"],
             Some(&capture::iptables_cleanup_v4()),
         )?;
     }
-    Ok(())
+    Ok(installed)
 }
 
-fn remove_here() -> Result<(), RulesError> {
-    remove_iptables_here()?;
+fn remove_here() -> Result<bool, RulesError> {
+    let installed = remove_iptables_here()?;
     for args in capture::ip_route_cleanup_v4() {
         ip_ignoring(&args, &["No such file", "No such process", "not exist"])?;
     }
-    Ok(())
+    Ok(installed)
 }
 
 /// Installs the capture rules and policy routing inside `netns` (replacing an earlier install).
 pub fn install(netns: &File, opts: &capture::CaptureOptions) -> Result<(), RulesError> {
     crate::netns::run_in(netns, || {
-        remove_iptables_here()?;
+        let _was_installed = remove_iptables_here()?;
         run(
             "iptables-restore",
             &["--noflush"],
@@ -103,7 +105,8 @@ pub fn install(netns: &File, opts: &capture::CaptureOptions) -> Result<(), Rules
     })?
 }
 
-/// Removes what [`install`] put in `netns`; succeeds when nothing is installed.
-pub fn remove(netns: &File) -> Result<(), RulesError> {
+/// Removes what [`install`] put in `netns`; succeeds when nothing is installed. Returns
+/// whether our iptables jumps were there.
+pub fn remove(netns: &File) -> Result<bool, RulesError> {
     crate::netns::run_in(netns, remove_here)?
 }

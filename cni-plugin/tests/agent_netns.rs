@@ -179,6 +179,8 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
                 cni_socket.to_str().expect("utf-8"),
                 "--config-dir",
                 config_dir.to_str().expect("utf-8"),
+                "--node-name",
+                "n1",
             ],
             &[("RUST_LOG", "debug")],
         )
@@ -335,6 +337,7 @@ fn add_fails_when_the_agent_cannot_capture() {
             .arg(&cni_socket)
             .arg("--config-dir")
             .arg(&config_dir)
+            .args(["--node-name", "n1"])
             .stderr(Stdio::null())
             .spawn()
             .expect("start agent"),
@@ -356,4 +359,415 @@ fn add_fails_when_the_agent_cannot_capture() {
             .contains("network namespace"),
         "{err}"
     );
+}
+
+// ---- Reconciliation, rediscovery and install ----
+
+/// A pod address of the local cluster's 10.244.0.0/16, unique to this test process and `host`:
+/// harness pods of concurrent tests share their 10.1x.0.x addresses, and the agent finds
+/// pods by address across every namespace of the machine.
+fn unique_ip(host: u8) -> std::net::Ipv4Addr {
+    let third = u8::try_from(std::process::id() % 250).expect("fits") + 1;
+    std::net::Ipv4Addr::new(10, 244, third, host)
+}
+
+/// Gives `pod` the extra address `ip` on its eth0 (as its Pod status will say).
+fn add_address(topo: &Topology, pod: &e2e::Pod, ip: std::net::Ipv4Addr) {
+    topo.exec_in(
+        pod,
+        "ip",
+        &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+    )
+    .expect("ip addr add");
+}
+
+/// Replaces `path` atomically (temp dot-file + rename), as a config sync would.
+fn write_atomically(path: &Path, text: &str) {
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn namespace_yaml(name: &str, ambient: bool) -> String {
+    let labels = if ambient {
+        ", labels: {istio.io/dataplane-mode: ambient}"
+    } else {
+        ""
+    };
+    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}{labels}}}\n")
+}
+
+/// A running Pod object on `node` with address `ip`; `meta` is added to its metadata.
+fn pod_yaml(ns: &str, name: &str, node: &str, ip: std::net::Ipv4Addr, meta: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, uid: uid-{name}{meta}}}\n\
+         spec: {{nodeName: {node}, serviceAccountName: {name}-sa, containers: [{{name: main, image: local}}]}}\n\
+         status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+    )
+}
+
+/// Starts the agent in `node` for node name `n1` and waits until it is ready.
+fn start_agent(topo: &Topology, node: &e2e::Node, extra: &[&str]) -> e2e::Proc {
+    let dir = topo.dir();
+    let zds = dir.join("zds.sock");
+    let cni = dir.join("cni.sock");
+    let config = dir.join("config");
+    let mut args = vec![
+        "agent",
+        "--zds-socket",
+        zds.to_str().expect("utf-8"),
+        "--cni-socket",
+        cni.to_str().expect("utf-8"),
+        "--config-dir",
+        config.to_str().expect("utf-8"),
+        "--node-name",
+        "n1",
+    ];
+    args.extend_from_slice(extra);
+    let agent = topo
+        .spawn_in(
+            node,
+            env!("CARGO_BIN_EXE_cni-plugin"),
+            &args,
+            &[("RUST_LOG", "debug")],
+        )
+        .expect("start agent");
+    agent
+        .wait_for_log("node agent ready", TIMEOUT)
+        .expect("agent ready");
+    agent
+}
+
+fn add_of(pod: &e2e::Pod, sa: &str) -> Seen {
+    Seen::Add {
+        uid: pod.uid.clone(),
+        sa: sa.into(),
+        ino: inode(&netns_path(&pod.netns_name)),
+    }
+}
+
+/// The next `n` events, in any order.
+fn next_n(rx: &mpsc::Receiver<Seen>, n: usize) -> Vec<Seen> {
+    (0..n).map(|_| next(rx)).collect()
+}
+
+fn wait_chains(pod: &e2e::Pod, want: usize, agent: &e2e::Proc) {
+    e2e::wait_until(
+        &format!("{} capture jumps in {}", want, pod.name),
+        Duration::from_secs(5),
+        || chains_installed(pod) == want,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nagent: {}", agent.log_tail()));
+}
+
+#[test]
+fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
+    e2e::require_root();
+    let mut topo = Topology::for_this_test().expect("topology");
+    let node = topo.add_node("n1").expect("node");
+    let web = topo
+        .add_pod(&node, "mesh", "web", PodOpts::default())
+        .expect("pod");
+    // Capture rules left from before, in a pod whose namespace is not (any more) ambient.
+    let stale = PodOpts {
+        captured: true,
+        ..PodOpts::default()
+    };
+    let old = topo.add_pod(&node, "plain", "old", stale).expect("pod");
+    // Ambient, but the Pod object places it on another node: not this agent's.
+    let far = topo
+        .add_pod(&node, "mesh", "far", PodOpts::default())
+        .expect("pod");
+    let (web_ip, old_ip, far_ip) = (unique_ip(2), unique_ip(3), unique_ip(4));
+    let mut sleepers = Vec::new();
+    for (pod, ip) in [(&web, web_ip), (&old, old_ip), (&far, far_ip)] {
+        add_address(&topo, pod, ip);
+        // A process holds each pod namespace, as a pause container does.
+        sleepers.push(
+            topo.spawn_in(pod, "sleep", &["infinity"], &[])
+                .expect("sleep"),
+        );
+    }
+    let config_dir = topo.dir().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let cluster = |web_meta: &str| {
+        [
+            namespace_yaml("mesh", true),
+            namespace_yaml("plain", false),
+            pod_yaml("mesh", "web", "n1", web_ip, web_meta),
+            pod_yaml("plain", "old", "n1", old_ip, ""),
+            pod_yaml("mesh", "far", "n2", far_ip, ""),
+        ]
+        .concat()
+    };
+    write_atomically(&config_dir.join("cluster.yaml"), &cluster(""));
+    assert_eq!(chains_installed(&old), 4, "stale rules in place");
+
+    // Ready means the start pass ran: web is captured, old cleared, far untouched.
+    let agent = start_agent(&topo, &node, &[]);
+    assert_eq!(chains_installed(&web), 4, "agent: {}", agent.log_tail());
+    assert!(has_route_rule(&topo, &web));
+    assert_eq!(chains_installed(&old), 0, "agent: {}", agent.log_tail());
+    assert_eq!(chains_installed(&far), 0);
+    let zds_socket = topo.dir().join("zds.sock");
+    let ztunnel = fake_ztunnel(zds_socket.clone(), false);
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
+
+    // A restart loses nothing: the rules stay (re-applied, not doubled) and the new agent's
+    // first snapshot carries the pod again.
+    agent.stop().expect("stop agent");
+    assert!(matches!(next(&ztunnel), Seen::Closed(_)));
+    assert_eq!(chains_installed(&web), 4);
+    let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "100"]);
+    assert_eq!(chains_installed(&web), 4, "agent: {}", agent.log_tail());
+    let ztunnel = fake_ztunnel(zds_socket, false);
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
+
+    // The runtime tears the sandbox down while its pause process and Pod object still exist:
+    // the DEL (a container id this agent never saw) removes the rules, and the reconcile loop
+    // does not capture that namespace again.
+    let cni_socket = topo.dir().join("cni.sock");
+    let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "cni-plugin",
+        "agent_socket": cni_socket,
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{web_ip}/32")}]}});
+    let web_ns = netns_path(&web.netns_name);
+    let (code, _, err) = plugin("DEL", &web_ns, "mesh", "web", &conf);
+    assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
+    assert_eq!(chains_installed(&web), 0);
+    assert!(!has_route_rule(&topo, &web));
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert!(
+        ztunnel.recv_timeout(Duration::from_millis(600)).is_err(),
+        "agent: {}",
+        agent.log_tail()
+    );
+    assert_eq!(chains_installed(&web), 0);
+
+    // A runtime retrying ADD on that namespace gets it captured again; the Pod object going
+    // away releases it.
+    let (code, _, err) = plugin("ADD", &web_ns, "mesh", "web", &conf);
+    assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
+    assert_eq!(chains_installed(&web), 4);
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+    let without_web: String = cluster("").replace(&pod_yaml("mesh", "web", "n1", web_ip, ""), "");
+    write_atomically(&config_dir.join("cluster.yaml"), &without_web);
+    wait_chains(&web, 0, &agent);
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert!(agent.is_running(), "agent: {}", agent.log_tail());
+    for sleeper in &sleepers {
+        let _ = sleeper.stop();
+    }
+}
+
+#[test]
+fn label_changes_enrol_and_release_running_pods() {
+    e2e::require_root();
+    let mut topo = Topology::for_this_test().expect("topology");
+    let node = topo.add_node("n1").expect("node");
+    let web = topo
+        .add_pod(&node, "demo", "web", PodOpts::default())
+        .expect("pod");
+    // Known only from its CNI ADD: no Pod object, so no address to look for.
+    let added = topo
+        .add_pod(&node, "demo", "added", PodOpts::default())
+        .expect("pod");
+    let web_ip = unique_ip(5);
+    add_address(&topo, &web, web_ip);
+    let sleeper = topo
+        .spawn_in(&web, "sleep", &["infinity"], &[])
+        .expect("sleep");
+    let config_dir = topo.dir().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let cluster_yaml = config_dir.join("cluster.yaml");
+    let write = |ambient: bool, web_meta: Option<&str>| {
+        let mut text = namespace_yaml("demo", ambient);
+        if let Some(meta) = web_meta {
+            text.push_str(&pod_yaml("demo", "web", "n1", web_ip, meta));
+        }
+        write_atomically(&cluster_yaml, &text);
+    };
+    write(false, Some(""));
+
+    let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "100"]);
+    let ztunnel = fake_ztunnel(topo.dir().join("zds.sock"), false);
+    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
+    let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "cni-plugin",
+        "agent_socket": topo.dir().join("cni.sock"),
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{}/24", added.ip)}]}});
+    let (code, _, err) = plugin(
+        "ADD",
+        &netns_path(&added.netns_name),
+        "demo",
+        "added",
+        &conf,
+    );
+    assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
+    assert_eq!(chains_installed(&added), 0);
+    assert_eq!(chains_installed(&web), 0);
+
+    // The namespace joins the mesh: both pods are captured, no CNI call involved.
+    write(true, Some(""));
+    wait_chains(&web, 4, &agent);
+    wait_chains(&added, 4, &agent);
+    let adds = next_n(&ztunnel, 2);
+    for want in [add_of(&web, "web-sa"), add_of(&added, "default")] {
+        assert!(adds.contains(&want), "{want:?} not in {adds:?}");
+    }
+
+    // A config dir that cannot be read changes nothing, even though the label went.
+    let broken = config_dir.join("broken.yaml");
+    write_atomically(&broken, "kind: Pod\nmetadata: [not, a, mapping]\n");
+    write(false, Some(""));
+    agent
+        .wait_for_log("cannot read the config dir", TIMEOUT)
+        .expect("warned");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(chains_installed(&web), 4);
+    assert_eq!(chains_installed(&added), 4);
+    // Readable again: the label is gone, so both are released.
+    std::fs::remove_file(&broken).expect("rm");
+    wait_chains(&web, 0, &agent);
+    wait_chains(&added, 0, &agent);
+    assert!(!has_route_rule(&topo, &web));
+    let dels = next_n(&ztunnel, 2);
+    for want in [Seen::Del(web.uid.clone()), Seen::Del(added.uid.clone())] {
+        assert!(dels.contains(&want), "{want:?} not in {dels:?}");
+    }
+
+    // Back in; then the pod's own opt-out label releases web alone.
+    write(true, Some(""));
+    wait_chains(&web, 4, &agent);
+    wait_chains(&added, 4, &agent);
+    let _ = next_n(&ztunnel, 2);
+    write(true, Some(", labels: {istio.io/dataplane-mode: none}"));
+    wait_chains(&web, 0, &agent);
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert_eq!(chains_installed(&added), 4);
+    write(true, Some(""));
+    wait_chains(&web, 4, &agent);
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+
+    // The Pod object goes: released.
+    write(true, None);
+    wait_chains(&web, 0, &agent);
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert_eq!(chains_installed(&added), 4);
+
+    // The ADD-known pod leaves by its DEL.
+    let (code, _, err) = plugin(
+        "DEL",
+        &netns_path(&added.netns_name),
+        "demo",
+        "added",
+        &conf,
+    );
+    assert_eq!(code, 0, "plugin: {err}");
+    assert_eq!(chains_installed(&added), 0);
+    assert_eq!(next(&ztunnel), Seen::Del(added.uid.clone()));
+    assert!(agent.is_running(), "agent: {}", agent.log_tail());
+    let _ = sleeper.stop();
+}
+
+#[test]
+fn agent_installs_itself_into_the_cni_config() {
+    e2e::require_root();
+    let mut topo = Topology::for_this_test().expect("topology");
+    let node = topo.add_node("n1").expect("node");
+    let dir = topo.dir().to_path_buf();
+    std::fs::create_dir_all(dir.join("config")).expect("config dir");
+    let conf_dir = dir.join("net.d");
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&conf_dir).expect("conf dir");
+    let install_args = [
+        "--cni-conf-dir",
+        conf_dir.to_str().expect("utf-8"),
+        "--cni-bin-dir",
+        bin_dir.to_str().expect("utf-8"),
+    ];
+    let agent = start_agent(&topo, &node, &install_args);
+    agent
+        .wait_for_log("waiting for the primary CNI plugin", TIMEOUT)
+        .expect("waits for a conflist");
+
+    // The primary CNI writes its config; ours is appended to the first list by name.
+    let primary = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.244.1.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]});
+    let first = conf_dir.join("10-primary.conflist");
+    let later = conf_dir.join("20-later.conflist");
+    write_atomically(&later, &primary.to_string());
+    write_atomically(&first, &primary.to_string());
+    agent
+        .wait_for_log("installed into the CNI config", TIMEOUT)
+        .expect("installed");
+    let read = |p: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("json")
+    };
+    let cni_socket = dir.join("cni.sock");
+    let mut want = primary.clone();
+    want["plugins"]
+        .as_array_mut()
+        .expect("list")
+        .push(json!({"type": "ambient-mesh-cni", "agent_socket": cni_socket}));
+    assert_eq!(read(&first), want);
+    assert_eq!(read(&later), primary, "only the first list is changed");
+    let binary = bin_dir.join("ambient-mesh-cni");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&binary).expect("binary").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755);
+    let version = Command::new(&binary)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the installed binary");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("supportedVersions"),
+        "{version:?}"
+    );
+
+    // The install stays when the agent stops: ADD through it fails closed (11).
+    agent.stop().expect("stop");
+    assert_eq!(read(&first), want);
+    assert!(binary.exists());
+    let mut conf = read(&first)["plugins"][2].clone();
+    conf["cniVersion"] = json!("1.0.0");
+    conf["name"] = json!("k8s-pod-network");
+    conf["prevResult"] = json!({"cniVersion": "1.0.0"});
+    let (code, out, _) = plugin("ADD", Path::new("/proc/self/ns/net"), "demo", "web", &conf);
+    assert_ne!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["code"],
+        json!(11)
+    );
+
+    // A restarted agent finds its entry in place and rewrites nothing.
+    let before = std::fs::read(&first).expect("read");
+    let agent = start_agent(&topo, &node, &install_args);
+    agent
+        .wait_for_log("installed into the CNI config", TIMEOUT)
+        .expect("installed");
+    assert!(
+        agent.log().contains("changed=false"),
+        "{}",
+        agent.log_tail()
+    );
+    assert_eq!(std::fs::read(&first).expect("read"), before);
+    agent.stop().expect("stop");
+
+    // uninstall removes the entry and the binary.
+    let out = Command::new(env!("CARGO_BIN_EXE_cni-plugin"))
+        .args(["uninstall", "--cni-conf-dir"])
+        .arg(&conf_dir)
+        .arg("--cni-bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .expect("uninstall");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read(&first), primary);
+    assert!(!binary.exists());
 }

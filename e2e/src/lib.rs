@@ -9,7 +9,7 @@
 //!
 //! Everything lives inside namespaces the harness creates: no interface, route, rule or sysctl
 //! of the host is touched, and the private addresses used (underlay `10.250.0.0/24`, pod CIDR
-//! of node `i` `10.(10+i).0.0/24`) exist only there. Dropping a [`Topology`] (also while
+//! of node `i` `10.(10+i).S.0/24`, `S` per topology) exist only there. Dropping a [`Topology`] (also while
 //! panicking) kills its processes and deletes its namespaces.
 //!
 //! Everything here needs root; tests call [`require_root`] first and fail, never skip.

@@ -5,7 +5,7 @@
 //! ```text
 //!  <prefix>-ul (underlay)        <prefix>-<node>                <prefix>-<ns>-<pod>
 //!  br0 ── n<i> ══ veth ══ ul0 10.250.0.i/24
-//!                          br0 10.(10+i).0.1/24 ── p<k> ══ veth ══ eth0 10.(10+i).0.k/24
+//!                          br0 10.(10+i).S.1/24 ── p<k> ══ veth ══ eth0 10.(10+i).S.k/24
 //! ```
 //!
 //! Every link is created inside a namespace of the topology, so interface names (at most
@@ -47,9 +47,9 @@ pub struct Node {
     pub index: u8,
     /// Address on the underlay, `10.250.0.<index>`.
     pub underlay_ip: Ipv4Addr,
-    /// The pods' subnet, `10.(10+index).0.0/24`.
+    /// The pods' subnet, `10.(10+index).S.0/24` (`S` differs per topology).
     pub pod_cidr: String,
-    /// The pods' default gateway (the node's bridge), `10.(10+index).0.1`.
+    /// The pods' default gateway (the node's bridge), `10.(10+index).S.1`.
     pub gateway: Ipv4Addr,
 }
 
@@ -176,6 +176,8 @@ impl Pod {
 pub struct Topology {
     prefix: String,
     dir: PathBuf,
+    /// Third octet of every pod address of this topology.
+    subnet: u8,
     underlay: Option<String>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
@@ -201,9 +203,13 @@ impl Topology {
         );
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Pod addresses differ between topologies of concurrent test processes (as far as 250
+        // values allow): a CNI node agent finds pods by IP across the whole machine.
+        let subnet = u8::try_from((u64::from(std::process::id()) * 31 + u64::from(seq)) % 250)?;
         Ok(Topology {
             prefix,
             dir,
+            subnet,
             underlay: None,
             nodes: Vec::new(),
             pods: Vec::new(),
@@ -288,8 +294,8 @@ impl Topology {
             netns_name: netns.clone(),
             index,
             underlay_ip: Ipv4Addr::new(10, 250, 0, index),
-            pod_cidr: format!("10.{}.0.0/24", 10 + u16::from(index)),
-            gateway: Ipv4Addr::new(10, 10 + index, 0, 1),
+            pod_cidr: format!("10.{}.{}.0/24", 10 + u16::from(index), self.subnet),
+            gateway: Ipv4Addr::new(10, 10 + index, self.subnet, 1),
         };
         // Forwarding inside the node's namespace only; never on the host.
         sys::exec_in(

@@ -156,6 +156,29 @@ impl Store {
         }
     }
 
+    /// A store holding exactly what `snapshot` holds, at its version: indexes rebuilt, so
+    /// lookups and [`Store::policies_for`] answer as they did in the store it was taken from.
+    /// For tools that judge a `/config_dump` offline with the proxy's own code.
+    pub fn from_snapshot(snapshot: StoreSnapshot) -> Self {
+        let store = Store::new();
+        let version = snapshot.version;
+        {
+            let mut inner = store.write();
+            for w in snapshot.workloads {
+                inner.upsert_workload(Arc::new(w));
+            }
+            for s in snapshot.services {
+                inner.upsert_service(Arc::new(s));
+            }
+            for p in snapshot.policies {
+                inner.upsert_policy(Arc::new(p));
+            }
+            inner.version = version;
+        }
+        store.shared.changes.send_replace(version);
+        store
+    }
+
     /// Applies every change of `batch` under one write lock, bumps the version, notifies
     /// subscribers and returns the new version.
     pub fn apply(&self, batch: Batch) -> u64 {
@@ -741,6 +764,49 @@ mod tests {
         }
         writer.join().expect("writer");
         assert_eq!(store.version(), 300);
+    }
+
+    #[test]
+    fn a_store_rebuilt_from_its_snapshot_answers_the_same() {
+        let store = Store::new();
+        let mut selected = workload("w2", "10.0.0.2");
+        selected.authorization_policies = vec!["ns/picked".into()];
+        apply(&store, |b| {
+            b.upsert_workload(workload("w1", "10.0.0.1"))
+                .upsert_workload(selected)
+                .upsert_service(service(
+                    "default",
+                    "sleep.default.svc.cluster.local",
+                    "10.96.0.1",
+                ))
+                .upsert_policy(policy("root", "g", PolicyScope::Global))
+                .upsert_policy(policy("ns", "picked", PolicyScope::WorkloadSelector));
+        });
+        apply(&store, |b| {
+            b.upsert_policy(policy("other", "n", PolicyScope::Namespace));
+        });
+        // Through JSON, as a `/config_dump` reader gets it.
+        let json = serde_json::to_string(&store.snapshot()).expect("json");
+        let snapshot: StoreSnapshot = serde_json::from_str(&json).expect("parse");
+        let rebuilt = Store::from_snapshot(snapshot);
+
+        assert_eq!(rebuilt.snapshot(), store.snapshot());
+        assert_eq!(rebuilt.version(), 2);
+        assert_eq!(*rebuilt.subscribe().borrow(), 2);
+        assert_eq!(rebuilt.read().index_sizes(), store.read().index_sizes());
+        let w2 = rebuilt
+            .workload_by_ip("", ip("10.0.0.2"))
+            .expect("w2 by ip");
+        let keys = |s: &Store, w: &Workload| -> Vec<String> {
+            s.policies_for(w).iter().map(|p| p.key()).collect()
+        };
+        assert_eq!(keys(&rebuilt, &w2), keys(&store, &w2));
+        assert!(keys(&rebuilt, &w2).contains(&"ns/picked".to_string()));
+        assert_eq!(
+            rebuilt.endpoints_of(ECHO).len(),
+            store.endpoints_of(ECHO).len()
+        );
+        assert!(rebuilt.service_by_vip("", ip("10.96.0.1")).is_some());
     }
 
     #[test]

@@ -1,427 +1,550 @@
-//! `meshctl demo`: the mesh's foundation on one machine, step by step.
+//! `meshctl demo`: the mesh on a two-node local cluster, narrated.
 //!
-//! 1. istiod-lite (the CA) starts as a child process, with a tokens file for `node-1` and two
-//!    pods on that node: `demo/sleep` (service account `sleep`) and `demo/echo` (`echo`).
-//! 2. Acting as node-1's ztunnel, the demo asks the CA for both pods' certificates (keys
-//!    generated here, only CSRs sent), and shows the CA refusing an identity that has no pod
-//!    on node-1.
-//! 3. A plain TCP echo app and, in front of it, an HBONE server presenting the echo identity.
-//! 4. An HBONE client presenting the sleep identity and expecting the echo identity sends a
-//!    message through the tunnel and reads the echo.
-//! 5. A client expecting another identity is refused during the TLS handshake.
-//!
-//! Everything listens on 127.0.0.1; the state directory is temporary and removed at the end.
+//! The demo drives meshctl's own commands (it runs this executable as a child and prints each
+//! command line before its output), so every step is one a person can type afterwards:
+//! a cluster comes up, an HTTP server and a client run in namespace `demo`, a request goes
+//! across in plaintext, the namespace is labelled for ambient, the same request now crosses
+//! as HBONE with both SPIFFE identities in ztunnel's access log, and the `istio_tcp_*` metrics
+//! that moved are shown. Wire checks use tcpdump on the underlay.
 
-/// Prints a line of the demo's narrative on stdout. A closed stdout (`meshctl demo | head`)
-/// does not stop the demo: it still cleans up after itself.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use mesh::ca_client::{CaClient, CaClientConfig};
-use mesh::cert::WorkloadCertificate;
-use mesh::cert_manager::FetchError;
-use mesh::copy::{copy_bidirectional, Transferred};
-use mesh::hbone::{
-    Baggage, ConnectMeta, H2Config, HboneError, InboundRequest, Pool, PoolKey, Server, TcpConnector,
-};
-use mesh::Identity;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use clap::Args;
 
-use crate::istiod::{self, DemoPod, IstiodLite, StartOptions};
+/// The demo's namespace.
+const NAMESPACE: &str = "demo";
+/// The server's port.
+const PORT: u16 = 8080;
+/// How long enrolment and config propagation may take.
+const SETTLE: Duration = Duration::from_secs(30);
 
-/// The trust domain of the demo mesh.
-const TRUST_DOMAIN: &str = mesh::identity::DEFAULT_TRUST_DOMAIN;
-/// The node both demo pods run on; the CA token is this node's.
-const NODE: &str = "node-1";
-/// The name in istiod-lite's serving certificate that the CA client checks.
-const CA_SERVER_NAME: &str = "localhost";
-/// Lifetime asked for the demo's certificates.
-const CERT_TTL: Duration = Duration::from_secs(3600);
-/// Limit on each network step, so the demo never hangs.
-const STEP_TIMEOUT: Duration = Duration::from_secs(15);
-
-const PODS: [DemoPod; 2] = [
-    DemoPod {
-        namespace: "demo",
-        name: "sleep",
-        service_account: "sleep",
-        node: NODE,
-    },
-    DemoPod {
-        namespace: "demo",
-        name: "echo",
-        service_account: "echo",
-        node: NODE,
-    },
-];
-
-/// Options of `meshctl demo`.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags of `meshctl demo`.
+#[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Path of the istiod-lite binary [default: next to meshctl].
-    #[arg(long, env = "MESHCTL_ISTIOD_LITE")]
-    istiod_lite: Option<PathBuf>,
-
-    /// The message sent through the tunnel.
-    #[arg(
-        long,
-        default_value = "hello from demo/sleep, through HBONE, to demo/echo"
-    )]
-    message: String,
+    /// Leave the cluster running at the end (remove it later with `meshctl cluster down`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Name of the demo's cluster (the prefix of its network namespaces).
+    #[arg(long, default_value = "meshdemo")]
+    pub name: String,
 }
 
-/// Runs the demo; ctrl-c or SIGTERM stops it (and istiod-lite) cleanly.
-pub async fn run_until_interrupted(args: DemoArgs) -> anyhow::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
-    // Dropping the demo future drops the istiod-lite child (killed on drop) and the state dir.
-    tokio::select! {
-        result = run(args) => result,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted; istiod-lite stopped and state removed"),
-        _ = sigterm.recv() => bail!("terminated; istiod-lite stopped and state removed"),
+/// Runs the demo against the cluster kept in `state_dir`; tears it down at the end (also on
+/// failure) unless `--keep`.
+pub fn run(args: &DemoArgs, state_dir: &Path) -> anyhow::Result<()> {
+    preflight()?;
+    let demo = Demo {
+        exe: std::env::current_exe().context("finding meshctl's own executable")?,
+        state_dir: state_dir.to_path_buf(),
+        name: args.name.clone(),
+    };
+    let result = demo.story();
+    if args.keep && result.is_ok() {
+        say(&format!(
+            "\nThe cluster stays up (state in {}). Try:\n  meshctl --state-dir {} get pods\n  meshctl --state-dir {} cluster down",
+            state_dir.display(),
+            state_dir.display(),
+            state_dir.display()
+        ));
+        return result;
     }
+    heading("Tear down");
+    let down = demo.meshctl(&["cluster", "down"]);
+    result.and(down.map(|_| ()))
 }
 
-async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    // tonic takes the process-wide default provider; make it the one the mesh uses.
-    let _ = mesh::tls::provider().as_ref().clone().install_default();
-    let sleep_id = Identity::new(TRUST_DOMAIN, "demo", "sleep")?;
-    let echo_id = Identity::new(TRUST_DOMAIN, "demo", "echo")?;
-
-    say!("meshctl demo: two workloads, a CA and an HBONE tunnel, all on 127.0.0.1");
-    say!();
-
-    // 1. The CA.
-    say!("[1/5] Starting istiod-lite, the mesh CA");
-    let binary = istiod::find_binary(args.istiod_lite.as_deref())?;
-    let state = tempfile::Builder::new()
-        .prefix("meshctl-demo-")
-        .tempdir()
-        .context("creating a temporary state directory")?;
-    let token = format!("{:032x}", rand::random::<u128>());
-    say!("      binary      {}", binary.display());
-    say!("      state dir   {}", state.path().display());
-    for pod in &PODS {
-        say!(
-            "      pod         {}/{} (service account {}, on {})",
-            pod.namespace,
-            pod.name,
-            pod.service_account,
-            pod.node
-        );
-    }
-    say!("      token       one bearer token, for {NODE}'s ztunnel");
-    let ca = IstiodLite::start(StartOptions {
-        binary: &binary,
-        state_dir: state.path(),
-        trust_domain: TRUST_DOMAIN,
-        token: &token,
-        node: NODE,
-        pods: &PODS,
-        server_name: CA_SERVER_NAME,
-    })
-    .await?;
-    say!(
-        "      CA address  https://{} (pid {}, ready after {} ms)",
-        ca.addr,
-        ca.pid().map_or_else(|| "?".to_string(), |p| p.to_string()),
-        ca.ready_after.as_millis()
-    );
-    say!(
-        "      root cert   SHA-256 {}",
-        root_fingerprint(&ca.root_cert_pem)?
-    );
-    say!();
-
-    let outcome = with_ca(&args, &ca, &token, &sleep_id, &echo_id).await;
-    let log_tail = ca.log_tail();
-
-    say!(
-        "Stopping istiod-lite and removing {}",
-        state.path().display()
-    );
-    ca.stop().await?;
-    drop(state);
-    match outcome {
-        Ok(()) => {
-            say!("Demo complete.");
-            Ok(())
+/// Tools the demo itself uses (the cluster checks its own).
+fn preflight() -> anyhow::Result<()> {
+    for (tool, package) in [("curl", "curl"), ("tcpdump", "tcpdump"), ("ip", "iproute2")] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            bail!("the demo needs `{tool}`: install the Debian package {package}");
         }
-        Err(e) => Err(e.context(format!("istiod-lite's last log lines:\n{log_tail}"))),
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+fn heading(text: &str) {
+    say(&format!("\n== {text} =="));
+}
+
+/// Prints `text` indented under a command line.
+fn show(text: &str) {
+    for line in text.lines() {
+        say(&format!("  {line}"));
     }
 }
 
-/// Steps 2 to 5, while the CA runs.
-async fn with_ca(
-    args: &DemoArgs,
-    ca: &IstiodLite,
-    token: &str,
-    sleep_id: &Identity,
-    echo_id: &Identity,
-) -> anyhow::Result<()> {
-    // 2. Certificates.
-    say!("[2/5] Fetching certificates as {NODE}'s ztunnel (keys generated here; only CSRs leave)");
-    let client = CaClient::new(CaClientConfig {
-        address: format!("https://{}", ca.addr),
-        root_cert_pem: ca.root_cert_pem.clone(),
-        server_name: CA_SERVER_NAME.to_string(),
-        token: Some(token.to_string()),
-        ttl: CERT_TTL,
-        impersonate: true,
-    })?;
-    let echo_cert = Arc::new(fetch(&client, echo_id).await?);
-    let sleep_cert = Arc::new(fetch(&client, sleep_id).await?);
-    let stranger = Identity::new(TRUST_DOMAIN, "demo", "stranger")?;
-    match tokio::time::timeout(STEP_TIMEOUT, client.fetch_certificate(&stranger)).await {
-        Ok(Err(FetchError::Refused(why))) => {
-            say!("      {stranger}: refused, as it should be (no such pod on {NODE}): {why}")
+struct Demo {
+    exe: PathBuf,
+    state_dir: PathBuf,
+    name: String,
+}
+
+impl Demo {
+    fn story(&self) -> anyhow::Result<()> {
+        heading("1. A two-node cluster on this machine: istiod-lite, and per node a ztunnel and the CNI agent");
+        self.meshctl(&["cluster", "up", "--nodes", "2", "--name", &self.name])?;
+        heading("2. An HTTP server and a client in namespace `demo`, not in the mesh yet");
+        let echo = self.exe.display().to_string();
+        self.meshctl(&[
+            "pod",
+            "run",
+            "server",
+            "-n",
+            NAMESPACE,
+            "--sa",
+            "server",
+            "--node",
+            "n2",
+            "--",
+            &echo,
+            "http-echo",
+            "--port",
+            "8080",
+            "--name",
+            "server",
+        ])?;
+        self.meshctl(&[
+            "pod", "run", "client", "-n", NAMESPACE, "--sa", "client", "--node", "n1", "--",
+            "sleep", "infinity",
+        ])?;
+        self.meshctl(&["get", "pods", "-n", NAMESPACE])?;
+        let server_ip = self.pod_ip("server")?;
+
+        heading("3. (a) Before enrolment: the request crosses the nodes in plaintext");
+        let before = self.metrics("n2")?;
+        let wire = self.request(&server_ip, "plaintext-before-enrolment")?;
+        say(&format!(
+            "  On the wire (tcpdump on the underlay): the request header is readable in {} packet(s).",
+            wire.marker_hits
+        ));
+
+        heading("4. (b) Label the namespace for ambient: no pod restarts");
+        self.meshctl(&["label", "ns", NAMESPACE, "istio.io/dataplane-mode=ambient"])?;
+        self.wait_enrolled()?;
+        self.meshctl(&["get", "pods", "-n", NAMESPACE])?;
+
+        heading("5. (c) The same request, now carried over HBONE (mutual TLS, HTTP/2 CONNECT to :15008)");
+        let wire = self.request(&server_ip, "hbone-after-enrolment")?;
+        say(&format!(
+            "  On the wire: the request header is in {} packet(s); {} packet(s) to or from port 15008; {} other TCP packet(s) between pods.",
+            wire.marker_hits, wire.hbone_packets, wire.other_pod_packets
+        ));
+        if wire.marker_hits > 0 {
+            bail!("the request was readable on the wire after enrolment");
         }
-        Ok(Err(e)) => bail!("the CA failed for {stranger} without refusing it: {e}"),
-        Ok(Ok(_)) => bail!("the CA signed {stranger}, which has no pod on {NODE}"),
-        Err(_) => bail!("the CA did not answer within {STEP_TIMEOUT:?}"),
-    }
-    say!();
-
-    // 3. The echo app and the HBONE server in front of it.
-    let app = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let app_addr = app.local_addr()?;
-    let app_task = tokio::spawn(echo_app(app));
-    let hbone = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let hbone_addr = hbone.local_addr()?;
-    say!("[3/5] Starting the echo app and an HBONE server in front of it");
-    say!("      echo app      tcp://{app_addr} (plain TCP; echoes what it reads)");
-    say!("      HBONE server  {hbone_addr} presenting {echo_id}");
-    let (report_tx, mut reports) = mpsc::unbounded_channel();
-    let server = Arc::new(Server::new(
-        H2Config::default(),
-        Arc::new(echo_cert.clone()),
-    ));
-    let server_task = tokio::spawn(server.serve(hbone, move |req: InboundRequest| {
-        handle_inbound(req, app_addr, report_tx.clone())
-    }));
-    say!();
-
-    let result = async {
-        // 4. Through the tunnel.
-        say!("[4/5] Sending through the tunnel: sleep --HBONE (mTLS, HTTP/2 CONNECT)--> echo");
-        let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
-        let key = PoolKey::new(sleep_id.clone(), vec![echo_id.clone()], hbone_addr, None);
-        let meta = ConnectMeta {
-            baggage: Some(Baggage {
-                namespace: Some("demo".into()),
-                workload_name: Some("sleep".into()),
-                service: Some("sleep".into()),
-                ..Baggage::default()
-            }),
-            ..ConnectMeta::default()
-        };
-        let (sent, echoed) = tokio::time::timeout(STEP_TIMEOUT, async {
-            let mut stream = pool.connect(&key, &sleep_cert, app_addr, &meta).await?;
-            stream.write_all(args.message.as_bytes()).await?;
-            // Half-close: the echo app sees EOF, finishes echoing and closes its side.
-            stream.shutdown().await?;
-            let mut echoed = Vec::new();
-            stream.read_to_end(&mut echoed).await?;
-            Ok::<_, anyhow::Error>((args.message.len(), echoed))
-        })
-        .await
-        .context("the tunnel did not finish in time")??;
-        let server_report = tokio::time::timeout(STEP_TIMEOUT, reports.recv())
-            .await
-            .context("the HBONE server did not report the stream in time")?
-            .context("the HBONE server stopped")?;
-        let server_side = server_report.map_err(|e| anyhow::anyhow!("HBONE server: {e}"))?;
-        let tls = tls_parameters(&sleep_cert, echo_id, hbone_addr).await?;
-        say!("      client presented  {}", sleep_cert.identity());
-        say!(
-            "      server verified   {} (by the client, against the CA root)",
-            tls.peer
-        );
-        say!(
-            "      TLS               {} {}, ALPN {}",
-            tls.version,
-            tls.cipher,
-            tls.alpn
-        );
-        say!("      sent              {sent} bytes: {:?}", args.message);
-        say!(
-            "      received          {} bytes: {:?}",
-            echoed.len(),
-            String::from_utf8_lossy(&echoed)
-        );
-        say!(
-            "      HBONE server copied {} bytes to the app, {} bytes back",
-            server_side.a_to_b,
-            server_side.b_to_a
-        );
-        if echoed != args.message.as_bytes() {
-            bail!("the echo differs from what was sent");
-        }
-        say!(
-            "      HBONE connections opened by the client pool: {}",
-            pool.connections_opened()
-        );
-        say!();
-
-        // 5. A refusal.
-        say!("[5/5] A client that expects another identity is refused");
-        let other = Identity::new(TRUST_DOMAIN, "demo", "payments")?;
-        let wrong = PoolKey::new(sleep_id.clone(), vec![other.clone()], hbone_addr, None);
-        match tokio::time::timeout(
-            STEP_TIMEOUT,
-            pool.connect(&wrong, &sleep_cert, app_addr, &meta),
-        )
-        .await
-        {
-            Ok(Err(e @ HboneError::Tls { .. })) => {
-                say!("      client expected   {other}");
-                say!("      server presents   {echo_id}");
-                say!("      refused by the client during the TLS handshake: {e}");
+        let access = self.access_line("n2")?;
+        say("  ztunnel on n2 logged the connection (access log):");
+        for field in [
+            "src.identity",
+            "dst.identity",
+            "mtls",
+            "src.addr",
+            "dst.addr",
+        ] {
+            if let Some(v) = log_field(&access, field) {
+                say(&format!("    {field} = {v}"));
             }
-            Ok(Err(e)) => bail!("refused, but not by the TLS handshake: {e}"),
-            Ok(Ok(_)) => bail!("a client expecting {other} was let through"),
-            Err(_) => bail!("the refused connection did not finish in time"),
         }
-        say!();
+
+        heading("6. (d) The metrics that moved (ztunnel on n2, :15020/metrics)");
+        let after = self.metrics("n2")?;
+        let moved = moved_metrics(&before, &after);
+        if moved.is_empty() {
+            bail!("no istio_tcp_* metric moved on n2");
+        }
+        for (series, (from, to)) in moved {
+            say(&format!("  {series}: {from} -> {to}"));
+        }
         Ok(())
     }
-    .await;
-    server_task.abort();
-    app_task.abort();
-    result
-}
 
-/// Fetches one certificate and prints what came back.
-async fn fetch(client: &CaClient, id: &Identity) -> anyhow::Result<WorkloadCertificate> {
-    let cert = tokio::time::timeout(STEP_TIMEOUT, client.fetch_certificate(id))
-        .await
-        .with_context(|| format!("the CA did not answer for {id} within {STEP_TIMEOUT:?}"))?
-        .with_context(|| format!("fetching the certificate of {id}"))?;
-    let valid_for = cert
-        .not_after()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    say!(
-        "      {id}: issued, valid {} more minutes, chain of {} + root",
-        valid_for.as_secs() / 60,
-        cert.chain().len()
-    );
-    Ok(cert)
-}
-
-/// The HBONE server's handler: print who asks for what, then splice the stream to the app.
-async fn handle_inbound(
-    req: InboundRequest,
-    app_addr: SocketAddr,
-    report: mpsc::UnboundedSender<Result<Transferred, String>>,
-) {
-    say!(
-        "      HBONE server: CONNECT {} from {} (verified client certificate)",
-        req.target(),
-        req.peer()
-    );
-    if req.target() != app_addr {
-        // This listener serves one app only.
-        req.reject(http::StatusCode::SERVICE_UNAVAILABLE);
-        let _ = report.send(Err("CONNECT to an unknown target".into()));
-        return;
+    /// Runs `meshctl --state-dir <dir> ARGS`, echoing the command and its output.
+    fn meshctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        say(&format!("$ meshctl {}", args.join(" ")));
+        let out = Command::new(&self.exe)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running meshctl {}", args.join(" ")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Progress (stderr) happened before the result (stdout).
+        show(&String::from_utf8_lossy(&out.stderr));
+        show(&stdout);
+        if !out.status.success() {
+            bail!("`meshctl {}` failed ({})", args.join(" "), out.status);
+        }
+        Ok(stdout)
     }
-    let outcome = async {
-        let app = TcpStream::connect(app_addr)
-            .await
-            .map_err(|e| format!("connecting to the app: {e}"))?;
-        let stream = req.accept().map_err(|e| format!("answering 200: {e}"))?;
-        copy_bidirectional(stream, app)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    let _ = report.send(outcome);
-}
 
-/// A plain TCP echo server: echoes each connection until EOF, then closes it.
-async fn echo_app(listener: TcpListener) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let (mut r, mut w) = conn.split();
-            if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                let _ = w.shutdown().await;
+    /// Like [`Demo::meshctl`] without echoing (for polling).
+    fn meshctl_quiet(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.exe)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "`meshctl {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn pods(&self) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        Ok(parse_table(
+            &self.meshctl_quiet(&["get", "pods", "-n", NAMESPACE])?,
+        ))
+    }
+
+    fn pod_ip(&self, name: &str) -> anyhow::Result<String> {
+        self.pods()?
+            .into_iter()
+            .find(|p| p.get("NAME").map(String::as_str) == Some(name))
+            .and_then(|p| p.get("IP").cloned())
+            .with_context(|| format!("pod {name} has no IP in `meshctl get pods`"))
+    }
+
+    /// Waits until both pods are captured and the client's ztunnel knows the server speaks
+    /// HBONE (otherwise the first request could still go out in plaintext).
+    fn wait_enrolled(&self) -> anyhow::Result<()> {
+        say("  waiting for the CNI agents to capture both pods and for ztunnel to learn it...");
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let captured = self
+                .pods()?
+                .iter()
+                .all(|p| p.get("CAPTURED").map(String::as_str) == Some("yes"));
+            if captured && self.knows_hbone("n1", "server")? {
+                return Ok(());
             }
-        });
+            if Instant::now() > deadline {
+                bail!("the pods were not enrolled within {SETTLE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn netns(&self, node: &str) -> String {
+        format!("{}-{node}", self.name)
+    }
+
+    /// GETs `path` from ztunnel's admin port (127.0.0.1:15000) or another port on the node's
+    /// underlay address, inside node `node`'s namespace.
+    fn node_get(&self, node: &str, port: u16, path: &str) -> anyhow::Result<String> {
+        let host = if port == 15000 {
+            "127.0.0.1".to_string()
+        } else {
+            // Node nI has 10.250.0.I on the underlay (`meshctl cluster status`).
+            let index = node.trim_start_matches('n');
+            format!("10.250.0.{index}")
+        };
+        let url = format!("http://{host}:{port}{path}");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns(node),
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .arg(&url)
+            .output()
+            .context("running curl in the node")?;
+        if !out.status.success() {
+            bail!(
+                "GET {url} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn knows_hbone(&self, node: &str, pod: &str) -> anyhow::Result<bool> {
+        let dump: serde_json::Value =
+            serde_json::from_str(&self.node_get(node, 15000, "/config_dump")?)
+                .context("ztunnel config_dump is not JSON")?;
+        let uid = format!("Kubernetes//v1/Pod/{NAMESPACE}/{pod}");
+        Ok(dump["config"]["workloads"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["uid"] == uid.as_str() && w["tunnelProtocol"] == "HBONE")
+        }))
+    }
+
+    fn metrics(&self, node: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+        Ok(parse_metrics(&self.node_get(node, 15020, "/metrics")?))
+    }
+
+    /// One request from the client to the server with a marker header, recorded on the
+    /// underlay.
+    fn request(&self, server_ip: &str, marker: &str) -> anyhow::Result<Wire> {
+        let pcap = self.state_dir.join(format!("demo-{marker}.pcap"));
+        let tap = Tcpdump::start(&self.netns("ul"), &pcap)?;
+        let url = format!("http://{server_ip}:{PORT}/");
+        let header = format!("x-demo: {marker}");
+        let reply = self.meshctl(&[
+            "pod",
+            "exec",
+            "client",
+            "-n",
+            NAMESPACE,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            &header,
+            &url,
+        ]);
+        // Let the last segments reach the capture before it stops.
+        std::thread::sleep(Duration::from_millis(300));
+        let bytes = tap.stop()?;
+        reply?;
+        let wire = Wire {
+            marker_hits: count(&bytes, marker.as_bytes()),
+            hbone_packets: tcpdump_count(&pcap, "tcp port 15008")?,
+            other_pod_packets: tcpdump_count(
+                &pcap,
+                "tcp and net 10.244.0.0/16 and not port 15008",
+            )?,
+        };
+        let _ = std::fs::remove_file(&pcap);
+        Ok(wire)
+    }
+
+    /// The last inbound access-log line of ztunnel on `node` for the demo's server.
+    fn access_line(&self, node: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let log = std::fs::read_to_string(self.ztunnel_log(node)?).unwrap_or_default();
+            if let Some(line) = log.lines().rev().find(|l| {
+                l.contains("connection complete")
+                    && l.contains("mtls=true")
+                    && l.contains("sa/server")
+            }) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("no access-log line for the server on {node}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn ztunnel_log(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.state_dir.join("logs");
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains("ztunnel") && name.contains(node) {
+                return Ok(entry.path());
+            }
+        }
+        bail!("no ztunnel log for {node} in {}", dir.display())
     }
 }
 
-/// What a TLS handshake with the HBONE server negotiated.
-struct TlsParameters {
-    peer: String,
-    version: String,
-    cipher: String,
-    alpn: String,
+/// What one request looked like on the underlay.
+struct Wire {
+    marker_hits: usize,
+    hbone_packets: usize,
+    other_pod_packets: usize,
 }
 
-/// Handshakes once more with the client's TLS config, to show what was negotiated (the pool
-/// does not expose its sessions).
-async fn tls_parameters(
-    cert: &WorkloadCertificate,
-    expected: &Identity,
-    addr: SocketAddr,
-) -> anyhow::Result<TlsParameters> {
-    let config = Arc::new(mesh::tls::client_config(cert, vec![expected.clone()]));
-    let tcp = TcpStream::connect(addr).await?;
-    let tls = tokio::time::timeout(
-        STEP_TIMEOUT,
-        tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp),
-    )
-    .await
-    .context("TLS handshake timed out")??;
-    let (_, session) = tls.get_ref();
-    Ok(TlsParameters {
-        peer: mesh::tls::peer_identity(session)
-            .map_or_else(|| "(none)".to_string(), |id| id.to_string()),
-        version: session
-            .protocol_version()
-            .map_or_else(|| "?".to_string(), |v| format!("{v:?}")),
-        cipher: session
-            .negotiated_cipher_suite()
-            .map_or_else(|| "?".to_string(), |s| format!("{:?}", s.suite())),
-        alpn: session.alpn_protocol().map_or_else(
-            || "(none)".to_string(),
-            |a| String::from_utf8_lossy(a).into_owned(),
-        ),
-    })
+/// tcpdump recording every packet in a namespace, packet-buffered to a file.
+struct Tcpdump {
+    child: Child,
+    path: PathBuf,
 }
 
-/// SHA-256 of the root certificate's DER, as colon-separated hex (as `openssl x509
-/// -fingerprint -sha256` prints it).
-fn root_fingerprint(pem: &str) -> anyhow::Result<String> {
-    let certs = mesh::cert::parse_pem_certs(pem)?;
-    let root = certs
-        .first()
-        .context("root-cert.pem holds no certificate")?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, root.as_ref());
-    Ok(digest
-        .as_ref()
+impl Tcpdump {
+    fn start(netns: &str, path: &Path) -> anyhow::Result<Tcpdump> {
+        let log_path = path.with_extension("log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "tcpdump",
+                "--immediate-mode",
+                "-Z",
+                "root",
+            ])
+            .args(["-i", "any", "-U", "-s", "0", "-w"])
+            .arg(path)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tcpdump on the underlay")?;
+        let tap = Tcpdump {
+            child,
+            path: path.to_path_buf(),
+        };
+        // The file header is written before the capture runs; "listening on" comes after.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            if Instant::now() > deadline {
+                bail!("tcpdump did not start on {netns}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&log_path);
+        Ok(tap)
+    }
+
+    fn stop(mut self) -> anyhow::Result<Vec<u8>> {
+        // SIGINT: tcpdump writes out what it holds and exits.
+        interrupt_and_wait(&mut self.child);
+        std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGINT, then up to 2 s for the exit, then SIGKILL.
+fn interrupt_and_wait(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Packets in `pcap` matching a tcpdump filter.
+fn tcpdump_count(pcap: &Path, filter: &str) -> anyhow::Result<usize> {
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .arg(filter)
+        .stderr(Stdio::null())
+        .output()
+        .context("reading the capture with tcpdump")?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// A whitespace table with a header row into one map per row.
+fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    lines
+        .map(|l| {
+            columns
+                .iter()
+                .zip(l.split_whitespace())
+                .map(|(c, v)| ((*c).to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// `istio_tcp_*` series of a Prometheus text page, by series (name and labels).
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("istio_tcp_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Series whose value changed, shortened to the labels a reader cares about.
+fn moved_metrics(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> Vec<(String, (f64, f64))> {
+    after
         .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":"))
+        .filter_map(|(series, to)| {
+            let from = before.get(series).copied().unwrap_or(0.0);
+            (from != *to).then(|| (shorten(series), (from, *to)))
+        })
+        .collect()
+}
+
+fn shorten(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.to_string();
+    };
+    let keep = [
+        "reporter",
+        "source_principal",
+        "destination_principal",
+        "connection_security_policy",
+    ];
+    let kept: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|kv| keep.iter().any(|k| kv.starts_with(&format!("{k}="))))
+        .collect();
+    format!("{name}{{{}}}", kept.join(","))
+}
+
+/// The value of `key=` in a tracing text line (quoted or not).
+fn log_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    let value = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next()?,
+        None => rest.split_whitespace().next()?,
+    };
+    Some(value.to_string())
 }
 
 #[cfg(test)]
@@ -429,10 +552,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprint_is_colon_separated_sha256() {
-        let root = mesh::ca::CertificateAuthority::generate_root(TRUST_DOMAIN).expect("root");
-        let fp = root_fingerprint(root.root_pem()).expect("fingerprint");
-        assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
-        assert!(fp.split(':').all(|b| b.len() == 2), "{fp}");
+    fn tables_parse_by_header() {
+        let rows = parse_table(
+            "NAME    NAMESPACE  NODE  IP          SERVICE-ACCOUNT  CAPTURED\nserver  demo       n2    10.244.2.2  server           no\n",
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["IP"], "10.244.2.2");
+        assert_eq!(rows[0]["CAPTURED"], "no");
+    }
+
+    #[test]
+    fn only_moved_series_are_reported_with_short_labels() {
+        let before = parse_metrics(
+            "# HELP x\nistio_tcp_sent_bytes_total{reporter=\"destination\",source_app=\"a\"} 10\nistio_tcp_received_bytes_total{reporter=\"destination\"} 5\n",
+        );
+        let after = parse_metrics(
+            "istio_tcp_sent_bytes_total{reporter=\"destination\",source_app=\"a\"} 90\nistio_tcp_received_bytes_total{reporter=\"destination\"} 5\nistio_tcp_connections_opened_total{reporter=\"destination\",connection_security_policy=\"mutual_tls\"} 1\n",
+        );
+        let moved = moved_metrics(&before, &after);
+        assert_eq!(
+            moved,
+            vec![
+                (
+                    "istio_tcp_connections_opened_total{reporter=\"destination\",connection_security_policy=\"mutual_tls\"}".to_string(),
+                    (0.0, 1.0)
+                ),
+                (
+                    "istio_tcp_sent_bytes_total{reporter=\"destination\"}".to_string(),
+                    (10.0, 90.0)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn log_fields_are_read_quoted_or_bare() {
+        let line = "2026 INFO access: src.identity=spiffe://cluster.local/ns/demo/sa/client mtls=true policy=\"a b\" connection complete";
+        assert_eq!(
+            log_field(line, "src.identity").as_deref(),
+            Some("spiffe://cluster.local/ns/demo/sa/client")
+        );
+        assert_eq!(log_field(line, "mtls").as_deref(), Some("true"));
+        assert_eq!(log_field(line, "policy").as_deref(), Some("a b"));
+        assert_eq!(log_field(line, "nope"), None);
+    }
+
+    #[test]
+    fn markers_are_counted_in_raw_bytes() {
+        assert_eq!(count(b"xx-demo-xx-demo", b"demo"), 2);
+        assert_eq!(count(b"abc", b""), 0);
     }
 }

@@ -8,10 +8,14 @@
 //! e2e-tcp send <ip:port> <text>     send <text>, half-close, print the whole reply
 //! e2e-tcp send-bytes <ip:port> <n>  send n pattern bytes to an echo server, check them
 //! e2e-tcp http-get <ip:port> <path> HTTP/1.1 GET; prints `HTTP <status>`, then the body
+//! e2e-tcp send-forged --to <ip:port> [--mark <n>] [--source <ip[:port]>] [--data <text>]
+//!                     [--timeout-ms <n>]
+//!                                   the attacker's client: see `send_forged`
 //! ```
 //!
 //! Servers listen on 0.0.0.0, print `listening on 0.0.0.0:<port>` once bound, then one line per
-//! event. Clients exit 1 with a message on stderr when anything fails.
+//! event. Clients exit 1 with a message on stderr when anything fails, except `send-forged`,
+//! which reports what the network did (refused, reset, timeout) on stdout and exits 0.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -40,8 +44,12 @@ fn main() -> ExitCode {
         },
         ["http-get", addr, path] => http_get(addr, path),
         ["send-gated", addr, first, gate, second] => send_gated(addr, first, gate, second),
+        ["send-forged", flags @ ..] => ForgedOpts::parse(flags).and_then(|o| send_forged(&o)),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
-                  send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH"
+                  send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH | \
+                  send-gated IP:PORT FIRST GATE SECOND | \
+                  send-forged --to IP:PORT [--mark N] [--source IP[:PORT]] [--data TEXT] \
+                  [--timeout-ms N]"
             .into()),
     };
     match result {
@@ -319,5 +327,142 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
         }
         body.extend_from_slice(&raw[..size]);
         raw = raw.get(size + 2..).ok_or("truncated chunk end")?;
+    }
+}
+
+/// Options of `send-forged`.
+struct ForgedOpts {
+    to: std::net::SocketAddrV4,
+    mark: Option<u32>,
+    source: Option<std::net::SocketAddrV4>,
+    data: String,
+    timeout: Duration,
+}
+
+impl ForgedOpts {
+    fn parse(flags: &[&str]) -> Result<ForgedOpts, String> {
+        let (mut to, mut mark, mut source) = (None, None, None);
+        let (mut data, mut timeout) = ("forged".to_string(), Duration::from_secs(2));
+        let mut it = flags.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let bad = |e: &dyn std::fmt::Display| format!("bad {flag} {value:?}: {e}");
+            match *flag {
+                "--to" => to = Some(value.parse().map_err(|e| bad(&e))?),
+                "--mark" => {
+                    let parsed = match value.strip_prefix("0x") {
+                        Some(hex) => u32::from_str_radix(hex, 16),
+                        None => value.parse(),
+                    };
+                    mark = Some(parsed.map_err(|e| bad(&e))?);
+                }
+                "--source" => {
+                    source = Some(match value.parse::<std::net::Ipv4Addr>() {
+                        Ok(ip) => std::net::SocketAddrV4::new(ip, 0),
+                        Err(_) => value.parse().map_err(|e| bad(&e))?,
+                    });
+                }
+                "--data" => data = value.to_string(),
+                "--timeout-ms" => {
+                    timeout = Duration::from_millis(value.parse().map_err(|e| bad(&e))?);
+                }
+                _ => return Err(format!("unknown flag {flag}")),
+            }
+        }
+        Ok(ForgedOpts {
+            to: to.ok_or("--to IP:PORT is required")?,
+            mark,
+            source,
+            data,
+            timeout,
+        })
+    }
+}
+
+/// The attacker's client, run as root in a captured pod: a TCP connection that can carry
+/// ztunnel's own socket mark (so the pod's outbound capture lets it pass) and leave from any
+/// source address, even one that is not the pod's (IP_TRANSPARENT + IP_FREEBIND).
+///
+/// Prints what happened, one line each, and exits 0 whatever the network did:
+/// `not connected: timeout|refused|reset|unreachable|<error>`, or
+/// `connected local=<ip:port>`, `sent <n> bytes` (or `send failed: <error>`),
+/// `reply <n> bytes: <lossy text>`, `ended: closed|reset|timeout|<error>`.
+fn send_forged(opts: &ForgedOpts) -> Result<(), String> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{self as sock, sockopt};
+    use std::os::fd::AsRawFd;
+
+    let setup = |what: &str, e: Errno| format!("{what}: {e}");
+    let fd = sock::socket(
+        sock::AddressFamily::Inet,
+        sock::SockType::Stream,
+        sock::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| setup("socket", e))?;
+    if let Some(mark) = opts.mark {
+        sock::setsockopt(&fd, sockopt::Mark, &mark).map_err(|e| setup("SO_MARK", e))?;
+    }
+    if let Some(src) = opts.source {
+        // Transparent and freebind: the kernel lets us leave from an address we do not own.
+        sock::setsockopt(&fd, sockopt::IpTransparent, &true)
+            .map_err(|e| setup("IP_TRANSPARENT", e))?;
+        sock::setsockopt(&fd, sockopt::IpFreebind, &true).map_err(|e| setup("IP_FREEBIND", e))?;
+        sock::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| setup("SO_REUSEADDR", e))?;
+        sock::bind(fd.as_raw_fd(), &sock::SockaddrIn::from(src))
+            .map_err(|e| setup(&format!("bind {src}"), e))?;
+    }
+    // A blocking connect gives up after SO_SNDTIMEO (with EINPROGRESS).
+    let ms = i64::try_from(opts.timeout.as_millis()).unwrap_or(i64::MAX);
+    let timeout = <nix::sys::time::TimeVal as nix::sys::time::TimeValLike>::milliseconds(ms);
+    sock::setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| setup("SO_SNDTIMEO", e))?;
+    if let Err(e) = sock::connect(fd.as_raw_fd(), &sock::SockaddrIn::from(opts.to)) {
+        let what = match e {
+            Errno::EINPROGRESS | Errno::EAGAIN | Errno::ETIMEDOUT => "timeout".to_string(),
+            Errno::ECONNREFUSED => "refused".to_string(),
+            Errno::ECONNRESET => "reset".to_string(),
+            Errno::EHOSTUNREACH | Errno::ENETUNREACH => "unreachable".to_string(),
+            other => other.to_string(),
+        };
+        println!("not connected: {what}");
+        return Ok(());
+    }
+    let mut stream = TcpStream::from(fd);
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "-".to_string(), |a| a.to_string());
+    println!("connected local={local}");
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
+        .map_err(|e| e.to_string())?;
+    // Send, then half-close so a sink behind the listener sees the end and logs what came.
+    match stream
+        .write_all(opts.data.as_bytes())
+        .and_then(|()| stream.shutdown(Shutdown::Write))
+    {
+        Ok(()) => println!("sent {} bytes", opts.data.len()),
+        Err(e) => println!("send failed: {}", io_outcome(&e)),
+    }
+    let mut reply = Vec::new();
+    let end = match stream.read_to_end(&mut reply) {
+        Ok(_) => "closed".to_string(),
+        Err(e) => io_outcome(&e),
+    };
+    println!(
+        "reply {} bytes: {}",
+        reply.len(),
+        String::from_utf8_lossy(&reply)
+    );
+    println!("ended: {end}");
+    Ok(())
+}
+
+/// `reset`, `timeout`, or the error itself.
+fn io_outcome(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => "reset".into(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".into(),
+        _ => e.to_string(),
     }
 }

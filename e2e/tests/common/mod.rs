@@ -251,6 +251,8 @@ impl Mesh {
                         cni_sock.to_str().unwrap(),
                         "--config-dir",
                         self.config_dir.to_str().unwrap(),
+                        "--node-name",
+                        &node.name,
                     ],
                     &[("RUST_LOG", "info")],
                 )

@@ -190,7 +190,10 @@ async fn handle_plaintext(
         false,
     );
     if mesh::hbone::RESERVED_PORTS.contains(&orig_dst.port()) {
-        // Reaching the tunnel's own ports through the plaintext path is never legitimate.
+        // Reaching the tunnel's own ports through the plaintext path is never legitimate: a
+        // refusal by the mesh, not an upstream failure.
+        record.set_flags("DENY");
+        tracing::info!(target: "authz", %peer, %orig_dst, "plaintext connection to a tunnel port refused");
         return record.close(0, 0, Some(&"connection to a tunnel port refused"));
     }
     let Some(dst_workload) = pod.workload(store) else {

@@ -1,0 +1,242 @@
+//! Finding a pod's network namespace by its IP, for pods whose CNI ADD the agent never saw
+//! (they existed before it started, or it restarted).
+//!
+//! Like upstream istio-cni: every process's `/proc/<pid>/ns/net`, deduplicated by namespace
+//! inode, skipping the agent's own namespace and the root one (`/proc/1/ns/net`); a pod's
+//! namespace is found through any process in it (Kubernetes keeps a pause process there).
+//! Each candidate is entered on a throwaway thread ([`crate::netns::run_in`]) to list the
+//! addresses of its `eth0` with `getifaddrs`. Why not `/proc/<pid>/net/fib_trie`: it has no
+//! interface names (a node-like namespace holding the address on a bridge would match too),
+//! no IPv6, and its text format is not a stable interface; entering is cheap and already
+//! how every rule change is made.
+//!
+//! Addresses are cached per namespace inode for [`RECHECK_AFTER`], so reconcile passes that
+//! look for a pod not there yet do not enter every namespace of the node each time; a new
+//! namespace (new inode) is looked at right away.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::enrollment::PodKey;
+
+/// The interface a pod's address is on.
+pub const POD_INTERFACE: &str = "eth0";
+
+/// How long the addresses read in a namespace are trusted (a sandbox being set up gets its
+/// address after its namespace exists).
+pub const RECHECK_AFTER: Duration = Duration::from_secs(3);
+
+/// A network namespace identity: (device, inode) of its nsfs file.
+pub type NsId = (u64, u64);
+
+/// The namespace found for a pod.
+#[derive(Debug)]
+pub struct Found {
+    /// Open handle on it.
+    pub file: File,
+    /// The `/proc/<pid>/ns/net` it was opened from (valid while that process lives).
+    pub path: PathBuf,
+    /// Its identity.
+    pub id: NsId,
+}
+
+/// Why a pod's namespace was not found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanMiss {
+    /// No namespace has one of the pod's addresses on `eth0`.
+    #[error("no network namespace on this node has {ips} on {POD_INTERFACE}")]
+    NotFound {
+        /// The addresses looked for.
+        ips: String,
+    },
+    /// More than one does: capturing a guess could capture the wrong pod.
+    #[error("{count} network namespaces have {ips} on {POD_INTERFACE}; not guessing")]
+    Ambiguous {
+        /// The addresses looked for.
+        ips: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// The namespace went away (or the process holding it did) while being opened.
+    #[error("the network namespace holding {ips} went away: {reason}")]
+    Vanished {
+        /// The addresses looked for.
+        ips: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Seen {
+    at: Instant,
+    ips: Vec<IpAddr>,
+}
+
+/// The scanner, with its per-namespace address cache.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    cache: HashMap<NsId, Seen>,
+}
+
+/// The identity of the namespace a `/proc/<pid>/ns/net`-like path (or open file) designates.
+pub fn ns_id(meta: &std::fs::Metadata) -> NsId {
+    (meta.dev(), meta.ino())
+}
+
+/// Every network namespace held by a process, but `skip`: identity → one path to it.
+fn namespaces(proc_root: &Path, skip: &[NsId]) -> BTreeMap<NsId, PathBuf> {
+    let mut found = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path().join("ns/net");
+        // Processes come and go during the scan: those gone are simply not candidates.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let id = ns_id(&meta);
+        if !skip.contains(&id) {
+            found.entry(id).or_insert(path);
+        }
+    }
+    found
+}
+
+/// The addresses on [`POD_INTERFACE`] in the current thread's namespace.
+fn pod_interface_ips() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter(|a| a.interface_name == POD_INTERFACE)
+        .filter_map(|a| {
+            let addr = a.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// Opens `path` and checks it is still namespace `id` (the pid may have been reused).
+pub fn open_checked(path: &Path, id: NsId) -> std::io::Result<File> {
+    let file = File::open(path)?;
+    if ns_id(&file.metadata()?) != id {
+        return Err(std::io::Error::other("the process holding it exited"));
+    }
+    Ok(file)
+}
+
+fn shown(ips: &[IpAddr]) -> String {
+    let all: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+    all.join(",")
+}
+
+impl Scanner {
+    /// Finds, for each wanted pod, the one namespace whose `eth0` holds one of its addresses.
+    /// Blocking (reads `/proc`, enters namespaces): run it on the blocking pool.
+    pub fn find(
+        &mut self,
+        wanted: &[(PodKey, Vec<IpAddr>)],
+    ) -> BTreeMap<PodKey, Result<Found, ScanMiss>> {
+        let proc_root = Path::new("/proc");
+        if wanted.is_empty() {
+            return BTreeMap::new();
+        }
+        // Never the agent's own namespace (the node's, with host networking) nor the root one.
+        let skip: Vec<NsId> = ["self", "1"]
+            .iter()
+            .filter_map(|p| std::fs::metadata(proc_root.join(p).join("ns/net")).ok())
+            .map(|m| ns_id(&m))
+            .collect();
+        let candidates = namespaces(proc_root, &skip);
+        self.cache.retain(|id, _| candidates.contains_key(id));
+        let now = Instant::now();
+        for (id, path) in &candidates {
+            if self
+                .cache
+                .get(id)
+                .is_some_and(|s| now.duration_since(s.at) < RECHECK_AFTER)
+            {
+                continue;
+            }
+            let ips = match open_checked(path, *id) {
+                Ok(file) => crate::netns::run_in(&file, pod_interface_ips).unwrap_or_else(|e| {
+                    tracing::debug!(netns = %path.display(), error = %e, "cannot look into a network namespace");
+                    Vec::new()
+                }),
+                Err(_) => continue, // exited meanwhile; the next scan sees what holds it now
+            };
+            self.cache.insert(*id, Seen { at: now, ips });
+        }
+        wanted
+            .iter()
+            .map(|(key, ips)| {
+                let matching: Vec<NsId> = self
+                    .cache
+                    .iter()
+                    .filter(|(_, seen)| seen.ips.iter().any(|ip| ips.contains(ip)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let result = match matching.as_slice() {
+                    [] => Err(ScanMiss::NotFound { ips: shown(ips) }),
+                    [id] => {
+                        let path = candidates[id].clone();
+                        open_checked(&path, *id)
+                            .map(|file| Found {
+                                file,
+                                path,
+                                id: *id,
+                            })
+                            .map_err(|e| ScanMiss::Vanished {
+                                ips: shown(ips),
+                                reason: e.to_string(),
+                            })
+                    }
+                    many => Err(ScanMiss::Ambiguous {
+                        ips: shown(ips),
+                        count: many.len(),
+                    }),
+                };
+                (key.clone(), result)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_and_root_namespaces_are_never_candidates() {
+        let own = ns_id(&std::fs::metadata("/proc/self/ns/net").expect("own netns"));
+        let found = namespaces(Path::new("/proc"), &[own]);
+        assert!(!found.contains_key(&own));
+        // Our own process is a candidate when not skipped.
+        assert!(namespaces(Path::new("/proc"), &[]).contains_key(&own));
+    }
+
+    #[test]
+    fn a_pod_address_not_on_the_node_is_not_found() {
+        let key = ("demo".to_string(), "web".to_string());
+        // TEST-NET-3: never assigned to a real interface.
+        let ips = vec!["203.0.113.77".parse().expect("ip")];
+        let mut scanner = Scanner::default();
+        let found = scanner.find(&[(key.clone(), ips)]);
+        assert!(matches!(found[&key], Err(ScanMiss::NotFound { .. })));
+        assert!(scanner.find(&[]).is_empty());
+    }
+}

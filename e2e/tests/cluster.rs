@@ -1,0 +1,556 @@
+//! The local cluster of `meshctl`, end to end: pods made through the real CNI chain (Debian's
+//! `bridge` + `host-local`, then our plugin that the node agent installed into the conflist),
+//! enrolled by the node agent, carried by ztunnel. Needs root; fails loudly without it.
+//!
+//! Each test brings up its own cluster (own state directory and netns prefix) and takes it down
+//! at the end, checking that nothing is left. The tests of this binary run one at a time (see
+//! `.config/nextest.toml`): every local cluster uses the pod CIDRs 10.244.<node>.0/24.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use e2e::Topology;
+
+/// Generous bound for anything eventually true.
+const WAIT: Duration = Duration::from_secs(20);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One local cluster under test, taken down (and checked) on drop.
+struct Cluster {
+    meshctl: PathBuf,
+    state: tempfile::TempDir,
+    /// Test files (captures): not in the state directory, which `down` must leave empty.
+    scratch: tempfile::TempDir,
+    name: String,
+    down: bool,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        e2e::require_root();
+        let name = format!(
+            "c{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        Cluster {
+            meshctl: Topology::binary("meshctl").expect("meshctl binary"),
+            state: tempfile::tempdir().expect("state dir"),
+            scratch: tempfile::tempdir().expect("scratch dir"),
+            name,
+            down: false,
+        }
+    }
+
+    fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.meshctl)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .output()
+            .expect("running meshctl")
+    }
+
+    /// Runs meshctl and returns stdout; panics with its output (and the daemons' log tails) on
+    /// failure.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed ({}):\n{}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn up(&self, extra: &[&str]) {
+        let mut args = vec!["cluster", "up", "--nodes", "2", "--name", &self.name];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// Tail of every daemon log, for failure messages.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        let Ok(entries) = std::fs::read_dir(self.state_dir().join("logs")) else {
+            return all;
+        };
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            all.push_str(&format!("--- {}\n", entry.path().display()));
+            for line in tail.into_iter().rev() {
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    fn log(&self, file_part: &str, node: &str) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.state_dir().join("logs")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.contains(file_part) && name.contains(node) {
+                    text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        text
+    }
+
+    fn pod_run(&self, name: &str, ns: &str, node: &str, extra: &[&str], cmd: &[&str]) -> String {
+        let mut args = vec!["pod", "run", name, "-n", ns, "--node", node];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        self.ok(&args);
+        self.pod(name, ns).ip
+    }
+
+    /// A pod's row of `meshctl get pods`.
+    fn pod(&self, name: &str, ns: &str) -> Row {
+        let out = self.ok(&["get", "pods", "-n", ns]);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        for line in lines {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            let get = |col: &str| {
+                header
+                    .iter()
+                    .position(|h| *h == col)
+                    .and_then(|i| cells.get(i))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            };
+            if get("NAME") == name {
+                return Row {
+                    ip: get("IP"),
+                    captured: get("CAPTURED") == "yes",
+                };
+            }
+        }
+        panic!("pod {ns}/{name} not in `get pods`:\n{out}");
+    }
+
+    fn wait_captured(&self, name: &str, ns: &str, captured: bool) {
+        e2e::wait_until(&format!("{ns}/{name} captured={captured}"), WAIT, || {
+            self.pod(name, ns).captured == captured
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+    }
+
+    /// `curl` from a pod; the body.
+    fn curl(&self, from: &str, ns: &str, url: &str, header: &str) -> String {
+        let out = self.run(&[
+            "pod",
+            "exec",
+            from,
+            "-n",
+            ns,
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            header,
+            url,
+        ]);
+        assert!(
+            out.status.success(),
+            "curl from {from} to {url}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pid of the first process running `needle` in a pod's netns (to prove it was not
+    /// restarted).
+    fn pause_pid(&self, pod_netns: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "pids", pod_netns])
+            .output()
+            .expect("ip netns pids");
+        let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.first().map(|p| p.to_string()).unwrap_or_default()
+    }
+
+    /// Waits until ztunnel on `node` knows pod `ns/pod` as an HBONE workload (so requests to it
+    /// are tunnelled from then on).
+    fn wait_hbone(&self, node: &str, ns: &str, pod: &str) {
+        let uid = format!("Kubernetes//v1/Pod/{ns}/{pod}");
+        e2e::wait_until(&format!("{node} knows {uid} speaks HBONE"), WAIT, || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &format!("{}-{node}", self.name)])
+                .args(["curl", "-s", "http://127.0.0.1:15000/config_dump"])
+                .output()
+                .expect("curl");
+            let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            dump["config"]["workloads"].as_array().is_some_and(|ws| {
+                ws.iter()
+                    .any(|w| w["uid"] == uid.as_str() && w["tunnelProtocol"] == "HBONE")
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+    }
+
+    fn pod_netns(&self, ns: &str, pod: &str) -> String {
+        format!("{}-{ns}-{pod}", self.name)
+    }
+
+    /// Takes the cluster down and asserts that nothing is left behind.
+    fn down_and_check(&mut self) {
+        self.ok(&["cluster", "down"]);
+        self.down = true;
+        let netns = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{}-", self.name)))
+            .map(String::from)
+            .collect();
+        assert!(left.is_empty(), "network namespaces left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        assert!(
+            !mounts.contains(&format!("/{}-", self.name)),
+            "netns mounts left behind"
+        );
+        let state = self.state_dir().to_string_lossy().into_owned();
+        let procs = processes_mentioning(&state);
+        assert!(procs.is_empty(), "processes left: {procs:?}");
+        assert!(
+            !self.state_dir().join("cluster.json").exists()
+                && std::fs::read_dir(self.state_dir()).map_or(true, |mut d| d.next().is_none()),
+            "files left in the state directory"
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.down {
+            let out = self.run(&["cluster", "down"]);
+            if !out.status.success() {
+                eprintln!(
+                    "cluster down after a failed test: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+/// One row of `meshctl get pods`.
+struct Row {
+    ip: String,
+    captured: bool,
+}
+
+/// Command lines of running processes that contain `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if text.contains(needle) && !zombie {
+            found.push(text);
+        }
+    }
+    found
+}
+
+fn echo_cmd() -> Vec<String> {
+    let meshctl = Topology::binary("meshctl").expect("meshctl");
+    vec![
+        meshctl.display().to_string(),
+        "http-echo".into(),
+        "--port".into(),
+        "8080".into(),
+    ]
+}
+
+fn ztunnel_saw_mtls(c: &Cluster, node: &str, marker_peer: &str) -> bool {
+    c.log("ztunnel", node).lines().any(|l| {
+        l.contains("connection complete") && l.contains("mtls=true") && l.contains(marker_peer)
+    })
+}
+
+#[test]
+fn labelling_a_namespace_enrols_running_pods_honours_opt_out_and_releases_when_the_label_goes() {
+    let mut c = Cluster::new();
+    c.up(&[]);
+    let echo = echo_cmd();
+    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
+    let server_ip = c.pod_run("server", "shop", "n2", &["--sa", "server"], &echo);
+    c.pod_run(
+        "client",
+        "shop",
+        "n1",
+        &["--sa", "client"],
+        &["sleep", "infinity"],
+    );
+    c.pod_run(
+        "legacy",
+        "shop",
+        "n1",
+        &["--labels", "istio.io/dataplane-mode=none"],
+        &["sleep", "infinity"],
+    );
+    let url = format!("http://{server_ip}:8080/");
+    let server_pid = c.pause_pid(&c.pod_netns("shop", "server"));
+    let client_pid = c.pause_pid(&c.pod_netns("shop", "client"));
+    assert!(
+        !c.pod("server", "shop").captured,
+        "not enrolled before the label"
+    );
+    assert!(c
+        .curl("client", "shop", &url, "x-step: plain")
+        .contains("hello from"));
+
+    // Label: running pods are enrolled, without restart, and talk HBONE across nodes.
+    c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode=ambient"]);
+    c.wait_captured("server", "shop", true);
+    c.wait_captured("client", "shop", true);
+    assert_eq!(
+        c.pause_pid(&c.pod_netns("shop", "server")),
+        server_pid,
+        "no restart"
+    );
+    assert_eq!(
+        c.pause_pid(&c.pod_netns("shop", "client")),
+        client_pid,
+        "no restart"
+    );
+    assert!(
+        !c.pod("legacy", "shop").captured,
+        "the opt-out label keeps a pod out"
+    );
+
+    // Cross-node traffic is TLS on the wire only: the marker never shows on the underlay.
+    c.wait_hbone("n1", "shop", "server");
+    let underlay = format!("{}-ul", c.name);
+    let capture = Tcpdump::start(&underlay, &c.scratch.path().join("wire.pcap"));
+    e2e::retry_until("a request carried over HBONE", WAIT, || {
+        c.curl("client", "shop", &url, "x-step: secret-marker-hbone");
+        anyhow::ensure!(
+            ztunnel_saw_mtls(&c, "n2", "sa/client"),
+            "no mTLS access line on n2 yet"
+        );
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let wire = capture.stop();
+    assert!(
+        !e2e::contains(&wire, b"secret-marker-hbone"),
+        "the request crossed the underlay in plaintext"
+    );
+    let ports = tcp_ports(&c.scratch.path().join("wire.pcap"));
+    assert!(ports.contains(&15008), "HBONE on 15008 crossed: {ports:?}");
+    assert!(
+        ports.iter().all(|p| [15008, 15012].contains(p)),
+        "only HBONE (and the control plane) cross between nodes: {ports:?}"
+    );
+    // The opt-out pod still reaches the server, without the mesh.
+    assert!(c
+        .curl("legacy", "shop", &url, "x-step: legacy")
+        .contains("hello from"));
+
+    // Remove the label: released, still running, plaintext again.
+    c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode-"]);
+    c.wait_captured("server", "shop", false);
+    c.wait_captured("client", "shop", false);
+    assert_eq!(
+        c.pause_pid(&c.pod_netns("shop", "server")),
+        server_pid,
+        "no restart"
+    );
+    let save = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.pod_netns("shop", "client"),
+            "iptables-save",
+        ])
+        .output()
+        .expect("iptables-save");
+    assert!(
+        !String::from_utf8_lossy(&save.stdout).contains("ISTIO_"),
+        "capture rules removed on release"
+    );
+    assert!(c
+        .curl("client", "shop", &url, "x-step: released")
+        .contains("hello from"));
+
+    c.ok(&["pod", "delete", "legacy", "-n", "shop"]);
+    c.down_and_check();
+}
+
+#[test]
+fn pods_that_existed_before_the_mesh_are_captured_and_restarts_of_agent_or_ztunnel_lose_none() {
+    let mut c = Cluster::new();
+    // A plain cluster first: the conflist has no mesh plugin yet.
+    c.up(&["--no-mesh"]);
+    let echo = echo_cmd();
+    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
+    let server_ip = c.pod_run("server", "shop", "n2", &["--sa", "server"], &echo);
+    c.pod_run(
+        "client",
+        "shop",
+        "n1",
+        &["--sa", "client"],
+        &["sleep", "infinity"],
+    );
+    c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode=ambient"]);
+    let url = format!("http://{server_ip}:8080/");
+
+    // Installing the mesh captures the pods that were already there.
+    c.ok(&["cluster", "start", "mesh"]);
+    c.wait_captured("server", "shop", true);
+    c.wait_captured("client", "shop", true);
+    let conflist =
+        std::fs::read_to_string(c.state_dir().join("nodes/n1/cni/net.d/10-meshnet.conflist"))
+            .expect("conflist");
+    assert!(
+        conflist.contains("ambient-mesh-cni"),
+        "the agent chained itself into the conflist: {conflist}"
+    );
+    let carried = |step: &str| {
+        e2e::retry_until(&format!("{step}: carried over HBONE"), WAIT, || {
+            let before = c.log("ztunnel", "n2").matches("mtls=true").count();
+            c.curl("client", "shop", &url, &format!("x-step: {step}"));
+            anyhow::ensure!(
+                c.log("ztunnel", "n2").matches("mtls=true").count() > before,
+                "not seen as mTLS on n2"
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    };
+    carried("pre-existing");
+
+    // A new pod while the mesh runs goes through the whole chain, our plugin included.
+    c.pod_run("late", "shop", "n1", &[], &["sleep", "infinity"]);
+    assert!(c.pod("late", "shop").captured, "captured at CNI ADD");
+
+    // Restarting the agent loses no enrolled pod.
+    c.ok(&["cluster", "restart", "agent"]);
+    for pod in ["server", "client", "late"] {
+        assert!(
+            c.pod(pod, "shop").captured,
+            "{pod} still captured after the agent restart"
+        );
+    }
+    carried("after-agent-restart");
+
+    // Restarting ztunnel loses none either: the agent hands every pod back.
+    c.ok(&["cluster", "restart", "ztunnel"]);
+    for pod in ["server", "client", "late"] {
+        c.wait_captured(pod, "shop", true);
+    }
+    carried("after-ztunnel-restart");
+
+    c.down_and_check();
+    // A second `down` on nothing is fine.
+    c.ok(&["cluster", "down"]);
+}
+
+/// tcpdump on every interface of a namespace.
+struct Tcpdump {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+impl Tcpdump {
+    fn start(netns: &str, path: &Path) -> Tcpdump {
+        let log_path = path.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("tcpdump log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "tcpdump",
+                "--immediate-mode",
+                "-Z",
+                "root",
+            ])
+            .args(["-U", "-n", "-s", "0", "-i", "any", "-w"])
+            .arg(path)
+            .arg("tcp")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tcpdump");
+        // The file header is written before the capture runs; "listening on" comes after.
+        e2e::wait_until("tcpdump listening", Duration::from_secs(5), || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("listening on")
+        })
+        .expect("tcpdump started");
+        Tcpdump {
+            child,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// SIGINT: tcpdump writes out what it holds and exits.
+    fn stop(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        std::fs::read(&self.path).expect("pcap")
+    }
+}
+
+/// The low port of each TCP packet in a capture (the service side).
+fn tcp_ports(pcap: &Path) -> std::collections::BTreeSet<u16> {
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .arg("tcp")
+        .output()
+        .expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "... IP 10.250.0.1.43210 > 10.250.0.2.15008: Flags ..."
+            let (_, rest) = l.split_once(" IP ")?;
+            let (a, b) = rest.split_once(" > ")?;
+            let port = |s: &str| {
+                s.trim_end_matches(':')
+                    .rsplit('.')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            };
+            Some(port(a)?.min(port(b.split(':').next()?)?))
+        })
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! `meshctl cluster` on real kernel networking: the built meshctl brings up a two-node
+//! cluster (istiod-lite, a ztunnel and a CNI node agent per node, each detached in its node's
+//! network namespace), runs pods through the CNI chain, shows them, execs in one, and `down`
+//! leaves no namespace, process or state behind.
+//!
+//! Needs root (it fails without it) and the mesh's binaries next to meshctl in the target
+//! directory: `cargo build -p istiod-lite -p ztunnel -p cni-plugin` first (cargo builds only
+//! this package's binaries for its tests).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+
+fn require_prerequisites() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces): run as root"
+    );
+    let dir = Path::new(MESHCTL)
+        .parent()
+        .expect("meshctl has a directory");
+    for bin in ["istiod-lite", "ztunnel", "cni-plugin"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} is missing: build it first: cargo build -p istiod-lite -p ztunnel -p cni-plugin",
+            dir.join(bin).display()
+        );
+    }
+}
+
+/// A cluster under test; `cluster down` on drop, so a failing test leaves nothing behind.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    state: PathBuf,
+    name: String,
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(MESHCTL)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("meshctl runs")
+    }
+
+    /// Runs meshctl and asserts success; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn prefix(&self) -> String {
+        format!("{}-", self.name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.state.join("cluster.json").exists() {
+            let out = self.run(&["cluster", "down"]);
+            if !out.status.success() {
+                eprintln!(
+                    "cleanup: meshctl cluster down failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// Pids running inside `netns`.
+fn netns_pids(netns: &str) -> Vec<i32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not: nothing here reaps orphans).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        state.is_some_and(|s| s != "Z" && s != "X")
+    })
+}
+
+/// A whitespace table with a header row into one map per row.
+fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .expect("a header row")
+        .split_whitespace()
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split_whitespace())
+                .map(|(c, v)| ((*c).to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster {
+        state: tmp.path().join("state"),
+        _tmp: tmp,
+        // Unique per run; letters and digits only.
+        name: format!("t{}", std::process::id()),
+    };
+    let prefix = cluster.prefix();
+    cluster.ok(&["cluster", "up", "--nodes", "2", "--name", &cluster.name]);
+    let status = cluster.ok(&["cluster", "status"]);
+    assert_eq!(status.matches("running:").count(), 5, "{status}");
+
+    // Pods fill the nodes evenly; each prints its IP.
+    let ip_a = cluster.ok(&["pod", "run", "a", "-n", "plain", "--", "sleep", "infinity"]);
+    let ip_b = cluster.ok(&[
+        "pod", "run", "b", "-n", "plain", "--sa", "bee", "--", "sleep", "infinity",
+    ]);
+    let (ip_a, ip_b) = (ip_a.trim(), ip_b.trim());
+    assert!(ip_a.starts_with("10.244.1."), "{ip_a}");
+    assert!(ip_b.starts_with("10.244.2."), "{ip_b}");
+    let again = cluster.run(&["pod", "run", "a", "-n", "plain"]);
+    assert!(!again.status.success(), "a second pod a was accepted");
+
+    let pods = parse_table(&cluster.ok(&["get", "pods"]));
+    let row = |name: &str| {
+        pods.iter()
+            .find(|p| p["NAME"] == name)
+            .unwrap_or_else(|| panic!("no pod {name} in {pods:?}"))
+            .clone()
+    };
+    let (a, b) = (row("a"), row("b"));
+    assert_eq!(
+        (
+            a["NAMESPACE"].as_str(),
+            a["NODE"].as_str(),
+            a["IP"].as_str()
+        ),
+        ("plain", "n1", ip_a)
+    );
+    assert_eq!((b["NODE"].as_str(), b["IP"].as_str()), ("n2", ip_b));
+    assert_eq!(b["SERVICE-ACCOUNT"], "bee");
+    // An unlabelled namespace is not in the mesh.
+    assert_eq!(
+        (a["CAPTURED"].as_str(), b["CAPTURED"].as_str()),
+        ("no", "no")
+    );
+
+    // exec runs inside the pod's namespace and passes the exit status through.
+    let addr = cluster.ok(&[
+        "pod", "exec", "a", "-n", "plain", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(addr.contains(&format!("inet {ip_a}/24")), "{addr}");
+    let code = cluster.run(&[
+        "pod", "exec", "a", "-n", "plain", "--", "sh", "-c", "exit 7",
+    ]);
+    assert_eq!(code.status.code(), Some(7));
+
+    // Everything that runs, before `down`.
+    let namespaces = netns_with_prefix(&prefix);
+    assert_eq!(namespaces.len(), 5, "{namespaces:?}"); // underlay, 2 nodes, 2 pods
+    let pids: Vec<i32> = namespaces.iter().flat_map(|n| netns_pids(n)).collect();
+    assert!(pids.len() >= 9, "daemons and pod processes: {pids:?}");
+
+    let down = cluster.ok(&["cluster", "down"]);
+    assert!(down.contains("is down"), "{down}");
+    assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+    let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left after down: {left:?}");
+    assert!(
+        !cluster.state.exists(),
+        "the state directory is still there"
+    );
+    // A second `down` is harmless.
+    cluster.ok(&["cluster", "down"]);
+}
