@@ -4,8 +4,9 @@
 # Usage: scripts/test.sh
 #
 # Installs what it needs when missing: rustfmt and clippy, a C toolchain, and the tools of the
-# end-to-end tests (iproute2, iptables, procps, tcpdump) with apt-get; cargo-fuzz is installed
-# by scripts/fuzz.sh. The end-to-end tests need root (network namespaces) and fail without it.
+# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, containernetworking-plugins)
+# with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests need root
+# (network namespaces) and fail without it.
 # Builds into a target directory outside the clone, $CARGO_TARGET_DIR (default
 # ~/.cache/ambient-mesh/target), so CI's fresh clones reuse earlier builds.
 #
@@ -53,11 +54,14 @@ step() {
 # --- what the gate needs -------------------------------------------------------------------
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
-# end-to-end tests in e2e/ drive (network namespaces, capture rules, packet captures).
+# end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
+# (tcpdump), requests from pods (curl), and the CNI reference plugins of the local cluster.
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
-    iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump; do
+    iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl \
+    /usr/lib/cni/bridge:containernetworking-plugins \
+    /usr/lib/cni/host-local:containernetworking-plugins; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")
@@ -65,19 +69,6 @@ for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-# The end-to-end tests build nodes and pods out of network namespaces (iproute2), write the
-# capture rules (iptables) and watch the wire (tcpdump); the CNI reference plugins come with
-# containernetworking-plugins.
-missing=()
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
-command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
-[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]} (end-to-end tests)"
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
