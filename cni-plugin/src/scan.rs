@@ -10,6 +10,12 @@
 //! no IPv6, and its text format is not a stable interface; entering is cheap and already
 //! how every rule change is made.
 //!
+//! An address alone is not proof: another node's pod (another local cluster on the same
+//! machine, a test topology) can hold the same private IP in a namespace the scan also sees.
+//! A candidate counts only when its `eth0` MAC is the one this node's neighbour table has for
+//! the pod IP (the agent sends one UDP datagram to the IP to have the kernel resolve it): the
+//! pod is then on this node's L2 segment, behind this node's bridge.
+//!
 //! Addresses are cached per namespace inode for [`RECHECK_AFTER`], so reconcile passes that
 //! look for a pod not there yet do not enter every namespace of the node each time; a new
 //! namespace (new inode) is looked at right away.
@@ -75,6 +81,8 @@ pub enum ScanMiss {
 struct Seen {
     at: Instant,
     ips: Vec<IpAddr>,
+    /// The MAC of its `eth0`.
+    mac: Option<[u8; 6]>,
 }
 
 /// The scanner, with its per-namespace address cache.
@@ -112,22 +120,73 @@ fn namespaces(proc_root: &Path, skip: &[NsId]) -> BTreeMap<NsId, PathBuf> {
     found
 }
 
-/// The addresses on [`POD_INTERFACE`] in the current thread's namespace.
-fn pod_interface_ips() -> Vec<IpAddr> {
+/// The addresses and MAC of [`POD_INTERFACE`] in the current thread's namespace.
+fn pod_interface() -> (Vec<IpAddr>, Option<[u8; 6]>) {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    addrs
-        .filter(|a| a.interface_name == POD_INTERFACE)
-        .filter_map(|a| {
-            let addr = a.address?;
-            if let Some(v4) = addr.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect()
+    let mut ips = Vec::new();
+    let mut mac = None;
+    for a in addrs.filter(|a| a.interface_name == POD_INTERFACE) {
+        let Some(addr) = a.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            ips.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            ips.push(IpAddr::V6(v6.ip()));
+        } else if let Some(link) = addr.as_link_addr() {
+            mac = link.addr();
+        }
+    }
+    (ips, mac)
+}
+
+/// How long the kernel gets to resolve a pod IP's MAC.
+const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
+
+/// The MAC this thread's namespace (the node) resolves `ip` to, if it answers: one UDP
+/// datagram to the discard port makes the kernel ARP for it. IPv4 only (`/proc/net/arp`).
+fn neighbour_mac(ip: IpAddr) -> Option<[u8; 6]> {
+    let IpAddr::V4(v4) = ip else { return None };
+    if let Some(mac) = arp_entry(v4) {
+        return Some(mac);
+    }
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    let _ = socket.send_to(b"", (v4, 9));
+    let deadline = Instant::now() + NEIGHBOUR_WAIT;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        if let Some(mac) = arp_entry(v4) {
+            return Some(mac);
+        }
+    }
+    None
+}
+
+/// A complete entry for `ip` in this thread's namespace's ARP table.
+fn arp_entry(ip: std::net::Ipv4Addr) -> Option<[u8; 6]> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/arp").ok()?;
+    parse_arp(&table, ip)
+}
+
+/// `/proc/net/arp`: `IP address  HW type  Flags  HW address  Mask  Device`; flag 0x2 =
+/// complete.
+fn parse_arp(table: &str, ip: std::net::Ipv4Addr) -> Option<[u8; 6]> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [addr, _, flags, hw, ..] = cols.as_slice() else {
+            return None;
+        };
+        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
+        if addr.parse::<std::net::Ipv4Addr>().ok()? != ip || flags & 0x2 == 0 {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        let mut parts = hw.split(':');
+        for byte in &mut mac {
+            *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+        }
+        Some(mac)
+    })
 }
 
 /// Opens `path` and checks it is still namespace `id` (the pid may have been reused).
@@ -172,24 +231,35 @@ impl Scanner {
             {
                 continue;
             }
-            let ips = match open_checked(path, *id) {
-                Ok(file) => crate::netns::run_in(&file, pod_interface_ips).unwrap_or_else(|e| {
+            let (ips, mac) = match open_checked(path, *id) {
+                Ok(file) => crate::netns::run_in(&file, pod_interface).unwrap_or_else(|e| {
                     tracing::debug!(netns = %path.display(), error = %e, "cannot look into a network namespace");
-                    Vec::new()
+                    (Vec::new(), None)
                 }),
                 Err(_) => continue, // exited meanwhile; the next scan sees what holds it now
             };
-            self.cache.insert(*id, Seen { at: now, ips });
+            self.cache.insert(*id, Seen { at: now, ips, mac });
         }
         wanted
             .iter()
             .map(|(key, ips)| {
-                let matching: Vec<NsId> = self
+                let mut matching: Vec<(NsId, Option<[u8; 6]>)> = self
                     .cache
                     .iter()
                     .filter(|(_, seen)| seen.ips.iter().any(|ip| ips.contains(ip)))
-                    .map(|(id, _)| *id)
+                    .map(|(id, seen)| (*id, seen.mac))
                     .collect();
+                // Only the one behind this node: its MAC is what the node resolves the IP to.
+                if let Some(node_mac) = ips
+                    .iter()
+                    .find_map(|ip| (!matching.is_empty()).then(|| neighbour_mac(*ip)).flatten())
+                {
+                    matching.retain(|(_, mac)| *mac == Some(node_mac));
+                } else if ips.iter().any(IpAddr::is_ipv4) {
+                    // The node cannot reach the address: whatever holds it is not our pod.
+                    matching.clear();
+                }
+                let matching: Vec<NsId> = matching.into_iter().map(|(id, _)| id).collect();
                 let result = match matching.as_slice() {
                     [] => Err(ScanMiss::NotFound { ips: shown(ips) }),
                     [id] => {
@@ -227,6 +297,28 @@ mod tests {
         assert!(!found.contains_key(&own));
         // Our own process is a candidate when not skipped.
         assert!(namespaces(Path::new("/proc"), &[]).contains_key(&own));
+    }
+
+    #[test]
+    fn arp_lines_give_complete_entries_only() {
+        let table =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+            10.244.1.2       0x1         0x2         0a:58:0a:f4:01:02     *        cni0\n\
+            10.244.1.3       0x1         0x0         00:00:00:00:00:00     *        cni0\n";
+        assert_eq!(
+            parse_arp(table, "10.244.1.2".parse().expect("ip")),
+            Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02])
+        );
+        assert_eq!(
+            parse_arp(table, "10.244.1.3".parse().expect("ip")),
+            None,
+            "incomplete"
+        );
+        assert_eq!(
+            parse_arp(table, "10.244.1.4".parse().expect("ip")),
+            None,
+            "absent"
+        );
     }
 
     #[test]

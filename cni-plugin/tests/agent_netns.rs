@@ -371,14 +371,19 @@ fn unique_ip(host: u8) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(10, 244, third, host)
 }
 
-/// Gives `pod` the extra address `ip` on its eth0 (as its Pod status will say).
+/// Gives `pod` the extra address `ip` on its eth0 (as its Pod status will say), reachable
+/// from its node over the node's bridge (the agent checks a pod it finds answers there).
 fn add_address(topo: &Topology, pod: &e2e::Pod, ip: std::net::Ipv4Addr) {
-    topo.exec_in(
-        pod,
-        "ip",
-        &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-    )
-    .expect("ip addr add");
+    let host = format!("{ip}/32");
+    topo.exec_in(pod, "ip", &["addr", "add", &host, "dev", "eth0"])
+        .expect("ip addr add");
+    let node = topo
+        .nodes()
+        .iter()
+        .find(|n| n.name == pod.node)
+        .expect("the pod's node");
+    topo.exec_in(node, "ip", &["route", "add", &host, "dev", "br0"])
+        .expect("ip route add");
 }
 
 /// Replaces `path` atomically (temp dot-file + rename), as a config sync would.

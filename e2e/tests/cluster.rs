@@ -112,6 +112,17 @@ impl Cluster {
         text
     }
 
+    /// Namespace `shop`: an HTTP echo server on n2 (sa `server`, port 8080) and a client on n1
+    /// (sa `client`); returns the server's IP.
+    fn shop(&self) -> String {
+        let meshctl = self.meshctl.display().to_string();
+        let echo = [meshctl.as_str(), "http-echo", "--port", "8080"];
+        let server_ip = self.pod_run("server", "shop", "n2", &["--sa", "server"], &echo);
+        let sleep = ["sleep", "infinity"];
+        self.pod_run("client", "shop", "n1", &["--sa", "client"], &sleep);
+        server_ip
+    }
+
     fn pod_run(&self, name: &str, ns: &str, node: &str, extra: &[&str], cmd: &[&str]) -> String {
         let mut args = vec!["pod", "run", name, "-n", ns, "--node", node];
         args.extend_from_slice(extra);
@@ -284,16 +295,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-fn echo_cmd() -> Vec<String> {
-    let meshctl = Topology::binary("meshctl").expect("meshctl");
-    vec![
-        meshctl.display().to_string(),
-        "http-echo".into(),
-        "--port".into(),
-        "8080".into(),
-    ]
-}
-
 fn ztunnel_saw_mtls(c: &Cluster, node: &str, marker_peer: &str) -> bool {
     c.log("ztunnel", node).lines().any(|l| {
         l.contains("connection complete") && l.contains("mtls=true") && l.contains(marker_peer)
@@ -304,16 +305,7 @@ fn ztunnel_saw_mtls(c: &Cluster, node: &str, marker_peer: &str) -> bool {
 fn labelling_a_namespace_enrols_running_pods_honours_opt_out_and_releases_when_the_label_goes() {
     let mut c = Cluster::new();
     c.up(&[]);
-    let echo = echo_cmd();
-    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
-    let server_ip = c.pod_run("server", "shop", "n2", &["--sa", "server"], &echo);
-    c.pod_run(
-        "client",
-        "shop",
-        "n1",
-        &["--sa", "client"],
-        &["sleep", "infinity"],
-    );
+    let server_ip = c.shop();
     c.pod_run(
         "legacy",
         "shop",
@@ -415,16 +407,7 @@ fn pods_that_existed_before_the_mesh_are_captured_and_restarts_of_agent_or_ztunn
     let mut c = Cluster::new();
     // A plain cluster first: the conflist has no mesh plugin yet.
     c.up(&["--no-mesh"]);
-    let echo = echo_cmd();
-    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
-    let server_ip = c.pod_run("server", "shop", "n2", &["--sa", "server"], &echo);
-    c.pod_run(
-        "client",
-        "shop",
-        "n1",
-        &["--sa", "client"],
-        &["sleep", "infinity"],
-    );
+    let server_ip = c.shop();
     c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode=ambient"]);
     let url = format!("http://{server_ip}:8080/");
 
@@ -553,4 +536,121 @@ fn tcp_ports(pcap: &Path) -> std::collections::BTreeSet<u16> {
             Some(port(a)?.min(port(b.split(':').next()?)?))
         })
         .collect()
+}
+
+/// Namespace isolation as a platform team writes it, applied with `meshctl apply`.
+const ALLOW_SAME_NAMESPACE: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-same
+  namespace: shop
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        namespaces: [shop]
+";
+
+#[test]
+fn authz_check_names_the_policy_and_rule_that_decide_and_agrees_with_the_wire() {
+    let mut c = Cluster::new();
+    c.up(&[]);
+    for ns in ["shop", "other"] {
+        c.ok(&["label", "ns", ns, "istio.io/dataplane-mode=ambient"]);
+    }
+    let server_ip = c.shop();
+    c.pod_run("intruder", "other", "n1", &[], &["sleep", "infinity"]);
+    c.wait_hbone("n1", "shop", "server");
+    let check = |from: &str| {
+        let out = c.run(&["authz", "check", "--from", from, "--to", "shop/server:8080"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // No policy yet: allowed, and it says that none applied.
+    let (code, text) = check("other/intruder");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no policy applies"), "{text}");
+
+    // AUDIT is refused by apply, and nothing of the file is written.
+    let audit = c.scratch.path().join("audit.yaml");
+    std::fs::write(
+        &audit,
+        format!(
+            "{ALLOW_SAME_NAMESPACE}---\n{}",
+            ALLOW_SAME_NAMESPACE
+                .replace("name: allow-same", "name: audit-all")
+                .replace("ALLOW", "AUDIT")
+        ),
+    )
+    .expect("write");
+    let out = c.run(&["apply", "-f", audit.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "AUDIT must be refused");
+    assert!(err.contains("AUDIT"), "the refusal names the action: {err}");
+    assert!(
+        check("other/intruder").1.contains("no policy applies"),
+        "nothing was applied"
+    );
+
+    // Namespace isolation: the check names the policy and rule, exit status 0 / 1.
+    let policy = c.scratch.path().join("isolation.yaml");
+    std::fs::write(&policy, ALLOW_SAME_NAMESPACE).expect("write");
+    c.ok(&["apply", "-f", policy.to_str().unwrap()]);
+    e2e::wait_until("the policy reaches n2's ztunnel", WAIT, || {
+        check("other/intruder").0 == Some(1)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let (code, text) = check("shop/client");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("decided by: ALLOW policy shop/allow-same, rule 0"),
+        "{text}"
+    );
+    let (_, text) = check("other/intruder");
+    assert!(
+        text.starts_with("DENIED")
+            && text.contains("decided by: no ALLOW policy matches (checked shop/allow-same)"),
+        "{text}"
+    );
+    // An unknown pod is an error (2), not a denial.
+    assert_eq!(check("shop/ghost").0, Some(2));
+
+    // The data plane agrees.
+    let url = format!("http://{server_ip}:8080/");
+    assert!(c
+        .curl("client", "shop", &url, "x-step: allowed")
+        .contains("hello from"));
+    let out = c.run(&[
+        "pod",
+        "exec",
+        "intruder",
+        "-n",
+        "other",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &url,
+    ]);
+    assert!(!out.status.success(), "the intruder is refused on the wire");
+    e2e::wait_until("the denial is logged by n2's ztunnel", WAIT, || {
+        c.log("ztunnel", "n2")
+            .lines()
+            .any(|l| l.contains("flags=DENY") && l.contains("shop/allow-same"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+
+    // `meshctl delete -f` takes it away again.
+    c.ok(&["delete", "-f", policy.to_str().unwrap()]);
+    e2e::wait_until("the policy is gone from n2's ztunnel", WAIT, || {
+        check("other/intruder").0 == Some(0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.down_and_check();
 }

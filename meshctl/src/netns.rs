@@ -56,16 +56,9 @@ struct NetnsLock {
 
 impl NetnsLock {
     fn take() -> anyhow::Result<NetnsLock> {
-        let path = std::env::temp_dir().join("e2e-netns.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))?;
-        Ok(NetnsLock { _lock: lock })
+        Ok(NetnsLock {
+            _lock: crate::sys::lock_file(&std::env::temp_dir().join("e2e-netns.lock"))?,
+        })
     }
 }
 

@@ -442,14 +442,7 @@ mod tests {
     use super::*;
 
     fn cluster() -> ClusterState {
-        ClusterState {
-            name: "mesh".into(),
-            underlay_netns: plan::underlay_netns("mesh"),
-            istiod_addr: plan::istiod_addr(),
-            istiod_monitoring_addr: plan::istiod_monitoring_addr(),
-            nodes: plan::nodes("mesh", 2),
-            daemons: Default::default(),
-        }
+        ClusterState::example()
     }
 
     fn pod(name: &str, node: &str) -> PodRuntime {

@@ -130,6 +130,19 @@ pub fn exec_in(netns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<String> 
     run("ip", &full)
 }
 
+/// Opens (creating) `path` and takes an exclusive `flock` on it, blocking; released on drop.
+pub fn lock_file(path: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use anyhow::Context as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

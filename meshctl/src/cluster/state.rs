@@ -138,16 +138,9 @@ impl StateDir {
     pub fn lock(&self) -> anyhow::Result<StateLock> {
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("creating {}", self.root.display()))?;
-        let path = self.root.join(".lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))?;
-        Ok(StateLock { _lock: lock })
+        Ok(StateLock {
+            _lock: crate::sys::lock_file(&self.root.join(".lock"))?,
+        })
     }
 
     /// The cluster, if `cluster.json` exists.
@@ -218,6 +211,20 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Two nodes of cluster `mesh` as `cluster up` plans them, with no daemon: for tests.
+    #[cfg(test)]
+    pub fn example() -> ClusterState {
+        use super::plan;
+        ClusterState {
+            name: "mesh".into(),
+            underlay_netns: plan::underlay_netns("mesh"),
+            istiod_addr: plan::istiod_addr(),
+            istiod_monitoring_addr: plan::istiod_monitoring_addr(),
+            nodes: plan::nodes("mesh", 2),
+            daemons: Default::default(),
+        }
+    }
+
     /// A node by name; the error lists the nodes.
     pub fn node(&self, name: &str) -> anyhow::Result<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name).with_context(|| {
