@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{metric_sum, Mesh, Svc, WAIT};
 use e2e::Capture;
 
@@ -281,6 +283,135 @@ fn restarts_of_ztunnel_and_istiod_lose_nothing() {
             .expect("after resync"),
         "resynced"
     );
+}
+
+/// A pod leaving the mesh (ZDS `del`): new connections are refused at once, live ones keep
+/// carrying traffic for the drain period and are closed when it ends, with the reason in the
+/// access log. Handed over again within the period, the pod keeps its connections.
+#[test]
+fn a_removed_pods_connections_drain_then_close_unless_it_comes_back() {
+    const DRAIN: Duration = Duration::from_secs(3);
+    let mut mesh = Mesh::new("mesh_pod_drain", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    mesh.ztunnel_env
+        .push(("POD_DRAIN_SECS".into(), DRAIN.as_secs().to_string()));
+    let a = mesh.pod(0, "demo", "client", "client", "client", true);
+    let b = mesh.pod(1, "demo", "server", "server", "server", true);
+    mesh.start();
+    let echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
+    mesh.enroll(&a);
+    mesh.enroll(&b);
+    mesh.wait_workload(0, &b.uid);
+
+    // Three long-lived connections A → B, each sending `<name>-before|` now and `after` once
+    // its gate file exists; the echo sends both back.
+    let hold = |name: &str| {
+        let gate = mesh.topo.dir().join(format!("{name}-gate"));
+        let proc = mesh
+            .topo
+            .spawn_in(
+                &a,
+                e2e::Topology::tcp_tool().expect("e2e-tcp"),
+                &[
+                    "send-gated",
+                    &b.addr(7000).to_string(),
+                    &format!("{name}-before|"),
+                    gate.to_str().unwrap(),
+                    "after",
+                ],
+                &[],
+            )
+            .expect("long-lived client");
+        proc.wait_for_log("first sent", WAIT)
+            .expect("long-lived connection open");
+        (proc, gate)
+    };
+    let finish = |(proc, gate): &(e2e::Proc, std::path::PathBuf)| {
+        std::fs::write(gate, "").unwrap();
+        let status = proc.wait_exit(WAIT).expect("client ends");
+        (status.success(), proc.log())
+    };
+    let kept = hold("kept");
+    let during = hold("during");
+    let cut = hold("cut");
+    e2e::wait_until("three connections reach the server", WAIT, || {
+        echo.log().matches("accepted").count() >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    let z2 = &mesh.ztunnels["n2"];
+    let reason = format!("pod removed from the mesh: drain period of {DRAIN:?} ended");
+
+    // del, then add again at once (the agent's label flip or re-snapshot): past the drain
+    // period the connection still works. Only waiting that long shows nothing was closed.
+    mesh.agents["n2"].del(&b.uid).expect("zds del");
+    mesh.enroll(&b);
+    z2.wait_for_log("pod handed over again before its drain ended", WAIT)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", z2.log_tail()));
+    std::thread::sleep(DRAIN + Duration::from_secs(1));
+    let (ok, log) = finish(&kept);
+    assert!(ok && log.contains("reply: kept-before|after"), "{log}");
+    assert!(!z2.log().contains(&reason), "{}", z2.log_tail());
+    assert_eq!(
+        mesh.topo
+            .tcp_send(&a, b.addr(7000), "after-re-add")
+            .expect("served again"),
+        "after-re-add"
+    );
+
+    // del for good: within the period the live connection carries traffic both ways, the
+    // pod shows as draining, and a new connection is refused.
+    let removed = Instant::now();
+    mesh.agents["n2"].del(&b.uid).expect("zds del");
+    let (ok, log) = finish(&during);
+    assert!(ok && log.contains("reply: during-before|after"), "{log}");
+    assert!(removed.elapsed() < DRAIN, "took {:?}", removed.elapsed());
+    assert!(
+        mesh.config_dump(1)["draining_pods"]
+            .to_string()
+            .contains(&b.uid),
+        "{}",
+        mesh.config_dump(1)
+    );
+    let refused = mesh
+        .topo
+        .tcp_send(&a, b.addr(7000), "new")
+        .unwrap_or_default();
+    assert_ne!(refused, "new", "a new connection reached the removed pod");
+
+    // The period ends: what is left is closed and logged with the reason.
+    e2e::wait_until("the drained connection is closed", WAIT, || {
+        z2.log().contains(&reason)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    let took = removed.elapsed();
+    assert!(
+        took >= DRAIN && took < DRAIN + Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let log = z2.log();
+    let drained: Vec<&str> = log.lines().filter(|l| l.contains(&reason)).collect();
+    assert_eq!(drained.len(), 1, "only `cut` was still open: {log}");
+    assert!(
+        drained[0].contains("connection complete")
+            && drained[0].contains("flags=DRAIN")
+            && drained[0].contains(&format!("bytes_sent={}", "cut-before|".len())),
+        "{}",
+        drained[0]
+    );
+    let (_, log) = finish(&cut);
+    assert!(
+        !log.contains("before|after"),
+        "the drained connection kept flowing: {log}"
+    );
+    assert_eq!(
+        metric_sum(
+            &mesh.metrics(1),
+            "istio_tcp_connections_closed_total",
+            &["response_flags=\"DRAIN\""]
+        ),
+        1.0
+    );
+    assert_eq!(mesh.config_dump(1)["draining_pods"], serde_json::json!([]));
 }
 
 /// Bad input gives a clear error and breaks nothing: ZDS messages with no fd or two, a

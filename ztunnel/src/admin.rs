@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::inpod::Pods;
+use crate::proxy::live::LiveConnections;
 use crate::telemetry::Telemetry;
 
 /// Changes the log filter at run time.
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub certs: Arc<CertManager>,
     /// Served pods.
     pub pods: Arc<Pods>,
+    /// Live connections, and removed pods still draining.
+    pub live: Arc<LiveConnections>,
     /// xDS link status.
     pub xds: watch::Receiver<XdsStatus>,
     /// Metrics.
@@ -43,7 +46,8 @@ fn seconds_until(t: std::time::SystemTime) -> i64 {
 }
 
 impl AdminState {
-    /// `/config_dump`: workloads, services, policies, served pods, certificates, xDS status.
+    /// `/config_dump`: workloads, services, policies, served pods, removed pods still draining,
+    /// certificates, xDS status.
     pub fn config_dump(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .certs
@@ -64,6 +68,7 @@ impl AdminState {
         json!({
             "config": self.store.snapshot(),
             "pods": self.pods.dump(),
+            "draining_pods": self.live.draining(),
             "certificates": certs,
             "xds": xds,
         })

@@ -13,7 +13,7 @@ use crate::admin::{AdminState, LogReload};
 use crate::config::Config;
 use crate::inpod::{self, Pods};
 use crate::netns::Netns;
-use crate::proxy::authz::LiveConnections;
+use crate::proxy::live::LiveConnections;
 use crate::proxy::ProxyInputs;
 use crate::telemetry::Telemetry;
 
@@ -95,7 +95,7 @@ pub async fn run(
         certs: certs.clone(),
         telemetry: telemetry.clone(),
         home,
-        live,
+        live: live.clone(),
     };
     tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
 
@@ -104,6 +104,7 @@ pub async fn run(
         store,
         certs,
         pods,
+        live,
         xds: xds_status,
         telemetry,
         log_reload,

@@ -87,6 +87,17 @@ pub struct Config {
     #[arg(long, env = "SECRET_TTL_SECS", default_value_t = 86_400)]
     pub cert_ttl_secs: u64,
 
+    /// How long a pod's live connections may go on after the pod leaves the mesh (ZDS `del`,
+    /// or missing from the CNI agent's snapshot), in seconds. Its listeners stop at once; what
+    /// is still open after this is closed. The same pod handed over again within it keeps its
+    /// connections. 0 closes them at once.
+    ///
+    /// Upstream ztunnel drains a removed pod for its own `CONNECTION_TERMINATION_DEADLINE`
+    /// (default 5 s). Kept as short: a deleted pod's containers have already exited when the
+    /// CNI DEL arrives, and every open connection holds the pod's network namespace alive.
+    #[arg(long, env = "POD_DRAIN_SECS", default_value_t = 5)]
+    pub pod_drain_secs: u64,
+
     /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -101,6 +112,11 @@ impl Config {
     /// Requested certificate lifetime.
     pub fn cert_ttl(&self) -> Duration {
         Duration::from_secs(self.cert_ttl_secs)
+    }
+
+    /// How long a removed pod's connections drain before they are closed.
+    pub fn pod_drain(&self) -> Duration {
+        Duration::from_secs(self.pod_drain_secs)
     }
 }
 
@@ -136,5 +152,25 @@ mod tests {
         assert!(with(&["--ca-address", "http://cp:15012"]).is_err());
         let ok = with(&["--xds-address", "https://cp:15012"]).expect("valid");
         assert_eq!(ok.ca_address(), "https://cp:15012");
+    }
+
+    #[test]
+    fn removed_pods_drain_for_five_seconds_unless_configured() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ztunnel", "--node-name", "n1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).expect("valid")
+        };
+        assert_eq!(parse(&[]).pod_drain(), Duration::from_secs(5));
+        assert_eq!(
+            parse(&["--pod-drain-secs", "2"]).pod_drain(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse(&["--pod-drain-secs", "0"]).pod_drain(),
+            Duration::ZERO
+        );
+        let args = ["ztunnel", "--node-name", "n1", "--pod-drain-secs", "soon"];
+        assert!(Config::try_parse_from(args).is_err());
     }
 }

@@ -4,6 +4,11 @@
 //! starting a [`PodProxy`] in the handed-over namespace. After `snapshot_sent`, pods that were
 //! not re-announced on this connection are stopped. A lost connection keeps every running pod
 //! proxy: the agent re-announces them when we reconnect.
+//!
+//! Stopping a pod (`del`, missing from a snapshot, a new namespace for the same uid) drops its
+//! [`PodProxy`]: the listeners close at once and its live connections drain for
+//! `--pod-drain-secs`, then are closed. An `add` of the same pod (uid and namespace) before
+//! then starts a new proxy that keeps them (see [`crate::proxy::live`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

@@ -45,6 +45,8 @@ pub struct Mesh {
     /// Use the real CNI node agent (cni-plugin) instead of the harness's fake ZDS agent.
     pub real_cni: bool,
     pub cni_agents: BTreeMap<String, Proc>,
+    /// Extra environment for every ztunnel started from now on (e.g. `POD_DRAIN_SECS`).
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 fn token(node: &str) -> String {
@@ -87,6 +89,7 @@ impl Mesh {
             services: vec![],
             real_cni: false,
             cni_agents: BTreeMap::new(),
+            ztunnel_env: vec![],
         }
     }
 
@@ -272,6 +275,12 @@ impl Mesh {
         let token = self.topo.dir().join(format!("{}.token", node.name));
         let metrics = format!("{}:15020", node.underlay_ip);
         let ready = format!("{}:15021", node.underlay_ip);
+        let mut env = vec![("RUST_LOG", "info,access=info")];
+        env.extend(
+            self.ztunnel_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let proc = self
             .topo
             .spawn_in(
@@ -295,7 +304,7 @@ impl Mesh {
                     "--readiness-addr",
                     &ready,
                 ],
-                &[("RUST_LOG", "info,access=info")],
+                &env,
             )
             .expect("start ztunnel");
         self.ztunnels.insert(node.name.clone(), proc);

@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
-use mesh::copy::Transferred;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
 use mesh::rbac::Connection;
@@ -13,9 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::authz::{self, LiveGuard};
+use super::authz;
+use super::live::{copy_until_closed, finish, Kind};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Peer};
+
+/// How long an HBONE connection closed by a drain is still driven, to send its streams' resets.
+const TUNNEL_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why an inbound request is refused before reaching the application.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,10 @@ pub enum InboundError {
     /// The CONNECT targets an address that is not this pod's.
     #[error("target {0} is not an address of this pod")]
     NotThisPod(IpAddr),
+    /// The pod has left the mesh (its proxy stopped; live connections are draining): a new
+    /// stream on an HBONE connection opened before that, or a connection accepted as it left.
+    #[error("pod {0} is no longer served: removed from the mesh")]
+    NotServed(String),
     /// The application could not be reached.
     #[error("connect to the application at {addr} failed: {source}")]
     Upstream {
@@ -37,12 +44,16 @@ impl InboundError {
     fn status(&self) -> StatusCode {
         match self {
             InboundError::NotThisPod(_) => StatusCode::BAD_REQUEST,
-            InboundError::Upstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            InboundError::NotServed(_) | InboundError::Upstream { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
 
-/// Serves HBONE for the pod until told to stop.
+/// Accepts HBONE connections for the pod until told to stop. Each one is registered as a
+/// tunnel of the pod, so a drain that ends closes it (and releases the pod's namespace) rather
+/// than leave it to the client's idle timeout.
 pub async fn serve_hbone(
     inputs: ProxyInputs,
     pod: PodContext,
@@ -51,13 +62,55 @@ pub async fn serve_hbone(
 ) {
     let certs: Arc<dyn ServerCerts> = Arc::new(inputs.certs.subscribe(&pod.identity));
     let server = Arc::new(Server::new(H2Config::default(), certs));
-    let span = tracing::debug_span!("inbound_hbone", pod = %pod.uid);
-    let handler = move |req: InboundRequest| {
+    let handler = {
         let (inputs, pod) = (inputs.clone(), pod.clone());
-        async move { handle_hbone(inputs, pod, req).await }
+        move |req: InboundRequest| {
+            let (inputs, pod) = (inputs.clone(), pod.clone());
+            async move { handle_hbone(inputs, pod, req).await }
+        }
+    };
+    let key = pod.key();
+    let accept = async {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of fds or similar: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(mut guard) = inputs.live.register(&key, Kind::Tunnel) else {
+                tracing::debug!(%peer, "HBONE connection refused: the pod is no longer served");
+                continue;
+            };
+            let (server, handler) = (server.clone(), handler.clone());
+            let span = tracing::debug_span!("inbound_hbone", pod = %pod.uid, peer = %peer);
+            tokio::spawn(
+                async move {
+                    let serve = server.serve_connection(tcp, peer, handler);
+                    tokio::pin!(serve);
+                    tokio::select! {
+                        res = &mut serve => {
+                            if let Err(e) = res {
+                                tracing::debug!(error = %e, "HBONE connection ended with an error");
+                            }
+                        }
+                        reason = guard.closed() => {
+                            // Its streams were closed just before: drive the connection a moment
+                            // longer so their resets reach the client, then drop it.
+                            let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, &mut serve).await;
+                            tracing::debug!(%reason, "HBONE connection closed");
+                        }
+                    }
+                }
+                .instrument(span),
+            );
+        }
     };
     tokio::select! {
-        () = server.serve(listener, handler).instrument(span) => {}
+        () = accept => {}
         () = stopped(stop) => {}
     }
 }
@@ -109,11 +162,17 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         record.set_flags("DENY");
         return record.close(0, 0, Some(&decision.reason));
     }
-    let guard = inputs.live.register(conn, &dst_workload.uid);
+    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn)) else {
+        // A new stream on an HBONE connection that outlived the pod's listener.
+        let err = InboundError::NotServed(pod.uid.clone());
+        req.reject(err.status());
+        record.set_flags("NR");
+        return record.close(0, 0, Some(&err));
+    };
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match pod.connect(&inputs.home, target, spoof).await {
         Ok(app) => match req.accept() {
-            Ok(tunnel) => finish(record, copy_while_allowed(tunnel, app, guard).await),
+            Ok(tunnel) => finish(record, copy_until_closed(tunnel, app, guard).await),
             Err(e) => record.close(0, 0, Some(&e)),
         },
         Err(source) => {
@@ -218,42 +277,13 @@ async fn handle_plaintext(
         record.set_flags("DENY");
         return record.close(0, 0, Some(&decision.reason));
     }
-    let guard = inputs.live.register(conn, &dst_workload.uid);
+    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn)) else {
+        // Accepted just as the pod left the mesh.
+        record.set_flags("NR");
+        return record.close(0, 0, Some(&InboundError::NotServed(pod.uid.clone())));
+    };
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
-        Ok(app) => finish(record, copy_while_allowed(stream, app, guard).await),
-        Err(e) => record.close(0, 0, Some(&e)),
-    }
-}
-
-/// Why a proxied connection ended early.
-#[derive(Debug, thiserror::Error)]
-enum CopyEnd {
-    #[error(transparent)]
-    Io(#[from] mesh::copy::CopyError),
-    #[error("closed: no longer allowed ({0})")]
-    Revoked(String),
-}
-
-/// Copies both ways until done, or until policy revokes the connection.
-async fn copy_while_allowed<A, B>(a: A, b: B, mut guard: LiveGuard) -> Result<Transferred, CopyEnd>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::select! {
-        res = mesh::copy::copy_bidirectional(a, b) => Ok(res?),
-        reason = guard.closed() => Err(CopyEnd::Revoked(reason)),
-    }
-}
-
-fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, CopyEnd>) {
-    match result {
-        Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
-        Err(CopyEnd::Revoked(reason)) => {
-            record.set_flags("DENY");
-            let err = CopyEnd::Revoked(reason);
-            record.close(0, 0, Some(&err));
-        }
+        Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
         Err(e) => record.close(0, 0, Some(&e)),
     }
 }

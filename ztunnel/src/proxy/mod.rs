@@ -6,11 +6,13 @@
 //! - 15008 ([`inbound`]): HBONE from other tunnels.
 //!
 //! Every socket ztunnel opens in the pod namespace carries mark 0x539 so the capture rules let
-//! it pass, and leaves with the pod's own IP.
+//! it pass, and leaves with the pod's own IP. Every connection proxied for the pod is registered
+//! in [`live`] under the pod's key, so policy changes and the pod's removal can close it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh::capture::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
 use mesh::cert_manager::CertManager;
@@ -29,6 +31,7 @@ use crate::telemetry::Telemetry;
 
 pub mod authz;
 pub mod inbound;
+pub mod live;
 pub mod outbound;
 
 /// What every pod proxy shares.
@@ -44,8 +47,8 @@ pub struct ProxyInputs {
     pub telemetry: Arc<Telemetry>,
     /// ztunnel's own network namespace, to return to after creating pod sockets.
     pub home: Netns,
-    /// Allowed connections, re-checked when policy changes.
-    pub live: Arc<authz::LiveConnections>,
+    /// Every live connection by pod: re-checked when policy changes, drained when its pod goes.
+    pub live: Arc<live::LiveConnections>,
 }
 
 /// The pod a proxy serves.
@@ -63,6 +66,14 @@ impl PodContext {
     /// The pod's workload, when the control plane has told us about it.
     pub fn workload(&self, store: &Store) -> Option<Arc<Workload>> {
         store.workload(&self.uid)
+    }
+
+    /// The key its connections are registered under.
+    pub fn key(&self) -> live::PodKey {
+        live::PodKey {
+            uid: self.uid.clone(),
+            netns: self.netns.inode(),
+        }
     }
 
     /// Creates a TCP socket inside the pod namespace, marked so it is not captured.
@@ -129,11 +140,15 @@ impl Connector for PodConnector {
     }
 }
 
-/// A running pod proxy; dropping it stops the listeners (live connections drain on their own).
+/// A running pod proxy. Dropping it stops the listeners at once and drains the pod's live
+/// connections: those still open after the configured drain period are closed, unless the same
+/// pod (uid and network namespace) is started again before that.
 pub struct PodProxy {
     pod: PodContext,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    live: Arc<live::LiveConnections>,
+    drain: Duration,
 }
 
 impl std::fmt::Debug for PodProxy {
@@ -153,6 +168,9 @@ impl PodProxy {
         let inbound_listener = pod.listen(&inputs.home, INBOUND_PORT)?;
         let hbone_listener = pod.listen(&inputs.home, HBONE_PORT)?;
         inputs.certs.prefetch(&pod.identity);
+        if let Some(kept) = inputs.live.pod_started(&pod.key()) {
+            tracing::info!(uid = %pod.uid, netns = pod.netns.inode(), connections = kept, "pod handed over again before its drain ended; its connections stay");
+        }
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(outbound::serve(
@@ -179,6 +197,8 @@ impl PodProxy {
             pod,
             shutdown,
             tasks,
+            live: inputs.live.clone(),
+            drain: inputs.config.pod_drain(),
         })
     }
 
@@ -194,7 +214,8 @@ impl Drop for PodProxy {
         for task in &self.tasks {
             task.abort();
         }
-        tracing::info!(uid = %self.pod.uid, "pod proxy stopped");
+        let draining = self.live.pod_removed(&self.pod.key(), self.drain);
+        tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = self.drain.as_secs_f64(), "pod proxy stopped; new connections refused, live ones drain");
     }
 }
 

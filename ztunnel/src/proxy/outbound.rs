@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::live::{copy_until_closed, finish, Kind};
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Peer};
 
@@ -260,6 +261,11 @@ async fn handle(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    // Registered before any await: the pod's removal either refuses it or drains it.
+    let Some(guard) = inputs.live.register(&pod.key(), Kind::Outbound) else {
+        tracing::debug!("connection accepted as the pod left the mesh; dropped");
+        return;
+    };
     let orig_dst = match socket2::SockRef::from(&stream).original_dst_v4() {
         Ok(addr) => match addr.as_socket() {
             Some(a) => a,
@@ -317,10 +323,7 @@ async fn handle(
                 false,
             );
             match pod.connect(&inputs.home, addr, None).await {
-                Ok(upstream) => match mesh::copy::copy_bidirectional(stream, upstream).await {
-                    Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
-                    Err(e) => record.close(0, 0, Some(&e)),
-                },
+                Ok(upstream) => finish(record, copy_until_closed(stream, upstream, guard).await),
                 Err(e) => record.close(0, 0, Some(&e)),
             }
         }
@@ -360,10 +363,7 @@ async fn handle(
             };
             tracing::debug!(%endpoint, %authority, via_waypoint, "HBONE");
             match pool.connect(&key, &cert, authority, &meta).await {
-                Ok(tunnel) => match mesh::copy::copy_bidirectional(stream, tunnel).await {
-                    Ok(t) => record.close(t.a_to_b, t.b_to_a, None),
-                    Err(e) => record.close(0, 0, Some(&e)),
-                },
+                Ok(tunnel) => finish(record, copy_until_closed(stream, tunnel, guard).await),
                 Err(e) => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                     record.close(0, 0, Some(&e));

@@ -1,0 +1,478 @@
+//! Live connections, by the pod they belong to, and what closes them before their ends do.
+//!
+//! Every connection ztunnel proxies for a pod (outbound from it, inbound to it, and the HBONE
+//! connections carrying inbound streams) is registered here under the pod's [`PodKey`] while
+//! it lives. Two things close a live connection early:
+//!
+//! - policy: on every config change the inbound ones are evaluated again
+//!   ([`LiveConnections::recheck`]); those now denied close at once;
+//! - pod removal ([`LiveConnections::pod_removed`]): the pod's new connections are refused at
+//!   once, the live ones go on for the drain period, and whatever is still open then is closed.
+//!   The same pod handed over again before that ([`LiveConnections::pod_started`], same uid and
+//!   network namespace: a label flip, an agent snapshot) keeps them.
+//!
+//! Closing ends the connection's copy task, which drops both sockets; its access-log line and
+//! `response_flags` carry the [`CloseReason`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh::copy::{CopyError, Transferred};
+use mesh::rbac::Connection;
+use mesh::store::Store;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::authz;
+use crate::telemetry::ConnectionRecord;
+
+/// One serving of a pod: its uid and the network namespace it was handed over with. A new
+/// sandbox of the same pod (new namespace) is another key, so the old one's drain goes on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    /// Workload uid.
+    pub uid: String,
+    /// Inode of the pod's network namespace. Not reused while any of our sockets (or the
+    /// namespace fd a proxy holds) keeps the namespace alive.
+    pub netns: u64,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (netns {})", self.uid, self.netns)
+    }
+}
+
+/// Why ztunnel closed a live connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Policy no longer allows it; the deciding reason.
+    Denied(String),
+    /// Its pod left the mesh (ZDS `del`, or missing from a snapshot) and the drain period
+    /// ended before the connection did.
+    PodRemoved {
+        /// The drain period it was given.
+        drain: Duration,
+    },
+}
+
+impl CloseReason {
+    /// The `response_flags` value for metrics and the access log.
+    pub fn flags(&self) -> &'static str {
+        match self {
+            CloseReason::Denied(_) => "DENY",
+            CloseReason::PodRemoved { .. } => "DRAIN",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Denied(reason) => write!(f, "no longer allowed ({reason})"),
+            CloseReason::PodRemoved { drain } => write!(
+                f,
+                "pod removed from the mesh: drain period of {drain:?} ended"
+            ),
+        }
+    }
+}
+
+/// What a registered connection is; decides what re-checks and closes it.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// Inbound to the pod, allowed by policy: evaluated again on every config change.
+    Inbound(Connection),
+    /// Outbound from the pod (policy is the destination's business).
+    Outbound,
+    /// An HBONE connection to the pod. It carries `Inbound` streams, so it is closed after
+    /// them: a stream whose tunnel broke first would log a broken pipe instead of the reason.
+    Tunnel,
+}
+
+struct Live {
+    pod: PodKey,
+    kind: Kind,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+enum PodState {
+    /// The pod's proxy accepts new connections.
+    Serving,
+    /// Removed: new connections are refused; the live ones are closed when `timer` fires.
+    Draining {
+        drain_id: u64,
+        timer: Option<JoinHandle<()>>,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<u64, Live>,
+    pods: HashMap<PodKey, PodState>,
+}
+
+impl Inner {
+    /// (proxied connections, HBONE tunnels) registered for `pod`.
+    fn count(&self, pod: &PodKey) -> (usize, usize) {
+        self.conns
+            .values()
+            .filter(|l| l.pod == *pod)
+            .fold((0, 0), |(c, t), l| match l.kind {
+                Kind::Tunnel => (c, t + 1),
+                _ => (c + 1, t),
+            })
+    }
+
+    /// Closes everything of `pod` with `reason`; returns how many proxied connections.
+    fn close_pod(&self, pod: &PodKey, reason: &CloseReason) -> usize {
+        let mut closed = 0;
+        // Connections first, then the tunnels under them (see `Kind::Tunnel`).
+        for tunnels in [false, true] {
+            let of_pod = self
+                .conns
+                .values()
+                .filter(|l| l.pod == *pod && matches!(l.kind, Kind::Tunnel) == tunnels);
+            for l in of_pod {
+                if l.close.borrow().is_none() {
+                    let _ = l.close.send(Some(reason.clone()));
+                    closed += usize::from(!tunnels);
+                }
+            }
+        }
+        closed
+    }
+}
+
+/// A removed pod whose connections are draining, for `/config_dump`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainingPod {
+    /// Workload uid.
+    pub uid: String,
+    /// Inode of its network namespace.
+    pub netns_inode: u64,
+    /// Proxied connections still open.
+    pub connections: usize,
+    /// HBONE connections to it still open.
+    pub tunnels: usize,
+}
+
+/// The pods served or draining, and every connection open for them.
+#[derive(Default)]
+pub struct LiveConnections {
+    next: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+/// Held by a proxied connection; unregisters it on drop. [`LiveGuard::closed`] resolves with
+/// the reason when ztunnel must close it.
+pub struct LiveGuard {
+    id: u64,
+    registry: Arc<LiveConnections>,
+    rx: watch::Receiver<Option<CloseReason>>,
+}
+
+impl LiveGuard {
+    /// Resolves when the connection must be closed, with the reason.
+    pub async fn closed(&mut self) -> CloseReason {
+        loop {
+            if let Some(reason) = self.rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.registry.lock().conns.remove(&self.id);
+    }
+}
+
+impl LiveConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pod's proxy is serving: its new connections are accepted. When the same pod was
+    /// draining (handed over again before the period ended), the drain stops and its live
+    /// connections stay; returns how many.
+    pub fn pod_started(&self, pod: &PodKey) -> Option<usize> {
+        let mut inner = self.lock();
+        match inner.pods.insert(pod.clone(), PodState::Serving) {
+            Some(PodState::Draining { timer, .. }) => {
+                if let Some(timer) = timer {
+                    timer.abort();
+                }
+                let (conns, _) = inner.count(pod);
+                Some(conns)
+            }
+            Some(PodState::Serving) | None => None,
+        }
+    }
+
+    /// The pod's proxy stopped: its new connections are refused from now on, and those still
+    /// open after `drain` are closed. Returns how many proxied connections are draining.
+    ///
+    /// The timer runs on the current tokio runtime; without one (the process is exiting)
+    /// nothing is closed early.
+    pub fn pod_removed(self: &Arc<Self>, pod: &PodKey, drain: Duration) -> usize {
+        let mut inner = self.lock();
+        let (conns, tunnels) = inner.count(pod);
+        if conns + tunnels == 0 {
+            inner.pods.remove(pod);
+            return 0;
+        }
+        let drain_id = self.next.fetch_add(1, Ordering::Relaxed);
+        let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (this, pod) = (self.clone(), pod.clone());
+            rt.spawn(async move {
+                tokio::time::sleep(drain).await;
+                this.drain_ended(&pod, drain_id, drain);
+            })
+        });
+        inner
+            .pods
+            .insert(pod.clone(), PodState::Draining { drain_id, timer });
+        conns
+    }
+
+    fn drain_ended(&self, pod: &PodKey, drain_id: u64, drain: Duration) {
+        let mut inner = self.lock();
+        // A re-add (or a newer removal) since this timer started owns the pod now.
+        if !matches!(inner.pods.get(pod), Some(PodState::Draining { drain_id: d, .. }) if *d == drain_id)
+        {
+            return;
+        }
+        inner.pods.remove(pod);
+        let closed = inner.close_pod(pod, &CloseReason::PodRemoved { drain });
+        tracing::info!(uid = %pod.uid, netns = pod.netns, closed, drain_secs = drain.as_secs_f64(), "drain period of a removed pod ended; closed its remaining connections");
+    }
+
+    /// Registers a connection of `pod`. `None` when the pod is not served (never handed over,
+    /// removed, draining): the connection must be refused.
+    pub fn register(self: &Arc<Self>, pod: &PodKey, kind: Kind) -> Option<LiveGuard> {
+        let mut inner = self.lock();
+        if !matches!(inner.pods.get(pod), Some(PodState::Serving)) {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (close, rx) = watch::channel(None);
+        inner.conns.insert(
+            id,
+            Live {
+                pod: pod.clone(),
+                kind,
+                close,
+            },
+        );
+        Some(LiveGuard {
+            id,
+            registry: self.clone(),
+            rx,
+        })
+    }
+
+    /// Live connections now (proxied connections and HBONE tunnels).
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Whether none is live.
+    pub fn is_empty(&self) -> bool {
+        self.lock().conns.is_empty()
+    }
+
+    /// Removed pods whose connections are still draining.
+    pub fn draining(&self) -> Vec<DrainingPod> {
+        let inner = self.lock();
+        let mut out: Vec<DrainingPod> = inner
+            .pods
+            .iter()
+            .filter(|(_, s)| matches!(s, PodState::Draining { .. }))
+            .map(|(pod, _)| {
+                let (connections, tunnels) = inner.count(pod);
+                DrainingPod {
+                    uid: pod.uid.clone(),
+                    netns_inode: pod.netns,
+                    connections,
+                    tunnels,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.uid, a.netns_inode).cmp(&(&b.uid, b.netns_inode)));
+        out
+    }
+
+    /// Evaluates every live inbound connection again; closes the ones now denied. Returns how
+    /// many.
+    pub fn recheck(&self, store: &Store) -> usize {
+        let inner = self.lock();
+        let mut closed = 0;
+        for l in inner.conns.values() {
+            let Kind::Inbound(conn) = &l.kind else {
+                continue;
+            };
+            if l.close.borrow().is_some() {
+                continue;
+            }
+            let Some(dst) = store.workload(&l.pod.uid) else {
+                continue;
+            };
+            let decision = authz::check(store, &dst, conn);
+            if !decision.allowed {
+                tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "closing a live connection no longer allowed");
+                let _ = l
+                    .close
+                    .send(Some(CloseReason::Denied(decision.reason.to_string())));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Re-checks on every store change, until the store is gone.
+    pub async fn watch(self: Arc<Self>, store: Store) {
+        let mut changes = store.subscribe();
+        while changes.changed().await.is_ok() {
+            self.recheck(&store);
+        }
+    }
+}
+
+/// Why a proxied connection ended other than by both ends finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyEnd {
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Io(#[from] CopyError),
+    /// ztunnel closed it.
+    #[error("closed: {reason}")]
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// What had been moved by then (`a_to_b`: read from the first side).
+        transferred: Transferred,
+    },
+}
+
+/// Copies both ways until both ends are done, or until `guard` says close; then both streams
+/// are dropped (the sockets close, an HBONE stream is reset).
+pub async fn copy_until_closed<A, B>(
+    a: A,
+    b: B,
+    mut guard: LiveGuard,
+) -> Result<Transferred, CopyEnd>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let counts = Counts::default();
+    let a = Counted {
+        inner: a,
+        counts: &counts,
+    };
+    tokio::select! {
+        // The close first: when the tunnel under a stream breaks in the same instant, the log
+        // names the reason rather than the broken pipe.
+        biased;
+        reason = guard.closed() => Err(CopyEnd::Closed { reason, transferred: counts.get() }),
+        res = mesh::copy::copy_bidirectional(a, b) => Ok(res?),
+    }
+}
+
+/// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and
+/// flags when ztunnel closed it.
+pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, CopyEnd>) {
+    let end = match result {
+        Ok(t) => return record.close(t.a_to_b, t.b_to_a, None),
+        Err(end) => end,
+    };
+    let t = match &end {
+        CopyEnd::Io(CopyError::Io { transferred, .. }) => *transferred,
+        CopyEnd::Closed {
+            reason,
+            transferred,
+        } => {
+            record.set_flags(reason.flags());
+            *transferred
+        }
+    };
+    record.close(t.a_to_b, t.b_to_a, Some(&end));
+}
+
+/// Bytes read from and written to one side, readable after its copy was dropped.
+#[derive(Default)]
+struct Counts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Counts {
+    fn get(&self) -> Transferred {
+        Transferred {
+            a_to_b: self.read.load(Ordering::Relaxed),
+            b_to_a: self.written.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A stream that counts its bytes into [`Counts`].
+struct Counted<'c, S> {
+    inner: S,
+    counts: &'c Counts,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let n = (buf.filled().len() - before) as u64;
+            this.counts.read.fetch_add(n, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

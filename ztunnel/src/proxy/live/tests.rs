@@ -1,0 +1,270 @@
+use std::net::IpAddr;
+
+use mesh::metrics::Reporter;
+use mesh::model::{Policy, PolicyAction, PolicyScope, Workload};
+use mesh::store::Batch;
+use proto::workload as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::sleep;
+
+use super::*;
+use crate::telemetry::{Peer, Telemetry};
+
+const DRAIN: Duration = Duration::from_secs(5);
+const UID: &str = "Kubernetes//v1/Pod/demo/b";
+
+fn key(netns: u64) -> PodKey {
+    PodKey {
+        uid: UID.into(),
+        netns,
+    }
+}
+
+fn served(pod: &PodKey) -> Arc<LiveConnections> {
+    let live = Arc::new(LiveConnections::default());
+    assert_eq!(live.pod_started(pod), None);
+    live
+}
+
+fn inbound() -> Kind {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    Kind::Inbound(Connection {
+        src_identity: None,
+        src_ip: ip("10.11.0.2"),
+        dst_ip: ip("10.12.0.2"),
+        dst_port: 7000,
+    })
+}
+
+/// The reason `guard` was told to close with, without waiting.
+fn closed(guard: &LiveGuard) -> Option<CloseReason> {
+    guard.rx.borrow().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_pods_connections_go_on_for_the_drain_period_then_close() {
+    let pod = key(1);
+    let live = served(&pod);
+    let guards = [
+        live.register(&pod, inbound()).expect("served"),
+        live.register(&pod, Kind::Outbound).expect("served"),
+        live.register(&pod, Kind::Tunnel).expect("served"),
+    ];
+
+    assert_eq!(live.pod_removed(&pod, DRAIN), 2, "two proxied connections");
+    assert!(
+        live.register(&pod, Kind::Outbound).is_none(),
+        "new connections are refused at once"
+    );
+    assert_eq!(
+        live.draining(),
+        vec![DrainingPod {
+            uid: UID.into(),
+            netns_inode: 1,
+            connections: 2,
+            tunnels: 1,
+        }]
+    );
+
+    sleep(DRAIN - Duration::from_millis(10)).await;
+    assert!(
+        guards.iter().all(|g| closed(g).is_none()),
+        "still in the drain"
+    );
+
+    sleep(Duration::from_millis(20)).await;
+    for g in &guards {
+        assert_eq!(closed(g), Some(CloseReason::PodRemoved { drain: DRAIN }));
+    }
+    assert!(live.draining().is_empty());
+    assert!(live.register(&pod, Kind::Outbound).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_that_end_within_the_drain_leave_nothing_behind() {
+    let pod = key(1);
+    let live = served(&pod);
+    let guard = live.register(&pod, Kind::Outbound).expect("served");
+    live.pod_removed(&pod, DRAIN);
+    drop(guard);
+    assert!(live.is_empty());
+    sleep(DRAIN * 2).await;
+    assert!(live.draining().is_empty());
+
+    // A pod with nothing open is forgotten at once.
+    let other = key(2);
+    live.pod_started(&other);
+    assert_eq!(live.pod_removed(&other, DRAIN), 0);
+    assert!(live.draining().is_empty());
+    assert!(live.register(&other, Kind::Outbound).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_handed_over_again_before_the_drain_ends_keeps_its_connections() {
+    let pod = key(1);
+    let live = served(&pod);
+    let old = live.register(&pod, inbound()).expect("served");
+
+    live.pod_removed(&pod, DRAIN);
+    sleep(DRAIN / 2).await;
+    assert_eq!(live.pod_started(&pod), Some(1), "one connection kept");
+    sleep(DRAIN * 3).await;
+    assert_eq!(closed(&old), None, "the cancelled drain closed nothing");
+    assert!(live.draining().is_empty());
+
+    // The kept connection still belongs to the pod: the next removal drains it too.
+    let new = live.register(&pod, Kind::Outbound).expect("served again");
+    assert_eq!(live.pod_removed(&pod, DRAIN), 2);
+    sleep(DRAIN + Duration::from_millis(10)).await;
+    assert!(closed(&old).is_some() && closed(&new).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_latest_removal_of_a_pod_decides_when_it_closes() {
+    let pod = key(1);
+    let live = served(&pod);
+    let guard = live.register(&pod, Kind::Outbound).expect("served");
+
+    live.pod_removed(&pod, DRAIN); // closes at 5 s unless re-added
+    sleep(Duration::from_secs(1)).await;
+    live.pod_started(&pod);
+    sleep(Duration::from_secs(2)).await;
+    live.pod_removed(&pod, DRAIN); // at 3 s: closes at 8 s
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(closed(&guard), None, "6 s: the first drain was cancelled");
+    sleep(Duration::from_secs(2) + Duration::from_millis(10)).await;
+    assert!(closed(&guard).is_some(), "8 s: the second drain ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_sandbox_of_the_same_pod_does_not_keep_the_old_ones_connections() {
+    let (old_ns, new_ns) = (key(1), key(2));
+    let live = served(&old_ns);
+    let old = live.register(&old_ns, Kind::Outbound).expect("served");
+    live.pod_started(&new_ns);
+    let new = live.register(&new_ns, Kind::Outbound).expect("served");
+
+    live.pod_removed(&old_ns, DRAIN);
+    sleep(DRAIN + Duration::from_millis(10)).await;
+    assert!(closed(&old).is_some());
+    assert_eq!(closed(&new), None);
+}
+
+fn workload() -> Workload {
+    Workload::try_from(pb::Workload {
+        uid: UID.into(),
+        name: "b".into(),
+        namespace: "demo".into(),
+        addresses: vec![vec![10, 12, 0, 2]],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        service_account: "b".into(),
+        ..Default::default()
+    })
+    .expect("valid workload")
+}
+
+#[tokio::test]
+async fn a_policy_change_closes_only_inbound_connections_it_denies() {
+    let pod = key(1);
+    let live = served(&pod);
+    let guards = [
+        live.register(&pod, inbound()).expect("served"),
+        live.register(&pod, Kind::Outbound).expect("served"),
+        live.register(&pod, Kind::Tunnel).expect("served"),
+    ];
+    let store = Store::new();
+    let mut batch = Batch::new();
+    batch.upsert_workload(workload());
+    store.apply(batch);
+    assert_eq!(live.recheck(&store), 0, "no policy: allowed");
+
+    // An ALLOW policy that matches nothing: everything is denied.
+    let mut batch = Batch::new();
+    batch.upsert_policy(Policy {
+        name: "nothing".into(),
+        namespace: "demo".into(),
+        scope: PolicyScope::Namespace,
+        action: PolicyAction::Allow,
+        rules: vec![],
+        dry_run: false,
+    });
+    store.apply(batch);
+    assert_eq!(live.recheck(&store), 1);
+    assert!(matches!(closed(&guards[0]), Some(CloseReason::Denied(_))));
+    assert_eq!(closed(&guards[1]), None);
+    assert_eq!(closed(&guards[2]), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_copy_drops_both_sides_and_reports_the_bytes_moved() {
+    let pod = key(1);
+    let live = served(&pod);
+    let guard = live.register(&pod, Kind::Outbound).expect("served");
+    let (mut client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, mut server) = tokio::io::duplex(1024);
+    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+
+    client.write_all(b"hello").await.expect("write");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).await.expect("server reads");
+    server.write_all(b"hi").await.expect("reply");
+    let mut buf = [0u8; 2];
+    client.read_exact(&mut buf).await.expect("client reads");
+
+    live.pod_removed(&pod, DRAIN);
+    match copy.await.expect("join") {
+        Err(CopyEnd::Closed {
+            reason,
+            transferred,
+        }) => {
+            assert_eq!(reason, CloseReason::PodRemoved { drain: DRAIN });
+            assert_eq!(
+                transferred,
+                Transferred {
+                    a_to_b: 5,
+                    b_to_a: 2
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Both ends see the connection end.
+    assert_eq!(client.read(&mut [0u8; 8]).await.expect("eof"), 0);
+    assert_eq!(server.read(&mut [0u8; 8]).await.expect("eof"), 0);
+}
+
+#[test]
+fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
+    let telemetry = Telemetry::default();
+    let record = ConnectionRecord::open(
+        &telemetry,
+        Reporter::destination,
+        Peer::default(),
+        Peer::default(),
+        None,
+        true,
+    );
+    let end = CopyEnd::Closed {
+        reason: CloseReason::PodRemoved { drain: DRAIN },
+        transferred: Transferred {
+            a_to_b: 5,
+            b_to_a: 2,
+        },
+    };
+    assert_eq!(
+        end.to_string(),
+        "closed: pod removed from the mesh: drain period of 5s ended"
+    );
+    finish(record, Err(end));
+    let metrics = telemetry.encode();
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("response_flags=\"DRAIN\""))
+            .unwrap_or_else(|| panic!("no {name} with the drain flag in\n{metrics}"))
+            .to_string()
+    };
+    assert!(line("istio_tcp_connections_closed_total").ends_with(" 1"));
+    assert!(line("istio_tcp_received_bytes_total").ends_with(" 5"));
+    assert!(line("istio_tcp_sent_bytes_total").ends_with(" 2"));
+}
