@@ -260,6 +260,21 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // `down` removes the logs: keep a copy for whoever reads the failure.
+            let kept = std::env::temp_dir().join(format!("e2e-cluster-logs-{}", self.name));
+            let _ = std::fs::create_dir_all(&kept);
+            if let Ok(entries) = std::fs::read_dir(self.state_dir().join("logs")) {
+                for entry in entries.flatten() {
+                    let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+                }
+            }
+            eprintln!(
+                "e2e: logs of cluster {} kept in {}",
+                self.name,
+                kept.display()
+            );
+        }
         if !self.down {
             let out = self.run(&["cluster", "down"]);
             if !out.status.success() {
