@@ -3,7 +3,10 @@
 //! One background task per identity: fetch, publish, sleep until half of the lifetime (minus
 //! a little jitter so that a node's certificates do not all renew in the same second), fetch
 //! again. A failed fetch is retried with jittered exponential backoff while the current
-//! certificate keeps serving. All timing uses tokio's clock so tests can pause time.
+//! certificate keeps serving. A caller that needs a certificate the worker has failed to get
+//! so far nudges it to retry now and waits a little ([`RenewalConfig::wait_on_failure`]): a
+//! pod's first connection often comes before the CA knows the pod, and should not fail for a
+//! backoff that has grown meanwhile. All timing uses tokio's clock so tests can pause time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cert::{CertError, WorkloadCertificate};
@@ -59,6 +62,8 @@ pub struct RenewalConfig {
     pub max_backoff: Duration,
     /// Renewal happens at half-life minus up to this fraction of the lifetime.
     pub jitter_fraction: f64,
+    /// How long [`CertManager::get`] waits for a retry when every fetch so far has failed.
+    pub wait_on_failure: Duration,
 }
 
 impl Default for RenewalConfig {
@@ -67,6 +72,7 @@ impl Default for RenewalConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(60),
             jitter_fraction: 0.05,
+            wait_on_failure: Duration::from_secs(3),
         }
     }
 }
@@ -75,6 +81,8 @@ type Slot = watch::Receiver<Option<Result<Arc<WorkloadCertificate>, FetchError>>
 
 struct Entry {
     rx: Slot,
+    /// Wakes the worker out of its backoff: someone is waiting for a certificate.
+    nudge: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -120,15 +128,34 @@ impl CertManager {
     }
 
     /// The current certificate for `identity`, fetching it first if this is the first ask.
-    /// While no certificate has been obtained yet, a failed fetch is returned as an error (the
-    /// background task keeps retrying); once one exists, it is returned until replaced.
+    /// Once one exists, it is returned until replaced. While every fetch so far has failed,
+    /// the worker is nudged to retry at once and the caller waits up to
+    /// [`RenewalConfig::wait_on_failure`] for a success before getting the last error.
     pub async fn get(&self, identity: &Identity) -> Result<Arc<WorkloadCertificate>, FetchError> {
-        let mut rx = self.subscribe(identity);
+        let (mut rx, nudge) = self.entry(identity);
+        let mut deadline = None;
         loop {
-            if let Some(state) = rx.borrow_and_update().clone() {
-                return state;
+            match rx.borrow_and_update().clone() {
+                Some(Ok(cert)) => return Ok(cert),
+                Some(Err(e)) => {
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.config.wait_on_failure
+                    });
+                    if tokio::time::Instant::now() >= until {
+                        return Err(e);
+                    }
+                    nudge.notify_one();
+                }
+                None => {}
             }
-            if rx.changed().await.is_err() {
+            let changed = match deadline {
+                Some(until) => match tokio::time::timeout_at(until, rx.changed()).await {
+                    Ok(changed) => changed,
+                    Err(_) => continue, // the deadline: the loop returns the last state
+                },
+                None => rx.changed().await,
+            };
+            if changed.is_err() {
                 return Err(FetchError::Unavailable("certificate worker stopped".into()));
             }
         }
@@ -136,16 +163,22 @@ impl CertManager {
 
     /// A receiver that sees every new certificate for `identity`; starts the worker if needed.
     pub fn subscribe(&self, identity: &Identity) -> Slot {
+        self.entry(identity).0
+    }
+
+    fn entry(&self, identity: &Identity) -> (Slot, Arc<Notify>) {
         let mut entries = lock(&self.entries);
         if let Some(entry) = entries.get(identity) {
-            return entry.rx.clone();
+            return (entry.rx.clone(), entry.nudge.clone());
         }
         let (tx, rx) = watch::channel(None);
+        let nudge = Arc::new(Notify::new());
         let work = renew_loop(
             self.provider.clone(),
             self.config.clone(),
             identity.clone(),
             tx,
+            nudge.clone(),
         );
         let task = match &self.runtime {
             Some(runtime) => runtime.spawn(work),
@@ -155,10 +188,11 @@ impl CertManager {
             identity.clone(),
             Entry {
                 rx: rx.clone(),
+                nudge: nudge.clone(),
                 task,
             },
         );
-        rx
+        (rx, nudge)
     }
 
     /// Pre-fetches certificates for identities about to be needed.
@@ -209,6 +243,7 @@ async fn renew_loop(
     config: RenewalConfig,
     identity: Identity,
     tx: watch::Sender<Option<Result<Arc<WorkloadCertificate>, FetchError>>>,
+    nudge: Arc<Notify>,
 ) {
     let mut backoff = config.initial_backoff;
     let mut have_cert = false;
@@ -227,8 +262,18 @@ async fn renew_loop(
                 if !have_cert {
                     tx.send_replace(Some(Err(e)));
                 }
-                tokio::time::sleep(jittered(backoff)).await;
-                backoff = (backoff * 2).min(config.max_backoff);
+                // A waiting caller cuts the backoff short, but retries stay at least one
+                // initial backoff apart so waiting callers cannot hammer the CA.
+                let nudged = async {
+                    nudge.notified().await;
+                    tokio::time::sleep(config.initial_backoff).await;
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(backoff)) => {
+                        backoff = (backoff * 2).min(config.max_backoff);
+                    }
+                    () = nudged => {}
+                }
             }
         }
     }

@@ -111,7 +111,12 @@ async fn failed_fetches_back_off_exponentially_then_succeed() {
         attempts: AtomicUsize::new(0),
         at: Mutex::new(Vec::new()),
     });
-    let manager = CertManager::new(flaky.clone(), no_jitter());
+    // Nobody waits on the certificate here: the worker's own backoff alone.
+    let config = RenewalConfig {
+        wait_on_failure: Duration::ZERO,
+        ..no_jitter()
+    };
+    let manager = CertManager::new(flaky.clone(), config);
     let err = manager
         .get(&sleep_id())
         .await
@@ -134,6 +139,58 @@ async fn failed_fetches_back_off_exponentially_then_succeed() {
         // Doubling with ±20% jitter: each gap is clearly longer than the one before.
         assert!(pair[1] > pair[0].mul_f64(1.3), "no backoff: {gaps:?}");
     }
+}
+
+fn flaky(failures: usize) -> Arc<Flaky> {
+    Arc::new(Flaky {
+        ca: TestCa::new("cluster.local", Duration::from_secs(3600)),
+        failures,
+        attempts: AtomicUsize::new(0),
+        at: Mutex::new(Vec::new()),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_a_failing_certificate_gets_it_from_prompt_retries() {
+    let flaky = flaky(6);
+    let manager = CertManager::new(flaky.clone(), no_jitter());
+    let start = tokio::time::Instant::now();
+    // The pod's first connection: it waits for the retries instead of failing at once.
+    manager.get(&sleep_id()).await.expect("certificate");
+    let at = flaky.at.lock().expect("lock").clone();
+    assert_eq!(at.len(), 7, "6 failures then 1 success");
+    // Unnudged, 6 doubling backoffs from 200 ms would take 12.6 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    for gap in at.windows(2).map(|w| w[1] - w[0]) {
+        // One initial backoff (200 ms), less the backoff's ±20% jitter.
+        assert!(
+            gap >= Duration::from_millis(160),
+            "retries about one initial backoff apart: {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_gets_the_error_after_waiting_when_the_ca_keeps_refusing() {
+    let flaky = flaky(usize::MAX);
+    let manager = CertManager::new(flaky.clone(), no_jitter());
+    let start = tokio::time::Instant::now();
+    let err = manager.get(&sleep_id()).await.expect_err("never issued");
+    assert!(matches!(err, FetchError::Unavailable(_)));
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "waited {waited:?}"
+    );
+    let attempts = flaky.at.lock().expect("lock").len();
+    assert!(
+        (10..=17).contains(&attempts),
+        "about one retry per 200 ms while waited on, not a storm: {attempts}"
+    );
 }
 
 #[tokio::test]

@@ -30,12 +30,15 @@ pub struct GetPodsArgs {
 /// Flags of `meshctl authz check`.
 #[derive(Debug, Args)]
 pub struct AuthzCheckArgs {
-    /// The client pod, `NAMESPACE/POD`.
+    /// The client pod, `POD` or `NAMESPACE/POD`.
     #[arg(long)]
     pub from: String,
-    /// The server pod and port, `NAMESPACE/POD:PORT`.
+    /// The server pod and port, `POD:PORT` or `NAMESPACE/POD:PORT`.
     #[arg(long)]
     pub to: String,
+    /// Namespace of a pod given without one.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
 }
 
 /// ztunnel's `/config_dump` on `node`.
@@ -119,25 +122,24 @@ pub fn get_pods(state: &StateDir, args: &GetPodsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `NS/POD` into its parts.
-fn parse_pod(s: &str) -> anyhow::Result<(String, String)> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => bail!("{s:?}: expected NAMESPACE/POD"),
+/// `POD` (in namespace `default_ns`) or `NS/POD` into its parts.
+fn parse_pod(s: &str, default_ns: &str) -> anyhow::Result<(String, String)> {
+    let (ns, name) = s.split_once('/').unwrap_or((default_ns, s));
+    if ns.is_empty() || name.is_empty() || name.contains('/') {
+        bail!("{s:?}: expected POD or NAMESPACE/POD");
     }
+    Ok((ns.to_string(), name.to_string()))
 }
 
-/// `NS/POD:PORT` into its parts.
-fn parse_pod_port(s: &str) -> anyhow::Result<(String, String, u16)> {
+/// `POD:PORT` or `NS/POD:PORT` into its parts.
+fn parse_pod_port(s: &str, default_ns: &str) -> anyhow::Result<(String, String, u16)> {
     let (pod, port) = s
         .rsplit_once(':')
-        .with_context(|| format!("{s:?}: expected NAMESPACE/POD:PORT"))?;
+        .with_context(|| format!("{s:?}: expected POD:PORT or NAMESPACE/POD:PORT"))?;
     let port = port
         .parse()
         .with_context(|| format!("{s:?}: {port:?} is not a port"))?;
-    let (ns, name) = parse_pod(pod)?;
+    let (ns, name) = parse_pod(pod, default_ns)?;
     Ok((ns, name, port))
 }
 
@@ -168,8 +170,8 @@ fn pod_ref(state: &StateDir, ns: &str, name: &str) -> anyhow::Result<(authz::Pod
 pub fn authz_check(state: &StateDir, args: &AuthzCheckArgs) -> anyhow::Result<ExitCode> {
     sys::require_root()?;
     let cluster = state.load()?;
-    let (from_ns, from_name) = parse_pod(&args.from)?;
-    let (to_ns, to_name, port) = parse_pod_port(&args.to)?;
+    let (from_ns, from_name) = parse_pod(&args.from, &args.namespace)?;
+    let (to_ns, to_name, port) = parse_pod_port(&args.to, &args.namespace)?;
     let (from, _) = pod_ref(state, &from_ns, &from_name)?;
     let (to, to_node) = pod_ref(state, &to_ns, &to_name)?;
     let dump = config_dump(cluster.node(&to_node)?)?;
@@ -189,17 +191,25 @@ mod tests {
     #[test]
     fn pod_references_parse() {
         assert_eq!(
-            parse_pod("demo/web").expect("pod"),
+            parse_pod("demo/web", "default").expect("pod"),
             ("demo".into(), "web".into())
         );
-        assert!(parse_pod("web").is_err());
-        assert!(parse_pod("a/b/c").is_err());
         assert_eq!(
-            parse_pod_port("demo/web:8080").expect("pod"),
+            parse_pod("web", "shop").expect("pod in -n's namespace"),
+            ("shop".into(), "web".into())
+        );
+        assert!(parse_pod("a/b/c", "default").is_err());
+        assert!(parse_pod("/web", "default").is_err());
+        assert_eq!(
+            parse_pod_port("demo/web:8080", "default").expect("pod"),
             ("demo".into(), "web".into(), 8080)
         );
-        assert!(parse_pod_port("demo/web").is_err());
-        assert!(parse_pod_port("demo/web:http").is_err());
+        assert_eq!(
+            parse_pod_port("web:8080", "shop").expect("pod"),
+            ("shop".into(), "web".into(), 8080)
+        );
+        assert!(parse_pod_port("demo/web", "default").is_err());
+        assert!(parse_pod_port("demo/web:http", "default").is_err());
     }
 
     #[test]
