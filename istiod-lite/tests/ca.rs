@@ -2,145 +2,39 @@
 //! directory, a tokens file and a config directory of Pod YAML; callers are the mesh's own
 //! `CaClient` and, for malformed input, a raw tonic client.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use istiod_lite::config::{Config, LogFormat};
-use istiod_lite::Server;
 use mesh::ca::CertificateAuthority;
 use mesh::ca_client::{CaClient, CaClientConfig, IMPERSONATED_IDENTITY_KEY};
 use mesh::cert::{identity_of, new_csr, parse_pem_certs, validity_of};
 use mesh::cert_manager::{CertificateProvider, FetchError};
-use mesh::testing::LogBuffer;
 use mesh::Identity;
 use proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const NODE1_TOKEN: &str = "node-1-token-0123456789abcdef";
-const NODE2_TOKEN: &str = "node-2-token-0123456789abcdef";
-const SERVER_NAME: &str = "istiod-lite.istio-system.svc";
+use support::cluster::SLEEP_AND_HTTPBIN;
+use support::{logs, Env, Running, MAX_TTL, NODE1_TOKEN, NODE2_TOKEN, SERVER_NAME};
+
 const SLEEP: &str = "spiffe://cluster.local/ns/apps/sa/sleep";
 const HTTPBIN: &str = "spiffe://cluster.local/ns/apps/sa/httpbin";
-const MAX_TTL: Duration = Duration::from_secs(3600);
-
-const PODS: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep-7d9f, namespace: apps}
-spec:
-  nodeName: node-1
-  serviceAccountName: sleep
-  containers: [{name: sleep, image: curl}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: httpbin, namespace: apps}
-spec: {ports: [{port: 8000}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: httpbin-5c4b, namespace: apps}
-spec:
-  nodeName: node-2
-  serviceAccountName: httpbin
-  containers: [{name: httpbin, image: httpbin}]
-"#;
 
 fn id(s: &str) -> Identity {
     s.parse().expect("valid identity")
 }
 
-// ---- log capture -------------------------------------------------------------------------
-
-fn logs() -> &'static LogBuffer {
-    LogBuffer::global()
-}
-
 // ---- harness -----------------------------------------------------------------------------
 
-/// The files a server starts from.
-struct Env {
-    _root: tempfile::TempDir,
-    data_dir: PathBuf,
-    config_dir: PathBuf,
-    tokens_file: PathBuf,
-    plugin_ca_dir: Option<PathBuf>,
+/// The files of a server that knows the pods of `SLEEP_AND_HTTPBIN` and has its own CA.
+fn env() -> Env {
+    Env::builder().pods(SLEEP_AND_HTTPBIN).build()
 }
 
-impl Env {
-    fn new() -> Self {
-        logs();
-        let root = tempfile::tempdir().expect("tempdir");
-        let data_dir = root.path().join("data");
-        let config_dir = root.path().join("config");
-        std::fs::create_dir(&config_dir).expect("config dir");
-        std::fs::write(config_dir.join("pods.yaml"), PODS).expect("pods");
-        let tokens_file = root.path().join("tokens.yaml");
-        std::fs::write(
-            &tokens_file,
-            format!(
-                "tokens:\n  - {{token: {NODE1_TOKEN}, node: node-1}}\n  - {{token: {NODE2_TOKEN}, node: node-2}}\n"
-            ),
-        )
-        .expect("tokens");
-        Env {
-            _root: root,
-            data_dir,
-            config_dir,
-            tokens_file,
-            plugin_ca_dir: None,
-        }
-    }
-
-    fn config(&self) -> Config {
-        Config {
-            data_dir: self.data_dir.clone(),
-            config_dir: self.config_dir.clone(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            trust_domain: "cluster.local".into(),
-            tokens_file: self.tokens_file.clone(),
-            plugin_ca_dir: self.plugin_ca_dir.clone(),
-            max_cert_ttl_secs: MAX_TTL.as_secs(),
-            server_names: vec![SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
-            log_format: LogFormat::Text,
-            cluster_id: "Kubernetes".into(),
-            domain_suffix: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
-            push_debounce_ms: 100,
-        }
-    }
-
-    async fn start(&self) -> Running {
-        let server = Server::bind(&self.config()).await.expect("server starts");
-        let address = format!("https://{}", server.local_addr());
-        let root_pem = server.root_cert_pem().to_string();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async {
-            let _ = stopped.await;
-        }));
-        Running {
-            address,
-            root_pem,
-            stop,
-            task,
-        }
-    }
-}
-
-/// A server running in this process.
-struct Running {
-    address: String,
-    root_pem: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
+/// The CA's callers.
 impl Running {
     fn client(&self, token: Option<&str>, impersonate: bool) -> CaClient {
         self.client_trusting(&self.root_pem, SERVER_NAME, token, impersonate)
@@ -154,7 +48,7 @@ impl Running {
         impersonate: bool,
     ) -> CaClient {
         CaClient::new(CaClientConfig {
-            address: self.address.clone(),
+            address: format!("https://{}", self.addr),
             root_cert_pem: root_pem.to_string(),
             server_name: server_name.to_string(),
             token: token.map(str::to_string),
@@ -164,26 +58,9 @@ impl Running {
         .expect("client config")
     }
 
-    async fn raw(&self) -> IstioCertificateServiceClient<Channel> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.root_pem))
-            .domain_name("localhost");
-        let channel = Endpoint::from_shared(self.address.clone())
-            .expect("uri")
-            .tls_config(tls)
-            .expect("tls")
-            .connect()
-            .await
-            .expect("connects");
-        IstioCertificateServiceClient::new(channel)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("server task")
-            .expect("server stops cleanly");
+    /// A raw tonic client of the CA, for what the mesh's client never sends.
+    async fn raw_ca(&self) -> IstioCertificateServiceClient<Channel> {
+        IstioCertificateServiceClient::new(self.channel("localhost").await)
     }
 }
 
@@ -249,8 +126,8 @@ fn assert_refused(result: Result<IstioCertificateResponse, Status>, code: Code, 
 
 #[tokio::test]
 async fn node_gets_a_certificate_for_a_pod_on_it_leaf_first_root_last_lifetime_capped() {
-    let env = Env::new();
-    let server = env.start().await;
+    let env = env();
+    let server = env.start_from_dir().await;
 
     // Through the mesh's client, as a node tunnel asking on behalf of its pod.
     let cert = server
@@ -281,7 +158,7 @@ async fn node_gets_a_certificate_for_a_pod_on_it_leaf_first_root_last_lifetime_c
     );
 
     // On the wire: leaf first, root last.
-    let mut raw = server.raw().await;
+    let mut raw = server.raw_ca().await;
     let chain = call(
         &mut raw,
         Some(NODE1_TOKEN),
@@ -319,8 +196,8 @@ async fn node_gets_a_certificate_for_a_pod_on_it_leaf_first_root_last_lifetime_c
 
 #[tokio::test]
 async fn unauthenticated_callers_are_refused_with_unauthenticated() {
-    let env = Env::new();
-    let server = env.start().await;
+    let env = env();
+    let server = env.start_from_dir().await;
     let err = server
         .client(None, true)
         .fetch(&id(SLEEP))
@@ -340,7 +217,7 @@ async fn unauthenticated_callers_are_refused_with_unauthenticated() {
         "{err}"
     );
 
-    let mut raw = server.raw().await;
+    let mut raw = server.raw_ca().await;
     for token in [None, Some("wrong-token-0123456789abcdef"), Some("")] {
         assert_refused(
             call(&mut raw, token, request(csr_for(SLEEP), 0, Some(SLEEP))).await,
@@ -361,9 +238,9 @@ async fn unauthenticated_callers_are_refused_with_unauthenticated() {
 
 #[tokio::test]
 async fn node_asking_for_a_pod_on_another_node_is_refused_and_audited() {
-    let env = Env::new();
-    let server = env.start().await;
-    let mut raw = server.raw().await;
+    let env = env();
+    let server = env.start_from_dir().await;
+    let mut raw = server.raw_ca().await;
     assert_refused(
         call(&mut raw, Some(NODE1_TOKEN), request(csr_for(HTTPBIN), 0, Some(HTTPBIN))).await,
         Code::PermissionDenied,
@@ -407,9 +284,9 @@ async fn node_asking_for_a_pod_on_another_node_is_refused_and_audited() {
 
 #[tokio::test]
 async fn malformed_csrs_are_invalid_argument_and_the_server_keeps_serving() {
-    let env = Env::new();
-    let server = env.start().await;
-    let mut raw = server.raw().await;
+    let env = env();
+    let server = env.start_from_dir().await;
+    let mut raw = server.raw_ca().await;
 
     // Two URI SANs.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -486,9 +363,9 @@ async fn malformed_csrs_are_invalid_argument_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn impersonated_identity_that_differs_from_the_csr_is_refused() {
-    let env = Env::new();
-    let server = env.start().await;
-    let mut raw = server.raw().await;
+    let env = env();
+    let server = env.start_from_dir().await;
+    let mut raw = server.raw_ca().await;
     // node-2 runs httpbin, but the CSR asks for sleep while claiming httpbin.
     assert_refused(
         call(
@@ -531,9 +408,9 @@ async fn impersonated_identity_that_differs_from_the_csr_is_refused() {
 
 #[tokio::test]
 async fn identity_in_another_trust_domain_is_refused() {
-    let env = Env::new();
-    let server = env.start().await;
-    let mut raw = server.raw().await;
+    let env = env();
+    let server = env.start_from_dir().await;
+    let mut raw = server.raw_ca().await;
     let foreign = "spiffe://other.example/ns/apps/sa/sleep";
     assert_refused(
         call(
@@ -556,8 +433,8 @@ async fn identity_in_another_trust_domain_is_refused() {
 
 #[tokio::test]
 async fn root_is_persisted_restart_on_the_same_data_dir_gives_the_same_root() {
-    let env = Env::new();
-    let first = env.start().await;
+    let env = env();
+    let first = env.start_from_dir().await;
     let root = first.root_pem.clone();
     let before = first
         .client(Some(NODE1_TOKEN), true)
@@ -570,7 +447,7 @@ async fn root_is_persisted_restart_on_the_same_data_dir_gives_the_same_root() {
         root
     );
 
-    let second = env.start().await;
+    let second = env.start_from_dir().await;
     assert_eq!(second.root_pem, root, "a restart must keep the root");
     let after = second
         .client(Some(NODE1_TOKEN), true)
@@ -583,30 +460,30 @@ async fn root_is_persisted_restart_on_the_same_data_dir_gives_the_same_root() {
 
 #[tokio::test]
 async fn plug_in_ca_with_an_intermediate_issues_leaf_intermediate_root_chains() {
-    let mut env = Env::new();
     let root = CertificateAuthority::generate_root("cluster.local").expect("root");
     let intermediate = root
         .issue_intermediate("cluster.local")
         .expect("intermediate");
-    let dir = env.data_dir.with_file_name("cacerts");
-    std::fs::create_dir(&dir).expect("cacerts dir");
-    write(&dir, "ca-cert.pem", intermediate.ca_cert_pem());
-    write(&dir, "ca-key.pem", intermediate.ca_key_pem());
-    write(
-        &dir,
-        "cert-chain.pem",
-        &format!("{}{}", intermediate.ca_cert_pem(), root.root_pem()),
-    );
-    write(&dir, "root-cert.pem", root.root_pem());
-    env.plugin_ca_dir = Some(dir);
+    let env = Env::builder()
+        .pods(SLEEP_AND_HTTPBIN)
+        .plugin_ca(&[
+            ("ca-cert.pem", intermediate.ca_cert_pem()),
+            ("ca-key.pem", intermediate.ca_key_pem()),
+            (
+                "cert-chain.pem",
+                &format!("{}{}", intermediate.ca_cert_pem(), root.root_pem()),
+            ),
+            ("root-cert.pem", root.root_pem()),
+        ])
+        .build();
 
-    let server = env.start().await;
+    let server = env.start_from_dir().await;
     assert_eq!(server.root_pem, root.root_pem());
     assert_eq!(
         std::fs::read_to_string(env.data_dir.join("root-cert.pem")).expect("published root"),
         root.root_pem()
     );
-    let mut raw = server.raw().await;
+    let mut raw = server.raw_ca().await;
     let chain = call(
         &mut raw,
         Some(NODE1_TOKEN),
@@ -635,8 +512,8 @@ async fn plug_in_ca_with_an_intermediate_issues_leaf_intermediate_root_chains() 
 
 #[tokio::test]
 async fn ca_client_tls_refuses_a_server_not_certified_by_the_configured_root() {
-    let env = Env::new();
-    let server = env.start().await;
+    let env = env();
+    let server = env.start_from_dir().await;
     let stranger = CertificateAuthority::generate_root("cluster.local").expect("other root");
     let err = server
         .client_trusting(stranger.root_pem(), SERVER_NAME, Some(NODE1_TOKEN), true)
@@ -664,8 +541,4 @@ async fn ca_client_tls_refuses_a_server_not_certified_by_the_configured_root() {
         .await
         .expect("trusted server");
     server.stop().await;
-}
-
-fn write(dir: &Path, name: &str, contents: &str) {
-    std::fs::write(dir.join(name), contents).expect("write");
 }

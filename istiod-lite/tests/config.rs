@@ -1,57 +1,24 @@
 //! The directory config source over a real (temporary) directory: initial load, changes,
 //! rejected changes, ignored kinds and deleted files; and its snapshots through translation.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use istiod_lite::config_source::{ConfigSource, ConfigSourceError, DirSource, ObjectKey};
 use istiod_lite::translate::{resources, translate, TranslateOptions};
-use mesh::testing::LogBuffer;
-use tokio::time::Instant;
+
+use support::cluster::{
+    documents, web_pod, NAMESPACE_APPS, NAMESPACE_ISTIO_SYSTEM, POLICY_ALLOW_SLEEP, SERVICE_WEB,
+};
+use support::{eventually, logs, WAIT};
 
 /// Short, so the tests are quick; the waits below are bounded by `WAIT`.
 const POLL: Duration = Duration::from_millis(30);
-const WAIT: Duration = Duration::from_secs(10);
-
-const NAMESPACES: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: istio-system}
-"#;
-
-const PODS: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: apps, labels: {app: web}}
-spec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: i}]}
-status: {phase: Running, podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: apps}
-spec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
-"#;
-
-const POLICY: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-sleep, namespace: apps}
-spec:
-  selector: {matchLabels: {app: web}}
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/apps/sa/sleep]}}]
-"#;
 
 // ---- log capture -------------------------------------------------------------------------
-
-fn logs() -> &'static LogBuffer {
-    LogBuffer::global()
-}
 
 /// Whether some log line contains every one of `parts`.
 fn logged(parts: &[&str]) -> bool {
@@ -75,23 +42,23 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&temp, &path).expect("rename");
 }
 
+/// `apps/web.yaml`: the pod `web-1` and its service.
+fn web() -> String {
+    documents(&[&web_pod(1), SERVICE_WEB])
+}
+
 /// A directory holding namespaces, a pod and service, and (in a subdirectory) a policy.
 fn cluster_dir() -> tempfile::TempDir {
     logs();
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "00-namespaces.yaml", NAMESPACES);
-    write(dir.path(), "apps/web.yaml", PODS);
-    write(dir.path(), "apps/policies/allow.yml", POLICY);
+    write(
+        dir.path(),
+        "00-namespaces.yaml",
+        &documents(&[NAMESPACE_APPS, NAMESPACE_ISTIO_SYSTEM]),
+    );
+    write(dir.path(), "apps/web.yaml", &web());
+    write(dir.path(), "apps/policies/allow.yml", POLICY_ALLOW_SLEEP);
     dir
-}
-
-/// Waits, polling, until `condition` holds; fails after `WAIT`.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 fn key(ns: &str, name: &str) -> ObjectKey {
@@ -147,7 +114,7 @@ async fn editing_a_file_publishes_a_new_snapshot() {
     write(
         dir.path(),
         "apps/web.yaml",
-        &PODS.replace("nodeName: node-1", "nodeName: node-2"),
+        &web().replace("nodeName: node-1", "nodeName: node-2"),
     );
     tokio::time::timeout(WAIT, snapshots.changed())
         .await
@@ -187,7 +154,7 @@ async fn a_malformed_file_is_reported_and_the_last_good_config_stays() {
     write(
         dir.path(),
         "apps/web.yaml",
-        &PODS.replace("podIP: 10.0.0.1", "podIP: 10.0.0.99"),
+        &web().replace("podIP: 10.0.0.1", "podIP: 10.0.0.99"),
     );
     eventually("the second change to be rejected", || {
         source.rejected_reloads() == 2

@@ -6,16 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod xds_support;
+mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mesh::model::{Policy, PolicyAction};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tonic::Code;
 
-use xds_support::*;
+use support::cluster::{documents, web_pod, NAMESPACE_APPS, POLICY_ALLOW_SLEEP, SERVICE_WEB};
+use support::xds::*;
+use support::*;
 
 // ---- tests -------------------------------------------------------------------------------
 
@@ -25,12 +26,8 @@ async fn wildcard_subscription_gets_every_resource_of_both_types() {
     let mesh = base_mesh();
     let server = env.start(&mesh).await;
 
-    let mut raw = server
-        .raw(Some(NODE1_TOKEN), subscribe_both())
-        .await
-        .expect("stream accepted");
-    let addresses = raw.recv_type(ADDRESS_TYPE_URL).await;
-    let policies = raw.recv_type(AUTHORIZATION_TYPE_URL).await;
+    let mut raw = server.subscribed(NODE1_TOKEN, &BOTH_TYPES).await;
+    let (addresses, policies) = raw.recv_both().await;
     let mut expected: Vec<String> = mesh.snapshot().addresses.into_keys().collect();
     expected.sort();
     assert_eq!(names(&addresses), expected);
@@ -61,14 +58,7 @@ async fn an_update_pushes_only_what_changed() {
     let env = Env::new();
     let mut mesh = base_mesh();
     let server = env.start(&mesh).await;
-    let mut raw = server
-        .raw(Some(NODE1_TOKEN), subscribe_both())
-        .await
-        .expect("stream accepted");
-    let first_addresses = raw.recv_type(ADDRESS_TYPE_URL).await;
-    let first_policies = raw.recv_type(AUTHORIZATION_TYPE_URL).await;
-    raw.ack(&first_addresses).await;
-    raw.ack(&first_policies).await;
+    let (mut raw, first_addresses, _) = server.handshake(NODE1_TOKEN).await;
     raw.expect_silence().await;
 
     // One workload moves to another IP; one policy is deleted.
@@ -101,13 +91,7 @@ async fn one_response_per_type_is_in_flight_until_acked() {
     let env = Env::new();
     let mut mesh = base_mesh();
     let server = env.start(&mesh).await;
-    let mut raw = server
-        .raw(
-            Some(NODE1_TOKEN),
-            vec![subscribe(ADDRESS_TYPE_URL, &BTreeMap::new())],
-        )
-        .await
-        .expect("stream accepted");
+    let mut raw = server.subscribed(NODE1_TOKEN, &[ADDRESS_TYPE_URL]).await;
     let first = raw.recv().await;
 
     // Not ACKed yet: two changes wait, then go out as one response.
@@ -209,12 +193,8 @@ async fn a_raw_nack_keeps_the_last_acked_versions() {
     let mut mesh = base_mesh();
     let server = env.start(&mesh).await;
     let mut raw = server
-        .raw(
-            Some(NODE2_TOKEN),
-            vec![subscribe(AUTHORIZATION_TYPE_URL, &BTreeMap::new())],
-        )
-        .await
-        .expect("stream accepted");
+        .subscribed(NODE2_TOKEN, &[AUTHORIZATION_TYPE_URL])
+        .await;
     let first = raw.recv().await;
     raw.ack(&first).await;
 
@@ -269,13 +249,7 @@ async fn a_burst_within_the_debounce_window_is_one_push() {
     let server = env
         .start_with(mesh.snapshot(), "127.0.0.1:0", Duration::from_millis(500))
         .await;
-    let mut raw = server
-        .raw(
-            Some(NODE1_TOKEN),
-            vec![subscribe(ADDRESS_TYPE_URL, &BTreeMap::new())],
-        )
-        .await
-        .expect("stream accepted");
+    let mut raw = server.subscribed(NODE1_TOKEN, &[ADDRESS_TYPE_URL]).await;
     let first = raw.recv().await;
     raw.ack(&first).await;
     let snapshots_before = server.metric("istiod_lite_xds_snapshots_total").await;
@@ -314,14 +288,7 @@ async fn reconnect_with_initial_versions_gets_only_the_difference() {
     let env = Env::new();
     let mut mesh = base_mesh();
     let server = env.start(&mesh).await;
-    let mut raw = server
-        .raw(Some(NODE1_TOKEN), subscribe_both())
-        .await
-        .expect("stream accepted");
-    let addresses = raw.recv_type(ADDRESS_TYPE_URL).await;
-    let policies = raw.recv_type(AUTHORIZATION_TYPE_URL).await;
-    raw.ack(&addresses).await;
-    raw.ack(&policies).await;
+    let (raw, addresses, policies) = server.handshake(NODE1_TOKEN).await;
     let held_addresses = versions(&addresses);
     let held_policies = versions(&policies);
     drop(raw);
@@ -375,13 +342,7 @@ async fn reconnect_with_initial_versions_gets_only_the_difference() {
     let other = env
         .start_with(mesh.snapshot(), "127.0.0.1:0", Duration::ZERO)
         .await;
-    let mut raw2 = other
-        .raw(
-            Some(NODE2_TOKEN),
-            vec![subscribe(ADDRESS_TYPE_URL, &BTreeMap::new())],
-        )
-        .await
-        .expect("stream accepted");
+    let mut raw2 = other.subscribed(NODE2_TOKEN, &[ADDRESS_TYPE_URL]).await;
     let all = versions(&raw2.recv().await);
     for (name, version) in versions(&addresses) {
         assert_eq!(all[&name], version, "{name}");
@@ -499,10 +460,7 @@ async fn mesh_client_converges_including_removals_and_restarts() {
 async fn shutdown_ends_open_streams_with_unavailable() {
     let env = Env::new();
     let server = env.start(&base_mesh()).await;
-    let mut raw = server
-        .raw(Some(NODE1_TOKEN), subscribe_both())
-        .await
-        .expect("stream accepted");
+    let mut raw = server.subscribed(NODE1_TOKEN, &BOTH_TYPES).await;
     let _ = raw.recv().await;
     let _ = raw.recv().await;
     let stopping = tokio::spawn(server.stop());
@@ -516,38 +474,10 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     stopping.await.expect("stopped");
 }
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: apps, labels: {app: web}}
-spec: {nodeName: node-1, serviceAccountName: web, containers: [{name: c, image: i}]}
-status: {phase: Running, podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: apps}
-spec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-sleep, namespace: apps}
-spec:
-  selector: {matchLabels: {app: web}}
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/apps/sa/sleep]}}]
-"#;
-
-const SECOND_POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: web-2, namespace: apps, labels: {app: web}}
-spec: {nodeName: node-2, serviceAccountName: web, containers: [{name: c, image: i}]}
-status: {phase: Running, podIP: 10.0.0.2}
-"#;
+/// A namespace in the mesh with one pod, its service and a policy, in one file.
+fn cluster() -> String {
+    documents(&[NAMESPACE_APPS, &web_pod(1), SERVICE_WEB, POLICY_ALLOW_SLEEP])
+}
 
 /// What a proxy must hold for the cluster described by `yaml`, per the translation.
 fn translated_mesh(yaml: &str) -> Mesh {
@@ -573,18 +503,19 @@ fn translated_mesh(yaml: &str) -> Mesh {
 async fn the_config_directory_is_translated_served_and_followed() {
     let env = Env::new();
     let file = env.config_dir.join("cluster.yaml");
-    std::fs::write(&file, CLUSTER).expect("write");
+    let cluster = cluster();
+    std::fs::write(&file, &cluster).expect("write");
     let server = env.start_from_dir().await;
     let proxy = server.proxy(NODE1_TOKEN);
 
-    let mesh = translated_mesh(CLUSTER);
+    let mesh = translated_mesh(&cluster);
     assert_eq!(mesh.workloads.len(), 1, "{mesh:?}");
     assert_eq!(mesh.services.len(), 1, "{mesh:?}");
     assert_eq!(mesh.policies.len(), 1, "{mesh:?}");
     proxy.converges_on(&mesh).await;
 
     // A new pod in the directory reaches the proxy.
-    let grown = format!("{CLUSTER}---{SECOND_POD}");
+    let grown = documents(&[&cluster, &web_pod(2)]);
     std::fs::write(&file, &grown).expect("write");
     let mesh = translated_mesh(&grown);
     assert_eq!(mesh.workloads.len(), 2, "{mesh:?}");

@@ -1,22 +1,15 @@
-//! Harness of the config API tests: a server with temporary files, config fixtures in the
-//! proxy's model, the mesh's `XdsClient`, and a raw delta ADS stream.
+//! The config API harness: config fixtures in the proxy's model, the mesh's `XdsClient`, and
+//! raw delta ADS streams with their handshake.
 
 use std::collections::BTreeMap;
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use istiod_lite::config::{Config, LogFormat};
-use istiod_lite::xds::{XdsService, XdsSnapshot};
-use istiod_lite::Server;
+use istiod_lite::xds::XdsSnapshot;
 use mesh::model::{
     AppProtocol, HealthStatus, IpFamilies, NetworkAddress, NetworkMode, Policy, PolicyAction,
     PolicyScope, PortMapping, Service, TunnelProtocol, Workload, WorkloadType,
 };
 use mesh::store::{Store, StoreSnapshot};
-use mesh::testing::LogBuffer;
 use mesh::xds::{
     BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsStatus, XdsTls, XdsTransport,
 };
@@ -25,24 +18,12 @@ use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoverySe
 use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
-pub const NODE1_TOKEN: &str = "node-1-token-0123456789abcdef";
-pub const NODE2_TOKEN: &str = "node-2-token-0123456789abcdef";
-pub const SERVER_NAME: &str = "istiod-lite.istio-system.svc";
-pub const WAIT: Duration = Duration::from_secs(10);
-/// How long "nothing more is sent" is watched for.
-pub const QUIET: Duration = Duration::from_millis(500);
-
-// ---- log capture -------------------------------------------------------------------------
-
-pub fn logs() -> &'static LogBuffer {
-    LogBuffer::global()
-}
+use super::{eventually, Running, QUIET, SERVER_NAME, WAIT};
 
 // ---- config ------------------------------------------------------------------------------
 
@@ -205,137 +186,10 @@ pub fn with_invalid_address(mesh: &Mesh, uid: &str) -> XdsSnapshot {
     snapshot
 }
 
-// ---- harness -----------------------------------------------------------------------------
+// ---- clients -----------------------------------------------------------------------------
 
-/// The files a server starts from.
-pub struct Env {
-    _root: tempfile::TempDir,
-    pub data_dir: PathBuf,
-    pub config_dir: PathBuf,
-    pub tokens_file: PathBuf,
-}
-
-impl Env {
-    pub fn new() -> Self {
-        logs();
-        let root = tempfile::tempdir().expect("tempdir");
-        let data_dir = root.path().join("data");
-        let config_dir = root.path().join("config");
-        std::fs::create_dir(&config_dir).expect("config dir");
-        let tokens_file = root.path().join("tokens.yaml");
-        std::fs::write(
-            &tokens_file,
-            format!(
-                "tokens:\n  - {{token: {NODE1_TOKEN}, node: node-1}}\n  - {{token: {NODE2_TOKEN}, node: node-2}}\n"
-            ),
-        )
-        .expect("tokens");
-        Env {
-            _root: root,
-            data_dir,
-            config_dir,
-            tokens_file,
-        }
-    }
-
-    pub fn config(&self, listen: SocketAddr, debounce: Duration) -> Config {
-        Config {
-            data_dir: self.data_dir.clone(),
-            config_dir: self.config_dir.clone(),
-            listen,
-            trust_domain: "cluster.local".into(),
-            tokens_file: self.tokens_file.clone(),
-            plugin_ca_dir: None,
-            max_cert_ttl_secs: 3600,
-            server_names: vec![SERVER_NAME.into(), "localhost".into()],
-            log_format: LogFormat::Text,
-            cluster_id: "Kubernetes".into(),
-            domain_suffix: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
-            push_debounce_ms: u64::try_from(debounce.as_millis()).expect("ms"),
-        }
-    }
-
-    /// Starts a server on a free port serving `mesh`, with a short debounce.
-    pub async fn start(&self, mesh: &Mesh) -> Running {
-        self.start_with(mesh.snapshot(), "127.0.0.1:0", Duration::from_millis(20))
-            .await
-    }
-
-    pub async fn start_with(
-        &self,
-        snapshot: XdsSnapshot,
-        listen: &str,
-        debounce: Duration,
-    ) -> Running {
-        let (snapshots, rx) = watch::channel(Arc::new(snapshot));
-        let config = self.config(listen.parse().expect("addr"), debounce);
-        let server = Server::bind_with_snapshots(&config, rx)
-            .await
-            .expect("server starts");
-        Self::run(server, snapshots)
-    }
-
-    /// Starts a server that serves the translation of its config directory, as in production.
-    pub async fn start_from_dir(&self) -> Running {
-        let config = self.config(
-            "127.0.0.1:0".parse().expect("addr"),
-            Duration::from_millis(20),
-        );
-        let server = Server::bind(&config).await.expect("server starts");
-        // Nobody publishes on this one: the config directory feeds the server.
-        let (snapshots, _) = watch::channel(Arc::new(XdsSnapshot::default()));
-        Self::run(server, snapshots)
-    }
-
-    pub fn run(server: Server, snapshots: watch::Sender<Arc<XdsSnapshot>>) -> Running {
-        let addr = server.local_addr();
-        let monitoring = server.monitoring_addr();
-        let root_pem = server.root_cert_pem().to_string();
-        let xds = server.xds().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async {
-            let _ = stopped.await;
-        }));
-        Running {
-            addr,
-            monitoring,
-            root_pem,
-            xds,
-            snapshots,
-            stop,
-            task,
-        }
-    }
-}
-
-/// A server running in this process.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub monitoring: SocketAddr,
-    pub root_pem: String,
-    pub xds: XdsService,
-    pub snapshots: watch::Sender<Arc<XdsSnapshot>>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
+/// The config API's callers, and the server's metrics.
 impl Running {
-    pub fn publish(&self, snapshot: XdsSnapshot) {
-        self.snapshots.send_replace(Arc::new(snapshot));
-    }
-
-    /// Shuts the server down; it must finish in time even with streams open.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the server stops in time despite open streams")
-            .expect("server task")
-            .expect("server stops cleanly");
-    }
-
     /// The mesh's xDS client with `token`, and the store it writes.
     pub fn proxy(&self, token: &str) -> Proxy {
         let config = XdsConfig {
@@ -373,17 +227,7 @@ impl Running {
         token: Option<&str>,
         initial: Vec<DeltaDiscoveryRequest>,
     ) -> Result<RawStream, Status> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.root_pem))
-            .domain_name(SERVER_NAME);
-        let channel = Endpoint::from_shared(format!("https://{}", self.addr))
-            .expect("uri")
-            .tls_config(tls)
-            .expect("tls")
-            .connect()
-            .await
-            .expect("connects");
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel(SERVER_NAME).await);
         let (tx, rx) = mpsc::channel(16);
         for request in initial {
             tx.send(request).await.expect("queued");
@@ -404,6 +248,31 @@ impl Running {
             responses,
             early: Vec::new(),
         })
+    }
+
+    /// A raw delta ADS stream with `token` that subscribes (wildcard, holding nothing) to each
+    /// of `type_urls`.
+    pub async fn subscribed(&self, token: &str, type_urls: &[&str]) -> RawStream {
+        let initial = type_urls
+            .iter()
+            .map(|type_url| subscribe(type_url, &BTreeMap::new()))
+            .collect();
+        self.raw(Some(token), initial)
+            .await
+            .expect("stream accepted")
+    }
+
+    /// The handshake of a proxy that holds nothing: a raw stream with `token` subscribes to
+    /// both types, receives the first address and authorization responses, and ACKs both.
+    pub async fn handshake(
+        &self,
+        token: &str,
+    ) -> (RawStream, DeltaDiscoveryResponse, DeltaDiscoveryResponse) {
+        let mut raw = self.subscribed(token, &BOTH_TYPES).await;
+        let (addresses, policies) = raw.recv_both().await;
+        raw.ack(&addresses).await;
+        raw.ack(&policies).await;
+        (raw, addresses, policies)
     }
 
     /// The monitoring server's `/metrics` text.
@@ -506,6 +375,14 @@ impl RawStream {
         }
     }
 
+    /// The next address response and the next authorization response, in whichever order
+    /// they come.
+    pub async fn recv_both(&mut self) -> (DeltaDiscoveryResponse, DeltaDiscoveryResponse) {
+        let addresses = self.recv_type(ADDRESS_TYPE_URL).await;
+        let policies = self.recv_type(AUTHORIZATION_TYPE_URL).await;
+        (addresses, policies)
+    }
+
     /// Asserts that nothing arrives for a while.
     pub async fn expect_silence(&mut self) {
         assert!(self.early.is_empty(), "unexpected: {:?}", self.early);
@@ -542,6 +419,9 @@ impl RawStream {
     }
 }
 
+/// The two types a node tunnel subscribes to.
+pub const BOTH_TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
 /// The first request of a type: wildcard, declaring `held` (name → version).
 pub fn subscribe(type_url: &str, held: &BTreeMap<String, String>) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
@@ -555,11 +435,12 @@ pub fn subscribe(type_url: &str, held: &BTreeMap<String, String>) -> DeltaDiscov
     }
 }
 
+/// The first requests of a node tunnel that holds nothing.
 pub fn subscribe_both() -> Vec<DeltaDiscoveryRequest> {
-    vec![
-        subscribe(ADDRESS_TYPE_URL, &BTreeMap::new()),
-        subscribe(AUTHORIZATION_TYPE_URL, &BTreeMap::new()),
-    ]
+    BOTH_TYPES
+        .iter()
+        .map(|type_url| subscribe(type_url, &BTreeMap::new()))
+        .collect()
 }
 
 /// Name → version of a response's resources.
@@ -573,13 +454,4 @@ pub fn versions(response: &DeltaDiscoveryResponse) -> BTreeMap<String, String> {
 
 pub fn names(response: &DeltaDiscoveryResponse) -> Vec<String> {
     response.resources.iter().map(|r| r.name.clone()).collect()
-}
-
-/// Waits (without sleeping blindly) until `condition` holds.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
