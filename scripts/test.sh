@@ -4,9 +4,9 @@
 # Usage: scripts/test.sh
 #
 # Installs what it needs when missing: rustfmt and clippy, a C toolchain, and the tools of the
-# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, containernetworking-plugins)
-# with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests need root
-# (network namespaces) and fail without it.
+# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, containernetworking-plugins,
+# prometheus) with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests
+# need root (network namespaces) and fail without it.
 # Builds into a target directory outside the clone, $CARGO_TARGET_DIR (default
 # ~/.cache/ambient-mesh/target), so CI's fresh clones reuse earlier builds.
 #
@@ -55,13 +55,14 @@ step() {
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
 # end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
-# (tcpdump), requests from pods (curl), and the CNI reference plugins of the local cluster.
+# (tcpdump), requests from pods (curl), the CNI reference plugins of the local cluster, and a
+# real Prometheus that scrapes it (only the binary is run; its service is never started).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
     iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl \
     /usr/lib/cni/bridge:containernetworking-plugins \
-    /usr/lib/cni/host-local:containernetworking-plugins; do
+    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")
