@@ -614,3 +614,74 @@ async fn idle_pooled_connections_are_closed() {
         .expect("stream");
     assert_eq!(pool.connections_opened(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_keeps_open_streams_and_sends_new_ones_elsewhere() {
+    let ca = TestCa::new(TD, Duration::from_secs(3600));
+    let server_id = id("echo/sa/echo");
+    let server = Arc::new(Server::new(
+        H2Config::default(),
+        Arc::new(Arc::new(ca.issue(&server_id))),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (going_away, rx) = tokio::sync::watch::channel(false);
+    let served = Arc::new(AtomicUsize::new(0));
+    let ended = served.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let (tcp, peer) = listener.accept().await.expect("accept");
+            let (server, mut rx, ended) = (server.clone(), rx.clone(), ended.clone());
+            tokio::spawn(async move {
+                // Only the first connection is told to go away.
+                let shutdown = async move {
+                    while n > 0 || !*rx.borrow_and_update() {
+                        if n > 0 || rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let handler = |req: InboundRequest| handle(req, Behaviour::Echo);
+                let _ = server
+                    .serve_connection_until(tcp, peer, handler, shutdown)
+                    .await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let cert = Arc::new(ca.issue(&id("default/sa/sleep")));
+    let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
+    let key = PoolKey::new(cert.identity().clone(), vec![server_id], addr, None);
+    let target: SocketAddr = "10.0.0.7:8080".parse().expect("target");
+    let mut open = pool
+        .connect(&key, &cert, target, &ConnectMeta::default())
+        .await
+        .expect("stream");
+    let mut buf = [0u8; 3];
+    open.write_all(b"one").await.expect("write");
+    open.read_exact(&mut buf).await.expect("echo");
+
+    going_away.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The open stream carries on over the connection that is going away...
+    open.write_all(b"two").await.expect("write after GOAWAY");
+    open.read_exact(&mut buf).await.expect("echo after GOAWAY");
+    assert_eq!(&buf, b"two");
+    // ...and a new stream goes over a new connection.
+    let mut fresh = pool
+        .connect(&key, &cert, target, &ConnectMeta::default())
+        .await
+        .expect("a new stream after GOAWAY");
+    fresh.write_all(b"new").await.expect("write");
+    fresh.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"new");
+    assert_eq!(pool.connections_opened(), 2, "GOAWAY moved new streams");
+    // The old connection ends once its last stream does.
+    open.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).await.expect("EOF");
+    eventually("the drained connection ended", || {
+        served.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}

@@ -161,25 +161,40 @@ impl Pool {
         meta: &ConnectMeta,
     ) -> Result<H2Stream, HboneError> {
         let (send, slot) = self.checkout(key, cert).await?;
-        let request = build_request(target, meta);
-        let (response, stream) = {
-            let ready = tokio::time::timeout(self.inner.config.connect_timeout, send.ready());
-            let mut ready = ready
-                .await
-                .map_err(|_| HboneError::Timeout("HTTP/2 stream slot"))??;
-            ready.send_request(request, false)?
-        };
-        let response = tokio::time::timeout(self.inner.config.connect_timeout, response)
+        match self.open_stream(send, target, meta).await {
+            Err(HboneError::H2(e)) if went_away(&e) => {
+                // The server is shutting this connection down (GOAWAY): the CONNECT was not
+                // processed, so it is safe to send it again, over a connection of its own.
+                slot.0.closed.store(true, Ordering::Release);
+                drop(slot);
+                let (send, slot) = self.checkout(key, cert).await?;
+                let (response, stream) = self.open_stream(send, target, meta).await?;
+                Ok(H2Stream::new(stream, response, Some(Box::new(slot))))
+            }
+            Err(e) => Err(e),
+            Ok((response, stream)) => Ok(H2Stream::new(stream, response, Some(Box::new(slot)))),
+        }
+    }
+
+    /// Sends the CONNECT on `send` and waits for its 200.
+    async fn open_stream(
+        &self,
+        mut send: SendRequest<Bytes>,
+        target: SocketAddr,
+        meta: &ConnectMeta,
+    ) -> Result<(h2::RecvStream, h2::SendStream<Bytes>), HboneError> {
+        let timeout = self.inner.config.connect_timeout;
+        send = tokio::time::timeout(timeout, send.ready())
+            .await
+            .map_err(|_| HboneError::Timeout("HTTP/2 stream slot"))??;
+        let (response, stream) = send.send_request(build_request(target, meta), false)?;
+        let response = tokio::time::timeout(timeout, response)
             .await
             .map_err(|_| HboneError::Timeout("CONNECT response"))??;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Status(response.status()));
         }
-        Ok(H2Stream::new(
-            stream,
-            response.into_body(),
-            Some(Box::new(slot)),
-        ))
+        Ok((response.into_body(), stream))
     }
 
     /// Open (not closed) HTTP/2 connections across all keys.
@@ -298,6 +313,11 @@ impl Pool {
         );
         Ok(Conn { id, send, state })
     }
+}
+
+/// Whether a stream failed because the server is going away before it took the stream.
+fn went_away(e: &h2::Error) -> bool {
+    e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 impl std::fmt::Debug for Conn {

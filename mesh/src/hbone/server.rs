@@ -165,6 +165,24 @@ impl Server {
         H: Fn(InboundRequest) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.serve_connection_until(tcp, peer_addr, handler, std::future::pending())
+            .await
+    }
+
+    /// Like [`Server::serve_connection`]; when `shutdown` resolves the connection is shut
+    /// down gracefully: a GOAWAY tells the client to open no new stream here, the streams
+    /// already open carry on, and the connection ends when the last one does.
+    pub async fn serve_connection_until<H, F>(
+        &self,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), HboneError>
+    where
+        H: Fn(InboundRequest) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
         let _ = tcp.set_nodelay(true);
         // A workload just handed over may still be waiting for its first certificate: hold the
         // client (it is in its TLS handshake) briefly rather than drop it.
@@ -214,11 +232,18 @@ impl Server {
             self.config.ping_timeout,
         );
         tokio::pin!(ping);
+        tokio::pin!(shutdown);
+        let mut going_away = false;
 
         loop {
             let next = tokio::select! {
                 next = conn.accept() => next,
                 () = &mut ping => return Ok(()),
+                () = &mut shutdown, if !going_away => {
+                    going_away = true;
+                    conn.graceful_shutdown();
+                    continue;
+                }
             };
             let (req, mut respond) = match next {
                 None => return Ok(()),

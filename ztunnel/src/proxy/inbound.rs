@@ -70,6 +70,7 @@ pub async fn serve_hbone(
         }
     };
     let key = pod.key();
+    let per_connection = stop.clone();
     let accept = async {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -86,10 +87,13 @@ pub async fn serve_hbone(
                 continue;
             };
             let (server, handler) = (server.clone(), handler.clone());
+            // The pod leaving the mesh sends GOAWAY at once: clients take new streams
+            // elsewhere while these drain.
+            let removed = stopped(per_connection.clone());
             let span = tracing::debug_span!("inbound_hbone", pod = %pod.uid, peer = %peer);
             tokio::spawn(
                 async move {
-                    let serve = server.serve_connection(tcp, peer, handler);
+                    let serve = server.serve_connection_until(tcp, peer, handler, removed);
                     tokio::pin!(serve);
                     tokio::select! {
                         res = &mut serve => {
