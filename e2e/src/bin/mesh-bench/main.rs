@@ -1,9 +1,11 @@
 //! `mesh-bench`: the mesh benchmark (not a test: it never runs under `cargo test`).
 //!
-//! Builds two nodes with the e2e fixture (istiod-lite, a ztunnel and a fake CNI agent per node),
-//! a client pod on node 1, a server on node 1 (same node) and one on node 2 (cross node), each
-//! twice: once plain (not captured, not enrolled) and once in the mesh (captured and enrolled).
-//! Runs every measurement on both in the same run and prints a table with mesh/no-mesh ratios:
+//! Runs on the local cluster of `meshctl`, as users run the mesh: `meshctl cluster up --nodes 2`
+//! (istiod-lite, and a CNI node agent and a ztunnel per node), pods made through the real CNI
+//! chain with `meshctl pod run`, enrolment by `meshctl label ns`. Two namespaces with the same
+//! placement — `plain` (not labelled) and `mesh` (labelled `istio.io/dataplane-mode=ambient`) —
+//! each with a client on n1, a server on n1 (same node) and a server on n2 (cross node). Runs
+//! every measurement on both in the same run and prints a table with mesh/no-mesh ratios:
 //!
 //! - bulk throughput: `iperf3 -c` for 5 s (Gbit/s);
 //! - latency p50/p90/p99 at a fixed request rate of 1 KiB request / 1 KiB response exchanges
@@ -11,14 +13,16 @@
 //! - ztunnel cost: CPU seconds and peak RSS of the client node's ztunnel per 1000 requests,
 //!   and its RSS with 1000 idle connections open through the mesh.
 //!
-//! Needs root. Run it with `scripts/bench.sh` (release build). The same binary is the load
-//! generator inside the pods:
+//! Needs root, `iperf3` and `curl`. Run it with `scripts/bench.sh` (release build; meshctl is
+//! found through `E2E_BIN_DIR`, and finds istiod-lite, ztunnel and cni-plugin next to itself).
+//! The cluster is taken down at the end, also on failure and on SIGINT, SIGTERM or SIGHUP. The
+//! same binary is the server and the load generator inside the pods (`meshctl pod run|exec`):
 //!
 //! ```text
-//! mesh-bench [--rate R] [--secs S] [--idle N]   the benchmark (default 500 req/s, 5 s, 1000)
+//! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C]  the benchmark (500 req/s, 5 s, 1000, 8)
 //! mesh-bench serve <port>                        1 KiB request -> 1 KiB response server
 //! mesh-bench load <ip:port> <rate> <secs> <conns> fixed-rate client; prints latencies
-//! mesh-bench idle <ip:port> <n>                  opens n connections and holds them
+//! mesh-bench idle <ip:port> <n>                  opens n connections, holds them until stdin closes
 //! ```
 
 #![allow(
@@ -29,25 +33,29 @@
     missing_docs
 )]
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+mod cluster;
+mod workload;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
 
-use common::{Mesh, WAIT};
-use e2e::{Pod, Proc};
+use anyhow::{bail, Context as _};
 
+use cluster::{down_on_signals, require_tool, sh_quote};
+use cluster::{Cluster, PodRef};
+use workload::{idle, load, serve};
 /// Request and response size.
 const MSG: usize = 1024;
 /// Latency server port.
 const RR_PORT: u16 = 8080;
 /// iperf3 port.
 const IPERF_PORT: u16 = 5201;
+/// Generous bound for anything eventually true (pods captured, workloads known, servers up).
+const WAIT: Duration = Duration::from_secs(30);
+/// The namespace that is not enrolled.
+const PLAIN: &str = "plain";
+/// The namespace labelled `istio.io/dataplane-mode=ambient`.
+const MESH: &str = "mesh";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,120 +75,6 @@ fn main() {
         eprintln!("mesh-bench: {e:#}");
         std::process::exit(1);
     }
-}
-
-// ---------------------------------------------------------------- in-pod helpers
-
-fn serve(port: u16) -> anyhow::Result<()> {
-    let l = TcpListener::bind(("0.0.0.0", port))?;
-    println!("listening on 0.0.0.0:{port}");
-    for s in l.incoming() {
-        let Ok(mut s) = s else { continue };
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let _ = s.set_nodelay(true);
-                let mut buf = [0u8; MSG];
-                let resp = [b'r'; MSG];
-                while s.read_exact(&mut buf).is_ok() {
-                    if s.write_all(&resp).is_err() {
-                        break;
-                    }
-                }
-            })?;
-    }
-    Ok(())
-}
-
-/// Open-loop fixed-rate client: request `i` is due at `t0 + i/rate`; connection `i % conns`
-/// sends it (persistent connections, opened before `t0`). Latency is measured from the due
-/// time, so a stalled connection's backlog counts (no coordinated omission).
-fn load(addr: SocketAddr, rate: f64, secs: f64, conns: usize) -> anyhow::Result<()> {
-    let total = (rate * secs) as u64;
-    let mut streams = Vec::new();
-    for _ in 0..conns {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        streams.push(s);
-    }
-    // Warm each connection (the mesh opens its HBONE connection lazily).
-    for s in &mut streams {
-        s.write_all(&[b'q'; MSG])?;
-        let mut buf = [0u8; MSG];
-        s.read_exact(&mut buf)?;
-    }
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let errors = Arc::new(AtomicU64::new(0));
-    let t0 = Instant::now() + Duration::from_millis(50);
-    let period = 1.0 / rate;
-    let mut handles = Vec::new();
-    for (k, mut s) in streams.into_iter().enumerate() {
-        let lat = lat.clone();
-        let errors = errors.clone();
-        handles.push(std::thread::spawn(move || {
-            let mut mine = Vec::new();
-            let mut buf = [0u8; MSG];
-            let req = [b'q'; MSG];
-            let mut i = k as u64;
-            while i < total {
-                let due = t0 + Duration::from_secs_f64(i as f64 * period);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                if s.write_all(&req).is_err() || s.read_exact(&mut buf).is_err() {
-                    errors.fetch_add(
-                        total.saturating_sub(i).div_ceil(conns as u64),
-                        Ordering::Relaxed,
-                    );
-                    break;
-                }
-                mine.push(due.elapsed().as_micros() as u64);
-                i += conns as u64;
-            }
-            lat.lock().unwrap().extend(mine);
-        }));
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    let mut lat = lat.lock().unwrap().clone();
-    lat.sort_unstable();
-    let p = |q: f64| -> u64 {
-        if lat.is_empty() {
-            0
-        } else {
-            lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
-        }
-    };
-    println!(
-        "count={} errors={} wall_s={wall:.3} p50_us={} p90_us={} p99_us={} max_us={}",
-        lat.len(),
-        errors.load(Ordering::Relaxed),
-        p(0.50),
-        p(0.90),
-        p(0.99),
-        lat.last().copied().unwrap_or(0)
-    );
-    Ok(())
-}
-
-fn idle(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        // One exchange so the connection is really through end to end.
-        s.write_all(&[b'q'; MSG])?;
-        let mut buf = [0u8; MSG];
-        s.read_exact(&mut buf)?;
-        held.push(s);
-    }
-    println!("open {n}");
-    std::thread::sleep(Duration::from_secs(600));
-    drop(held);
-    Ok(())
 }
 
 // ---------------------------------------------------------------- orchestration
@@ -269,33 +163,38 @@ fn parse_lat(out: &str) -> Lat {
     }
 }
 
-fn iperf(mesh: &Mesh, client: &Pod, server: &Pod) -> f64 {
+// ---------------------------------------------------------------- measurements
+
+fn iperf(c: &Cluster, client: &PodRef, server: &PodRef) -> anyhow::Result<f64> {
     let addr = server.ip.to_string();
     let port = IPERF_PORT.to_string();
     let out = e2e::retry_until("iperf3 -c", WAIT, || {
-        mesh.topo.exec_in(
+        c.exec(
             client,
-            "iperf3",
-            &["-c", &addr, "-p", &port, "-t", "5", "-J"],
+            &["iperf3", "-c", &addr, "-p", &port, "-t", "5", "-J"],
         )
     })
-    .unwrap_or_else(|e| panic!("iperf3: {e:#}\n{}", mesh.logs()));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
+    .map_err(|e| anyhow::anyhow!("iperf3: {e:#}\n{}", c.logs()))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    Ok(v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(f64::NAN)
-        / 1e9
+        / 1e9)
 }
 
-fn run_load(mesh: &Mesh, cfg: &Cfg, client: &Pod, server: &Pod) -> Lat {
-    let me = std::env::current_exe().expect("exe");
+fn run_load(
+    c: &Cluster,
+    me: &str,
+    cfg: &Cfg,
+    client: &PodRef,
+    server: &PodRef,
+) -> anyhow::Result<Lat> {
     let addr = server.addr(RR_PORT).to_string();
-    let out = mesh
-        .topo
-        .exec_in(
+    let out = c
+        .exec(
             client,
-            &me,
             &[
+                me,
                 "load",
                 &addr,
                 &cfg.rate.to_string(),
@@ -303,9 +202,14 @@ fn run_load(mesh: &Mesh, cfg: &Cfg, client: &Pod, server: &Pod) -> Lat {
                 &cfg.conns.to_string(),
             ],
         )
-        .unwrap_or_else(|e| panic!("load: {e:#}\n{}", mesh.logs()));
-    eprintln!("  load {} -> {addr}: {}", client.name, out.trim());
-    parse_lat(&out)
+        .map_err(|e| anyhow::anyhow!("load: {e:#}\n{}", c.logs()))?;
+    eprintln!(
+        "  load {}/{} -> {addr}: {}",
+        client.namespace,
+        client.name,
+        out.trim()
+    );
+    Ok(parse_lat(&out))
 }
 
 fn ratio(mesh: f64, plain: f64) -> String {
@@ -319,63 +223,73 @@ fn ratio(mesh: f64, plain: f64) -> String {
 fn bench(a: &[&str]) -> anyhow::Result<()> {
     let cfg = parse_cfg(a)?;
     e2e::require_root();
+    require_tool("iperf3", "iperf3")?;
+    require_tool("curl", "curl")?;
     // 1000 idle connections need ~2000+ descriptors in ztunnel: raise our soft limit to the
-    // hard one; every process we start inherits it.
+    // hard one; meshctl inherits it, and so do the daemons and pod commands it starts.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    down_on_signals()?;
 
     let me = std::env::current_exe()?;
-    let mut mesh = Mesh::new("mesh_bench", 2);
-    mesh.ambient_namespaces = vec!["mesh".into()];
-    // Plain pods (never captured nor enrolled) and meshed pods, same placement.
-    let pc = mesh.pod(0, "plain", "client", "client", "client", false);
-    let ps_same = mesh.pod(0, "plain", "server-same", "server", "server", false);
-    let ps_cross = mesh.pod(1, "plain", "server-cross", "server", "server", false);
-    let mc = mesh.pod(0, "mesh", "client", "client", "client", true);
-    let ms_same = mesh.pod(0, "mesh", "server-same", "server", "server", true);
-    let ms_cross = mesh.pod(1, "mesh", "server-cross", "server", "server", true);
-    mesh.start();
-    for p in [&mc, &ms_same, &ms_cross] {
-        mesh.enroll(p);
-    }
-    for p in [&ms_same, &ms_cross] {
-        mesh.wait_workload(0, &p.uid);
-    }
-    mesh.wait_workload(1, &mc.uid);
+    let me_str = me.to_str().context("the benchmark's path is not UTF-8")?;
+    let meshctl = e2e::Topology::binary("meshctl")?;
+    let c = Cluster::up(meshctl)?;
+    c.ok(&["label", "ns", MESH, "istio.io/dataplane-mode=ambient"])?;
 
-    let mut servers: Vec<Proc> = Vec::new();
+    // The same placement in both namespaces: client and a server on n1, a server on n2. A
+    // server pod runs the iperf3 server and the 1 KiB request/response server.
+    let server_cmd = format!(
+        "iperf3 -s -p {IPERF_PORT} --forceflush & exec {} serve {RR_PORT}",
+        sh_quote(me_str)
+    );
+    let server = ["sh", "-c", server_cmd.as_str()];
+    eprintln!("pods through the CNI chain...");
+    let pc = c.pod_run(PLAIN, "client", "n1", "client", &[])?;
+    let ps_same = c.pod_run(PLAIN, "server-same", "n1", "server", &server)?;
+    let ps_cross = c.pod_run(PLAIN, "server-cross", "n2", "server", &server)?;
+    let mc = c.pod_run(MESH, "client", "n1", "client", &[])?;
+    let ms_same = c.pod_run(MESH, "server-same", "n1", "server", &server)?;
+    let ms_cross = c.pod_run(MESH, "server-cross", "n2", "server", &server)?;
     for s in [&ps_same, &ps_cross, &ms_same, &ms_cross] {
-        let rr = mesh
-            .topo
-            .spawn_in(s, &me, &["serve", &RR_PORT.to_string()], &[])?;
-        rr.wait_for_log("listening", WAIT)?;
-        servers.push(rr);
-        servers.push(mesh.topo.spawn_in(
+        c.wait_pod_log(
             s,
-            PathBuf::from("iperf3"),
-            &["-s", "-p", &IPERF_PORT.to_string()],
-            &[],
-        )?);
+            &[
+                &format!("listening on 0.0.0.0:{RR_PORT}"),
+                &format!("Server listening on {IPERF_PORT}"),
+            ],
+        )?;
     }
+    c.wait_captured(&[&mc, &ms_same, &ms_cross])?;
+    c.wait_hbone(mc.node, &[&ms_same, &ms_cross])?;
+    c.wait_hbone(ms_cross.node, &[&mc])?;
+    let plain_rows = c.pods(PLAIN)?;
+    if let Some(r) = plain_rows.iter().find(|r| r.captured) {
+        bail!(
+            "pod {PLAIN}/{} is captured: namespace {PLAIN} must stay out of the mesh",
+            r.name
+        );
+    }
+    eprintln!("the mesh pods are captured and n1's ztunnel knows the servers as HBONE workloads");
 
-    let zt_client = mesh.ztunnels[&mesh.nodes[0].name].pid();
-    let zt_server = mesh.ztunnels[&mesh.nodes[1].name].pid();
+    let zt_client = c.daemon_pid(&format!("ztunnel-{}", mc.node))?;
+    let zt_server = c.daemon_pid(&format!("ztunnel-{}", ms_cross.node))?;
 
     // (a) throughput
     eprintln!("throughput (iperf3 -t 5)...");
-    let tp_same = (iperf(&mesh, &pc, &ps_same), iperf(&mesh, &mc, &ms_same));
-    let tp_cross = (iperf(&mesh, &pc, &ps_cross), iperf(&mesh, &mc, &ms_cross));
+    let tp_same = (iperf(&c, &pc, &ps_same)?, iperf(&c, &mc, &ms_same)?);
+    let tp_cross = (iperf(&c, &pc, &ps_cross)?, iperf(&c, &mc, &ms_cross)?);
 
     // (b) latency, (c) CPU per 1000 requests during the mesh runs
     eprintln!("latency ({} req/s for {} s)...", cfg.rate, cfg.secs);
-    let lat_same_plain = run_load(&mesh, &cfg, &pc, &ps_same);
+    let lat_same_plain = run_load(&c, me_str, &cfg, &pc, &ps_same)?;
     let c0 = cpu_secs(zt_client);
-    let lat_same_mesh = run_load(&mesh, &cfg, &mc, &ms_same);
+    let lat_same_mesh = run_load(&c, me_str, &cfg, &mc, &ms_same)?;
     let cpu_same = cpu_secs(zt_client) - c0;
-    let lat_cross_plain = run_load(&mesh, &cfg, &pc, &ps_cross);
+    let lat_cross_plain = run_load(&c, me_str, &cfg, &pc, &ps_cross)?;
     let (c0, s0) = (cpu_secs(zt_client), cpu_secs(zt_server));
-    let lat_cross_mesh = run_load(&mesh, &cfg, &mc, &ms_cross);
+    let lat_cross_mesh = run_load(&c, me_str, &cfg, &mc, &ms_cross)?;
     let cpu_cross = cpu_secs(zt_client) - c0;
     let cpu_cross_server = cpu_secs(zt_server) - s0;
     let hwm_client = status_mib(zt_client, "VmHWM");
@@ -387,25 +301,30 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         status_mib(zt_client, "VmRSS"),
         status_mib(zt_server, "VmRSS"),
     );
-    let idle_proc = mesh.topo.spawn_in(
+    let mut idle_proc = c.exec_spawn(
         &mc,
-        &me,
         &[
+            me_str,
             "idle",
             &ms_cross.addr(RR_PORT).to_string(),
             &cfg.idle.to_string(),
         ],
-        &[],
     )?;
-    let idle_ok = idle_proc
-        .wait_for_log(&format!("open {}", cfg.idle), Duration::from_secs(120))
-        .map_err(|e| eprintln!("idle connections: {e:#}"))
-        .is_ok();
+    // `idle` prints its line once every connection is open, or exits with an error.
+    let mut line = String::new();
+    if let Some(out) = idle_proc.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let idle_ok = line.trim() == format!("open {}", cfg.idle);
+    if !idle_ok {
+        eprintln!("idle connections failed: {:?}", line.trim());
+    }
     let rss_idle = (
         status_mib(zt_client, "VmRSS"),
         status_mib(zt_server, "VmRSS"),
     );
-    let _ = idle_proc.stop();
+    drop(idle_proc.stdin.take());
+    let _ = idle_proc.wait();
 
     // ---------------------------------------------------------------- report
     let per_k = |cpu: f64, l: &Lat| cpu / (l.count.max(1) as f64 / 1000.0);
@@ -479,6 +398,6 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
             "failed".into()
         }
     );
-    drop(servers);
+    drop(c);
     Ok(())
 }

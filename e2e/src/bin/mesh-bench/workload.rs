@@ -1,0 +1,124 @@
+//! The in-pod side of the benchmark: the 1 KiB request/response server, the fixed-rate load
+//! generator (and the parser of its report), and the idle-connection holder.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::MSG;
+
+pub(crate) fn serve(port: u16) -> anyhow::Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port))?;
+    println!("listening on 0.0.0.0:{port}");
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut buf = [0u8; MSG];
+                let resp = [b'r'; MSG];
+                while s.read_exact(&mut buf).is_ok() {
+                    if s.write_all(&resp).is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Open-loop fixed-rate client: request `i` is due at `t0 + i/rate`; connection `i % conns`
+/// sends it (persistent connections, opened before `t0`). Latency is measured from the due
+/// time, so a stalled connection's backlog counts (no coordinated omission).
+pub(crate) fn load(addr: SocketAddr, rate: f64, secs: f64, conns: usize) -> anyhow::Result<()> {
+    let total = (rate * secs) as u64;
+    let mut streams = Vec::new();
+    for _ in 0..conns {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        streams.push(s);
+    }
+    // Warm each connection (the mesh opens its HBONE connection lazily).
+    for s in &mut streams {
+        s.write_all(&[b'q'; MSG])?;
+        let mut buf = [0u8; MSG];
+        s.read_exact(&mut buf)?;
+    }
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now() + Duration::from_millis(50);
+    let period = 1.0 / rate;
+    let mut handles = Vec::new();
+    for (k, mut s) in streams.into_iter().enumerate() {
+        let lat = lat.clone();
+        let errors = errors.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut mine = Vec::new();
+            let mut buf = [0u8; MSG];
+            let req = [b'q'; MSG];
+            let mut i = k as u64;
+            while i < total {
+                let due = t0 + Duration::from_secs_f64(i as f64 * period);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if s.write_all(&req).is_err() || s.read_exact(&mut buf).is_err() {
+                    errors.fetch_add(
+                        total.saturating_sub(i).div_ceil(conns as u64),
+                        Ordering::Relaxed,
+                    );
+                    break;
+                }
+                mine.push(due.elapsed().as_micros() as u64);
+                i += conns as u64;
+            }
+            lat.lock().unwrap().extend(mine);
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let mut lat = lat.lock().unwrap().clone();
+    lat.sort_unstable();
+    let p = |q: f64| -> u64 {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)]
+        }
+    };
+    println!(
+        "count={} errors={} wall_s={wall:.3} p50_us={} p90_us={} p99_us={} max_us={}",
+        lat.len(),
+        errors.load(Ordering::Relaxed),
+        p(0.50),
+        p(0.90),
+        p(0.99),
+        lat.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
+
+pub(crate) fn idle(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // One exchange so the connection is really through end to end.
+        s.write_all(&[b'q'; MSG])?;
+        let mut buf = [0u8; MSG];
+        s.read_exact(&mut buf)?;
+        held.push(s);
+    }
+    println!("open {n}");
+    // Held until stdin closes: the benchmark closes it once it has measured.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(held);
+    Ok(())
+}
