@@ -4,9 +4,9 @@
 //! a little jitter so that a node's certificates do not all renew in the same second), fetch
 //! again. A failed fetch is retried with jittered exponential backoff while the current
 //! certificate keeps serving. A caller that needs a certificate the worker has failed to get
-//! so far nudges it to retry now and waits a little ([`RenewalConfig::wait_on_failure`]): a
-//! pod's first connection often comes before the CA knows the pod, and should not fail for a
-//! backoff that has grown meanwhile. All timing uses tokio's clock so tests can pause time.
+//! so far nudges it to retry soon (at most once per [`RenewalConfig::wait_on_failure`]) and
+//! waits that long: a pod's first connection should not fail for a backoff that grew while
+//! the CA did not know the pod yet. All timing uses tokio's clock so tests can pause time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -247,6 +247,7 @@ async fn renew_loop(
 ) {
     let mut backoff = config.initial_backoff;
     let mut have_cert = false;
+    let mut last_nudged: Option<tokio::time::Instant> = None;
     loop {
         match provider.fetch(&identity).await {
             Ok(cert) => {
@@ -262,18 +263,23 @@ async fn renew_loop(
                 if !have_cert {
                     tx.send_replace(Some(Err(e)));
                 }
-                // A waiting caller cuts the backoff short, but retries stay at least one
-                // initial backoff apart so waiting callers cannot hammer the CA.
+                // A waiting caller cuts a grown backoff short, once per `wait_on_failure`:
+                // enough for a pod whose first connection comes after the CA learnt about it,
+                // too rare for callers of an identity the CA keeps refusing to hammer it. The
+                // backoff keeps growing either way.
+                let nudge_allowed_at = last_nudged.map(|at| at + config.wait_on_failure);
                 let nudged = async {
+                    if let Some(at) = nudge_allowed_at {
+                        tokio::time::sleep_until(at).await;
+                    }
                     nudge.notified().await;
                     tokio::time::sleep(config.initial_backoff).await;
                 };
                 tokio::select! {
-                    () = tokio::time::sleep(jittered(backoff)) => {
-                        backoff = (backoff * 2).min(config.max_backoff);
-                    }
-                    () = nudged => {}
+                    () = tokio::time::sleep(jittered(backoff)) => {}
+                    () = nudged => last_nudged = Some(tokio::time::Instant::now()),
                 }
+                backoff = (backoff * 2).min(config.max_backoff);
             }
         }
     }

@@ -151,27 +151,28 @@ fn flaky(failures: usize) -> Arc<Flaky> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_caller_waiting_for_a_failing_certificate_gets_it_from_prompt_retries() {
+async fn a_caller_cuts_a_grown_backoff_short_once_the_ca_would_answer() {
+    // The CA refused while it did not know the pod: 6 failures, unattended (at about 0, 0.2,
+    // 0.6, 1.4, 3.0 and 6.2 s), grow the backoff to 6.4 s.
     let flaky = flaky(6);
     let manager = CertManager::new(flaky.clone(), no_jitter());
+    manager.prefetch(&sleep_id());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    settle().await;
+    assert_eq!(
+        flaky.at.lock().expect("lock").len(),
+        6,
+        "6 unattended failures"
+    );
+    // The pod's first connection: one prompt retry instead of waiting out the backoff.
     let start = tokio::time::Instant::now();
-    // The pod's first connection: it waits for the retries instead of failing at once.
     manager.get(&sleep_id()).await.expect("certificate");
-    let at = flaky.at.lock().expect("lock").clone();
-    assert_eq!(at.len(), 7, "6 failures then 1 success");
-    // Unnudged, 6 doubling backoffs from 200 ms would take 12.6 s.
     assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
+        start.elapsed() < Duration::from_millis(500),
+        "waited {:?}",
         start.elapsed()
     );
-    for gap in at.windows(2).map(|w| w[1] - w[0]) {
-        // One initial backoff (200 ms), less the backoff's ±20% jitter.
-        assert!(
-            gap >= Duration::from_millis(160),
-            "retries about one initial backoff apart: {gap:?}"
-        );
-    }
+    assert_eq!(flaky.at.lock().expect("lock").len(), 7);
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,10 +187,12 @@ async fn a_caller_gets_the_error_after_waiting_when_the_ca_keeps_refusing() {
         waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
         "waited {waited:?}"
     );
+    // The first fetch, one nudged retry, and the backoff's own retries (0.2 s, 0.6 s,
+    // 1.4 s; the next is due at 3.0 s): no storm however often callers ask.
     let attempts = flaky.at.lock().expect("lock").len();
     assert!(
-        (10..=17).contains(&attempts),
-        "about one retry per 200 ms while waited on, not a storm: {attempts}"
+        (4..=6).contains(&attempts),
+        "a bounded number of retries while waited on: {attempts}"
     );
 }
 
