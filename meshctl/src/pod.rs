@@ -172,6 +172,9 @@ fn read_record(path: &Path) -> anyhow::Result<PodRuntime> {
 
 /// One pod's record; the error says it does not exist.
 pub fn load(state: &StateDir, namespace: &str, name: &str) -> anyhow::Result<PodRuntime> {
+    // The names become a path: only valid Kubernetes names (no `..`, no `/`).
+    check_k8s_name("namespace", namespace)?;
+    check_k8s_name("pod name", name)?;
     let path = state.pod_file(namespace, name);
     if !path.exists() {
         bail!("pod {namespace}/{name} not found (see `meshctl get pods`)");
@@ -460,6 +463,19 @@ mod tests {
             command: vec![],
             pause: None,
             main: None,
+        }
+    }
+
+    #[test]
+    fn pod_names_that_are_not_kubernetes_names_never_become_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        for (ns, name) in [("..", "x"), ("default", "../../etc/passwd"), ("a/b", "c")] {
+            let err = load(&state, ns, name).expect_err("refused");
+            assert!(
+                !format!("{err:#}").contains("not found"),
+                "{ns}/{name}: {err:#}"
+            );
         }
     }
 

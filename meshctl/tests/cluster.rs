@@ -215,3 +215,31 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     // A second `down` is harmless.
     cluster.ok(&["cluster", "down"]);
 }
+
+#[test]
+fn down_by_name_without_a_cluster_json_leaves_the_directory_s_files_alone() {
+    require_prerequisites();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Someone's directory that happens to hold names meshctl uses.
+    std::fs::create_dir_all(tmp.path().join("config")).expect("dir");
+    std::fs::write(tmp.path().join("config/keep.yaml"), "mine").expect("file");
+    let out = Command::new(MESHCTL)
+        .arg("--state-dir")
+        .arg(tmp.path())
+        .args(["cluster", "down", "--name", "nobodyshere"])
+        .output()
+        .expect("meshctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("config/keep.yaml")).expect("still there"),
+        "mine"
+    );
+    assert!(
+        !tmp.path().join(".lock").exists(),
+        "its own lock file is gone"
+    );
+}

@@ -297,6 +297,10 @@ fn down(state: &StateDir, args: &DownArgs, report: Report) -> anyhow::Result<()>
             return Ok(());
         }
     };
+    // Without a cluster.json (`--name` after the state was lost) the directory may not be ours
+    // at all: only the lock file this command makes is removed from it.
+    let ours = state.cluster_file().exists();
+    let root_existed = state.root().exists();
     let _lock = state.lock()?;
     let mut warnings = Vec::new();
     let mut procs: Vec<ProcRecord> = Vec::new();
@@ -364,7 +368,11 @@ fn down(state: &StateDir, args: &DownArgs, report: Report) -> anyhow::Result<()>
     }
 
     // The state: cluster.json last, so an interrupted `down` can be run again.
-    let mut entries = state.owned_entries();
+    let mut entries = if ours {
+        state.owned_entries()
+    } else {
+        vec![state.root().join(".lock")]
+    };
     entries.sort_by_key(|p| p.ends_with("cluster.json"));
     for entry in entries {
         let removed = if entry.is_dir() {
@@ -378,7 +386,12 @@ fn down(state: &StateDir, args: &DownArgs, report: Report) -> anyhow::Result<()>
             }
         }
     }
-    if let Err(e) = std::fs::remove_dir(state.root()) {
+    let removed = if ours || !root_existed {
+        std::fs::remove_dir(state.root())
+    } else {
+        Ok(())
+    };
+    if let Err(e) = removed {
         if e.kind() != std::io::ErrorKind::NotFound {
             warnings.push(format!(
                 "left {} in place ({e}): it holds files meshctl did not create",

@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 
 use super::plan::{self, NodePlan};
-use super::state::{write_atomic, ClusterState, StateDir};
+use super::state::{write_atomic, write_secret, ClusterState, StateDir};
 use crate::netns;
 use crate::sys::ip_in;
 
@@ -66,12 +66,12 @@ pub fn write_node_files(state: &StateDir, cluster: &ClusterState) -> anyhow::Res
             text.as_bytes(),
         )?;
         let token = plan::random_hex(24);
-        write_atomic(&state.node_token(&node.name), token.as_bytes())?;
+        write_secret(&state.node_token(&node.name), token.as_bytes())?;
         tokens.push((node.name.clone(), token));
     }
     let pairs: Vec<(&str, &str)> = tokens
         .iter()
         .map(|(n, t)| (n.as_str(), t.as_str()))
         .collect();
-    write_atomic(&state.tokens_file(), plan::tokens_yaml(&pairs).as_bytes())
+    write_secret(&state.tokens_file(), plan::tokens_yaml(&pairs).as_bytes())
 }
