@@ -3,10 +3,14 @@
 //! line with the config dir's labels ([`crate::pods`], [`crate::reconcile`]) and, when asked,
 //! installs itself into the node's CNI config ([`crate::install`]).
 //!
-//! Start-up: copy the binary (when installing), bind both sockets, one reconcile pass (pods
-//! that exist already are found by IP, [`crate::scan`]), log "node agent ready", then serve.
-//! That pass runs before any ztunnel connection is accepted, so the first snapshot holds every
-//! enrolled pod: an agent restart loses none.
+//! Start-up: copy the binary (when installing), bind both sockets (mode 0600), serve the CNI
+//! socket, then the start pass: one reconcile pass (pods that exist already are found by IP,
+//! [`crate::scan`]), retried every reconcile interval until it could read the config source.
+//! Only then are ztunnel connections accepted, so the first snapshot holds every enrolled pod
+//! (an agent restart loses none) and is never the empty one a config source that cannot be
+//! read would give (ztunnel would drop every pod of the node). Then the reconcile loop starts,
+//! the plugin is installed into the CNI config (when installing: waits for the primary CNI's
+//! config), "node agent ready" is logged, and the install is re-checked in the background.
 //!
 //! Tasks (one tokio runtime): the CNI listener (one task per plugin call), the ZDS listener
 //! (one task per ztunnel connection), the reconcile loop, the install check. Every enrol and
@@ -15,6 +19,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,18 +28,21 @@ use mesh::capture::CaptureOptions;
 use mesh::zds::SeqPacketListener;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::agent_proto::{AgentCommand, AgentReply, AgentRequest};
 use crate::enrollment::{Enrollment, PodKey};
 use crate::install;
-use crate::pods::{Added, Pass, Pods};
+use crate::pods::{self, Added, Pass, Pods};
 use crate::ztunnel::Hub;
 
 /// How long one plugin call may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long ztunnel may take to ack an add before the plugin call fails.
 const ZDS_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,6 +81,8 @@ pub(crate) struct Agent {
     pub(crate) hub: Arc<Hub>,
     /// Every enrol and release happens under this lock, one at a time.
     pub(crate) pods: tokio::sync::Mutex<Pods>,
+    /// The start pass read the config source (ztunnel connections are accepted from then).
+    started: AtomicBool,
 }
 
 impl Agent {
@@ -80,6 +90,26 @@ impl Agent {
     pub(crate) fn uid(&self, key: &PodKey) -> String {
         format!("{}//v1/Pod/{}/{}", self.config.cluster_id, key.0, key.1)
     }
+
+    /// Whether the start pass has read the config source.
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// Binds a unix socket with `bind` at `path`, then makes it root-only: whoever can connect
+/// to the CNI socket can make the agent enter any namespace path, and whoever connects to the
+/// ZDS socket receives every enrolled pod's network namespace.
+fn bind_private<L>(
+    path: &Path,
+    what: &str,
+    bind: impl FnOnce(&Path) -> std::io::Result<L>,
+) -> anyhow::Result<L> {
+    let listener =
+        bind(path).with_context(|| format!("binding the {what} socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
 }
 
 /// Runs `f` on the blocking pool.
@@ -112,21 +142,65 @@ pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow
         }
         _ => {}
     }
-    let cni = UnixListener::bind(&config.cni_socket)
-        .with_context(|| format!("binding the CNI socket {}", config.cni_socket.display()))?;
-    // Whoever can connect can make the agent enter any namespace path: root only.
-    std::fs::set_permissions(&config.cni_socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", config.cni_socket.display()))?;
-    let zds = SeqPacketListener::bind(&config.zds_socket)
-        .with_context(|| format!("binding the ZDS socket {}", config.zds_socket.display()))?;
+    let cni = bind_private(&config.cni_socket, "CNI", |p| UnixListener::bind(p))?;
+    let zds = bind_private(&config.zds_socket, "ZDS", SeqPacketListener::bind)?;
     let agent = Arc::new(Agent {
         config,
         enrollment,
         hub: Arc::new(Hub::default()),
         pods: tokio::sync::Mutex::new(Pods::default()),
+        started: AtomicBool::new(false),
     });
-    // Before any ztunnel is accepted: its first snapshot then holds every enrolled pod.
-    agent.pods.lock().await.reconcile(&agent, Pass::Start).await;
+    let mut tasks = JoinSet::new();
+    // Served from the start: DEL works, and ADD says why it fails while the agent starts.
+    tasks.spawn(cni_loop(agent.clone(), cni));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = start(agent.clone(), zds, agent_socket, &mut tasks) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("node agent stopping");
+    tasks.abort_all();
+    // The CNI config entry stays: while the agent is down, ADD fails closed (code 11).
+    let _ = std::fs::remove_file(&agent.config.cni_socket);
+    let _ = std::fs::remove_file(&agent.config.zds_socket);
+    Ok(())
+}
+
+/// The start-up after the sockets are bound (module docs); then waits forever (the caller
+/// stops it on a signal).
+async fn start(
+    agent: Arc<Agent>,
+    zds: SeqPacketListener,
+    agent_socket: PathBuf,
+    tasks: &mut JoinSet<()>,
+) {
+    let interval = agent.config.reconcile_interval;
+    loop {
+        let pass = pods::reconcile(&agent, Pass::Start)
+            .instrument(tracing::info_span!("start pass"))
+            .await;
+        match pass {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(
+                error = %e,
+                retry_in = ?interval,
+                "cannot read the config dir for the start pass; not accepting ztunnel until it \
+                 can (an empty snapshot would make ztunnel drop every pod of this node)"
+            ),
+        }
+        tokio::time::sleep(interval).await;
+    }
+    agent.started.store(true, Ordering::Release);
+    // From here on ztunnel's first snapshot holds every enrolled pod.
+    tasks.spawn(zds_loop(agent.clone(), zds));
+    tasks.spawn(reconcile_loop(agent.clone()));
+    if let Some(dirs) = &agent.config.install {
+        let mut keeper = install::Keeper::new(dirs.conf_dir.clone(), agent_socket);
+        keeper.until_installed().await;
+        tasks.spawn(keeper.keep());
+    }
     tracing::info!(
         cni_socket = %agent.config.cni_socket.display(),
         zds_socket = %agent.config.zds_socket.display(),
@@ -134,36 +208,37 @@ pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow
         enrolled = agent.hub.enrolled_count(),
         "node agent ready"
     );
-    let mut background = vec![tokio::spawn(reconcile_loop(agent.clone()))];
-    if let Some(dirs) = &agent.config.install {
-        background.push(tokio::spawn(install::keep_entry(
-            dirs.conf_dir.clone(),
-            agent_socket,
-        )));
-    }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    std::future::pending::<()>().await;
+}
+
+async fn cni_loop(agent: Arc<Agent>, cni: UnixListener) {
     loop {
-        tokio::select! {
-            accepted = cni.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(serve_cni(agent.clone(), stream)); }
-                Err(e) => tracing::warn!(error = %e, "accepting a plugin connection"),
-            },
-            accepted = zds.accept() => match accepted {
-                Ok(sock) => { tokio::spawn(agent.hub.clone().serve(sock)); }
-                Err(e) => tracing::warn!(error = %e, "accepting a ztunnel connection"),
-            },
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+        match cni.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_cni(agent.clone(), stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a plugin connection");
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
-    tracing::info!("node agent stopping");
-    for task in background {
-        task.abort();
+}
+
+async fn zds_loop(agent: Arc<Agent>, zds: SeqPacketListener) {
+    loop {
+        match zds.accept().await {
+            Ok(sock) => {
+                tokio::spawn(agent.hub.clone().serve(sock));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a ztunnel connection");
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
     }
-    // The CNI config entry stays: while the agent is down, ADD fails closed (code 11).
-    let _ = std::fs::remove_file(&agent.config.cni_socket);
-    let _ = std::fs::remove_file(&agent.config.zds_socket);
-    Ok(())
 }
 
 /// Reconciles every `reconcile_interval`, after the start pass.
@@ -171,12 +246,25 @@ async fn reconcile_loop(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(agent.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the start pass just ran
+    let mut source_error: Option<String> = None;
     loop {
         tick.tick().await;
-        let mut pods = agent.pods.lock().await;
-        pods.reconcile(&agent, Pass::Periodic)
+        let pass = pods::reconcile(&agent, Pass::Periodic)
             .instrument(tracing::info_span!("reconcile"))
             .await;
+        match pass {
+            Ok(()) => {
+                if source_error.take().is_some() {
+                    tracing::info!("config dir readable again; reconciling");
+                }
+            }
+            // Once per distinct error: the pass repeats every interval.
+            Err(e) if source_error.as_ref() != Some(&e) => {
+                tracing::warn!(error = %e, "cannot read the config dir; reconcile changes nothing until it can");
+                source_error = Some(e);
+            }
+            Err(_) => {}
+        }
     }
 }
 

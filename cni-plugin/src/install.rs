@@ -4,26 +4,39 @@
 //!
 //! - Binary: `/proc/self/exe` → `<bin-dir>/ambient-mesh-cni`, mode 0755, through a temp file
 //!   and a rename (a runtime executing the old binary keeps its inode; none sees half a file).
-//! - Config: the first `*.conflist` by file name in the conf dir (the one the runtime uses),
-//!   waited for while the primary CNI has not written it yet. Its `plugins` array gets
-//!   `{"type":"ambient-mesh-cni","agent_socket":"<--cni-socket>"}` appended, or an existing
-//!   entry of that type gets its `agent_socket` set (other entries of that type are dropped:
-//!   the plugin must run once). Nothing else changes, and nothing is written when the entry is
-//!   already right. A file that is not JSON or has no `plugins` array is left untouched.
-//!   The rewrite is atomic (temp file + rename, same mode). Like upstream, object keys come out
+//! - Config: the file the runtime uses, chosen as libcni's users do (containerd, CRI-O, the
+//!   kubelet, upstream istio-cni): every `*.conf`, `*.conflist` and `*.json` of the conf dir,
+//!   sorted by name, the first that loads. A `.conflist` loads when it is a JSON object with a
+//!   string `name` and a non-empty `plugins` array; a `.conf` or `.json` is a single plugin
+//!   config and loads when it has a `type` (a `.json` holding a `plugins` list has none, so
+//!   runtimes skip it, and so do we). A file that does not load is skipped with a warning, as
+//!   CRI-O and the kubelet skip it (containerd refuses the whole dir: then no pod starts).
+//!   Waited for while the primary CNI has not written one.
+//! - A list gets `{"type":"ambient-mesh-cni","agent_socket":"<--cni-socket>"}` appended to
+//!   its `plugins`, or an existing entry of that type gets its `agent_socket` set (other
+//!   entries of that type are dropped: the plugin must run once). Nothing else changes, and
+//!   nothing is written when the entry is already right.
+//! - A single plugin config is converted, as upstream istio-cni does, into `<stem>.conflist`
+//!   `{"cniVersion", "name", "plugins": [<the old object without cniVersion and name>, ours]}`
+//!   (the old file's `cniVersion` and `name` kept), and the old file is removed so that the
+//!   list is what the runtime picks (`<stem>.conf` sorts before `<stem>.conflist`). Refused,
+//!   with an error naming both files, when another loadable config would then come first.
+//!   If the primary CNI writes its single config again, it is converted again.
+//! - Writes are atomic (temp file + rename, same mode). Like upstream, object keys come out
 //!   sorted (the file is re-serialised); no value changes.
 //! - The install stays when the agent stops: while it is down, ADD fails with "try again
 //!   later" (code 11) and no pod starts uncaptured. `cni-plugin uninstall` removes both.
 //!
-//! The agent re-checks the file every [`CHECK_EVERY`], so the entry comes back if the primary
-//! CNI rewrites its conflist.
+//! The agent installs once before it logs ready ([`Keeper::until_installed`]), then re-checks
+//! every [`CHECK_EVERY`] ([`Keeper::keep`]), so the entry comes back if the primary CNI
+//! rewrites its config.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// The plugin's `type` in the conflist, and so its binary's name in the CNI bin directory.
 pub const PLUGIN_TYPE: &str = "ambient-mesh-cni";
@@ -40,6 +53,9 @@ pub enum ConflistError {
     /// JSON, but not a network configuration list.
     #[error("no \"plugins\" array: not a CNI network configuration list")]
     NoPlugins,
+    /// A runtime would not load it (libcni's checks); it skips the file.
+    #[error("not loadable as a CNI network config: {0}")]
+    Unloadable(String),
 }
 
 /// Why installing or uninstalling failed.
@@ -62,6 +78,19 @@ pub enum InstallError {
         path: PathBuf,
         /// Why.
         source: ConflistError,
+    },
+    /// Converting the single plugin config would not make the list the runtime's choice.
+    #[error(
+        "{from} is a single plugin config; converted to {to}, {first} would come first: \
+         left untouched (rename or remove one of them)"
+    )]
+    Shadowed {
+        /// The single plugin config.
+        from: PathBuf,
+        /// The list it would become.
+        to: PathBuf,
+        /// The loadable config that would sort before the list.
+        first: PathBuf,
     },
 }
 
@@ -126,27 +155,129 @@ pub fn without_entry(text: &str) -> Result<Option<String>, ConflistError> {
     Ok((conf != original).then(|| serialise(&conf)))
 }
 
-/// Every `*.conflist` of `conf_dir` (dot-names skipped), sorted by file name.
-fn conflists(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
+/// The extensions of the files a runtime reads in the conf dir (libcni's `ConfFiles`).
+const EXTENSIONS: [&str; 3] = [".conf", ".conflist", ".json"];
+
+/// Every file of `conf_dir` a runtime considers (by extension, as libcni's `ConfFiles`:
+/// directories skipped, dot-names included), sorted by name as the runtimes sort them.
+fn config_files(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(conf_dir)
         .map_err(io_err("reading the CNI conf dir", conf_dir))?
         .flatten()
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            !name.starts_with('.') && name.ends_with(".conflist")
+            EXTENSIONS.iter().any(|ext| name.ends_with(ext))
         })
         .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|p| !p.is_dir())
         .collect();
-    found.sort();
+    found.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
     Ok(found)
+}
+
+/// A config file as a runtime loads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loaded {
+    /// A network configuration list (`*.conflist`).
+    List(Value),
+    /// A single plugin config (`*.conf`, `*.json`): the runtime wraps it in a list.
+    Single(Value),
+}
+
+/// How a runtime loads `path` with contents `text` (libcni's `ConfListFromBytes` for a
+/// `.conflist`, `ConfFromBytes` plus the runtimes' `type` check otherwise).
+pub fn load(path: &Path, text: &str) -> Result<Loaded, ConflistError> {
+    let conf = parse(text)?;
+    let Value::Object(map) = &conf else {
+        return Err(ConflistError::Unloadable("not a JSON object".into()));
+    };
+    let bad = |why: &str| Err(ConflistError::Unloadable(why.to_string()));
+    if let Some(v) = map.get("cniVersion") {
+        if !v.is_string() {
+            return bad("\"cniVersion\" is not a string");
+        }
+    }
+    if path.to_string_lossy().ends_with(".conflist") {
+        if !map.get("name").is_some_and(Value::is_string) {
+            return bad("a list needs a string \"name\"");
+        }
+        return match map.get("plugins") {
+            Some(Value::Array(list)) if list.is_empty() => bad("no plugins in the list"),
+            Some(Value::Array(list)) if list.iter().all(Value::is_object) => Ok(Loaded::List(conf)),
+            Some(Value::Array(_)) => bad("a plugin in the list is not an object"),
+            Some(_) => bad("\"plugins\" is not an array"),
+            None => Err(ConflistError::NoPlugins),
+        };
+    }
+    match map.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => Ok(Loaded::Single(conf)),
+        _ if map.contains_key("plugins") => {
+            bad("no \"type\"; a list is only read from a *.conflist file")
+        }
+        _ => bad("no \"type\""),
+    }
+}
+
+/// The single plugin config `single` as a list, with our entry after it.
+fn converted(single: &Value, agent_socket: &Path) -> String {
+    let mut plugin = single.clone();
+    let mut list = Map::new();
+    if let Value::Object(fields) = &mut plugin {
+        for key in ["cniVersion", "name"] {
+            if let Some(value) = fields.remove(key) {
+                list.insert(key.to_string(), value);
+            }
+        }
+    }
+    let socket = agent_socket.display().to_string();
+    let ours = json!({"type": PLUGIN_TYPE, "agent_socket": socket});
+    list.insert("plugins".into(), Value::Array(vec![plugin, ours]));
+    serialise(&Value::Object(list))
+}
+
+/// The config the runtime uses in a conf dir, and the files skipped before it.
+#[derive(Debug)]
+struct Choice {
+    /// The first file that loads, as loaded.
+    found: Option<(PathBuf, Loaded)>,
+    /// The files before it that do not load, and why.
+    skipped: Vec<String>,
+}
+
+/// The config the runtime uses in `conf_dir`: the first that loads.
+fn chosen(conf_dir: &Path) -> Result<Choice, InstallError> {
+    let mut skipped = Vec::new();
+    for path in config_files(conf_dir)? {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                skipped.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        match load(&path, &text) {
+            Ok(loaded) => {
+                let found = Some((path, loaded));
+                return Ok(Choice { found, skipped });
+            }
+            Err(e) => skipped.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(Choice {
+        found: None,
+        skipped,
+    })
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory and a rename.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    // A dot-name: neither the runtime nor `conflists` picks it up.
+    // Not a config extension: neither the runtime nor `config_files` picks it up.
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -188,34 +319,83 @@ pub fn install_binary(exe: &Path, bin_dir: &Path) -> Result<(PathBuf, bool), Ins
 /// What [`ensure_entry`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ensured {
-    /// No `*.conflist` yet: the primary CNI has not written its config.
-    NoConflist,
-    /// The entry was already right in this file.
+    /// No config a runtime would load yet: the primary CNI has not written its config.
+    NoConfig,
+    /// The entry was already right in this list.
     Unchanged(PathBuf),
-    /// The entry was added or updated in this file.
+    /// The entry was added or updated in this list.
     Written(PathBuf),
+    /// The single plugin config `from` became the list `to`, with our entry.
+    Converted {
+        /// The single plugin config (removed).
+        from: PathBuf,
+        /// The list written.
+        to: PathBuf,
+    },
 }
 
-/// Puts our entry into the first conflist of `conf_dir`, if there is one.
-pub fn ensure_entry(conf_dir: &Path, agent_socket: &Path) -> Result<Ensured, InstallError> {
-    let Some(path) = conflists(conf_dir)?.into_iter().next() else {
-        return Ok(Ensured::NoConflist);
-    };
-    let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-    let edited = with_entry(&text, agent_socket).map_err(|source| InstallError::Conflist {
-        path: path.clone(),
-        source,
-    })?;
-    let Some(edited) = edited else {
-        return Ok(Ensured::Unchanged(path));
-    };
-    let mode = std::fs::metadata(&path)
-        .map_err(io_err("reading the mode of", &path))?
+fn mode_of(path: &Path) -> Result<u32, InstallError> {
+    Ok(std::fs::metadata(path)
+        .map_err(io_err("reading the mode of", path))?
         .permissions()
         .mode()
-        & 0o7777;
-    write_atomically(&path, edited.as_bytes(), mode)?;
-    Ok(Ensured::Written(path))
+        & 0o7777)
+}
+
+/// Puts our entry into the config the runtime uses in `conf_dir` (module docs), if there is
+/// one. Also returns the files skipped before it (a runtime would not load them), and why.
+pub fn ensure_entry(
+    conf_dir: &Path,
+    agent_socket: &Path,
+) -> Result<(Ensured, Vec<String>), InstallError> {
+    let Choice { found, skipped } = chosen(conf_dir)?;
+    let Some((path, loaded)) = found else {
+        return Ok((Ensured::NoConfig, skipped));
+    };
+    let single = match loaded {
+        Loaded::Single(single) => single,
+        Loaded::List(_) => {
+            let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            let edited =
+                with_entry(&text, agent_socket).map_err(|source| InstallError::Conflist {
+                    path: path.clone(),
+                    source,
+                })?;
+            let Some(edited) = edited else {
+                return Ok((Ensured::Unchanged(path), skipped));
+            };
+            write_atomically(&path, edited.as_bytes(), mode_of(&path)?)?;
+            return Ok((Ensured::Written(path), skipped));
+        }
+    };
+    let to = path.with_extension("conflist");
+    let to_name = to.as_os_str().as_encoded_bytes();
+    // Every loadable config sorts after `path` (the first); one between it and `to` would
+    // become the runtime's choice once `path` is gone.
+    for other in config_files(conf_dir)? {
+        let name = other.as_os_str().as_encoded_bytes();
+        if other == path || other == to || name <= path.as_os_str().as_encoded_bytes() {
+            continue;
+        }
+        if name >= to_name {
+            break;
+        }
+        let loads = std::fs::read_to_string(&other).is_ok_and(|t| load(&other, &t).is_ok());
+        if loads {
+            return Err(InstallError::Shadowed {
+                from: path,
+                to,
+                first: other,
+            });
+        }
+    }
+    write_atomically(
+        &to,
+        converted(&single, agent_socket).as_bytes(),
+        mode_of(&path)?,
+    )?;
+    std::fs::remove_file(&path).map_err(io_err("removing the converted", &path))?;
+    Ok((Ensured::Converted { from: path, to }, skipped))
 }
 
 /// What [`uninstall`] removed.
@@ -227,24 +407,22 @@ pub struct Uninstalled {
     pub binary: Option<PathBuf>,
 }
 
-/// Removes our entry from every conflist of `conf_dir` and our binary from `bin_dir`.
-/// Conflists that cannot be read as such are left alone (they hold no entry of ours we could
-/// remove).
+/// Removes our entry from every config list of `conf_dir` and our binary from `bin_dir`.
+/// A list converted from a single plugin config stays a list (of that one plugin), as with
+/// upstream. Files that cannot be read as lists are left alone (they hold no entry of ours
+/// we could remove).
 pub fn uninstall(conf_dir: &Path, bin_dir: &Path) -> Result<Uninstalled, InstallError> {
     let mut done = Uninstalled::default();
-    for path in conflists(conf_dir)? {
+    for path in config_files(conf_dir)? {
         let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
         match without_entry(&text) {
             Ok(Some(edited)) => {
-                let mode = std::fs::metadata(&path)
-                    .map_err(io_err("reading the mode of", &path))?
-                    .permissions()
-                    .mode()
-                    & 0o7777;
-                write_atomically(&path, edited.as_bytes(), mode)?;
+                write_atomically(&path, edited.as_bytes(), mode_of(&path)?)?;
                 done.conflists.push(path);
             }
             Ok(None) => {}
+            // A single plugin config, or not JSON: nothing of ours in it.
+            Err(ConflistError::NoPlugins) => {}
             Err(e) => tracing::warn!(conflist = %path.display(), error = %e, "skipped"),
         }
     }
@@ -257,46 +435,100 @@ pub fn uninstall(conf_dir: &Path, bin_dir: &Path) -> Result<Uninstalled, Install
     Ok(done)
 }
 
-/// Keeps our entry in the conf dir's first conflist: waits for one to appear (logging it
-/// once), installs, and re-checks every [`CHECK_EVERY`]. Runs until the agent stops.
-pub async fn keep_entry(conf_dir: PathBuf, agent_socket: PathBuf) {
-    let mut waiting_logged = false;
-    let mut installed_in: Option<PathBuf> = None;
-    let mut last_error: Option<String> = None;
-    loop {
-        let (dir, socket) = (conf_dir.clone(), agent_socket.clone());
+/// Keeps our entry in the runtime's config of the conf dir (module docs), logging what it
+/// does once per change.
+#[derive(Debug)]
+pub struct Keeper {
+    conf_dir: PathBuf,
+    agent_socket: PathBuf,
+    waiting_logged: bool,
+    installed_in: Option<PathBuf>,
+    last_error: Option<String>,
+    last_skipped: Vec<String>,
+}
+
+impl Keeper {
+    /// A keeper of our entry (pointing at `agent_socket`) in `conf_dir`.
+    pub fn new(conf_dir: PathBuf, agent_socket: PathBuf) -> Self {
+        Keeper {
+            conf_dir,
+            agent_socket,
+            waiting_logged: false,
+            installed_in: None,
+            last_error: None,
+            last_skipped: Vec::new(),
+        }
+    }
+
+    /// One check; whether our entry is in place now.
+    async fn check(&mut self) -> bool {
+        let (dir, socket) = (self.conf_dir.clone(), self.agent_socket.clone());
         let result = tokio::task::spawn_blocking(move || ensure_entry(&dir, &socket)).await;
-        match result {
-            Ok(Ok(Ensured::NoConflist)) => {
-                if !waiting_logged {
-                    tracing::info!(conf_dir = %conf_dir.display(), "waiting for the primary CNI plugin to write a *.conflist");
-                    waiting_logged = true;
-                }
-                installed_in = None;
-            }
-            Ok(Ok(Ensured::Written(path))) => {
-                tracing::info!(conflist = %path.display(), agent_socket = %agent_socket.display(), changed = true, "installed into the CNI config");
-                installed_in = Some(path);
-                last_error = None;
-            }
-            Ok(Ok(Ensured::Unchanged(path))) => {
-                if installed_in.as_ref() != Some(&path) {
-                    tracing::info!(conflist = %path.display(), agent_socket = %agent_socket.display(), changed = false, "installed into the CNI config");
-                    installed_in = Some(path);
-                }
-                last_error = None;
-            }
+        let socket = self.agent_socket.display().to_string();
+        let (ensured, skipped) = match result {
+            Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 let e = e.to_string();
                 // Once per distinct error: the check repeats every second.
-                if last_error.as_ref() != Some(&e) {
+                if self.last_error.as_ref() != Some(&e) {
                     tracing::error!(error = %e, "cannot install into the CNI config; retrying");
-                    last_error = Some(e);
+                    self.last_error = Some(e);
+                }
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "internal: install check panicked");
+                return false;
+            }
+        };
+        self.last_error = None;
+        if skipped != self.last_skipped {
+            for why in &skipped {
+                tracing::warn!(file = %why, "skipped a CNI config file a runtime would not load");
+            }
+            self.last_skipped = skipped;
+        }
+        match ensured {
+            Ensured::NoConfig => {
+                if !self.waiting_logged {
+                    tracing::info!(conf_dir = %self.conf_dir.display(), "waiting for the primary CNI plugin to write its network config (*.conflist, *.conf or *.json)");
+                    self.waiting_logged = true;
+                }
+                self.installed_in = None;
+                return false;
+            }
+            Ensured::Written(path) => {
+                tracing::info!(conflist = %path.display(), agent_socket = %socket, changed = true, "installed into the CNI config");
+                self.installed_in = Some(path);
+            }
+            Ensured::Converted { from, to } => {
+                tracing::info!(from = %from.display(), conflist = %to.display(), agent_socket = %socket, changed = true, "converted the single plugin config into a list; installed into the CNI config");
+                self.installed_in = Some(to);
+            }
+            Ensured::Unchanged(path) => {
+                if self.installed_in.as_ref() != Some(&path) {
+                    tracing::info!(conflist = %path.display(), agent_socket = %socket, changed = false, "installed into the CNI config");
+                    self.installed_in = Some(path);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "internal: install check panicked"),
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        true
+    }
+
+    /// Checks every [`CHECK_EVERY`] until our entry is in place (waiting for the primary
+    /// CNI's config meanwhile).
+    pub async fn until_installed(&mut self) {
+        while !self.check().await {
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    }
+
+    /// Re-checks every [`CHECK_EVERY`] until the agent stops.
+    pub async fn keep(mut self) {
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            self.check().await;
+        }
     }
 }
 
@@ -384,21 +616,24 @@ mod tests {
         let sock = Path::new("/var/run/ambient-mesh/cni.sock");
         assert_eq!(
             ensure_entry(conf.path(), sock).expect("ok"),
-            Ensured::NoConflist
+            (Ensured::NoConfig, vec![])
         );
 
-        // The first conflist by name is chosen; other files are ignored.
+        // The first loadable config by name is chosen; files that do not load are skipped
+        // (and reported), later ones and other extensions ignored.
         let first = conf.path().join("10-calico.conflist");
         let second = conf.path().join("20-other.conflist");
         std::fs::write(&first, CALICO).expect("write");
         std::fs::write(&second, CALICO).expect("write");
         std::fs::write(conf.path().join("05-old.conf"), "{}").expect("write");
         std::fs::write(conf.path().join(".00-hidden.conflist"), "{").expect("write");
+        std::fs::write(conf.path().join("00-notes.txt"), "{").expect("write");
         std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        assert_eq!(
-            ensure_entry(conf.path(), sock).expect("ok"),
-            Ensured::Written(first.clone())
-        );
+        let (ensured, skipped) = ensure_entry(conf.path(), sock).expect("ok");
+        assert_eq!(ensured, Ensured::Written(first.clone()));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains(".00-hidden.conflist"), "{skipped:?}");
+        assert!(skipped[1].contains("05-old.conf") && skipped[1].contains("type"));
         let installed = value(&std::fs::read_to_string(&first).expect("read"));
         assert_eq!(
             installed["plugins"][2],
@@ -411,7 +646,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o640, "mode kept");
         assert_eq!(std::fs::read_to_string(&second).expect("read"), CALICO);
         assert_eq!(
-            ensure_entry(conf.path(), sock).expect("ok"),
+            ensure_entry(conf.path(), sock).expect("ok").0,
             Ensured::Unchanged(first.clone())
         );
         let leftovers: Vec<_> = std::fs::read_dir(conf.path())
@@ -443,13 +678,18 @@ mod tests {
         );
         assert_eq!(std::fs::read(&target).expect("read"), b"\x7fELF binary v2");
 
-        // A broken first conflist is left untouched, with an error naming it.
+        // A broken first list is skipped, like the runtime skips it: the next one gets the
+        // entry, the broken file is left untouched.
         std::fs::write(&first, "{broken").expect("write");
-        let err = ensure_entry(conf.path(), sock).expect_err("refused");
-        assert!(err.to_string().contains("10-calico.conflist"), "{err}");
+        let (ensured, skipped) = ensure_entry(conf.path(), sock).expect("ok");
+        assert_eq!(ensured, Ensured::Written(second.clone()));
+        assert!(
+            skipped.iter().any(|s| s.contains("10-calico.conflist")),
+            "{skipped:?}"
+        );
         assert_eq!(std::fs::read_to_string(&first).expect("read"), "{broken");
 
-        // Uninstall: our entry out of every conflist, the binary gone; broken files skipped.
+        // Uninstall: our entry out of every list, the binary gone; broken files skipped.
         std::fs::write(&first, serde_json::to_string(&installed).expect("json")).expect("write");
         std::fs::write(&second, serde_json::to_string(&installed).expect("json")).expect("write");
         let done = uninstall(conf.path(), &bin.path().join("sub")).expect("uninstalls");
@@ -464,5 +704,136 @@ mod tests {
             uninstall(conf.path(), &bin.path().join("sub")).expect("again"),
             Uninstalled::default()
         );
+    }
+
+    const BRIDGE: &str = r#"{"cniVersion": "0.4.0", "name": "mynet", "type": "bridge",
+        "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.22.0.0/16"}}"#;
+
+    #[test]
+    fn the_runtime_choice_is_by_name_among_conf_conflist_and_json() {
+        let conf = tempfile::tempdir().expect("tempdir");
+        // `.conf` before `.conflist` before `.json`, by name: `10-a.conf` wins over
+        // `10-a.conflist` (a prefix sorts first) and over `20-b.conflist`.
+        std::fs::write(conf.path().join("20-b.conflist"), CALICO).expect("write");
+        std::fs::write(conf.path().join("10-a.json"), BRIDGE).expect("write");
+        std::fs::write(conf.path().join("10-a.conf"), BRIDGE).expect("write");
+        let Choice {
+            found: loaded,
+            skipped,
+        } = chosen(conf.path()).expect("reads");
+        assert!(skipped.is_empty());
+        let (path, loaded) = loaded.expect("one loads");
+        assert_eq!(path, conf.path().join("10-a.conf"));
+        assert!(matches!(loaded, Loaded::Single(_)));
+
+        // A `.json` holding a list has no `type`: runtimes skip it (a list is only read from
+        // a *.conflist), so do we.
+        let list_json = conf.path().join("05-list.json");
+        std::fs::write(&list_json, CALICO).expect("write");
+        let Choice {
+            found: loaded,
+            skipped,
+        } = chosen(conf.path()).expect("reads");
+        assert_eq!(loaded.expect("one loads").0, conf.path().join("10-a.conf"));
+        assert!(skipped[0].contains("05-list.json") && skipped[0].contains("*.conflist"));
+
+        // What libcni refuses in a list.
+        let list = Path::new("x.conflist");
+        for (text, why) in [
+            (r#"{"plugins": [{"type": "a"}]}"#, "name"),
+            (r#"{"name": "n", "plugins": []}"#, "no plugins"),
+            (r#"{"name": "n", "plugins": [1]}"#, "not an object"),
+            (
+                r#"{"name": "n", "cniVersion": 1, "plugins": [{"type": "a"}]}"#,
+                "cniVersion",
+            ),
+            ("[]", "object"),
+        ] {
+            let err = load(list, text).expect_err(text).to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        assert!(matches!(load(list, CALICO), Ok(Loaded::List(_))));
+        assert!(matches!(
+            load(Path::new("x.json"), BRIDGE),
+            Ok(Loaded::Single(_))
+        ));
+        assert!(load(Path::new("x.conf"), r#"{"type": ""}"#).is_err());
+    }
+
+    #[test]
+    fn a_single_plugin_config_is_converted_into_a_list_that_the_runtime_then_picks() {
+        let sock = Path::new("/run/am/cni.sock");
+        let conf = tempfile::tempdir().expect("tempdir");
+        let single = conf.path().join("10-bridge.conf");
+        let later = conf.path().join("20-later.conflist");
+        std::fs::write(&single, BRIDGE).expect("write");
+        std::fs::write(&later, CALICO).expect("write");
+        std::fs::set_permissions(&single, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let list = conf.path().join("10-bridge.conflist");
+        assert_eq!(
+            ensure_entry(conf.path(), sock).expect("ok").0,
+            Ensured::Converted {
+                from: single.clone(),
+                to: list.clone()
+            }
+        );
+        assert!(
+            !single.exists(),
+            "the single config is gone, so the list comes first"
+        );
+        assert_eq!(
+            value(&std::fs::read_to_string(&list).expect("read")),
+            json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [
+                {"type": "bridge", "bridge": "cni0",
+                 "ipam": {"type": "host-local", "subnet": "10.22.0.0/16"}},
+                {"type": "ambient-mesh-cni", "agent_socket": "/run/am/cni.sock"}]})
+        );
+        let mode = std::fs::metadata(&list).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode kept");
+        assert_eq!(std::fs::read_to_string(&later).expect("read"), CALICO);
+        // It is now the runtime's choice, and right.
+        assert_eq!(
+            ensure_entry(conf.path(), sock).expect("ok").0,
+            Ensured::Unchanged(list.clone())
+        );
+        // The primary CNI writes its single config again: converted again.
+        std::fs::write(&single, BRIDGE).expect("write");
+        assert!(matches!(
+            ensure_entry(conf.path(), sock).expect("ok").0,
+            Ensured::Converted { .. }
+        ));
+        assert!(!single.exists());
+
+        // A `.json` single config becomes `<stem>.conflist`, which sorts before it anyway.
+        let conf = tempfile::tempdir().expect("tempdir");
+        let json_single = conf.path().join("05-net.json");
+        std::fs::write(&json_single, BRIDGE).expect("write");
+        assert_eq!(
+            ensure_entry(conf.path(), sock).expect("ok").0,
+            Ensured::Converted {
+                from: json_single.clone(),
+                to: conf.path().join("05-net.conflist")
+            }
+        );
+        assert!(!json_single.exists());
+    }
+
+    #[test]
+    fn a_conversion_that_would_hand_the_choice_to_another_file_is_refused() {
+        let sock = Path::new("/s");
+        let conf = tempfile::tempdir().expect("tempdir");
+        let single = conf.path().join("10-a.conf");
+        // Sorts between `10-a.conf` and `10-a.conflist`.
+        let between = conf.path().join("10-a.conf.d.json");
+        std::fs::write(&single, BRIDGE).expect("write");
+        std::fs::write(&between, BRIDGE).expect("write");
+        let err = ensure_entry(conf.path(), sock).expect_err("refused");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("10-a.conf ") && shown.contains("10-a.conf.d.json"),
+            "{shown}"
+        );
+        assert_eq!(std::fs::read_to_string(&single).expect("read"), BRIDGE);
+        assert!(!conf.path().join("10-a.conflist").exists());
     }
 }

@@ -18,6 +18,7 @@ mod netns;
 mod plugin;
 mod pods;
 mod reconcile;
+mod resolve;
 mod rules;
 mod scan;
 mod ztunnel;

@@ -8,10 +8,20 @@
 //! an open fd: an fd would keep a deleted pod's namespace alive. An enrolled pod's open fd is
 //! in the [`Hub`](crate::ztunnel::Hub), which ztunnel needs anyway.
 //!
+//! A CNI DEL is for the held sandbox when its container id is the held one; for a pod found
+//! by a scan (no container id known) only when its `netns` path is the held namespace (same
+//! dev and inode). Any other DEL naming the pod is for an older sandbox and is ignored: the
+//! live pod keeps its capture, and a reconcile pass releases it when its Pod object goes.
+//!
 //! A CNI DEL leaves a tombstone on the namespace it tore down: the sandbox's pause process
 //! may outlive the DEL while the Pod object still lists the pod, and a scan must not capture
 //! that dying namespace again. A new sandbox has a new namespace; an ADD clears the tombstone
 //! of its own namespace (a runtime retrying on the same one).
+//!
+//! A reconcile pass ([`reconcile`]) plans under the lock, looks for namespaces (scans, ARP
+//! waits) *without* it, then takes it again, plans afresh (a CNI ADD or DEL may have come
+//! meanwhile), checks each namespace found is still free ([`resolve::still_free`]) and
+//! applies. A pod planned only in the second plan waits for the next pass.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -26,16 +36,10 @@ use crate::agent::{blocking, Agent};
 use crate::agent_proto::AgentRequest;
 use crate::enrollment::{PodKey, Snapshot};
 use crate::reconcile::{self, Change, Held};
+use crate::resolve::{self, shown, Miss, NetnsRef, Owners, Purpose, Resolved, Wanted};
 use crate::scan::{self, NsId, Scanner};
 use crate::ztunnel::{Ack, Enrolled};
 use crate::{netns, rules};
-
-/// A network namespace by path, with the identity it had when recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NetnsRef {
-    path: PathBuf,
-    id: NsId,
-}
 
 /// One pod the agent holds.
 #[derive(Debug, Clone)]
@@ -76,65 +80,35 @@ pub struct Pods {
     records: BTreeMap<PodKey, Record>,
     /// The last failure logged per pod: a repeat goes to debug, not warn, every pass.
     failures: BTreeMap<PodKey, String>,
-    /// The last config dir error logged.
-    source_error: Option<String>,
     scanner: Arc<Mutex<Scanner>>,
     /// Namespaces torn down by a CNI DEL, with when (see the module docs).
     deleted: BTreeMap<NsId, Instant>,
 }
 
+/// What one pass would change.
+#[derive(Debug, Default)]
+struct Plan {
+    changes: Vec<Change>,
+    /// Pods of this node, not held, that should not be captured (start pass only).
+    leftovers: Vec<(PodKey, Vec<IpAddr>)>,
+}
+
 /// How long a tombstone lasts: longer than any sandbox teardown.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
-fn shown(key: &PodKey) -> String {
-    format!("{}/{}", key.0, key.1)
-}
-
-/// The namespace for each wanted pod: its known path if still the same namespace, else a scan
-/// by its addresses. Blocking.
-fn resolve(
-    scanner: &Mutex<Scanner>,
-    deleted: &[NsId],
-    wants: Vec<(PodKey, Option<NetnsRef>, Vec<IpAddr>)>,
-) -> BTreeMap<PodKey, Result<(File, NetnsRef), String>> {
-    let mut out = BTreeMap::new();
-    let mut to_scan = Vec::new();
-    for (key, known, ips) in wants {
-        if let Some(known) = known {
-            if let Ok(file) = scan::open_checked(&known.path, known.id) {
-                out.insert(key, Ok((file, known)));
-                continue;
-            }
-        }
-        if ips.is_empty() {
-            let why = "its network namespace is gone and it has no IP to look for".to_string();
-            out.insert(key, Err(why));
-        } else {
-            to_scan.push((key, ips));
-        }
+/// Whether a CNI DEL (container id `del_container`, netns identity `del_netns` when its path
+/// could be read) is for the sandbox held for its pod: same container id; or, for a pod found
+/// by a scan (no container id known), the same namespace as one the agent holds for it.
+fn del_is_for_held(
+    held_container: Option<&str>,
+    held_netns: &[NsId],
+    del_container: &str,
+    del_netns: Option<NsId>,
+) -> bool {
+    match held_container {
+        Some(held) => held == del_container,
+        None => del_netns.is_some_and(|id| held_netns.contains(&id)),
     }
-    let found = scanner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .find(&to_scan);
-    for (key, result) in found {
-        let result = match result {
-            Ok(f) if deleted.contains(&f.id) => Err(format!(
-                "its sandbox's namespace {} had a CNI DEL; waiting for a new sandbox",
-                f.path.display()
-            )),
-            Ok(f) => Ok((
-                f.file,
-                NetnsRef {
-                    path: f.path,
-                    id: f.id,
-                },
-            )),
-            Err(e) => Err(e.to_string()),
-        };
-        out.insert(key, result);
-    }
-    out
 }
 
 impl Pods {
@@ -162,9 +136,12 @@ impl Pods {
         netns: File,
     ) -> Result<Option<Ack>, String> {
         let opts = agent.config.capture.clone();
-        let netns = blocking(move || rules::install(&netns, &opts).map(|()| netns))
+        let (netns, changed) = blocking(move || rules::install(&netns, &opts).map(|c| (netns, c)))
             .await?
             .map_err(|e| format!("installing capture rules: {e}"))?;
+        if !changed {
+            tracing::debug!(pod = %shown(key), "capture rules already in place");
+        }
         Ok(agent.hub.add(Enrolled {
             uid: agent.uid(key),
             info: WorkloadInfo {
@@ -192,15 +169,33 @@ impl Pods {
     }
 
     /// CNI ADD: decide; enrolled → open the namespace, install the rules, record, announce.
-    /// Not enrolled → record the pod by its namespace path, for a later label change.
+    /// Not enrolled → record the pod by its namespace path, for a later label change. A pod
+    /// that would be enrolled by its namespace but whose Pod object is not in the source yet
+    /// is refused (the source lags: its identity is unknown), so the runtime retries.
     pub async fn add(&mut self, agent: &Agent, req: &AgentRequest) -> Result<Added, String> {
         let key: PodKey = (req.pod_namespace.clone(), req.pod_name.clone());
         let enrollment = agent.enrollment.clone();
         let snapshot = blocking(move || enrollment.snapshot())
             .await?
-            .map_err(|e| format!("deciding enrolment: {e}"))?;
+            .map_err(|e| {
+                let starting = if agent.started() {
+                    ""
+                } else {
+                    " (the node agent has not read it since it started, so it serves no pod yet)"
+                };
+                format!(
+                    "cannot decide enrolment: the config source cannot be read: {e}{starting}; \
+                 the runtime will retry"
+                )
+            })?;
         let decision = snapshot.decide(&key.0, &key.1);
         let listed = snapshot.pod(&key).is_some();
+        if decision.enrolled && !listed {
+            return Err(format!(
+                "Pod {} not yet in the config source; the runtime will retry",
+                shown(&key)
+            ));
+        }
         let path = PathBuf::from(&req.netns);
         if !decision.enrolled {
             // A new sandbox of a pod enrolled under an earlier one: that one is released.
@@ -257,7 +252,7 @@ impl Pods {
     }
 
     /// CNI DEL: forget the pod, tell ztunnel, remove the rules. `Ok(false)`: it was not
-    /// enrolled (or the DEL is for an older sandbox of the pod than the one held).
+    /// enrolled, or the DEL is not for the sandbox held (module docs) and was ignored.
     pub async fn del(&mut self, agent: &Agent, req: &AgentRequest) -> Result<bool, String> {
         let key = if req.pod_namespace.is_empty() || req.pod_name.is_empty() {
             self.records
@@ -270,26 +265,42 @@ impl Pods {
         let Some(key) = key else {
             return Ok(false);
         };
-        let stale = self.records.get(&key).is_some_and(|r| {
-            r.container_id
-                .as_ref()
-                .is_some_and(|c| *c != req.container_id)
-        });
-        if stale {
-            tracing::info!(held = ?self.records.get(&key).and_then(|r| r.container_id.clone()), "DEL of an older sandbox; the pod's current one stays");
-            return Ok(false);
-        }
+        let enrolled_ns = agent
+            .hub
+            .get(&agent.uid(&key))
+            .and_then(|p| p.netns.metadata().ok())
+            .map(|m| scan::ns_id(&m));
         let held_ns = self
             .records
             .get(&key)
             .and_then(|r| r.netns.as_ref())
             .map(|n| n.id);
+        if let Some(record) = self.records.get(&key) {
+            let held_container = record.container_id.clone();
+            let del_ns = if held_container.is_none() && !req.netns.is_empty() {
+                let path = PathBuf::from(&req.netns);
+                blocking(move || std::fs::metadata(&path).ok().map(|m| scan::ns_id(&m))).await?
+            } else {
+                None
+            };
+            let held: Vec<NsId> = [held_ns, enrolled_ns].into_iter().flatten().collect();
+            if !del_is_for_held(held_container.as_deref(), &held, &req.container_id, del_ns) {
+                match held_container {
+                    Some(held) => {
+                        tracing::info!(held = %held, "DEL of an older sandbox; the pod's current one stays")
+                    }
+                    None => tracing::info!(
+                        netns = %req.netns,
+                        "DEL names a pod found by scan but not the network namespace held for \
+                         it: an older sandbox's; ignored (the pod is released when its Pod \
+                         object goes)"
+                    ),
+                }
+                return Ok(false);
+            }
+        }
         self.forget(&key);
         let enrolled = agent.hub.del(&agent.uid(&key));
-        let enrolled_ns = enrolled
-            .as_ref()
-            .and_then(|p| p.netns.metadata().ok())
-            .map(|m| scan::ns_id(&m));
         for id in [held_ns, enrolled_ns].into_iter().flatten() {
             self.deleted.insert(id, Instant::now());
         }
@@ -302,70 +313,129 @@ impl Pods {
         Ok(true)
     }
 
-    /// One reconcile pass: read the config dir, plan ([`reconcile::plan`]), apply. A config
-    /// dir that cannot be read changes nothing.
-    pub async fn reconcile(&mut self, agent: &Agent, pass: Pass) {
-        let enrollment = agent.enrollment.clone();
-        let snapshot = match blocking(move || enrollment.snapshot()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.source_failed(e.to_string()),
-            Err(e) => return self.source_failed(e),
-        };
-        if self.source_error.take().is_some() {
-            tracing::info!("config dir readable again; reconciling");
-        }
+    /// The held pods as the plan sees them.
+    fn held(&self, agent: &Agent) -> BTreeMap<PodKey, Held> {
+        self.records
+            .iter()
+            .map(|(key, r)| {
+                let announced = agent
+                    .hub
+                    .get(&agent.uid(key))
+                    .map(|p| p.info.service_account);
+                let held = Held {
+                    enrolled: announced.is_some(),
+                    listed: r.listed,
+                    service_account: announced,
+                };
+                (key.clone(), held)
+            })
+            .collect()
+    }
+
+    /// What `snapshot` asks for now ([`reconcile::plan`]); notes which held pods are listed.
+    fn plan(&mut self, agent: &Agent, snapshot: &Snapshot, pass: Pass) -> Plan {
         for (key, record) in &mut self.records {
             record.listed |= snapshot.pod(key).is_some();
         }
-        let held: BTreeMap<PodKey, Held> = self
+        let held = self.held(agent);
+        let node = agent.config.node_name.as_str();
+        Plan {
+            changes: reconcile::plan(node, snapshot, &held),
+            leftovers: match pass {
+                Pass::Start => reconcile::unheld_outside(node, snapshot, &held),
+                Pass::Periodic => Vec::new(),
+            },
+        }
+    }
+
+    /// The pods of `plan` whose namespace must be found.
+    fn wants(&self, agent: &Agent, plan: &Plan, snapshot: &Snapshot) -> Vec<Wanted> {
+        let shared = reconcile::shared_addresses(&agent.config.node_name, snapshot);
+        let enrols = plan.changes.iter().filter_map(|c| match c {
+            Change::Enrol { key, ips, .. } => {
+                let record = self.records.get(key);
+                let mut all = ips.clone();
+                for ip in record.map(|r| r.ips.as_slice()).unwrap_or_default() {
+                    if !all.contains(ip) {
+                        all.push(*ip);
+                    }
+                }
+                Some(Wanted {
+                    key: key.clone(),
+                    purpose: Purpose::Enrol,
+                    known: record.and_then(|r| r.netns.clone()),
+                    ips: all,
+                    shared: shared.get(key).cloned(),
+                })
+            }
+            _ => None,
+        });
+        let clears = plan.leftovers.iter().map(|(key, ips)| Wanted {
+            key: key.clone(),
+            purpose: Purpose::ClearLeftovers,
+            known: None,
+            ips: ips.clone(),
+            shared: shared.get(key).cloned(),
+        });
+        enrols.chain(clears).collect()
+    }
+
+    /// Which pod holds which namespace: the records, and the pods enrolled with ztunnel.
+    fn owners(&self, agent: &Agent) -> Owners {
+        let mut owners: Owners = self
             .records
             .iter()
-            .map(|(key, r)| {
-                let enrolled = agent.hub.get(&agent.uid(key)).is_some();
-                let listed = r.listed;
-                (key.clone(), Held { enrolled, listed })
-            })
+            .filter_map(|(key, r)| Some((r.netns.as_ref()?.id, key.clone())))
             .collect();
-        let node = agent.config.node_name.as_str();
-        let changes = reconcile::plan(node, &snapshot, &held);
-        let leftovers = match pass {
-            Pass::Start => reconcile::unheld_outside(node, &snapshot, &held),
-            Pass::Periodic => Vec::new(),
-        };
-        if changes.is_empty() && leftovers.is_empty() {
-            return;
+        for pod in agent.hub.all() {
+            if let Ok(meta) = pod.netns.metadata() {
+                let key = (pod.info.namespace.clone(), pod.info.name.clone());
+                owners.insert(scan::ns_id(&meta), key);
+            }
         }
-        tracing::debug!(changes = changes.len(), ?pass, "reconciling");
-        let wants: Vec<(PodKey, Option<NetnsRef>, Vec<IpAddr>)> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Enrol { key, ips, .. } => {
-                    let record = self.records.get(key);
-                    let mut all = ips.clone();
-                    for ip in record.map(|r| r.ips.as_slice()).unwrap_or_default() {
-                        if !all.contains(ip) {
-                            all.push(*ip);
-                        }
-                    }
-                    Some((key.clone(), record.and_then(|r| r.netns.clone()), all))
-                }
-                _ => None,
-            })
-            .chain(leftovers.into_iter().map(|(key, ips)| (key, None, ips)))
-            .collect();
-        let scanner = self.scanner.clone();
+        owners
+    }
+
+    /// The live tombstones (expired ones dropped).
+    fn tombstones(&mut self) -> Vec<NsId> {
         self.deleted.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
-        let deleted: Vec<NsId> = self.deleted.keys().copied().collect();
-        let mut resolved = match blocking(move || resolve(&scanner, &deleted, wants)).await {
-            Ok(r) => r,
-            Err(e) => return tracing::error!(error = %e, "reconcile: looking for pod namespaces"),
-        };
-        for change in changes {
-            self.apply(agent, &snapshot, change, &mut resolved).await;
+        self.deleted.keys().copied().collect()
+    }
+
+    /// Checks again, under the lock, that each namespace found is still free.
+    fn recheck(&mut self, agent: &Agent, resolved: Resolved) -> Resolved {
+        let owners = self.owners(agent);
+        let deleted = self.tombstones();
+        resolved
+            .into_iter()
+            .map(|(key, found)| {
+                let found = found.and_then(|(file, netns)| {
+                    resolve::still_free(&key, &netns, &owners, &deleted).map(|()| (file, netns))
+                });
+                (key, found)
+            })
+            .collect()
+    }
+
+    async fn apply_plan(
+        &mut self,
+        agent: &Agent,
+        snapshot: &Snapshot,
+        plan: Plan,
+        mut resolved: Resolved,
+    ) {
+        for change in plan.changes {
+            self.apply(agent, snapshot, change, &mut resolved).await;
         }
-        // What is left in `resolved` are the pods to clear of leftover rules.
-        for (key, found) in resolved {
-            let Ok((file, _)) = found else { continue };
+        for (key, _) in plan.leftovers {
+            let file = match resolved.remove(&key) {
+                Some(Ok((file, _))) => file,
+                Some(Err(Miss::Conflict(why))) => {
+                    tracing::warn!(pod = %shown(&key), error = %why, "not clearing leftover capture rules");
+                    continue;
+                }
+                Some(Err(Miss::NotFound(_))) | None => continue,
+            };
             match blocking(move || rules::remove(&file)).await {
                 Ok(Ok(true)) => {
                     tracing::info!(pod = %shown(&key), "removed capture rules left from before the agent started")
@@ -381,19 +451,12 @@ impl Pods {
         }
     }
 
-    fn source_failed(&mut self, error: String) {
-        if self.source_error.as_ref() != Some(&error) {
-            tracing::warn!(error = %error, "cannot read the config dir; reconcile changes nothing until it can");
-            self.source_error = Some(error);
-        }
-    }
-
     async fn apply(
         &mut self,
         agent: &Agent,
         snapshot: &Snapshot,
         change: Change,
-        resolved: &mut BTreeMap<PodKey, Result<(File, NetnsRef), String>>,
+        resolved: &mut Resolved,
     ) {
         match change {
             Change::Enrol {
@@ -401,9 +464,10 @@ impl Pods {
                 service_account,
                 ips,
             } => {
-                let found = resolved
-                    .remove(&key)
-                    .unwrap_or_else(|| Err("internal: namespace not looked up".into()));
+                let Some(found) = resolved.remove(&key) else {
+                    // Planned after the lookup (the lock was released meanwhile).
+                    return tracing::debug!(pod = %shown(&key), "to enrol; looked for next pass");
+                };
                 let (file, netns) = match found {
                     Ok(f) => f,
                     Err(e) => return self.failed(&key, format!("cannot enrol: {e}")),
@@ -439,6 +503,76 @@ impl Pods {
                     self.forget(&key);
                 }
             }
+            Change::Reannounce {
+                key,
+                service_account,
+            } => {
+                if agent.hub.reannounce(&agent.uid(&key), &service_account) {
+                    tracing::info!(pod = %shown(&key), service_account = %service_account, "service account changed; pod announced to ztunnel again");
+                }
+            }
         }
+    }
+}
+
+/// One reconcile pass (module docs): read the config dir, plan ([`reconcile::plan`]), find
+/// namespaces without the lock, apply under it. `Err`: the config dir could not be read, and
+/// nothing changed.
+pub async fn reconcile(agent: &Agent, pass: Pass) -> Result<(), String> {
+    let enrollment = agent.enrollment.clone();
+    let snapshot = blocking(move || enrollment.snapshot())
+        .await?
+        .map_err(|e| e.to_string())?;
+    let (wants, owners, deleted, scanner) = {
+        let mut pods = agent.pods.lock().await;
+        let plan = pods.plan(agent, &snapshot, pass);
+        if plan.changes.is_empty() && plan.leftovers.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(changes = plan.changes.len(), ?pass, "reconciling");
+        let wants = pods.wants(agent, &plan, &snapshot);
+        if wants.is_empty() {
+            pods.apply_plan(agent, &snapshot, plan, Resolved::new())
+                .await;
+            return Ok(());
+        }
+        let deleted = pods.tombstones();
+        (wants, pods.owners(agent), deleted, pods.scanner.clone())
+    };
+    // Without the lock: a scan may wait for ARP answers; CNI calls go on meanwhile.
+    let resolved =
+        match blocking(move || resolve::resolve(&scanner, &deleted, &owners, wants)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile: looking for pod namespaces");
+                return Ok(());
+            }
+        };
+    let mut pods = agent.pods.lock().await;
+    let plan = pods.plan(agent, &snapshot, pass);
+    let resolved = pods.recheck(agent, resolved);
+    pods.apply_plan(agent, &snapshot, plan, resolved).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_del_tears_down_only_the_held_sandbox() {
+        let held = (4, 4026532001);
+        let other = (4, 4026532002);
+        // Known container id: it decides.
+        assert!(del_is_for_held(Some("c1"), &[held], "c1", None));
+        assert!(!del_is_for_held(Some("c1"), &[held], "c0", Some(held)));
+        // Found by a scan (no container id): only a DEL naming the held namespace counts.
+        assert!(del_is_for_held(None, &[held], "c0", Some(held)));
+        assert!(!del_is_for_held(None, &[held], "c0", Some(other)));
+        assert!(
+            !del_is_for_held(None, &[held], "c0", None),
+            "no netns in the DEL, or its path is gone: not provably this sandbox"
+        );
+        assert!(!del_is_for_held(None, &[], "c0", Some(other)));
     }
 }

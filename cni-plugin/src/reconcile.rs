@@ -10,9 +10,13 @@
 //! - a held pod whose object lists this node or no node (the runtime on this node ran its
 //!   sandbox), and is not finished, is enrolled or released as [`Snapshot::decide`] says;
 //! - a held pod whose object is gone, lists another node or has finished is released and
-//!   forgotten. A held pod whose object was *never* seen is decided by its namespace alone, as
-//!   at CNI ADD: the YAML directory may lag behind the runtime, so absence is only deletion
-//!   once the object has been seen;
+//!   forgotten. A held pod whose object was *never* seen is left as it is until the object
+//!   shows: the source lags the runtime (in Kubernetes the Pod object exists before its
+//!   sandbox), so absence is only deletion once the object has been seen, and enrolling
+//!   without it would guess the identity (CNI ADD refuses such a pod in an ambient
+//!   namespace, so only pods recorded as not enrolled are in this state);
+//! - an enrolled pod whose object now names another service account than the one ztunnel
+//!   was told is announced again (ZDS del + add) so ztunnel serves the right identity;
 //! - a pod of this node the agent does not hold is enrolled when it should be and has an IP
 //!   (without one its sandbox is still being made; the CNI ADD will bring it), unless it is
 //!   being deleted (its CNI DEL may have come already: enrolling it again would capture a
@@ -26,12 +30,14 @@ use std::net::IpAddr;
 use crate::enrollment::{PodKey, PodObject, Snapshot};
 
 /// What the agent holds for one pod, as far as the plan is concerned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
     /// Captured and handed to ztunnel.
     pub enrolled: bool,
     /// Its Pod object has been seen in the source.
     pub listed: bool,
+    /// The service account ztunnel was told, when enrolled.
+    pub service_account: Option<String>,
 }
 
 /// Why a pod is released.
@@ -84,10 +90,17 @@ pub enum Change {
         /// The pod.
         key: PodKey,
     },
+    /// Tell ztunnel the pod again (del + add, same namespace), with this service account.
+    Reannounce {
+        /// The pod.
+        key: PodKey,
+        /// Its service account now.
+        service_account: String,
+    },
 }
 
 /// Where a held pod stands against its object.
-fn held_verdict(node: &str, object: Option<&PodObject>, held: Held) -> Result<(), ReleaseWhy> {
+fn held_verdict(node: &str, object: Option<&PodObject>, held: &Held) -> Result<(), ReleaseWhy> {
     match object {
         None if held.listed => Err(ReleaseWhy::Gone),
         None => Ok(()),
@@ -102,7 +115,7 @@ pub fn plan(node: &str, snapshot: &Snapshot, held: &BTreeMap<PodKey, Held>) -> V
     let mut changes = Vec::new();
     for (key, h) in held {
         let object = snapshot.pod(key);
-        if let Err(why) = held_verdict(node, object, *h) {
+        if let Err(why) = held_verdict(node, object, h) {
             if h.enrolled {
                 changes.push(Change::Release {
                     key: key.clone(),
@@ -112,18 +125,28 @@ pub fn plan(node: &str, snapshot: &Snapshot, held: &BTreeMap<PodKey, Held>) -> V
             changes.push(Change::Forget { key: key.clone() });
             continue;
         }
+        // Never seen in the source: left as it is until its object shows (module docs).
+        let Some(object) = object else { continue };
         let decision = snapshot.decide(&key.0, &key.1);
-        let wanted = decision.enrolled && !object.is_some_and(|o| o.host_network);
+        let wanted = decision.enrolled && !object.host_network;
         match (wanted, h.enrolled) {
             (true, false) => changes.push(Change::Enrol {
                 key: key.clone(),
                 service_account: decision.service_account,
-                ips: object.map(|o| o.ips.clone()).unwrap_or_default(),
+                ips: object.ips.clone(),
             }),
             (false, true) => changes.push(Change::Release {
                 key: key.clone(),
                 why: ReleaseWhy::NotEnrolled,
             }),
+            (true, true)
+                if h.service_account.as_deref() != Some(decision.service_account.as_str()) =>
+            {
+                changes.push(Change::Reannounce {
+                    key: key.clone(),
+                    service_account: decision.service_account,
+                })
+            }
             _ => {}
         }
     }
@@ -150,6 +173,39 @@ pub fn plan(node: &str, snapshot: &Snapshot, held: &BTreeMap<PodKey, Held>) -> V
     changes
 }
 
+/// A Pod object of node `node` whose sandbox is (or may be) running there: a scan may find
+/// its namespace.
+fn live_here(node: &str, object: &PodObject) -> bool {
+    object.node_name.as_deref() == Some(node)
+        && !object.host_network
+        && !object.deleting
+        && !object.finished()
+}
+
+/// For each live Pod object of node `node` that lists an address another live object of this
+/// node lists too, one such (address, other pod). In Kubernetes two live pods never share an
+/// address, so one of them is stale (the source lags an IP's reuse) and a scan by that
+/// address cannot tell whose namespace it finds: such pods are not looked for by address.
+pub fn shared_addresses(node: &str, snapshot: &Snapshot) -> BTreeMap<PodKey, (IpAddr, PodKey)> {
+    let mut by_ip: BTreeMap<IpAddr, Vec<&PodKey>> = BTreeMap::new();
+    for (key, object) in snapshot.pods().filter(|(_, o)| live_here(node, o)) {
+        for ip in &object.ips {
+            by_ip.entry(*ip).or_default().push(key);
+        }
+    }
+    let mut shared = BTreeMap::new();
+    for (ip, keys) in by_ip.into_iter().filter(|(_, keys)| keys.len() > 1) {
+        for key in &keys {
+            if let Some(other) = keys.iter().find(|k| *k != key) {
+                shared
+                    .entry((*key).clone())
+                    .or_insert((ip, (*other).clone()));
+            }
+        }
+    }
+    shared
+}
+
 /// Pods of node `node` that the agent does not hold and that should not be captured, with
 /// their addresses: after a restart, capture rules may be left in them from before (their
 /// label went while the agent was down), so the first pass removes any it finds.
@@ -161,11 +217,8 @@ pub fn unheld_outside(
     snapshot
         .pods()
         .filter(|(key, o)| {
-            o.node_name.as_deref() == Some(node)
+            live_here(node, o)
                 && !held.contains_key(*key)
-                && !o.host_network
-                && !o.deleting
-                && !o.finished()
                 && !o.ips.is_empty()
                 && !snapshot.decide(&key.0, &key.1).enrolled
         })
@@ -199,6 +252,7 @@ mod tests {
                       ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n";
     const RUNNING: &str = "status: {phase: Running, podIP: 10.244.1.2}";
 
+    /// Held pods; an enrolled one was announced with service account `default`.
     fn held(pairs: &[(PodKey, bool, bool)]) -> BTreeMap<PodKey, Held> {
         pairs
             .iter()
@@ -208,6 +262,7 @@ mod tests {
                     Held {
                         enrolled: *enrolled,
                         listed: *listed,
+                        service_account: enrolled.then(|| "default".to_string()),
                     },
                 )
             })
@@ -393,17 +448,87 @@ mod tests {
                 forget("gone-idle"),
                 release("moved", ReleaseWhy::OtherNode),
                 forget("moved"),
-                // Never seen in the directory: decided by the namespace, as at CNI ADD.
-                Change::Enrol {
-                    key: key("mesh", "never-listed"),
-                    service_account: "default".into(),
-                    ips: vec![],
-                },
-                Change::Release {
-                    key: key("plain", "never-listed"),
-                    why: ReleaseWhy::NotEnrolled,
-                },
+                // Never seen in the source: left alone until its object shows (enrolling
+                // would guess its service account; releasing would trust a lagging source).
             ]
+        );
+    }
+
+    #[test]
+    fn a_changed_service_account_is_announced_again() {
+        let yaml = [
+            NS.to_string(),
+            pod(
+                "mesh",
+                "web",
+                "",
+                "nodeName: n1, serviceAccountName: web",
+                RUNNING,
+            ),
+            pod("mesh", "same", "", "nodeName: n1", RUNNING),
+        ]
+        .concat();
+        let s = snapshot(&yaml);
+        // Both were announced as `default`: web's object now names `web`.
+        let h = held(&[
+            (key("mesh", "web"), true, true),
+            (key("mesh", "same"), true, true),
+        ]);
+        assert_eq!(
+            plan("n1", &s, &h),
+            vec![Change::Reannounce {
+                key: key("mesh", "web"),
+                service_account: "web".into(),
+            }]
+        );
+        // Not enrolled: nothing to re-announce, it is enrolled with the right one.
+        let idle = held(&[
+            (key("mesh", "web"), false, true),
+            (key("mesh", "same"), true, true),
+        ]);
+        assert_eq!(
+            plan("n1", &s, &idle),
+            vec![Change::Enrol {
+                key: key("mesh", "web"),
+                service_account: "web".into(),
+                ips: vec!["10.244.1.2".parse().expect("ip")],
+            }]
+        );
+    }
+
+    #[test]
+    fn pods_sharing_an_address_are_reported_both_ways() {
+        let yaml = [
+            NS.to_string(),
+            // A stale object still lists the address the live pod b now has.
+            pod("mesh", "a", "", "nodeName: n1", RUNNING),
+            pod("plain", "b", "", "nodeName: n1", RUNNING),
+            // Not live here: they do not count.
+            pod(
+                "mesh",
+                "done",
+                "",
+                "nodeName: n1",
+                "status: {phase: Failed, podIP: 10.244.1.2}",
+            ),
+            pod("mesh", "far", "", "nodeName: n2", RUNNING),
+            pod(
+                "mesh",
+                "c",
+                "",
+                "nodeName: n1",
+                "status: {phase: Running, podIP: 10.244.1.3}",
+            ),
+        ]
+        .concat();
+        let shared = shared_addresses("n1", &snapshot(&yaml));
+        let ip: IpAddr = "10.244.1.2".parse().expect("ip");
+        assert_eq!(
+            shared,
+            BTreeMap::from([
+                (key("mesh", "a"), (ip, key("plain", "b"))),
+                (key("plain", "b"), (ip, key("mesh", "a"))),
+            ])
         );
     }
 

@@ -13,8 +13,11 @@
 //! An address alone is not proof: another node's pod (another local cluster on the same
 //! machine, a test topology) can hold the same private IP in a namespace the scan also sees.
 //! A candidate counts only when its `eth0` MAC is the one this node's neighbour table has for
-//! the pod IP (the agent sends one UDP datagram to the IP to have the kernel resolve it): the
-//! pod is then on this node's L2 segment, behind this node's bridge.
+//! the pod IP: the pod is then on this node's L2 segment, behind this node's bridge. The table
+//! (`/proc/net/arp`) shows STALE entries as complete (flag 0x2), so an entry whose MAC is no
+//! candidate's may be left from an earlier holder of a reused IP: then (as when there is no
+//! entry) the agent sends one UDP datagram to the IP, which makes the kernel resolve (or
+//! re-check) it, and polls the table again for up to [`NEIGHBOUR_WAIT`] before concluding.
 //!
 //! Addresses are cached per namespace inode for [`RECHECK_AFTER`], so reconcile passes that
 //! look for a pod not there yet do not enter every namespace of the node each time; a new
@@ -141,25 +144,54 @@ fn pod_interface() -> (Vec<IpAddr>, Option<[u8; 6]>) {
 }
 
 /// How long the kernel gets to resolve a pod IP's MAC.
-const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
+pub const NEIGHBOUR_WAIT: Duration = Duration::from_millis(500);
 
-/// The MAC this thread's namespace (the node) resolves `ip` to, if it answers: one UDP
-/// datagram to the discard port makes the kernel ARP for it. IPv4 only (`/proc/net/arp`).
-fn neighbour_mac(ip: IpAddr) -> Option<[u8; 6]> {
-    let IpAddr::V4(v4) = ip else { return None };
-    if let Some(mac) = arp_entry(v4) {
+/// A link-layer address.
+type Mac = [u8; 6];
+
+/// Which of `candidates` the neighbour table (read with `read`) resolves an address to. An
+/// entry naming one of them is trusted at once; none, or one naming no candidate (a STALE
+/// entry of an earlier holder of the address looks complete), → `probe` once, then poll
+/// every `poll` until `wait` has passed. `None`: no candidate is the one the node reaches.
+fn confirmed_mac(
+    mut read: impl FnMut() -> Option<Mac>,
+    probe: impl FnOnce(),
+    candidates: &[Mac],
+    wait: Duration,
+    poll: Duration,
+) -> Option<Mac> {
+    let known = |mac: Option<Mac>| mac.filter(|m| candidates.contains(m));
+    if let Some(mac) = known(read()) {
         return Some(mac);
     }
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    let _ = socket.send_to(b"", (v4, 9));
-    let deadline = Instant::now() + NEIGHBOUR_WAIT;
+    probe();
+    let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        if let Some(mac) = arp_entry(v4) {
+        std::thread::sleep(poll);
+        if let Some(mac) = known(read()) {
             return Some(mac);
         }
     }
     None
+}
+
+/// Which of `candidates` this thread's namespace (the node) reaches `ip` at, see
+/// [`confirmed_mac`]; the probe is one UDP datagram to the discard port. IPv4 only
+/// (`/proc/net/arp`).
+fn neighbour_mac(ip: IpAddr, candidates: &[Mac]) -> Option<Mac> {
+    let IpAddr::V4(v4) = ip else { return None };
+    let probe = || {
+        if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
+            let _ = socket.send_to(b"", (v4, 9));
+        }
+    };
+    confirmed_mac(
+        || arp_entry(v4),
+        probe,
+        candidates,
+        NEIGHBOUR_WAIT,
+        Duration::from_millis(10),
+    )
 }
 
 /// A complete entry for `ip` in this thread's namespace's ARP table.
@@ -250,10 +282,13 @@ impl Scanner {
                     .map(|(id, seen)| (*id, seen.mac))
                     .collect();
                 // Only the one behind this node: its MAC is what the node resolves the IP to.
-                if let Some(node_mac) = ips
-                    .iter()
-                    .find_map(|ip| (!matching.is_empty()).then(|| neighbour_mac(*ip)).flatten())
-                {
+                let macs: Vec<Mac> = matching.iter().filter_map(|(_, mac)| *mac).collect();
+                let node_mac = if matching.is_empty() {
+                    None
+                } else {
+                    ips.iter().find_map(|ip| neighbour_mac(*ip, &macs))
+                };
+                if let Some(node_mac) = node_mac {
                     matching.retain(|(_, mac)| *mac == Some(node_mac));
                 } else if ips.iter().any(IpAddr::is_ipv4) {
                     // The node cannot reach the address: whatever holds it is not our pod.
@@ -319,6 +354,38 @@ mod tests {
             None,
             "absent"
         );
+    }
+
+    #[test]
+    fn a_neighbour_entry_naming_no_candidate_is_probed_again() {
+        use std::cell::{Cell, RefCell};
+        let (ours, old) = ([0x0a, 0x58, 0, 0, 0, 1], [0x0a, 0x58, 0, 0, 0, 2]);
+        let wait = Duration::from_millis(200);
+        let poll = Duration::from_millis(1);
+        let probes = Cell::new(0);
+        let probe = || probes.set(probes.get() + 1);
+
+        // The entry names a candidate: trusted, no probe.
+        let got = confirmed_mac(|| Some(ours), probe, &[ours], wait, poll);
+        assert_eq!((got, probes.get()), (Some(ours), 0));
+
+        // A STALE entry of the IP's earlier holder: probed, and the re-resolved entry wins.
+        let reads = RefCell::new(vec![Some(ours), Some(old), Some(old)]);
+        let read = || reads.borrow_mut().pop().flatten();
+        let got = confirmed_mac(read, probe, &[ours], wait, poll);
+        assert_eq!((got, probes.get()), (Some(ours), 1));
+
+        // It never changes: no candidate is the node's, after the wait.
+        let started = Instant::now();
+        let got = confirmed_mac(|| Some(old), probe, &[ours], wait, poll);
+        assert_eq!((got, probes.get()), (None, 2));
+        assert!(started.elapsed() >= wait);
+
+        // No entry at first: probed; the answer comes.
+        let reads = RefCell::new(vec![Some(ours), None]);
+        let read = || reads.borrow_mut().pop().flatten();
+        assert_eq!(confirmed_mac(read, probe, &[ours], wait, poll), Some(ours));
+        assert_eq!(probes.get(), 3);
     }
 
     #[test]

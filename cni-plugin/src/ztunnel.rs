@@ -92,6 +92,32 @@ impl Hub {
         self.state().pods.get(uid).cloned()
     }
 
+    /// Every enrolled pod.
+    pub fn all(&self) -> Vec<Enrolled> {
+        self.state().pods.values().cloned().collect()
+    }
+
+    /// Announces pod `uid` again with `service_account` when ztunnel was told another one: a
+    /// del, then an add with the same namespace (ztunnel takes a workload's identity from its
+    /// add). Whether it was re-announced (`false`: not enrolled, or already so).
+    pub fn reannounce(&self, uid: &str, service_account: &str) -> bool {
+        let mut state = self.state();
+        let Some(pod) = state.pods.get_mut(uid) else {
+            return false;
+        };
+        if pod.info.service_account == service_account {
+            return false;
+        }
+        pod.info.service_account = service_account.to_string();
+        let pod = pod.clone();
+        Self::send(&mut state, Event::Del(uid.to_string()));
+        // Nobody waits for this ack: a refusal is logged by the connection's task, and the
+        // next snapshot carries the pod again.
+        let (tx, _ack) = oneshot::channel();
+        Self::send(&mut state, Event::Add(pod, tx));
+        true
+    }
+
     /// How many pods are enrolled.
     pub fn enrolled_count(&self) -> usize {
         self.state().pods.len()

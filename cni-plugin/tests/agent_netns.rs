@@ -137,6 +137,22 @@ fn chains_installed(pod: &e2e::Pod) -> usize {
         .count()
 }
 
+/// Our rules with their packet counters (`iptables-save -c`, lines naming our chains).
+fn counted_rules(topo: &Topology, pod: &e2e::Pod) -> Vec<String> {
+    topo.exec_in(pod, "iptables-save", &["-c"])
+        .expect("iptables-save -c in pod")
+        .lines()
+        .filter(|l| l.contains("ISTIO_") && !l.starts_with(':'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends a few packets from inside `pod` (a refused local connection), so the capture rules'
+/// counters move.
+fn traffic(topo: &Topology, pod: &e2e::Pod) {
+    let _refused = topo.exec_in(pod, "curl", &["-s", "-m", "1", "http://127.0.0.1:1/"]);
+}
+
 fn has_route_rule(topo: &Topology, pod: &e2e::Pod) -> bool {
     topo.exec_in(pod, "ip", &["rule", "show"])
         .expect("ip rule")
@@ -194,6 +210,16 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the CNI socket is root-only");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&zds_socket)
+            .expect("zds socket")
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the ZDS socket is root-only: whoever connects gets every pod's netns"
+    );
 
     let conf = |prev_ip: std::net::Ipv4Addr| {
         json!({
@@ -247,10 +273,24 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
     assert!(has_route_rule(&topo, &sleep));
     assert_eq!(next(&ztunnel), want_add);
 
-    // ADD again: idempotent (rules replaced, not duplicated), announced again.
+    // ADD again: idempotent (rules already exact: nothing rewritten, so the jumps never
+    // go away and their packet counters keep counting), announced again.
+    traffic(&topo, &sleep);
+    let counted = counted_rules(&topo, &sleep);
+    assert!(
+        counted
+            .iter()
+            .any(|l| l.contains("-A OUTPUT -j ISTIO_OUTPUT") && !l.starts_with("[0:0]")),
+        "{counted:?}"
+    );
     let (code, _, err) = plugin("ADD", &sleep_ns, "mesh", "sleep", &conf(sleep.ip));
     assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
     assert_eq!(chains_installed(&sleep), 4);
+    assert_eq!(
+        counted_rules(&topo, &sleep),
+        counted,
+        "re-install rewrote the rules"
+    );
     assert_eq!(next(&ztunnel), want_add);
 
     // A pod outside the mesh: passes, untouched, nothing sent.
@@ -325,7 +365,8 @@ fn add_fails_when_the_agent_cannot_capture() {
     std::fs::create_dir_all(&config_dir).expect("config dir");
     std::fs::write(
         config_dir.join("ns.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: sleep, namespace: mesh}\n",
     )
     .expect("write config");
     let cni_socket = dir.join("cni.sock");
@@ -357,6 +398,26 @@ fn add_fails_when_the_agent_cannot_capture() {
             .as_str()
             .unwrap_or_default()
             .contains("network namespace"),
+        "{err}"
+    );
+
+    // A pod of an ambient namespace whose Pod object the source does not have yet: its
+    // identity is unknown, so ADD fails closed and the runtime retries.
+    let (code, out, _) = plugin(
+        "ADD",
+        Path::new("/proc/self/ns/net"),
+        "mesh",
+        "absent",
+        &conf,
+    );
+    assert_ne!(code, 0);
+    let err: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(err["code"], json!(999), "{err}");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Pod mesh/absent not yet in the config source; the runtime will retry"),
         "{err}"
     );
 }
@@ -414,6 +475,15 @@ fn pod_yaml(ns: &str, name: &str, node: &str, ip: std::net::Ipv4Addr, meta: &str
 
 /// Starts the agent in `node` for node name `n1` and waits until it is ready.
 fn start_agent(topo: &Topology, node: &e2e::Node, extra: &[&str]) -> e2e::Proc {
+    let agent = spawn_agent(topo, node, extra);
+    agent
+        .wait_for_log("node agent ready", TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\nagent: {}", agent.log_tail()));
+    agent
+}
+
+/// Starts the agent in `node` for node name `n1`.
+fn spawn_agent(topo: &Topology, node: &e2e::Node, extra: &[&str]) -> e2e::Proc {
     let dir = topo.dir();
     let zds = dir.join("zds.sock");
     let cni = dir.join("cni.sock");
@@ -430,18 +500,13 @@ fn start_agent(topo: &Topology, node: &e2e::Node, extra: &[&str]) -> e2e::Proc {
         "n1",
     ];
     args.extend_from_slice(extra);
-    let agent = topo
-        .spawn_in(
-            node,
-            env!("CARGO_BIN_EXE_cni-plugin"),
-            &args,
-            &[("RUST_LOG", "debug")],
-        )
-        .expect("start agent");
-    agent
-        .wait_for_log("node agent ready", TIMEOUT)
-        .expect("agent ready");
-    agent
+    topo.spawn_in(
+        node,
+        env!("CARGO_BIN_EXE_cni-plugin"),
+        &args,
+        &[("RUST_LOG", "debug")],
+    )
+    .expect("start agent")
 }
 
 fn add_of(pod: &e2e::Pod, sa: &str) -> Seen {
@@ -520,13 +585,21 @@ fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
     assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
     assert_eq!(next(&ztunnel), Seen::SnapshotSent);
 
-    // A restart loses nothing: the rules stay (re-applied, not doubled) and the new agent's
-    // first snapshot carries the pod again.
+    // A restart loses nothing: the rules stay (found exact, so not rewritten: never a moment
+    // without them, counters kept) and the new agent's first snapshot carries the pod again.
+    traffic(&topo, &web);
+    let counted = counted_rules(&topo, &web);
     agent.stop().expect("stop agent");
     assert!(matches!(next(&ztunnel), Seen::Closed(_)));
     assert_eq!(chains_installed(&web), 4);
     let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "100"]);
     assert_eq!(chains_installed(&web), 4, "agent: {}", agent.log_tail());
+    assert_eq!(
+        counted_rules(&topo, &web),
+        counted,
+        "agent: {}",
+        agent.log_tail()
+    );
     let ztunnel = fake_ztunnel(zds_socket, false);
     assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
     assert_eq!(next(&ztunnel), Seen::SnapshotSent);
@@ -539,6 +612,19 @@ fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
         "agent_socket": cni_socket,
         "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{web_ip}/32")}]}});
     let web_ns = netns_path(&web.netns_name);
+    // First a late DEL of an older sandbox of the pod (another namespace, or one already
+    // gone): the agent found web by a scan and knows no container id, so only the netns
+    // tells; the live sandbox keeps its capture.
+    for older in [netns_path(&far.netns_name), topo.dir().join("gone-netns")] {
+        let (code, _, err) = plugin("DEL", &older, "mesh", "web", &conf);
+        assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
+        assert_eq!(chains_installed(&web), 4, "agent: {}", agent.log_tail());
+    }
+    assert!(
+        ztunnel.recv_timeout(Duration::from_millis(300)).is_err(),
+        "no del sent; agent: {}",
+        agent.log_tail()
+    );
     let (code, _, err) = plugin("DEL", &web_ns, "mesh", "web", &conf);
     assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
     assert_eq!(chains_installed(&web), 0);
@@ -557,6 +643,30 @@ fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
     assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
     assert_eq!(chains_installed(&web), 4);
     assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+
+    // A stale Pod object (ghost) lists web's address while web's own object lags with an
+    // old one: a scan for ghost finds web's namespace, which web holds: refused, with a
+    // warning naming both, and ztunnel is not handed web's namespace under ghost's name.
+    let ghosted = cluster("").replace(
+        &pod_yaml("mesh", "web", "n1", web_ip, ""),
+        &[
+            pod_yaml("mesh", "web", "n1", unique_ip(9), ""),
+            pod_yaml("mesh", "ghost", "n1", web_ip, ""),
+        ]
+        .concat(),
+    );
+    write_atomically(&config_dir.join("cluster.yaml"), &ghosted);
+    if let Ok(seen) = ztunnel.recv_timeout(Duration::from_millis(600)) {
+        panic!("ztunnel got {seen:?}\nagent: {}", agent.log_tail());
+    }
+    e2e::wait_until("a warning naming both pods", TIMEOUT, || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("mesh/ghost") && l.contains("pod mesh/web holds it"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent: {}", agent.log_tail()));
+    write_atomically(&config_dir.join("cluster.yaml"), &cluster(""));
     let without_web: String = cluster("").replace(&pod_yaml("mesh", "web", "n1", web_ip, ""), "");
     write_atomically(&config_dir.join("cluster.yaml"), &without_web);
     wait_chains(&web, 0, &agent);
@@ -568,6 +678,141 @@ fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
 }
 
 #[test]
+fn ztunnel_is_not_served_until_the_start_pass_could_read_the_config() {
+    e2e::require_root();
+    let mut topo = Topology::for_this_test().expect("topology");
+    let node = topo.add_node("n1").expect("node");
+    let web = topo
+        .add_pod(&node, "mesh", "web", PodOpts::default())
+        .expect("pod");
+    let web_ip = unique_ip(6);
+    add_address(&topo, &web, web_ip);
+    let sleeper = topo
+        .spawn_in(&web, "sleep", &["infinity"], &[])
+        .expect("sleep");
+    let config_dir = topo.dir().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let cluster = [
+        namespace_yaml("mesh", true),
+        pod_yaml("mesh", "web", "n1", web_ip, ""),
+    ]
+    .concat();
+    write_atomically(&config_dir.join("cluster.yaml"), &cluster);
+    let broken = config_dir.join("broken.yaml");
+    write_atomically(&broken, "kind: Pod\nmetadata: [not, a, mapping]\n");
+
+    // The agent cannot read its config: it retries (warning each time), is not ready, and
+    // does not serve a ztunnel that connects (its snapshot would be empty: ztunnel would
+    // drop every pod of the node).
+    let agent = spawn_agent(&topo, &node, &["--reconcile-interval-ms", "100"]);
+    e2e::wait_until("the start pass retried", TIMEOUT, || {
+        agent
+            .log()
+            .matches("cannot read the config dir for the start pass")
+            .count()
+            >= 2
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent: {}", agent.log_tail()));
+    let ztunnel = fake_ztunnel(topo.dir().join("zds.sock"), false);
+    assert!(
+        ztunnel.recv_timeout(Duration::from_millis(400)).is_err(),
+        "agent: {}",
+        agent.log_tail()
+    );
+    assert!(!agent.log().contains("node agent ready"));
+    // The CNI socket is served: ADD fails closed, saying why.
+    let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "cni-plugin",
+        "agent_socket": topo.dir().join("cni.sock"),
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{web_ip}/32")}]}});
+    let (code, out, _) = plugin("ADD", &netns_path(&web.netns_name), "mesh", "web", &conf);
+    assert_ne!(code, 0);
+    let err: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(err["code"], json!(999), "{err}");
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("config source cannot be read") && details.contains("broken.yaml"),
+        "{err}"
+    );
+    assert_eq!(chains_installed(&web), 0);
+
+    // Readable: the start pass captures web, and the waiting ztunnel's first snapshot has it.
+    std::fs::remove_file(&broken).expect("rm");
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+    assert_eq!(next(&ztunnel), Seen::SnapshotSent);
+    agent
+        .wait_for_log("node agent ready", TIMEOUT)
+        .expect("ready");
+    assert_eq!(chains_installed(&web), 4);
+    assert!(agent.is_running(), "agent: {}", agent.log_tail());
+    let _ = sleeper.stop();
+}
+
+#[test]
+fn cni_calls_do_not_wait_for_a_reconcile_scan() {
+    e2e::require_root();
+    let mut topo = Topology::for_this_test().expect("topology");
+    let node = topo.add_node("n1").expect("node");
+    // A pod whose address the node cannot reach: every pass waits for an ARP answer that
+    // never comes (500 ms) while looking for its namespace.
+    let lost = topo
+        .add_pod(&node, "mesh", "lost", PodOpts::default())
+        .expect("pod");
+    let lost_ip = unique_ip(10);
+    topo.exec_in(
+        &lost,
+        "ip",
+        &["addr", "add", &format!("{lost_ip}/32"), "dev", "eth0"],
+    )
+    .expect("ip addr add");
+    let sleeper = topo
+        .spawn_in(&lost, "sleep", &["infinity"], &[])
+        .expect("sleep");
+    let yaml = [
+        namespace_yaml("mesh", true),
+        namespace_yaml("plain", false),
+        pod_yaml("mesh", "lost", "n1", lost_ip, ""),
+    ]
+    .concat();
+    let quick = topo
+        .add_pod(&node, "plain", "quick", PodOpts::default())
+        .expect("pod");
+    let config_dir = topo.dir().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    write_atomically(&config_dir.join("cluster.yaml"), &yaml);
+    let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "50"]);
+    let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "cni-plugin",
+        "agent_socket": topo.dir().join("cni.sock"),
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{}/24", quick.ip)}]}});
+    let passes = || agent.log().matches(" reconciling").count();
+    for _ in 0..3 {
+        // Right after a pass starts, it is looking for the lost pod (for 500 ms).
+        let before = passes();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while passes() == before {
+            assert!(std::time::Instant::now() < deadline, "{}", agent.log_tail());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let started = std::time::Instant::now();
+        let (code, _, err) = plugin(
+            "ADD",
+            &netns_path(&quick.netns_name),
+            "plain",
+            "quick",
+            &conf,
+        );
+        let took = started.elapsed();
+        assert_eq!(code, 0, "plugin: {err}\nagent: {}", agent.log_tail());
+        assert!(
+            took < Duration::from_millis(300),
+            "ADD took {took:?}: it waited for the scan; agent: {}",
+            agent.log_tail()
+        );
+    }
+    assert!(agent.is_running(), "agent: {}", agent.log_tail());
+    let _ = sleeper.stop();
+}
+
+#[test]
 fn label_changes_enrol_and_release_running_pods() {
     e2e::require_root();
     let mut topo = Topology::for_this_test().expect("topology");
@@ -575,7 +820,7 @@ fn label_changes_enrol_and_release_running_pods() {
     let web = topo
         .add_pod(&node, "demo", "web", PodOpts::default())
         .expect("pod");
-    // Known only from its CNI ADD: no Pod object, so no address to look for.
+    // Known from its CNI ADD; its Pod object has no address, so no scan can find it.
     let added = topo
         .add_pod(&node, "demo", "added", PodOpts::default())
         .expect("pod");
@@ -587,13 +832,21 @@ fn label_changes_enrol_and_release_running_pods() {
     let config_dir = topo.dir().join("config");
     std::fs::create_dir_all(&config_dir).expect("config dir");
     let cluster_yaml = config_dir.join("cluster.yaml");
-    let write = |ambient: bool, web_meta: Option<&str>| {
+    let added_yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: added, namespace: demo}\n\
+                      spec: {nodeName: n1, containers: [{name: main, image: local}]}\n";
+    let write_sa = |ambient: bool, web_meta: Option<&str>, web_sa: &str| {
         let mut text = namespace_yaml("demo", ambient);
         if let Some(meta) = web_meta {
-            text.push_str(&pod_yaml("demo", "web", "n1", web_ip, meta));
+            let web = pod_yaml("demo", "web", "n1", web_ip, meta);
+            text.push_str(&web.replace(
+                "serviceAccountName: web-sa",
+                &format!("serviceAccountName: {web_sa}"),
+            ));
         }
+        text.push_str(added_yaml);
         write_atomically(&cluster_yaml, &text);
     };
+    let write = |ambient: bool, web_meta: Option<&str>| write_sa(ambient, web_meta, "web-sa");
     write(false, Some(""));
 
     let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "100"]);
@@ -655,6 +908,16 @@ fn label_changes_enrol_and_release_running_pods() {
     wait_chains(&web, 4, &agent);
     assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
 
+    // Its service account changes in the source: ztunnel is told again (del, then add with
+    // the new identity); the capture stays.
+    write_sa(true, Some(""), "web-sa2");
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa2"));
+    assert_eq!(chains_installed(&web), 4);
+    write(true, Some(""));
+    assert_eq!(next(&ztunnel), Seen::Del(web.uid.clone()));
+    assert_eq!(next(&ztunnel), add_of(&web, "web-sa"));
+
     // The Pod object goes: released.
     write(true, None);
     wait_chains(&web, 0, &agent);
@@ -692,10 +955,16 @@ fn agent_installs_itself_into_the_cni_config() {
         "--cni-bin-dir",
         bin_dir.to_str().expect("utf-8"),
     ];
-    let agent = start_agent(&topo, &node, &install_args);
+    let agent = spawn_agent(&topo, &node, &install_args);
     agent
         .wait_for_log("waiting for the primary CNI plugin", TIMEOUT)
         .expect("waits for a conflist");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !agent.log().contains("node agent ready"),
+        "ready means installed: {}",
+        agent.log_tail()
+    );
 
     // The primary CNI writes its config; ours is appended to the first list by name.
     let primary = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [
@@ -706,8 +975,9 @@ fn agent_installs_itself_into_the_cni_config() {
     write_atomically(&later, &primary.to_string());
     write_atomically(&first, &primary.to_string());
     agent
-        .wait_for_log("installed into the CNI config", TIMEOUT)
-        .expect("installed");
+        .wait_for_log("node agent ready", TIMEOUT)
+        .expect("ready");
+    assert!(agent.log().contains("installed into the CNI config"));
     let read = |p: &Path| -> Value {
         serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("json")
     };
