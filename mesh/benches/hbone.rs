@@ -1,12 +1,14 @@
-//! HBONE against direct TCP over loopback, in one process: bulk throughput and 1-byte
-//! round-trip latency with 1 and 8 concurrent streams.
+//! HBONE against direct TCP and a plain TCP proxy over loopback, in one process: bulk
+//! throughput and 1-byte round-trip latency with 1 and 8 concurrent streams.
 //!
 //! ```text
 //! cargo bench -p mesh --features testing --bench hbone
 //! ```
 //!
 //! The application is a TCP sink (reads to EOF, answers the byte count) and a TCP echo.
-//! *direct* connects to it with TCP; *HBONE* opens a CONNECT stream through
+//! *direct* connects to it with TCP; *TCP proxy* connects to an in-process listener that
+//! connects to the application and runs [`mesh::copy::copy_bidirectional`] (the same two TCP
+//! hops as HBONE, without TLS and HTTP/2); *HBONE* opens a CONNECT stream through
 //! [`mesh::hbone::Pool`] (mutual TLS with certificates from [`mesh::testing::TestCa`]) to a
 //! [`mesh::hbone::Server`] whose handler connects to the application with TCP and runs
 //! [`mesh::copy::copy_bidirectional`]. Streams are opened before the clock starts; all streams
@@ -66,6 +68,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
     Direct,
+    Proxy,
     Hbone,
 }
 
@@ -73,6 +76,8 @@ enum Path {
 struct Bench {
     sink: SocketAddr,
     echo: SocketAddr,
+    /// The plain TCP proxies, one per application.
+    proxy: Proxies,
     pool: Pool,
     key: PoolKey,
     cert: WorkloadCertificate,
@@ -82,6 +87,10 @@ impl Bench {
     async fn start() -> anyhow::Result<Self> {
         let sink = spawn_app(serve_sink).await?;
         let echo = spawn_app(serve_echo).await?;
+        let proxy = Proxies {
+            sink: spawn_app(move |tcp| forward_tcp(tcp, sink)).await?,
+            echo: spawn_app(move |tcp| forward_tcp(tcp, echo)).await?,
+        };
 
         let ca = TestCa::new("cluster.local", Duration::from_secs(3600));
         let server_id: Identity = "spiffe://cluster.local/ns/bench/sa/server".parse()?;
@@ -97,6 +106,7 @@ impl Bench {
         Ok(Bench {
             sink,
             echo,
+            proxy,
             pool: Pool::new(H2Config::default(), Arc::new(TcpConnector)),
             key: PoolKey::new(client_id.clone(), vec![server_id], hbone, None),
             cert: ca.issue(&client_id),
@@ -105,8 +115,13 @@ impl Bench {
 
     async fn open(&self, path: Path, app: SocketAddr) -> anyhow::Result<Box<dyn Io>> {
         Ok(match path {
-            Path::Direct => {
-                let tcp = TcpStream::connect(app).await?;
+            Path::Direct | Path::Proxy => {
+                let to = match path {
+                    Path::Proxy if app == self.sink => self.proxy.sink,
+                    Path::Proxy => self.proxy.echo,
+                    _ => app,
+                };
+                let tcp = TcpStream::connect(to).await?;
                 tcp.set_nodelay(true)?;
                 Box::new(tcp)
             }
@@ -222,6 +237,22 @@ async fn round_trip(s: &mut Box<dyn Io>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Plain TCP proxies in front of the sink and the echo.
+struct Proxies {
+    sink: SocketAddr,
+    echo: SocketAddr,
+}
+
+/// The plain proxy: connect to `app`, copy both ways.
+async fn forward_tcp(tcp: TcpStream, app: SocketAddr) -> std::io::Result<()> {
+    let upstream = TcpStream::connect(app).await?;
+    upstream.set_nodelay(true)?;
+    mesh::copy::copy_bidirectional(tcp, upstream)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 /// The HBONE server's handler: connect to the application, answer 200, copy both ways.
 async fn forward_to_app(req: InboundRequest) {
     let tcp = match TcpStream::connect(req.target()).await {
@@ -286,15 +317,18 @@ struct Row {
     streams: usize,
     metric: &'static str,
     direct: f64,
+    proxy: f64,
     hbone: f64,
     decimals: usize,
 }
 
+const PATHS: [Path; 3] = [Path::Direct, Path::Proxy, Path::Hbone];
+
 async fn measure(bench: &Bench, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for n in STREAMS {
-        let mut gbps = [0.0; 2];
-        for (i, path) in [Path::Direct, Path::Hbone].into_iter().enumerate() {
+        let mut gbps = [0.0; 3];
+        for (i, path) in PATHS.into_iter().enumerate() {
             let mut runs = Vec::with_capacity(sizes.bulk_runs);
             for _ in 0..sizes.bulk_runs {
                 runs.push(bench.bulk(path, n, sizes.bulk_bytes).await?);
@@ -306,42 +340,50 @@ async fn measure(bench: &Bench, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             streams: n,
             metric: "Gbit/s",
             direct: gbps[0],
-            hbone: gbps[1],
+            proxy: gbps[1],
+            hbone: gbps[2],
             decimals: 2,
         });
     }
     for n in STREAMS {
-        let direct = bench.latency(Path::Direct, n, sizes).await?;
-        let hbone = bench.latency(Path::Hbone, n, sizes).await?;
-        let row = |metric, direct, hbone, decimals| Row {
+        let mut lat = Vec::with_capacity(PATHS.len());
+        for path in PATHS {
+            lat.push(bench.latency(path, n, sizes).await?);
+        }
+        let row = |metric, f: fn(&Latency) -> f64, decimals| Row {
             test: "1-byte rr",
             streams: n,
             metric,
-            direct,
-            hbone,
+            direct: f(&lat[0]),
+            proxy: f(&lat[1]),
+            hbone: f(&lat[2]),
             decimals,
         };
-        rows.push(row("p50 µs", direct.p50_us, hbone.p50_us, 1));
-        rows.push(row("p99 µs", direct.p99_us, hbone.p99_us, 1));
-        rows.push(row("round trips/s", direct.per_sec, hbone.per_sec, 0));
+        rows.push(row("p50 µs", |l| l.p50_us, 1));
+        rows.push(row("p99 µs", |l| l.p99_us, 1));
+        rows.push(row("round trips/s", |l| l.per_sec, 0));
     }
     Ok(rows)
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| {:<9} | {:>7} | {:<13} | {:>10} | {:>10} | {:>12} |",
-        "test", "streams", "metric", "direct", "HBONE", "HBONE/direct"
+        "| {:<9} | {:>7} | {:<13} | {:>10} | {:>10} | {:>10} | {:>12} |",
+        "test", "streams", "metric", "direct", "TCP proxy", "HBONE", "HBONE/direct"
     );
-    println!("|-----------|--------:|---------------|-----------:|-----------:|-------------:|");
+    println!(
+        "|-----------|--------:|---------------|-----------:|-----------:|-----------:|-------------:|"
+    );
     for r in rows {
         println!(
-            "| {:<9} | {:>7} | {:<13} | {:>10.*} | {:>10.*} | {:>12.2} |",
+            "| {:<9} | {:>7} | {:<13} | {:>10.*} | {:>10.*} | {:>10.*} | {:>12.2} |",
             r.test,
             r.streams,
             r.metric,
             r.decimals,
             r.direct,
+            r.decimals,
+            r.proxy,
             r.decimals,
             r.hbone,
             r.hbone / r.direct
