@@ -471,6 +471,32 @@ fn add_address(topo: &Topology, pod: &e2e::Pod, ip: std::net::Ipv4Addr) {
         .expect("ip route add");
 }
 
+/// A pod on `node` that holds the extra address `ip` (see [`add_address`]) and runs a pause
+/// process, as a Kubernetes sandbox does: what the agent's scan finds.
+fn running_pod(
+    topo: &mut Topology,
+    node: &e2e::Node,
+    ns: &str,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+) -> (e2e::Pod, e2e::Proc) {
+    let pod = topo
+        .add_pod(node, ns, name, PodOpts::default())
+        .expect("pod");
+    add_address(topo, &pod, ip);
+    let pause = topo
+        .spawn_in(&pod, "sleep", &["infinity"], &[])
+        .expect("pause process");
+    (pod, pause)
+}
+
+/// The config directory the agent reads, created.
+fn config_dir(topo: &Topology) -> std::path::PathBuf {
+    let dir = topo.dir().join("config");
+    std::fs::create_dir_all(&dir).expect("config dir");
+    dir
+}
+
 /// Replaces `path` atomically (temp dot-file + rename), as a config sync would.
 fn write_atomically(path: &Path, text: &str) {
     let name = path.file_name().expect("file name").to_string_lossy();
@@ -583,8 +609,7 @@ fn agent_finds_pods_that_exist_before_it_starts_and_after_a_restart() {
                 .expect("sleep"),
         );
     }
-    let config_dir = topo.dir().join("config");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let config_dir = config_dir(&topo);
     let cluster = |web_meta: &str| {
         [
             namespace_yaml("mesh", true),
@@ -705,16 +730,9 @@ fn ztunnel_is_not_served_until_the_start_pass_could_read_the_config() {
     e2e::require_root();
     let mut topo = Topology::for_this_test().expect("topology");
     let node = topo.add_node("n1").expect("node");
-    let web = topo
-        .add_pod(&node, "mesh", "web", PodOpts::default())
-        .expect("pod");
     let web_ip = unique_ip(6);
-    add_address(&topo, &web, web_ip);
-    let sleeper = topo
-        .spawn_in(&web, "sleep", &["infinity"], &[])
-        .expect("sleep");
-    let config_dir = topo.dir().join("config");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let (web, sleeper) = running_pod(&mut topo, &node, "mesh", "web", web_ip);
+    let config_dir = config_dir(&topo);
     let cluster = [
         namespace_yaml("mesh", true),
         pod_yaml("mesh", "web", "n1", web_ip, ""),
@@ -799,8 +817,7 @@ fn cni_calls_do_not_wait_for_a_reconcile_scan() {
     let quick = topo
         .add_pod(&node, "plain", "quick", PodOpts::default())
         .expect("pod");
-    let config_dir = topo.dir().join("config");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let config_dir = config_dir(&topo);
     write_atomically(&config_dir.join("cluster.yaml"), &yaml);
     let agent = start_agent(&topo, &node, &["--reconcile-interval-ms", "50"]);
     let conf = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "cni-plugin",
@@ -840,20 +857,13 @@ fn label_changes_enrol_and_release_running_pods() {
     e2e::require_root();
     let mut topo = Topology::for_this_test().expect("topology");
     let node = topo.add_node("n1").expect("node");
-    let web = topo
-        .add_pod(&node, "demo", "web", PodOpts::default())
-        .expect("pod");
+    let web_ip = unique_ip(5);
+    let (web, sleeper) = running_pod(&mut topo, &node, "demo", "web", web_ip);
     // Known from its CNI ADD; its Pod object has no address, so no scan can find it.
     let added = topo
         .add_pod(&node, "demo", "added", PodOpts::default())
         .expect("pod");
-    let web_ip = unique_ip(5);
-    add_address(&topo, &web, web_ip);
-    let sleeper = topo
-        .spawn_in(&web, "sleep", &["infinity"], &[])
-        .expect("sleep");
-    let config_dir = topo.dir().join("config");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let config_dir = config_dir(&topo);
     let cluster_yaml = config_dir.join("cluster.yaml");
     let added_yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: added, namespace: demo}\n\
                       spec: {nodeName: n1, containers: [{name: main, image: local}]}\n";

@@ -15,14 +15,7 @@ use e2e::Capture;
 #[test]
 fn cross_node_traffic_is_hbone_byte_exact_and_observed() {
     let mut mesh = Mesh::new("mesh_cross_node", 2);
-    mesh.ambient_namespaces = vec!["demo".into()];
-    let a = mesh.pod(0, "demo", "client", "client", "client", true);
-    let b = mesh.pod(1, "demo", "server", "server", "server", true);
-    mesh.start();
-    let echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
-    mesh.enroll(&a);
-    mesh.enroll(&b);
-    mesh.wait_workload(0, &b.uid);
+    let (a, b, echo) = mesh.start_client_server();
 
     let wire = Capture::start(
         &mesh.topo,
@@ -217,14 +210,7 @@ fn services_spread_and_non_mesh_pods_interoperate() {
 #[test]
 fn restarts_of_ztunnel_and_istiod_lose_nothing() {
     let mut mesh = Mesh::new("mesh_restarts", 2);
-    mesh.ambient_namespaces = vec!["demo".into()];
-    let a = mesh.pod(0, "demo", "client", "client", "client", true);
-    let b = mesh.pod(1, "demo", "server", "server", "server", true);
-    mesh.start();
-    let _echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
-    mesh.enroll(&a);
-    mesh.enroll(&b);
-    mesh.wait_workload(0, &b.uid);
+    let (a, b, _echo) = mesh.start_client_server();
     assert_eq!(
         mesh.topo
             .tcp_send(&a, b.addr(7000), "before")
@@ -292,16 +278,9 @@ fn restarts_of_ztunnel_and_istiod_lose_nothing() {
 fn a_removed_pods_connections_drain_then_close_unless_it_comes_back() {
     const DRAIN: Duration = Duration::from_secs(3);
     let mut mesh = Mesh::new("mesh_pod_drain", 2);
-    mesh.ambient_namespaces = vec!["demo".into()];
     mesh.ztunnel_env
         .push(("POD_DRAIN_SECS".into(), DRAIN.as_secs().to_string()));
-    let a = mesh.pod(0, "demo", "client", "client", "client", true);
-    let b = mesh.pod(1, "demo", "server", "server", "server", true);
-    mesh.start();
-    let echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
-    mesh.enroll(&a);
-    mesh.enroll(&b);
-    mesh.wait_workload(0, &b.uid);
+    let (a, b, echo) = mesh.start_client_server();
 
     // Three long-lived connections A → B, each sending `<name>-before|` now and `after` once
     // its gate file exists; the echo sends both back.
@@ -419,13 +398,7 @@ fn a_removed_pods_connections_drain_then_close_unless_it_comes_back() {
 #[test]
 fn bad_input_is_refused_and_breaks_nothing() {
     let mut mesh = Mesh::new("mesh_bad_input", 2);
-    mesh.ambient_namespaces = vec!["demo".into()];
-    let a = mesh.pod(0, "demo", "client", "client", "client", true);
-    let b = mesh.pod(1, "demo", "server", "server", "server", true);
-    mesh.start();
-    let _echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
-    mesh.enroll(&a);
-    mesh.enroll(&b);
+    let (a, b, _echo) = mesh.start_client_server();
 
     use prost::Message;
     let add = proto::zds::WorkloadRequest {

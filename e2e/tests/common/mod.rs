@@ -390,6 +390,22 @@ impl Mesh {
         self.agents[&pod.node].add(pod).expect("zds add");
     }
 
+    /// The common start: namespace `demo` in ambient, a captured `client` on node 1 and a
+    /// captured `server` on node 2 with a TCP echo on 7000, the mesh started, both pods
+    /// enrolled, and node 1's ztunnel knowing the server. Settings such as `ztunnel_env` must
+    /// be made before.
+    pub fn start_client_server(&mut self) -> (Pod, Pod, Proc) {
+        self.ambient_namespaces = vec!["demo".into()];
+        let a = self.pod(0, "demo", "client", "client", "client", true);
+        let b = self.pod(1, "demo", "server", "server", "server", true);
+        self.start();
+        let echo = self.topo.tcp_echo(&b, 7000).expect("echo");
+        self.enroll(&a);
+        self.enroll(&b);
+        self.wait_workload(0, &b.uid);
+        (a, b, echo)
+    }
+
     /// Starts everything: config, istiod-lite, every node's ztunnel.
     pub fn start(&mut self) {
         self.write_config();

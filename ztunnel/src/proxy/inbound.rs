@@ -73,15 +73,7 @@ pub async fn serve_hbone(
     let per_connection = stop.clone();
     let accept = async {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of fds or similar: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer) = super::accept(&listener, "HBONE").await;
             let Some(mut guard) = inputs.live.register(&key, Kind::Tunnel) else {
                 tracing::debug!(%peer, "HBONE connection refused: the pod is no longer served");
                 continue;
@@ -199,14 +191,7 @@ pub async fn serve_plaintext(
 ) {
     let accept = async {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = super::accept(&listener, "inbound plaintext").await;
             let (inputs, pod) = (inputs.clone(), pod.clone());
             let span = tracing::debug_span!("inbound_plaintext", pod = %pod.uid, client = %peer);
             tokio::spawn(handle_plaintext(inputs, pod, stream, peer).instrument(span));

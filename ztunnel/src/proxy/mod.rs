@@ -219,6 +219,23 @@ impl Drop for PodProxy {
     }
 }
 
+/// The next connection on `listener`. An accept error (out of fds, say) is logged with
+/// `listener_name` and retried after a short pause rather than in a hot loop.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    listener_name: &'static str,
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                tracing::warn!(error = %e, listener = listener_name, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Resolves when `rx` says stop (or its sender is gone).
 pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {

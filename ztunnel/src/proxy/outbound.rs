@@ -234,14 +234,7 @@ pub async fn serve(
     );
     let accept = async {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = super::accept(&listener, "outbound").await;
             let (inputs, pod, pool) = (inputs.clone(), pod.clone(), pool.clone());
             let span = tracing::debug_span!("outbound", pod = %pod.uid, client = %peer);
             tokio::spawn(handle(inputs, pod, pool, stream, peer).instrument(span));
