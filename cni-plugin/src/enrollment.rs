@@ -238,7 +238,9 @@ impl Snapshot {
     }
 
     /// Decides for pod `namespace/name`: its own label wins, else its namespace's. A pod
-    /// without an object is decided by its namespace; its service account is `default`.
+    /// without an object is decided by its namespace with service account `default`; the agent
+    /// never enrols on that guess (a CNI ADD for such a pod in an ambient namespace fails
+    /// closed until the object arrives: `pods.rs`).
     pub fn decide(&self, namespace: &str, name: &str) -> Decision {
         let pod = self.pods.get(&(namespace.to_string(), name.to_string()));
         let pod_mode = pod.and_then(|p| p.labels.get(DATAPLANE_MODE_LABEL));
