@@ -244,10 +244,10 @@ struct Proxies {
 }
 
 /// The plain proxy: connect to `app`, copy both ways.
-async fn forward_tcp(tcp: TcpStream, app: SocketAddr) -> std::io::Result<()> {
-    let upstream = TcpStream::connect(app).await?;
+async fn forward_tcp(mut tcp: TcpStream, app: SocketAddr) -> std::io::Result<()> {
+    let mut upstream = TcpStream::connect(app).await?;
     upstream.set_nodelay(true)?;
-    mesh::copy::copy_bidirectional(tcp, upstream)
+    mesh::copy::copy_bidirectional(&mut tcp, &mut upstream)
         .await
         .map_err(std::io::Error::other)?;
     Ok(())
@@ -255,13 +255,13 @@ async fn forward_tcp(tcp: TcpStream, app: SocketAddr) -> std::io::Result<()> {
 
 /// The HBONE server's handler: connect to the application, answer 200, copy both ways.
 async fn forward_to_app(req: InboundRequest) {
-    let tcp = match TcpStream::connect(req.target()).await {
+    let mut tcp = match TcpStream::connect(req.target()).await {
         Ok(tcp) => tcp,
         Err(_) => return req.reject(http::StatusCode::SERVICE_UNAVAILABLE),
     };
     let _ = tcp.set_nodelay(true);
-    if let Ok(stream) = req.accept() {
-        let _ = mesh::copy::copy_bidirectional(stream, tcp).await;
+    if let Ok(mut stream) = req.accept() {
+        let _ = mesh::copy::copy_bidirectional(&mut stream, &mut tcp).await;
     }
 }
 

@@ -1,18 +1,64 @@
-//! Bidirectional copy between two byte streams, with half-close and growing buffers.
+//! Bidirectional copy between two byte streams: half-close on a clean end, abort on an error.
+//!
+//! A clean EOF in one direction is passed on as a half-close (a TCP FIN, or an HTTP/2
+//! END_STREAM) and the other direction keeps flowing until it ends too. An error on either side
+//! (a reset from an application, a failed write, a dead HBONE connection) ends the copy at once
+//! and aborts the *other* side ([`Abort`]): a TCP reset to an application socket, RST_STREAM
+//! on an HBONE stream. So a reset travels end to end, as it would without the mesh, and nobody
+//! waits on a connection whose other half is gone (RFC 9113 §8.5 asks the same of a CONNECT
+//! proxy).
 //!
 //! Each direction starts with a 16 KiB buffer and doubles it (up to 256 KiB) whenever a read
-//! fills it, so idle connections stay small and bulk transfers make few syscalls. When one
-//! side reaches EOF, the other side's write half is shut down (a TCP FIN, or an HTTP/2
-//! END_STREAM) and the opposite direction keeps flowing until it ends too.
+//! fills it, so idle connections stay small and bulk transfers make few syscalls. Both
+//! directions are driven by one future over the two streams, with no lock and no split.
 
+use std::fmt;
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// First buffer size of each direction.
 pub const INITIAL_BUFFER: usize = 16 * 1024;
 /// Largest buffer a direction grows to.
 pub const MAX_BUFFER: usize = 256 * 1024;
+
+/// A stream that can be torn down so that its peer learns the connection failed, rather than
+/// seeing a clean end.
+pub trait Abort {
+    /// Marks the stream failed: a TCP socket sends a reset when it is closed (SO_LINGER 0), an
+    /// HTTP/2 stream sends RST_STREAM now. Reads and writes after this are not expected.
+    fn abort(&mut self);
+}
+
+impl Abort for tokio::net::TcpStream {
+    fn abort(&mut self) {
+        // Linger 0: close() sends RST and discards unsent data, as the failed peer did.
+        if let Err(e) = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "cannot arm a reset on close");
+        }
+    }
+}
+
+/// An in-memory pipe has no way to say "reset": dropping it is all the peer sees.
+impl Abort for tokio::io::DuplexStream {
+    fn abort(&mut self) {}
+}
+
+impl<T: Abort + ?Sized> Abort for &mut T {
+    fn abort(&mut self) {
+        (**self).abort();
+    }
+}
+
+impl<T: Abort + ?Sized> Abort for Box<T> {
+    fn abort(&mut self) {
+        (**self).abort();
+    }
+}
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +69,32 @@ pub struct Transferred {
     pub b_to_a: u64,
 }
 
-/// Which side failed, and how.
+/// One of the two streams of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first stream passed to [`copy_bidirectional`].
+    A,
+    /// The second.
+    B,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::A => "a",
+            Side::B => "b",
+        })
+    }
+}
+
+/// Which side failed, and how. The other side has been aborted.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    /// Reading from or writing to side `a` failed.
+    /// Reading from or writing to `side` failed.
     #[error("copy failed on the {side} side after {transferred:?}: {source}")]
     Io {
-        /// `"a"` or `"b"`: whose read or write failed.
-        side: &'static str,
+        /// Whose read or write failed.
+        side: Side,
         /// What had been moved before the failure.
         transferred: Transferred,
         /// The I/O error.
@@ -38,103 +102,177 @@ pub enum CopyError {
     },
 }
 
-/// Copies `a → b` and `b → a` until both directions have reached EOF.
-pub async fn copy_bidirectional<A, B>(a: A, b: B) -> Result<Transferred, CopyError>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    let forward = copy_one_way(&mut a_read, &mut b_write);
-    let backward = copy_one_way(&mut b_read, &mut a_write);
-    let (forward, backward) = tokio::join!(forward, backward);
-    let transferred = Transferred {
-        a_to_b: *forward.as_ref().unwrap_or_else(|(n, _, _)| n),
-        b_to_a: *backward.as_ref().unwrap_or_else(|(n, _, _)| n),
-    };
-    match (forward, backward) {
-        (Ok(_), Ok(_)) => Ok(transferred),
-        (Err((_, reader_failed, source)), _) => Err(CopyError::Io {
-            side: if reader_failed { "a" } else { "b" },
-            transferred,
-            source,
-        }),
-        (_, Err((_, reader_failed, source))) => Err(CopyError::Io {
-            side: if reader_failed { "b" } else { "a" },
-            transferred,
-            source,
-        }),
+impl CopyError {
+    /// What had been moved before the failure.
+    pub fn transferred(&self) -> Transferred {
+        match self {
+            CopyError::Io { transferred, .. } => *transferred,
+        }
     }
 }
 
-/// Copies until EOF, then shuts the writer down. On error returns (bytes so far, whether the
-/// read side failed, the error).
-async fn copy_one_way<R, W>(reader: &mut R, writer: &mut W) -> Result<u64, (u64, bool, io::Error)>
+/// Copies `a → b` and `b → a` until both directions have reached EOF (each EOF passed on as a
+/// half-close). On the first error on either side, stops both directions, aborts the other
+/// side and returns the error; the caller then drops both streams.
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<Transferred, CopyError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; INITIAL_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return Err((total, true, e)),
-        };
-        if let Err(e) = writer.write_all(&buf[..n]).await {
-            return Err((total, false, e));
+    let mut forward = Direction::new();
+    let mut backward = Direction::new();
+    let failure = poll_fn(|cx| {
+        let mut pending = false;
+        if !forward.done {
+            match forward.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err((reader_failed, e))) => {
+                    let side = if reader_failed { Side::A } else { Side::B };
+                    return Poll::Ready(Some((side, e)));
+                }
+                Poll::Pending => pending = true,
+            }
         }
-        total += n as u64;
-        if n == buf.len() && buf.len() < MAX_BUFFER {
-            buf.resize(buf.len() * 2, 0);
+        if !backward.done {
+            match backward.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err((reader_failed, e))) => {
+                    let side = if reader_failed { Side::B } else { Side::A };
+                    return Poll::Ready(Some((side, e)));
+                }
+                Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
+        }
+    })
+    .await;
+    let transferred = Transferred {
+        a_to_b: forward.total,
+        b_to_a: backward.total,
+    };
+    match failure {
+        None => Ok(transferred),
+        Some((side, source)) => {
+            match side {
+                Side::A => b.abort(),
+                Side::B => a.abort(),
+            }
+            Err(CopyError::Io {
+                side,
+                transferred,
+                source,
+            })
         }
     }
-    writer.flush().await.map_err(|e| (total, false, e))?;
-    // Half-close: the peer sees EOF in this direction only.
-    match writer.shutdown().await {
-        Ok(()) => Ok(total),
-        // The peer already went away entirely; nothing more to tell it.
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
-        Err(e) => Err((total, false, e)),
+}
+
+/// One direction's state: a buffer, what of it is still to be written, and how far it got.
+struct Direction {
+    buf: Vec<u8>,
+    /// Written up to here.
+    pos: usize,
+    /// Filled up to here.
+    cap: usize,
+    /// The last read filled the buffer: grow it before the next one.
+    grow: bool,
+    read_eof: bool,
+    /// Written since the last flush.
+    unflushed: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            buf: Vec::new(),
+            pos: 0,
+            cap: 0,
+            grow: false,
+            read_eof: false,
+            unflushed: false,
+            done: false,
+            total: 0,
+        }
+    }
+
+    /// Moves bytes until `reader` reaches EOF, then half-closes `writer`. An error comes back
+    /// with whether it was the read (`true`) or the write side that failed.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<Result<(), (bool, io::Error)>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_eof {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; INITIAL_BUFFER];
+                } else if self.grow && self.buf.len() < MAX_BUFFER {
+                    self.buf.resize(self.buf.len() * 2, 0);
+                }
+                self.grow = false;
+                let mut read = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // Nothing more to send for now: push out what was written.
+                        if self.unflushed {
+                            ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (false, e))?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_eof = true;
+                        } else {
+                            self.grow = n == self.buf.len();
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n = ready!(writer
+                    .as_mut()
+                    .poll_write(cx, &self.buf[self.pos..self.cap]))
+                .map_err(|e| (false, e))?;
+                if n == 0 {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes");
+                    return Poll::Ready(Err((false, e)));
+                }
+                self.pos += n;
+                self.total += n as u64;
+                self.unflushed = true;
+            }
+            if self.read_eof {
+                ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (false, e))?;
+                // Half-close: the peer sees EOF in this direction only.
+                match ready!(writer.as_mut().poll_shutdown(cx)) {
+                    Ok(()) => {}
+                    // The peer already went away entirely; nothing more to tell it.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Poll::Ready(Err((false, e))),
+                }
+                self.done = true;
+                // The buffer is not needed any more.
+                self.buf = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn copies_both_ways_and_propagates_half_close() {
-        let (client, proxy_a) = tokio::io::duplex(1024);
-        let (proxy_b, server) = tokio::io::duplex(1024);
-        let proxy = tokio::spawn(copy_bidirectional(proxy_a, proxy_b));
-
-        let (mut client_r, mut client_w) = tokio::io::split(client);
-        let (mut server_r, mut server_w) = tokio::io::split(server);
-        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let mut got = Vec::new();
-        let send = async {
-            client_w.write_all(&payload).await.expect("write");
-            client_w.shutdown().await.expect("client half-close");
-        };
-        let (_, read) = tokio::join!(send, server_r.read_to_end(&mut got));
-        read.expect("server reads to EOF");
-        assert_eq!(got, payload);
-
-        // The other direction still works after the first one closed.
-        server_w.write_all(b"reply").await.expect("reply");
-        server_w.shutdown().await.expect("server half-close");
-        let mut reply = Vec::new();
-        client_r
-            .read_to_end(&mut reply)
-            .await
-            .expect("client reads");
-        assert_eq!(reply, b"reply");
-
-        let moved = proxy.await.expect("join").expect("copy ok");
-        assert_eq!(moved.a_to_b, payload.len() as u64);
-        assert_eq!(moved.b_to_a, 5);
-    }
-}
+mod tests;

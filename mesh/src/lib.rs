@@ -9,7 +9,8 @@
 //! - [`zds`]: the CNI agent ↔ ztunnel link that hands over pod network namespaces.
 //! - [`metrics`]: Istio-compatible `istio_tcp_*` metrics.
 //! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
-//! - [`copy`]: bidirectional byte copying with half-close and growing buffers.
+//! - [`copy`]: bidirectional byte copying: half-close on a clean end, abort on an error.
+//! - [`tcp_keepalive`]: TCP keepalive on proxied sockets.
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
 //! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
 //! - [`rbac`]: L4 authorization: a connection's verdict under the policies in scope (pure).
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod rbac;
 pub mod store;
+pub mod tcp_keepalive;
 #[cfg(any(test, feature = "testing"))]
 #[allow(clippy::expect_used, missing_docs)]
 pub mod testing;

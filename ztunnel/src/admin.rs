@@ -36,6 +36,8 @@ pub struct AdminState {
     pub log_reload: LogReload,
     /// Signals shutdown (`/quitquitquit`).
     pub shutdown: Arc<tokio::sync::Notify>,
+    /// The data-plane runtime, whose live tasks are counted.
+    pub data_plane: tokio::runtime::Handle,
 }
 
 fn seconds_until(t: std::time::SystemTime) -> i64 {
@@ -46,8 +48,8 @@ fn seconds_until(t: std::time::SystemTime) -> i64 {
 }
 
 impl AdminState {
-    /// `/config_dump`: workloads, services, policies, served pods, removed pods still draining,
-    /// certificates, xDS status.
+    /// `/config_dump`: [`AdminState::counts`], workloads, services, policies, served pods,
+    /// removed pods still draining, certificates, xDS status.
     pub fn config_dump(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .certs
@@ -66,11 +68,21 @@ impl AdminState {
             .collect();
         let xds = self.xds.borrow().clone();
         json!({
+            "counts": self.counts(),
             "config": self.store.snapshot(),
             "pods": self.pods.dump(),
             "draining_pods": self.live.draining(),
             "certificates": certs,
             "xds": xds,
+        })
+    }
+
+    /// What ztunnel holds right now, for leak checks: each number returns to its old value
+    /// once the connections and pods that raised it are gone.
+    pub fn counts(&self) -> serde_json::Value {
+        json!({
+            "data_plane_tasks": self.data_plane.metrics().num_alive_tasks(),
+            "live_connections": self.live.len(),
         })
     }
 

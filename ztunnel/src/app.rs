@@ -109,6 +109,7 @@ pub async fn run(
         telemetry,
         log_reload,
         shutdown: shutdown.clone(),
+        data_plane: tokio::runtime::Handle::current(),
     };
     for (addr, handler, what) in [
         (config.admin_addr, admin.clone().admin_handler(), "admin"),

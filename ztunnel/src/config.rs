@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use mesh::tcp_keepalive::TcpKeepalive;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +99,23 @@ pub struct Config {
     #[arg(long, env = "POD_DRAIN_SECS", default_value_t = 5)]
     pub pod_drain_secs: u64,
 
+    /// TCP keepalive on every proxied socket (the pod's and the tunnels'), so that a peer
+    /// that vanished is noticed and its connection torn down end to end.
+    #[arg(long, env = "KEEPALIVE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keepalive_enabled: bool,
+
+    /// Idle time before the first keepalive probe (`180s`, `3m`, or seconds).
+    #[arg(long, env = "KEEPALIVE_TIME", default_value = "180s", value_parser = mesh::tcp_keepalive::parse_duration)]
+    pub keepalive_time: Duration,
+
+    /// Time between unanswered keepalive probes.
+    #[arg(long, env = "KEEPALIVE_INTERVAL", default_value = "180s", value_parser = mesh::tcp_keepalive::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Unanswered keepalive probes before a connection is declared dead.
+    #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
+    pub keepalive_retries: u32,
+
     /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -117,6 +135,15 @@ impl Config {
     /// How long a removed pod's connections drain before they are closed.
     pub fn pod_drain(&self) -> Duration {
         Duration::from_secs(self.pod_drain_secs)
+    }
+
+    /// TCP keepalive for proxied sockets, or `None` when turned off.
+    pub fn keepalive(&self) -> Option<TcpKeepalive> {
+        self.keepalive_enabled.then_some(TcpKeepalive {
+            time: self.keepalive_time,
+            interval: self.keepalive_interval,
+            retries: self.keepalive_retries,
+        })
     }
 }
 
@@ -172,5 +199,21 @@ mod tests {
         );
         let args = ["ztunnel", "--node-name", "n1", "--pod-drain-secs", "soon"];
         assert!(Config::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn keepalive_is_on_by_default_with_upstream_timings_and_can_be_turned_off() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ztunnel", "--node-name", "n1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).expect("valid")
+        };
+        assert_eq!(parse(&[]).keepalive(), Some(TcpKeepalive::default()));
+        assert_eq!(parse(&["--keepalive-enabled", "false"]).keepalive(), None);
+        let tuned = parse(&["--keepalive-time", "30s", "--keepalive-interval", "5s"]);
+        let ka = tuned.keepalive().expect("on");
+        assert_eq!(ka.time, Duration::from_secs(30));
+        assert_eq!(ka.interval, Duration::from_secs(5));
+        assert_eq!(ka.retries, 9);
     }
 }

@@ -160,6 +160,7 @@ fn add(
         uid: uid.clone(),
         identity,
         netns,
+        keepalive: inputs.config.keepalive(),
     };
     let proxy = PodProxy::start(inputs, pod)
         .map_err(|e| format!("cannot open listeners in the pod's namespace: {e}"))?;

@@ -1,8 +1,11 @@
 //! One HBONE stream as a byte stream: an HTTP/2 CONNECT stream behind `AsyncRead`/`AsyncWrite`.
 //!
 //! Shutting down the write half sends END_STREAM (a half-close); reading returns EOF when the
-//! peer's END_STREAM arrives. Received data is handed back to the flow-control window as soon
-//! as it is copied out, so the window never stalls a reader that keeps up.
+//! peer's END_STREAM arrives, and nothing else: an empty DATA frame without END_STREAM is legal
+//! HTTP/2 and is skipped. [`Abort`] sends RST_STREAM with CONNECT_ERROR, the code a CONNECT
+//! proxy uses for a TCP reset (RFC 9113 §8.5). Received data is handed back to the
+//! flow-control window as soon as it is copied out, so the window never stalls a reader that
+//! keeps up.
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +14,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::copy::Abort;
 
 /// Largest chunk queued on the stream in one write: the frame size we negotiate.
 const MAX_WRITE: usize = super::MAX_FRAME_SIZE as usize;
@@ -57,7 +62,7 @@ fn h2_to_io(e: h2::Error) -> io::Error {
             .unwrap_or_else(|| io::Error::other("h2 I/O error"));
     }
     match e.reason() {
-        Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL) => {
+        Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL | h2::Reason::CONNECT_ERROR) => {
             io::Error::new(io::ErrorKind::ConnectionReset, e)
         }
         _ => io::Error::other(e),
@@ -71,7 +76,8 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.pending.is_empty() {
+        // An empty DATA frame without END_STREAM carries nothing: read on, it is not an EOF.
+        while this.pending.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => {
@@ -159,6 +165,13 @@ impl AsyncWrite for H2Stream {
     }
 }
 
+impl Abort for H2Stream {
+    fn abort(&mut self) {
+        self.write_closed = true;
+        self.send.send_reset(h2::Reason::CONNECT_ERROR);
+    }
+}
+
 impl Drop for H2Stream {
     fn drop(&mut self) {
         if !self.write_closed {
@@ -167,3 +180,6 @@ impl Drop for H2Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
+use mesh::copy::Abort;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
 use mesh::rbac::Connection;
@@ -167,9 +168,13 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
     };
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match pod.connect(&inputs.home, target, spoof).await {
-        Ok(app) => match req.accept() {
+        Ok(mut app) => match req.accept() {
             Ok(tunnel) => finish(record, copy_until_closed(tunnel, app, guard).await),
-            Err(e) => record.close(0, 0, Some(&e)),
+            Err(e) => {
+                // The client went away before the answer: the app must not see a clean end.
+                app.abort();
+                record.close(0, 0, Some(&e));
+            }
         },
         Err(source) => {
             let err = InboundError::Upstream {
@@ -206,7 +211,7 @@ pub async fn serve_plaintext(
 async fn handle_plaintext(
     inputs: ProxyInputs,
     pod: PodContext,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
@@ -273,6 +278,10 @@ async fn handle_plaintext(
     };
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
         Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
-        Err(e) => record.close(0, 0, Some(&e)),
+        Err(e) => {
+            // The application refused: the client sees the reset it would have seen directly.
+            stream.abort();
+            record.close(0, 0, Some(&e));
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mesh::copy::{CopyError, Transferred};
+use mesh::copy::{Abort, CopyError, Transferred};
 use mesh::rbac::Connection;
 use mesh::store::Store;
 use serde::Serialize;
@@ -368,28 +368,39 @@ pub enum CopyEnd {
 }
 
 /// Copies both ways until both ends are done, or until `guard` says close; then both streams
-/// are dropped (the sockets close, an HBONE stream is reset).
+/// are dropped. An error on one side resets the other ([`mesh::copy`]); a connection closed
+/// because policy no longer allows it is reset on both sides, so neither application mistakes
+/// it for a clean end; a drained one is closed.
 pub async fn copy_until_closed<A, B>(
     a: A,
-    b: B,
+    mut b: B,
     mut guard: LiveGuard,
 ) -> Result<Transferred, CopyEnd>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Abort + Unpin,
+    B: AsyncRead + AsyncWrite + Abort + Unpin,
 {
     let counts = Counts::default();
-    let a = Counted {
+    let mut a = Counted {
         inner: a,
         counts: &counts,
     };
-    tokio::select! {
+    let result = tokio::select! {
         // The close first: when the tunnel under a stream breaks in the same instant, the log
         // names the reason rather than the broken pipe.
         biased;
         reason = guard.closed() => Err(CopyEnd::Closed { reason, transferred: counts.get() }),
-        res = mesh::copy::copy_bidirectional(a, b) => Ok(res?),
+        res = mesh::copy::copy_bidirectional(&mut a, &mut b) => Ok(res?),
+    };
+    if let Err(CopyEnd::Closed {
+        reason: CloseReason::Denied(_),
+        ..
+    }) = &result
+    {
+        a.abort();
+        b.abort();
     }
+    result
 }
 
 /// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and
@@ -432,6 +443,12 @@ impl Counts {
 struct Counted<'c, S> {
     inner: S,
     counts: &'c Counts,
+}
+
+impl<S: Abort> Abort for Counted<'_, S> {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {

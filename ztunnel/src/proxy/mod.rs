@@ -19,6 +19,7 @@ use mesh::cert_manager::CertManager;
 use mesh::hbone::{ConnectFuture, Connector};
 use mesh::model::Workload;
 use mesh::store::Store;
+use mesh::tcp_keepalive::TcpKeepalive;
 use mesh::Identity;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -60,6 +61,8 @@ pub struct PodContext {
     pub identity: Identity,
     /// Its network namespace.
     pub netns: Netns,
+    /// TCP keepalive for every socket opened for it (`None`: off).
+    pub keepalive: Option<TcpKeepalive>,
 }
 
 impl PodContext {
@@ -84,15 +87,22 @@ impl PodContext {
             socket.set_mark(ZTUNNEL_MARK)?;
             socket.set_nonblocking(true)?;
             socket.set_tcp_nodelay(true)?;
+            if let Some(keepalive) = &self.keepalive {
+                keepalive.apply(socket2::SockRef::from(&socket))?;
+            }
             Ok(socket)
         })
     }
 
-    /// Binds a listener on `port` (all addresses) inside the pod namespace.
+    /// Binds a listener on `port` (all addresses) inside the pod namespace. Accepted
+    /// connections inherit its keepalive settings.
     pub fn listen(&self, home: &Netns, port: u16) -> io::Result<TcpListener> {
         let socket = self.netns.run(home, || {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             socket.set_mark(ZTUNNEL_MARK)?;
+            if let Some(keepalive) = &self.keepalive {
+                keepalive.apply(socket2::SockRef::from(&socket))?;
+            }
             socket.set_reuse_address(true)?;
             // A restarted ztunnel binds beside the old one before it goes away.
             socket.set_reuse_port(true)?;

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use mesh::copy::Abort;
 use mesh::hbone::{Baggage, ConnectMeta, H2Config, Pool, PoolKey};
 use mesh::metrics::Reporter;
 use mesh::model::{
@@ -295,6 +296,9 @@ async fn handle(
                 None,
                 false,
             );
+            // The app's connect() succeeded against our listener: a reset is how it learns
+            // that the destination cannot be reached.
+            stream.abort();
             record.close(0, 0, Some(&why));
         }
         Route::Passthrough {
@@ -317,7 +321,10 @@ async fn handle(
             );
             match pod.connect(&inputs.home, addr, None).await {
                 Ok(upstream) => finish(record, copy_until_closed(stream, upstream, guard).await),
-                Err(e) => record.close(0, 0, Some(&e)),
+                Err(e) => {
+                    stream.abort();
+                    record.close(0, 0, Some(&e));
+                }
             }
         }
         Route::Hbone {
@@ -343,7 +350,10 @@ async fn handle(
             );
             let cert = match inputs.certs.get(&pod.identity).await {
                 Ok(c) => c,
-                Err(e) => return record.close(0, 0, Some(&e)),
+                Err(e) => {
+                    stream.abort();
+                    return record.close(0, 0, Some(&e));
+                }
             };
             let src_ip = src_workload
                 .as_ref()
@@ -358,7 +368,10 @@ async fn handle(
             match pool.connect(&key, &cert, authority, &meta).await {
                 Ok(tunnel) => finish(record, copy_until_closed(stream, tunnel, guard).await),
                 Err(e) => {
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    // Refused (401, 503) or unreachable after the app's own connect()
+                    // succeeded: a reset, never a clean close the app could mistake for an
+                    // empty answer.
+                    stream.abort();
                     record.close(0, 0, Some(&e));
                 }
             }

@@ -11,13 +11,22 @@
 //! e2e-tcp send-forged --to <ip:port> [--mark <n>] [--source <ip[:port]>] [--data <text>]
 //!                     [--timeout-ms <n>]
 //!                                   the attacker's client: see `send_forged`
+//! e2e-tcp reset-server <port>       wait for a request, then reset the connection
+//! e2e-tcp await-server <port>       wait for a request, answer `ready`, report how it ends
+//! e2e-tcp await-reply <ip:port> <text>   send <text>, report how the server ends it
+//! e2e-tcp reset-client <ip:port> <text>  send <text>, wait for `ready`, then reset
 //! ```
+//!
+//! The last four print `outcome=<reset|eof|data:..|refused|timeout|error:..> ms=<n>` (see
+//! `reset.rs`).
 //!
 //! Servers listen on 0.0.0.0, print `listening on 0.0.0.0:<port>` once bound, then one line per
 //! event. Clients exit 1 with a message on stderr when anything fails, except `send-forged`,
 //! which reports what the network did (refused, reset, timeout) on stdout and exits 0.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod reset;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -45,11 +54,16 @@ fn main() -> ExitCode {
         ["http-get", addr, path] => http_get(addr, path),
         ["send-gated", addr, first, gate, second] => send_gated(addr, first, gate, second),
         ["send-forged", flags @ ..] => ForgedOpts::parse(flags).and_then(|o| send_forged(&o)),
+        ["reset-server", port] => serve(port, reset::reset_server),
+        ["await-server", port] => serve(port, reset::await_server),
+        ["await-reply", addr, text] => reset::await_reply(addr, text),
+        ["reset-client", addr, text] => reset::reset_client(addr, text),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
                   send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH | \
                   send-gated IP:PORT FIRST GATE SECOND | \
                   send-forged --to IP:PORT [--mark N] [--source IP[:PORT]] [--data TEXT] \
-                  [--timeout-ms N]"
+                  [--timeout-ms N] | reset-server PORT | await-server PORT | \
+                  await-reply IP:PORT TEXT | reset-client IP:PORT TEXT"
             .into()),
     };
     match result {
