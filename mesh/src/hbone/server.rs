@@ -342,7 +342,7 @@ impl Server {
                 Some(Err(e)) => return Err(e.into()),
             };
             if closing.is_some() {
-                let _ = respond.send_reset(h2::Reason::REFUSED_STREAM);
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
                 continue;
             }
             let target = match connect::parse_target(&req) {

@@ -274,7 +274,9 @@ impl Pool {
                 {
                     return Ok(found);
                 }
-                match &entry.attempt {
+                // An attempt whose task ended without a result (it panicked) is no attempt.
+                let in_flight = entry.attempt.as_ref().filter(|a| a.has_changed().is_ok());
+                match in_flight {
                     Some(attempt) => (attempt.clone(), None),
                     None => {
                         let now = Instant::now();
