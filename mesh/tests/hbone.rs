@@ -643,7 +643,9 @@ async fn a_graceful_shutdown_keeps_open_streams_and_sends_new_ones_elsewhere() {
                 };
                 let handler = |req: InboundRequest| handle(req, Behaviour::Echo);
                 let _ = server
-                    .serve_connection_until(tcp, peer, handler, shutdown)
+                    .serve_connection_until(tcp, peer, handler, shutdown, |_: &Identity| {
+                        Some(std::future::pending::<()>())
+                    })
                     .await;
                 ended.fetch_add(1, Ordering::SeqCst);
             });

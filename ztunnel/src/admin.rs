@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use mesh::cert_manager::CertManager;
+use mesh::hbone::PoolStats;
 use mesh::http_server::{Call, Handler, Reply};
 use mesh::store::Store;
 use mesh::xds::XdsStatus;
@@ -28,6 +29,8 @@ pub struct AdminState {
     pub pods: Arc<Pods>,
     /// Live connections, and removed pods still draining.
     pub live: Arc<LiveConnections>,
+    /// Every pod's HBONE pool, summed.
+    pub pool_stats: PoolStats,
     /// xDS link status.
     pub xds: watch::Receiver<XdsStatus>,
     /// Metrics.
@@ -48,8 +51,8 @@ fn seconds_until(t: std::time::SystemTime) -> i64 {
 }
 
 impl AdminState {
-    /// `/config_dump`: [`AdminState::counts`], workloads, services, policies, served pods,
-    /// removed pods still draining, certificates, xDS status.
+    /// `/config_dump`: node-wide [`AdminState::counts`], workloads, services, policies, served
+    /// pods, removed pods still draining, certificates, xDS status.
     pub fn config_dump(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .certs
@@ -77,12 +80,23 @@ impl AdminState {
         })
     }
 
-    /// What ztunnel holds right now, for leak checks: each number returns to its old value
-    /// once the connections and pods that raised it are gone.
+    /// The `counts` object of `/config_dump`: one flat JSON object of node-wide gauges, for
+    /// tests and operators to see that nothing outlives its connection, pod or identity. Each
+    /// returns to its old value once what raised it is gone.
+    ///
+    /// - `data_plane_tasks`: tasks alive on the data-plane runtime;
+    /// - `live_connections`: proxied connections and HBONE tunnels registered for pods;
+    /// - `pool_connections`: HTTP/2 connections open in every pod's HBONE pool;
+    /// - `pool_keys`: keys in those pools (a destination with a connection, an attempt in
+    ///   flight, or a recent failure);
+    /// - `pool_streams`: CONNECT streams open through them.
     pub fn counts(&self) -> serde_json::Value {
         json!({
             "data_plane_tasks": self.data_plane.metrics().num_alive_tasks(),
             "live_connections": self.live.len(),
+            "pool_connections": self.pool_stats.connections(),
+            "pool_keys": self.pool_stats.keys(),
+            "pool_streams": self.pool_stats.streams(),
         })
     }
 

@@ -89,6 +89,7 @@ pub async fn run(
     let pods = Arc::new(Pods::default());
     let live = Arc::new(LiveConnections::default());
     control.spawn(live.clone().watch(store.clone()));
+    let pool_stats = mesh::hbone::PoolStats::new();
     let inputs = ProxyInputs {
         config: config.clone(),
         store: store.clone(),
@@ -96,6 +97,7 @@ pub async fn run(
         telemetry: telemetry.clone(),
         home,
         live: live.clone(),
+        pool_stats: pool_stats.clone(),
     };
     tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
 
@@ -105,6 +107,7 @@ pub async fn run(
         certs,
         pods,
         live,
+        pool_stats,
         xds: xds_status,
         telemetry,
         log_reload,

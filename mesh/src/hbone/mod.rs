@@ -7,6 +7,7 @@
 //! - [`connect`]: the CONNECT request itself (pure, fuzzed).
 //! - [`stream`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -18,8 +19,8 @@ pub mod server;
 pub mod stream;
 
 pub use connect::{Baggage, ConnectMeta};
-pub use pool::{ConnectFuture, Connector, Pool, PoolKey, TcpConnector};
-pub use server::{InboundRequest, Server, ServerCerts};
+pub use pool::{ConnectFuture, Connector, Pool, PoolKey, PoolStats, TcpConnector};
+pub use server::{ConfigFuture, InboundRequest, Server, ServerCerts};
 pub use stream::H2Stream;
 
 /// The HBONE port on every meshed pod (and waypoint).
@@ -55,8 +56,20 @@ pub struct H2Config {
     pub ping_timeout: Duration,
     /// Close pooled connections that carried no stream for this long.
     pub idle_timeout: Duration,
-    /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
+    /// Client: the deadline of one [`Pool::connect`] as a whole (a new connection's TCP, TLS
+    /// and HTTP/2 handshakes when one is needed, the CONNECT and its response), and of one
+    /// connection attempt.
     pub connect_timeout: Duration,
+    /// Client: how long a key fails fast after a failed connection attempt; doubles with each
+    /// consecutive failure, up to `connect_backoff_max`.
+    pub connect_backoff: Duration,
+    /// Client: the longest back-off.
+    pub connect_backoff_max: Duration,
+    /// Server: the deadline of one connection's whole set-up (waiting for our certificate,
+    /// TLS, HTTP/2 handshake).
+    pub handshake_timeout: Duration,
+    /// Server: connections in set-up at once per [`Server`]; one more is closed at once.
+    pub max_handshakes: usize,
 }
 
 impl Default for H2Config {
@@ -71,13 +84,20 @@ impl Default for H2Config {
             ping_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            connect_backoff: Duration::from_secs(1),
+            connect_backoff_max: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
         }
     }
 }
 
 /// Why an HBONE connection or stream failed. [`HboneError::status`] says what to answer a
 /// client with, [`HboneError::is_retryable`] whether another attempt could succeed.
-#[derive(Debug, thiserror::Error)]
+///
+/// Cloneable (sources are shared): one failed connection attempt is reported to every caller
+/// that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HboneError {
     /// TCP connect to the HBONE endpoint failed.
     #[error("connect to {addr} failed: {source}")]
@@ -85,7 +105,7 @@ pub enum HboneError {
         /// The HBONE endpoint.
         addr: std::net::SocketAddr,
         /// Why.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The TLS handshake failed (includes a peer that is not who we expected).
     #[error("TLS handshake with {addr} failed: {source}")]
@@ -93,14 +113,14 @@ pub enum HboneError {
         /// The HBONE endpoint.
         addr: std::net::SocketAddr,
         /// Why.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The peer did not negotiate `h2`.
     #[error("peer did not negotiate ALPN h2")]
     Alpn,
     /// HTTP/2 protocol or connection error.
     #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
+    H2(#[source] Arc<h2::Error>),
     /// The server answered the CONNECT with a non-200 status.
     #[error("CONNECT refused with {0}")]
     Status(StatusCode),
@@ -110,6 +130,18 @@ pub enum HboneError {
     /// No certificate is available to present.
     #[error("no certificate for this identity: {0}")]
     NoCertificate(String),
+    /// The client pool was drained (its pod left): it opens nothing any more.
+    #[error("the HBONE pool is closed: its workload left the mesh")]
+    PoolClosed,
+    /// The server refused the connection before serving it.
+    #[error("HBONE connection refused: {0}")]
+    Refused(&'static str),
+}
+
+impl From<h2::Error> for HboneError {
+    fn from(e: h2::Error) -> Self {
+        HboneError::H2(Arc::new(e))
+    }
 }
 
 impl HboneError {
@@ -126,7 +158,11 @@ impl HboneError {
         match self {
             HboneError::Connect { .. } | HboneError::Timeout(_) | HboneError::H2(_) => true,
             HboneError::Status(s) => *s == StatusCode::SERVICE_UNAVAILABLE,
-            HboneError::Tls { .. } | HboneError::Alpn | HboneError::NoCertificate(_) => false,
+            HboneError::Tls { .. }
+            | HboneError::Alpn
+            | HboneError::NoCertificate(_)
+            | HboneError::PoolClosed
+            | HboneError::Refused(_) => false,
         }
     }
 }

@@ -4,10 +4,18 @@
 //! target; everything else (is this target ours? does policy allow this peer? can we reach
 //! the application?) is the handler's decision, answered with [`InboundRequest::accept`] or
 //! [`InboundRequest::reject`].
+//!
+//! A connection's set-up (waiting for our certificate, TLS, HTTP/2) has one deadline,
+//! `handshake_timeout`; at most `max_handshakes` are in set-up at once per [`Server`], and one
+//! more is closed at once. The caller learns of a connection only once its peer has
+//! authenticated (the `on_authenticated` hook of [`Server::serve_connection_until`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -15,6 +23,8 @@ use h2::RecvStream;
 use http::{HeaderMap, Response, StatusCode};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -22,11 +32,31 @@ use super::{connect, keepalive, H2Config, H2Stream, HboneError};
 use crate::cert::WorkloadCertificate;
 use crate::identity::Identity;
 
+/// How long a connection closed by its `on_authenticated` guard is still driven, so the
+/// resets of its streams and the GOAWAY reach the client.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// A boxed future resolving with a TLS server config.
+pub type ConfigFuture<'a> = Pin<Box<dyn Future<Output = Arc<ServerConfig>> + Send + 'a>>;
+
 /// Where the server gets the TLS config to present, checked at each handshake so renewed
 /// certificates take effect without a restart.
 pub trait ServerCerts: Send + Sync + 'static {
     /// The config for the next handshake, or `None` while no certificate is available.
     fn server_config(&self) -> Option<Arc<ServerConfig>>;
+
+    /// Resolves with the config as soon as one is available: at once if there is one now,
+    /// otherwise when the source announces a change (no polling). The default, for sources
+    /// that never change, is the current config or never.
+    fn ready(&self) -> ConfigFuture<'_> {
+        let now = self.server_config();
+        Box::pin(async move {
+            match now {
+                Some(config) => config,
+                None => std::future::pending().await,
+            }
+        })
+    }
 }
 
 impl ServerCerts for Arc<WorkloadCertificate> {
@@ -46,6 +76,24 @@ impl ServerCerts
             Some(Ok(cert)) => Some(WorkloadCertificate::server_config(cert)),
             _ => None,
         }
+    }
+
+    fn ready(&self) -> ConfigFuture<'_> {
+        let mut rx = self.clone();
+        Box::pin(async move {
+            let cert = match rx.wait_for(|slot| matches!(slot, Some(Ok(_)))).await {
+                Ok(slot) => match &*slot {
+                    Some(Ok(cert)) => Some(cert.clone()),
+                    _ => None,
+                },
+                // The certificate manager is gone: nothing will ever be published.
+                Err(_) => None,
+            };
+            match cert {
+                Some(cert) => WorkloadCertificate::server_config(&cert),
+                None => std::future::pending().await,
+            }
+        })
     }
 }
 
@@ -115,12 +163,47 @@ fn ok_response(status: StatusCode) -> Response<()> {
 pub struct Server {
     config: H2Config,
     certs: Arc<dyn ServerCerts>,
+    /// One permit per connection in set-up.
+    handshakes: Arc<Semaphore>,
+    refused: AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("handshakes_in_flight", &self.handshakes_in_flight())
+            .field("handshakes_refused", &self.handshakes_refused())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The guard of a caller that keeps no state per connection.
+fn no_guard(_: &Identity) -> Option<std::future::Pending<()>> {
+    Some(std::future::pending())
 }
 
 impl Server {
     /// A server presenting the certificates from `certs`.
     pub fn new(config: H2Config, certs: Arc<dyn ServerCerts>) -> Self {
-        Server { config, certs }
+        let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
+        Server {
+            config,
+            certs,
+            handshakes,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections in set-up now (accepted, not yet serving HTTP/2).
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.config
+            .max_handshakes
+            .saturating_sub(self.handshakes.available_permits())
+    }
+
+    /// Connections closed at once because `max_handshakes` were already in set-up.
+    pub fn handshakes_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Accepts connections on `listener` forever, spawning a task per connection and per
@@ -136,7 +219,7 @@ impl Server {
                 Err(e) => {
                     // Out of fds or similar: back off briefly rather than spin.
                     tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -165,67 +248,67 @@ impl Server {
         H: Fn(InboundRequest) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        self.serve_connection_until(tcp, peer_addr, handler, std::future::pending())
+        self.serve_connection_until(tcp, peer_addr, handler, std::future::pending(), no_guard)
             .await
     }
 
-    /// Like [`Server::serve_connection`]; when `shutdown` resolves the connection is shut
-    /// down gracefully: a GOAWAY tells the client to open no new stream here, the streams
-    /// already open carry on, and the connection ends when the last one does.
-    pub async fn serve_connection_until<H, F>(
+    /// Like [`Server::serve_connection`], with two hooks:
+    ///
+    /// - `on_authenticated` runs once the peer has proved its identity in the TLS handshake,
+    ///   and never for a peer that did not. `None` refuses the connection (it is closed at
+    ///   once). `Some(guard)`: the guard lives as long as the connection; if it resolves, the
+    ///   connection is closed (GOAWAY, its streams reset) after a short grace.
+    /// - when `shutdown` resolves the connection is shut down gracefully: a GOAWAY tells the
+    ///   client to open no new stream here, the streams already open carry on, and the
+    ///   connection ends when the last one does.
+    ///
+    /// Set-up has one deadline, `handshake_timeout`, and takes one of the server's
+    /// `max_handshakes` slots; without a free slot the connection is closed at once.
+    pub async fn serve_connection_until<H, F, A, G>(
         &self,
         tcp: TcpStream,
         peer_addr: SocketAddr,
         handler: H,
         shutdown: impl Future<Output = ()>,
+        on_authenticated: A,
     ) -> Result<(), HboneError>
     where
         H: Fn(InboundRequest) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
+        A: FnOnce(&Identity) -> Option<G>,
+        G: Future<Output = ()>,
     {
-        let _ = tcp.set_nodelay(true);
-        // A workload just handed over may still be waiting for its first certificate: hold the
-        // client (it is in its TLS handshake) briefly rather than drop it.
-        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
-        let tls_config = loop {
-            if let Some(config) = self.certs.server_config() {
-                break config;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HboneError::NoCertificate(
-                    "server certificate not yet issued".into(),
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                peer = %peer_addr,
+                max_handshakes = self.config.max_handshakes,
+                refused_total = refused,
+                "HBONE connection closed: too many handshakes in flight"
+            );
+            return Err(HboneError::Refused("too many handshakes in flight"));
         };
-        let handshake = TlsAcceptor::from(tls_config).accept(tcp);
-        let tls = tokio::time::timeout(self.config.connect_timeout, handshake)
+        let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let timed_out = |_| HboneError::Timeout("HBONE connection set-up");
+        let (tls, peer) = tokio::time::timeout_at(deadline, self.tls_handshake(tcp, peer_addr))
             .await
-            .map_err(|_| HboneError::Timeout("TLS handshake"))?
-            .map_err(|source| {
-                tracing::info!(peer = %peer_addr, error = %source, "HBONE TLS handshake refused");
-                HboneError::Tls {
-                    addr: peer_addr,
-                    source,
-                }
-            })?;
-        let (_, session) = tls.get_ref();
-        if session.alpn_protocol() != Some(crate::tls::ALPN_H2) {
-            return Err(HboneError::Alpn);
-        }
-        let peer = crate::tls::peer_identity(session)
-            .ok_or_else(|| HboneError::NoCertificate("peer presented no usable identity".into()))?;
-
-        let mut conn = h2::server::Builder::new()
+            .map_err(timed_out)??;
+        let Some(guard) = on_authenticated(&peer) else {
+            return Err(HboneError::Refused("the destination is not served here"));
+        };
+        let handshake = h2::server::Builder::new()
             .initial_window_size(self.config.stream_window)
             .initial_connection_window_size(self.config.connection_window)
             .max_frame_size(self.config.max_frame_size)
             .max_concurrent_streams(self.config.max_streams as u32)
             .max_header_list_size(self.config.max_header_list_size)
             .handshake::<_, Bytes>(tls);
-        let mut conn = tokio::time::timeout(self.config.connect_timeout, &mut conn)
+        let mut conn = tokio::time::timeout_at(deadline, handshake)
             .await
-            .map_err(|_| HboneError::Timeout("HTTP/2 handshake"))??;
+            .map_err(timed_out)??;
+        drop(permit);
+
         let ping = keepalive::run(
             conn.ping_pong(),
             self.config.ping_interval,
@@ -233,7 +316,9 @@ impl Server {
         );
         tokio::pin!(ping);
         tokio::pin!(shutdown);
+        tokio::pin!(guard);
         let mut going_away = false;
+        let mut closing: Option<Instant> = None;
 
         loop {
             let next = tokio::select! {
@@ -244,12 +329,22 @@ impl Server {
                     conn.graceful_shutdown();
                     continue;
                 }
+                () = &mut guard, if closing.is_none() => {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                () = sleep_until_opt(closing) => return Ok(()),
             };
             let (req, mut respond) = match next {
                 None => return Ok(()),
                 Some(Ok(pair)) => pair,
                 Some(Err(e)) => return Err(e.into()),
             };
+            if closing.is_some() {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                continue;
+            }
             let target = match connect::parse_target(&req) {
                 Ok(target) => target,
                 Err(e) => {
@@ -269,5 +364,47 @@ impl Server {
             };
             tokio::spawn(handler(request));
         }
+    }
+
+    /// Waits for our certificate, then runs the TLS handshake and reads the peer's identity.
+    async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), HboneError> {
+        // A workload just handed over may still be waiting for its first certificate: hold
+        // the client (it is in its TLS handshake) until it is published, within the deadline.
+        let tls_config = match self.certs.server_config() {
+            Some(config) => config,
+            None => {
+                tracing::debug!(peer = %peer_addr, "waiting for the server certificate");
+                self.certs.ready().await
+            }
+        };
+        let tls = TlsAcceptor::from(tls_config)
+            .accept(tcp)
+            .await
+            .map_err(|source| {
+                tracing::info!(peer = %peer_addr, error = %source, "HBONE TLS handshake refused");
+                HboneError::Tls {
+                    addr: peer_addr,
+                    source: Arc::new(source),
+                }
+            })?;
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+            return Err(HboneError::Alpn);
+        }
+        let peer = crate::tls::peer_identity(session)
+            .ok_or_else(|| HboneError::NoCertificate("peer presented no usable identity".into()))?;
+        Ok((tls, peer))
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,7 +1,9 @@
 //! Inbound: HBONE on 15008 and plaintext on 15006, delivered to the application inside the
 //! pod with the client's own source address where the kernel allows it.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -9,17 +11,15 @@ use mesh::copy::Abort;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
 use mesh::rbac::Connection;
+use mesh::Identity;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authz;
-use super::live::{copy_until_closed, finish, Kind};
+use super::live::{copy_until_closed, finish, Kind, LiveConnections, PodKey};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Peer};
-
-/// How long an HBONE connection closed by a drain is still driven, to send its streams' resets.
-const TUNNEL_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why an inbound request is refused before reaching the application.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +52,11 @@ impl InboundError {
     }
 }
 
-/// Accepts HBONE connections for the pod until told to stop. Each one is registered as a
-/// tunnel of the pod, so a drain that ends closes it (and releases the pod's namespace) rather
-/// than leave it to the client's idle timeout.
+/// Accepts HBONE connections for the pod until told to stop. Set-up (TLS and HTTP/2) has
+/// one deadline and a cap on connections in set-up at once (see [`Server`]). A connection is
+/// registered as a tunnel of the pod once its peer has authenticated, so a drain that ends
+/// closes it (and releases the pod's namespace) rather than leave it to the client's idle
+/// timeout; unauthenticated ones are never counted.
 pub async fn serve_hbone(
     inputs: ProxyInputs,
     pod: PodContext,
@@ -75,31 +77,23 @@ pub async fn serve_hbone(
     let accept = async {
         loop {
             let (tcp, peer) = super::accept(&listener, "HBONE").await;
-            let Some(mut guard) = inputs.live.register(&key, Kind::Tunnel) else {
-                tracing::debug!(%peer, "HBONE connection refused: the pod is no longer served");
-                continue;
-            };
             let (server, handler) = (server.clone(), handler.clone());
+            let on_authenticated = tunnel_guard(inputs.live.clone(), key.clone());
             // The pod leaving the mesh sends GOAWAY at once: clients take new streams
             // elsewhere while these drain.
             let removed = stopped(per_connection.clone());
             let span = tracing::debug_span!("inbound_hbone", pod = %pod.uid, peer = %peer);
             tokio::spawn(
                 async move {
-                    let serve = server.serve_connection_until(tcp, peer, handler, removed);
-                    tokio::pin!(serve);
-                    tokio::select! {
-                        res = &mut serve => {
-                            if let Err(e) = res {
-                                tracing::debug!(error = %e, "HBONE connection ended with an error");
-                            }
-                        }
-                        reason = guard.closed() => {
-                            // Its streams were closed just before: drive the connection a moment
-                            // longer so their resets reach the client, then drop it.
-                            let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, &mut serve).await;
-                            tracing::debug!(%reason, "HBONE connection closed");
-                        }
+                    let serve = server.serve_connection_until(
+                        tcp,
+                        peer,
+                        handler,
+                        removed,
+                        on_authenticated,
+                    );
+                    if let Err(e) = serve.await {
+                        tracing::debug!(error = %e, "HBONE connection ended with an error");
                     }
                 }
                 .instrument(span),
@@ -109,6 +103,29 @@ pub async fn serve_hbone(
     tokio::select! {
         () = accept => {}
         () = stopped(stop) => {}
+    }
+}
+
+/// Lives as long as an HBONE connection; resolves when the registry closes the connection.
+type TunnelGuard = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The server's `on_authenticated` hook for one connection to `pod`: registers it as a tunnel
+/// of the pod once its peer is known, or refuses it (`None`) when the pod is no longer served.
+fn tunnel_guard(
+    live: Arc<LiveConnections>,
+    pod: PodKey,
+) -> impl FnOnce(&Identity) -> Option<TunnelGuard> {
+    move |peer: &Identity| {
+        let Some(mut guard) = live.register(&pod, Kind::Tunnel) else {
+            tracing::debug!(%peer, "HBONE connection refused: the pod is no longer served");
+            return None;
+        };
+        Some(Box::pin(async move {
+            // Its streams were closed just before; the server closes the connection after a
+            // short grace for their resets to reach the client.
+            let reason = guard.closed().await;
+            tracing::debug!(%reason, "HBONE connection closed");
+        }))
     }
 }
 
@@ -283,5 +300,116 @@ async fn handle_plaintext(
             stream.abort();
             record.close(0, 0, Some(&e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh::hbone::{ConnectMeta, HboneError, Pool, PoolKey, TcpConnector};
+    use mesh::testing::TestCa;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn only_authenticated_hbone_connections_count_as_tunnels_of_the_pod() {
+        let ca = TestCa::new("cluster.local", Duration::from_secs(3600));
+        let server_id: Identity = "spiffe://cluster.local/ns/demo/sa/b"
+            .parse()
+            .expect("identity");
+        let server = Arc::new(Server::new(
+            H2Config::default(),
+            Arc::new(Arc::new(ca.issue(&server_id))),
+        ));
+        let live = Arc::new(LiveConnections::default());
+        let pod = PodKey {
+            uid: "Kubernetes//v1/Pod/demo/b".into(),
+            netns: 1,
+        };
+        assert_eq!(live.pod_started(&pod), None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        {
+            let (server, live, pod) = (server.clone(), live.clone(), pod.clone());
+            tokio::spawn(async move {
+                while let Ok((tcp, peer)) = listener.accept().await {
+                    let server = server.clone();
+                    let hook = tunnel_guard(live.clone(), pod.clone());
+                    tokio::spawn(async move {
+                        let refuse = |req: InboundRequest| async move {
+                            req.reject(StatusCode::SERVICE_UNAVAILABLE)
+                        };
+                        let _ = server
+                            .serve_connection_until(tcp, peer, refuse, std::future::pending(), hook)
+                            .await;
+                    });
+                }
+            });
+        }
+
+        // Accepted but not authenticated: in set-up, never a tunnel.
+        let _silent = TcpStream::connect(addr).await.expect("tcp");
+        let mut plain = TcpStream::connect(addr).await.expect("tcp");
+        plain
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let _ = plain.read_to_end(&mut Vec::new()).await;
+        eventually("the silent connection is in set-up", || {
+            server.handshakes_in_flight() == 1
+        })
+        .await;
+        assert_eq!(live.len(), 0, "unauthenticated connections counted");
+
+        // Authenticated: one tunnel, however its streams fare.
+        let cert = ca.issue(
+            &"spiffe://cluster.local/ns/demo/sa/a"
+                .parse()
+                .expect("identity"),
+        );
+        let key = PoolKey::new(cert.identity().clone(), vec![server_id], addr, None);
+        let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
+        let err = pool
+            .connect(
+                &key,
+                &cert,
+                "10.0.0.2:80".parse().expect("addr"),
+                &ConnectMeta::default(),
+            )
+            .await
+            .expect_err("the handler refuses");
+        assert!(matches!(err, HboneError::Status(_)), "{err}");
+        assert_eq!(live.len(), 1);
+
+        // The pod's drain ends: the tunnel is closed and unregistered.
+        live.pod_removed(&pod, Duration::ZERO);
+        eventually("the tunnel is closed", || {
+            live.is_empty() && pool.open_connections() == 0
+        })
+        .await;
+        // After that, an authenticated peer is refused rather than registered.
+        let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
+        pool.connect(
+            &key,
+            &cert,
+            "10.0.0.2:80".parse().expect("addr"),
+            &ConnectMeta::default(),
+        )
+        .await
+        .expect_err("the pod is no longer served");
+        assert!(live.is_empty());
     }
 }

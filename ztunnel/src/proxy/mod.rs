@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use mesh::capture::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
 use mesh::cert_manager::CertManager;
-use mesh::hbone::{ConnectFuture, Connector};
+use mesh::hbone::{ConnectFuture, Connector, PoolStats};
 use mesh::model::Workload;
 use mesh::store::Store;
 use mesh::tcp_keepalive::TcpKeepalive;
@@ -50,6 +50,8 @@ pub struct ProxyInputs {
     pub home: Netns,
     /// Every live connection by pod: re-checked when policy changes, drained when its pod goes.
     pub live: Arc<live::LiveConnections>,
+    /// Node-wide counters of every pod's HBONE pool.
+    pub pool_stats: PoolStats,
 }
 
 /// The pod a proxy serves.

@@ -219,20 +219,33 @@ fn via_waypoint(
     })
 }
 
-/// Accepts the pod's outbound connections until told to stop.
+/// Drains the pool when dropped: when the pod's proxy stops (or its task is aborted), idle
+/// HBONE connections close at once and busy ones when their last stream ends.
+struct DrainOnDrop(Pool);
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.0.drain();
+    }
+}
+
+/// Accepts the pod's outbound connections until told to stop. The pod's HBONE pool counts
+/// into the node-wide `inputs.pool_stats` and is drained when this ends.
 pub async fn serve(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) {
-    let pool = Pool::new(
+    let pool = Pool::with_stats(
         H2Config::default(),
         Arc::new(PodConnector {
             pod: pod.clone(),
             home: inputs.home.clone(),
         }),
+        inputs.pool_stats.clone(),
     );
+    let _drain = DrainOnDrop(pool.clone());
     let accept = async {
         loop {
             let (stream, peer) = super::accept(&listener, "outbound").await;
