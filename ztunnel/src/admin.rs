@@ -47,7 +47,7 @@ fn seconds_until(t: std::time::SystemTime) -> i64 {
 
 impl AdminState {
     /// `/config_dump`: workloads, services, policies, served pods, removed pods still draining,
-    /// certificates, xDS status.
+    /// certificates, xDS status, and [`AdminState::counts`].
     pub fn config_dump(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .certs
@@ -71,6 +71,20 @@ impl AdminState {
             "draining_pods": self.live.draining(),
             "certificates": certs,
             "xds": xds,
+            "counts": self.counts(),
+        })
+    }
+
+    /// `counts` in `/config_dump`: how many of each long-lived thing ztunnel holds, so that a
+    /// test (or an operator) can see that nothing outlives its pod or identity.
+    pub fn counts(&self) -> serde_json::Value {
+        let live = self.live.counts();
+        json!({
+            "pods": self.pods.len(),
+            "draining_pods": self.live.draining().len(),
+            "cert_workers": self.certs.workers(),
+            "live_connections": live.connections,
+            "live_tunnels": live.tunnels,
         })
     }
 

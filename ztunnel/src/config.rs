@@ -98,6 +98,13 @@ pub struct Config {
     #[arg(long, env = "POD_DRAIN_SECS", default_value_t = 5)]
     pub pod_drain_secs: u64,
 
+    /// How long an identity's certificate keeps being renewed after the last pod with that
+    /// identity left this node, in seconds. A pod that comes back, or a new pod of the same
+    /// identity, within it finds the certificate ready; after it the renewal stops and the
+    /// certificate is dropped. 0 stops it at once.
+    #[arg(long, env = "CERT_RELEASE_GRACE_SECS", default_value_t = 30)]
+    pub cert_release_grace_secs: u64,
+
     /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -112,6 +119,11 @@ impl Config {
     /// Requested certificate lifetime.
     pub fn cert_ttl(&self) -> Duration {
         Duration::from_secs(self.cert_ttl_secs)
+    }
+
+    /// How long an identity no served pod holds keeps its certificate renewed.
+    pub fn cert_release_grace(&self) -> Duration {
+        Duration::from_secs(self.cert_release_grace_secs)
     }
 
     /// How long a removed pod's connections drain before they are closed.

@@ -165,6 +165,15 @@ pub struct DrainingPod {
     pub tunnels: usize,
 }
 
+/// How many connections are registered, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LiveCounts {
+    /// Proxied connections (inbound and outbound).
+    pub connections: usize,
+    /// HBONE connections to served or draining pods.
+    pub tunnels: usize,
+}
+
 /// The pods served or draining, and every connection open for them.
 #[derive(Default)]
 pub struct LiveConnections {
@@ -287,6 +296,20 @@ impl LiveConnections {
     /// Live connections now (proxied connections and HBONE tunnels).
     pub fn len(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Live proxied connections and HBONE tunnels now, separately (for `/config_dump`).
+    pub fn counts(&self) -> LiveCounts {
+        let inner = self.lock();
+        let tunnels = inner
+            .conns
+            .values()
+            .filter(|l| matches!(l.kind, Kind::Tunnel))
+            .count();
+        LiveCounts {
+            connections: inner.conns.len() - tunnels,
+            tunnels,
+        }
     }
 
     /// Whether none is live.
