@@ -207,7 +207,12 @@ async fn a_node_asking_for_the_ztunnel_identity_is_refused_and_audited() {
     }
     let mut raw = server.raw_ca().await;
     assert_refused(
-        call(&mut raw, Some(NODE1_TOKEN), request(csr_for(ZTUNNEL), 0, None)).await,
+        call(
+            &mut raw,
+            Some(NODE1_TOKEN),
+            request(csr_for(ZTUNNEL), 0, None),
+        )
+        .await,
         Code::PermissionDenied,
         &format!("node node-1 may not hold identity {ZTUNNEL}"),
     );

@@ -54,7 +54,11 @@ async fn an_identity_is_forgotten_after_its_last_lease_goes_and_the_grace_ends()
     sleep(GRACE - Duration::from_secs(1)).await;
     assert_eq!(manager.workers(), 2, "within the grace");
     sleep(Duration::from_secs(2)).await;
-    assert_eq!(manager.workers(), 1, "the grace ended: only the unleased one is left");
+    assert_eq!(
+        manager.workers(),
+        1,
+        "the grace ended: only the unleased one is left"
+    );
     assert_eq!(manager.snapshot()[0].0, id("unleased"));
     assert!(
         slot.changed().await.is_err(),
@@ -163,7 +167,11 @@ impl CertificateProvider for Scripted {
 #[tokio::test(start_paused = true)]
 async fn a_certificate_not_renewed_before_it_expires_is_withdrawn_then_replaced() {
     // Half its life is over at once: renewal starts now, and fails until the CA is back.
-    let ca = Scripted::new(Duration::from_secs(100), Duration::from_secs(200), Then::Fail);
+    let ca = Scripted::new(
+        Duration::from_secs(100),
+        Duration::from_secs(200),
+        Then::Fail,
+    );
     let manager = CertManager::new(
         ca.clone(),
         RenewalConfig {
@@ -202,7 +210,11 @@ async fn a_certificate_not_renewed_before_it_expires_is_withdrawn_then_replaced(
 
 #[tokio::test(start_paused = true)]
 async fn a_ca_that_never_answers_does_not_keep_an_expired_certificate_served() {
-    let ca = Scripted::new(Duration::from_secs(100), Duration::from_secs(200), Then::Hang);
+    let ca = Scripted::new(
+        Duration::from_secs(100),
+        Duration::from_secs(200),
+        Then::Hang,
+    );
     let manager = CertManager::new(ca.clone(), config());
     let _lease = manager.lease(&id("a"));
     manager.get(&id("a")).await.expect("first certificate");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
+use mesh::model::Workload;
 use mesh::rbac::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -182,6 +183,50 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
     }
 }
 
+/// Why a plaintext connection is refused before policy is checked.
+#[derive(Debug, thiserror::Error)]
+enum PlaintextRefusal {
+    /// Reaching the tunnel's own ports through the plaintext path is never legitimate: a
+    /// refusal by the mesh, not an upstream failure.
+    #[error("connection to a tunnel port refused")]
+    TunnelPort,
+    /// Without the control plane's view of this pod no policy can be checked: fail closed.
+    #[error("destination workload unknown; policy cannot be checked")]
+    UnknownWorkload,
+    /// The original destination is not one of the pod's addresses (as on the HBONE path).
+    #[error(transparent)]
+    NotThisPod(InboundError),
+}
+
+impl PlaintextRefusal {
+    /// The `response_flags` value.
+    fn flags(&self) -> &'static str {
+        match self {
+            PlaintextRefusal::TunnelPort | PlaintextRefusal::UnknownWorkload => "DENY",
+            PlaintextRefusal::NotThisPod(_) => "NR",
+        }
+    }
+}
+
+/// The pod's workload, when a plaintext connection to `orig_dst` may go on to the policy
+/// check: not a tunnel port, the pod known to the control plane, and `orig_dst` one of its own
+/// addresses.
+fn plaintext_destination(
+    workload: Option<Arc<Workload>>,
+    orig_dst: SocketAddr,
+) -> Result<Arc<Workload>, PlaintextRefusal> {
+    if mesh::hbone::RESERVED_PORTS.contains(&orig_dst.port()) {
+        return Err(PlaintextRefusal::TunnelPort);
+    }
+    let workload = workload.ok_or(PlaintextRefusal::UnknownWorkload)?;
+    if !workload.addresses.contains(&orig_dst.ip()) {
+        return Err(PlaintextRefusal::NotThisPod(InboundError::NotThisPod(
+            orig_dst.ip(),
+        )));
+    }
+    Ok(workload)
+}
+
 /// Serves plaintext inbound (from outside the mesh) until told to stop.
 pub async fn serve_plaintext(
     inputs: ProxyInputs,
@@ -237,21 +282,21 @@ async fn handle_plaintext(
         None,
         false,
     );
-    if mesh::hbone::RESERVED_PORTS.contains(&orig_dst.port()) {
-        // Reaching the tunnel's own ports through the plaintext path is never legitimate: a
-        // refusal by the mesh, not an upstream failure.
-        record.set_flags("DENY");
-        tracing::info!(target: "authz", %peer, %orig_dst, "plaintext connection to a tunnel port refused");
-        return record.close(0, 0, Some(&"connection to a tunnel port refused"));
-    }
-    let Some(dst_workload) = pod.workload(store) else {
-        // Without the control plane's view of this pod no policy can be checked: fail closed.
-        record.set_flags("DENY");
-        return record.close(
-            0,
-            0,
-            Some(&"destination workload unknown; policy cannot be checked"),
-        );
+    let dst_workload = match plaintext_destination(pod.workload(store), orig_dst) {
+        Ok(w) => w,
+        Err(refusal) => {
+            match &refusal {
+                PlaintextRefusal::TunnelPort => {
+                    tracing::info!(target: "authz", %peer, %orig_dst, "plaintext connection to a tunnel port refused");
+                }
+                PlaintextRefusal::NotThisPod(_) => {
+                    tracing::info!(%peer, %orig_dst, "plaintext connection for another pod refused");
+                }
+                PlaintextRefusal::UnknownWorkload => {}
+            }
+            record.set_flags(refusal.flags());
+            return record.close(0, 0, Some(&refusal));
+        }
     };
     let conn = Connection {
         src_identity: None,
@@ -274,5 +319,64 @@ async fn handle_plaintext(
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
         Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
         Err(e) => record.close(0, 0, Some(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::workload as pb;
+
+    fn pod() -> Arc<Workload> {
+        Arc::new(
+            Workload::try_from(pb::Workload {
+                uid: "Kubernetes//v1/Pod/demo/b".into(),
+                name: "b".into(),
+                namespace: "demo".into(),
+                addresses: vec![vec![10, 12, 0, 2]],
+                tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+                service_account: "b".into(),
+                ..Default::default()
+            })
+            .expect("valid workload"),
+        )
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn plaintext_to_one_of_the_pods_own_addresses_goes_on_to_policy() {
+        let w = plaintext_destination(Some(pod()), addr("10.12.0.2:7000")).expect("allowed");
+        assert_eq!(w.uid, "Kubernetes//v1/Pod/demo/b");
+    }
+
+    #[test]
+    fn plaintext_whose_original_destination_is_not_the_pods_is_refused_like_hbone() {
+        let err = plaintext_destination(Some(pod()), addr("10.12.0.3:7000"))
+            .expect_err("another pod's address");
+        assert!(matches!(
+            err,
+            PlaintextRefusal::NotThisPod(InboundError::NotThisPod(ip)) if ip == addr("10.12.0.3:7000").ip()
+        ));
+        assert_eq!(err.flags(), "NR", "the flag the HBONE path sets");
+        assert_eq!(
+            err.to_string(),
+            "target 10.12.0.3 is not an address of this pod"
+        );
+        // A service VIP or the node's address is no more the pod's than another pod's.
+        assert!(plaintext_destination(Some(pod()), addr("10.96.0.10:80")).is_err());
+    }
+
+    #[test]
+    fn plaintext_to_a_tunnel_port_or_an_unknown_pod_is_denied() {
+        let err = plaintext_destination(Some(pod()), addr("10.12.0.2:15008")).expect_err("tunnel");
+        assert_eq!(
+            (err.flags(), err.to_string().as_str()),
+            ("DENY", "connection to a tunnel port refused")
+        );
+        let err = plaintext_destination(None, addr("10.12.0.2:7000")).expect_err("unknown");
+        assert_eq!(err.flags(), "DENY");
     }
 }

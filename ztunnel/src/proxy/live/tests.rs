@@ -326,7 +326,11 @@ async fn a_recheck_evaluates_each_distinct_connection_once_and_only_when_its_pol
         b.upsert_policy(policy("deny-nothing", PolicyAction::Deny, false));
     });
     assert_eq!(live.recheck(&store), 0);
-    assert_eq!(live.recheck_evaluations(), 10, "once per distinct connection");
+    assert_eq!(
+        live.recheck_evaluations(),
+        10,
+        "once per distinct connection"
+    );
 
     // Another pod, the same policy re-sent, nothing at all: the pod's policies are unchanged.
     apply(&store, |b| {
@@ -373,7 +377,11 @@ async fn connections_registered_after_a_recheck_are_evaluated_by_the_next_one_on
         b.upsert_workload(unrelated(1));
     });
     live.recheck(&store);
-    assert_eq!(live.recheck_evaluations(), 3, "the two new distinct connections");
+    assert_eq!(
+        live.recheck_evaluations(),
+        3,
+        "the two new distinct connections"
+    );
     apply(&store, |b| {
         b.upsert_workload(unrelated(2));
     });
