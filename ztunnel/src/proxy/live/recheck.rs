@@ -161,7 +161,7 @@ impl LiveConnections {
         }
         let mut total = 0;
         for (conn, decision, closed) in closed_by {
-            tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, connections = closed, "closing live connections no longer allowed");
+            tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, connections = closed, "closing a live connection no longer allowed");
             total += closed;
         }
         total
