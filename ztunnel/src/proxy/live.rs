@@ -187,6 +187,9 @@ pub struct LiveConnections {
     rechecks: Mutex<recheck::State>,
     /// Policy evaluations done by re-checks so far.
     evaluations: AtomicU64,
+    /// Of those, how many ran while the registry's lock was free (tests).
+    #[cfg(test)]
+    evaluations_unlocked: AtomicU64,
 }
 
 /// Held by a proxied connection; unregisters it on drop. [`LiveGuard::closed`] resolves with

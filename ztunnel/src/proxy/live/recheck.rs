@@ -123,6 +123,10 @@ impl LiveConnections {
             for (conn, ids) in conns {
                 let decision = authz::decide(policies, &conn);
                 self.evaluations.fetch_add(1, Ordering::Relaxed);
+                #[cfg(test)]
+                if self.inner.try_lock().is_ok() {
+                    self.evaluations_unlocked.fetch_add(1, Ordering::Relaxed);
+                }
                 if matches!(scope, Scope::All) {
                     authz::log_dry_run(&conn, &decision);
                 }

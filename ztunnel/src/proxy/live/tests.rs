@@ -313,7 +313,8 @@ fn unrelated(n: u8) -> Workload {
 }
 
 #[tokio::test]
-async fn a_recheck_evaluates_each_distinct_connection_once_and_only_when_its_policies_change() {
+async fn a_recheck_evaluates_each_distinct_connection_once_off_the_lock_and_only_when_its_policies_change(
+) {
     let pod = key(1);
     let live = served(&pod);
     // 10,000 connections from 10 clients.
@@ -330,6 +331,11 @@ async fn a_recheck_evaluates_each_distinct_connection_once_and_only_when_its_pol
         live.recheck_evaluations(),
         10,
         "once per distinct connection"
+    );
+    assert_eq!(
+        live.evaluations_unlocked.load(Ordering::Relaxed),
+        10,
+        "every evaluation ran without the registry's lock"
     );
 
     // Another pod, the same policy re-sent, nothing at all: the pod's policies are unchanged.
