@@ -76,7 +76,8 @@ pub struct RenewalConfig {
     pub max_backoff: Duration,
     /// Renewal happens at half-life minus up to this fraction of the lifetime.
     pub jitter_fraction: f64,
-    /// How long [`CertManager::get`] waits for a retry when every fetch so far has failed.
+    /// How long [`CertManager::get`] waits for a retry when every fetch so far has failed, or
+    /// the certificate expired before a renewal succeeded.
     pub wait_on_failure: Duration,
     /// How long an identity's worker and certificate are kept after its last [`CertLease`]
     /// is dropped; zero stops the worker at once.
