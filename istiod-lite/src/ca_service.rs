@@ -8,8 +8,10 @@
 //!    identity as the CSR, else `InvalidArgument`;
 //! 4. the identity must be in our trust domain, else `PermissionDenied`;
 //! 5. the node must be allowed to hold it: a pod with that identity is scheduled on the node,
-//!    or it is the node tunnel's own identity (`ns/istio-system/sa/ztunnel`), else
-//!    `PermissionDenied`;
+//!    else `PermissionDenied`. Nothing else: a node's token never obtains an identity of its
+//!    own (no component of the mesh presents one, and one shared by every node would let any
+//!    node pass for any other), so `ns/istio-system/sa/ztunnel` is refused like any identity
+//!    without a pod on the node;
 //! 6. sign for min(requested lifetime, maximum).
 //!
 //! Every decision writes one line on the tracing target `audit` with the fields `node`,
@@ -29,11 +31,6 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::pods::PodDirectory;
 use crate::tokens::Tokens;
-
-/// Namespace and service account of the node tunnel's own identity.
-pub const ZTUNNEL_NAMESPACE: &str = "istio-system";
-/// Service account of the node tunnel.
-pub const ZTUNNEL_SERVICE_ACCOUNT: &str = "ztunnel";
 
 /// Largest request accepted on the wire; a CSR is under 1 KiB and is capped at 16 KiB.
 const MAX_REQUEST_LEN: usize = 64 * 1024;
@@ -106,11 +103,6 @@ impl CaService {
     /// The tonic server for this service, with a request size limit.
     pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
         IstioCertificateServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_LEN)
-    }
-
-    /// The node tunnel's own identity in `trust_domain`.
-    pub fn ztunnel_identity(trust_domain: &str) -> Option<Identity> {
-        Identity::new(trust_domain, ZTUNNEL_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT).ok()
     }
 
     async fn decide(
@@ -206,9 +198,6 @@ impl CaService {
 
     /// Why `node` may hold `identity`, or `None` if it may not.
     async fn may_hold(&self, node: &str, identity: &Identity) -> Option<&'static str> {
-        if Self::ztunnel_identity(self.ca.trust_domain()).as_ref() == Some(identity) {
-            return Some("the node tunnel's own identity");
-        }
         // The pod directory may stat and re-read files: keep that off the async threads.
         let pods = self.pods.clone();
         let (node, identity) = (node.to_string(), identity.clone());

@@ -24,8 +24,8 @@ pub enum LogFormat {
 /// `istio.v1.auth.IstioCertificateService/CreateCertificate`, and serves workloads, services
 /// and authorization policies over delta ADS (`DeltaAggregatedResources`), both gRPC over TLS
 /// on port 15012. Callers authenticate with a bearer token from the tokens file; a node may only obtain the
-/// identities of pods scheduled on it (read from the Kubernetes YAML in the config directory)
-/// and its own ztunnel identity. The root CA is generated on first start and kept in the data
+/// identities of pods scheduled on it (read from the Kubernetes YAML in the config directory),
+/// never a node-wide one such as `ns/istio-system/sa/ztunnel`. The root CA is generated on first start and kept in the data
 /// directory, or loaded from a plug-in CA directory.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "istiod-lite", version, about, long_about)]

@@ -184,13 +184,57 @@ async fn node_gets_a_certificate_for_a_pod_on_it_leaf_first_root_last_lifetime_c
     .cert_chain;
     assert!(lifetime(&chain[0]) <= Duration::from_secs(600 + 120));
 
-    // The node tunnel's own identity, without impersonation.
-    let own = server
-        .client(Some(NODE2_TOKEN), false)
-        .fetch(&id("spiffe://cluster.local/ns/istio-system/sa/ztunnel"))
-        .await
-        .expect("ztunnel identity issued");
-    assert_eq!(own.identity().service_account(), "ztunnel");
+    server.stop().await;
+}
+
+/// No node-wide identity exists: a node's token asking for the node tunnel's identity (with or
+/// without impersonation) is refused like any identity without a pod on the node, and audited.
+#[tokio::test]
+async fn a_node_asking_for_the_ztunnel_identity_is_refused_and_audited() {
+    const ZTUNNEL: &str = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+    let env = env();
+    let server = env.start_from_dir().await;
+    for impersonate in [false, true] {
+        let err = server
+            .client(Some(NODE2_TOKEN), impersonate)
+            .fetch(&id(ZTUNNEL))
+            .await
+            .expect_err("no node holds the ztunnel identity");
+        assert!(
+            matches!(&err, FetchError::Refused(m) if m.contains("PermissionDenied")),
+            "{err}"
+        );
+    }
+    let mut raw = server.raw_ca().await;
+    assert_refused(
+        call(
+            &mut raw,
+            Some(NODE1_TOKEN),
+            request(csr_for(ZTUNNEL), 0, None),
+        )
+        .await,
+        Code::PermissionDenied,
+        &format!("node node-1 may not hold identity {ZTUNNEL}"),
+    );
+    let lines = logs().lines();
+    for node in ["node-1", "node-2"] {
+        assert!(
+            lines.iter().any(|l| l.contains(" audit:")
+                && l.contains(node)
+                && l.contains(ZTUNNEL)
+                && l.contains("deny")
+                && l.contains("PermissionDenied")),
+            "no deny audit line for {node} / {ZTUNNEL} in:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(" audit:") && l.contains(ZTUNNEL) && l.contains("allow")),
+        "{}",
+        lines.join("\n")
+    );
     server.stop().await;
 }
 

@@ -7,11 +7,22 @@
 //! so far nudges it to retry soon (at most once per [`RenewalConfig::wait_on_failure`]) and
 //! waits that long: a pod's first connection should not fail for a backoff that grew while
 //! the CA did not know the pod yet. All timing uses tokio's clock so tests can pause time.
+//!
+//! Lifetimes: an identity's worker runs while someone holds a [`CertLease`] on it (a served
+//! pod) and for [`RenewalConfig::release_grace`] after the last lease goes, so a pod that comes
+//! back (or a new pod of the same identity) within the grace finds its certificate ready; then
+//! the worker stops and the certificate is dropped. An identity only ever asked for with
+//! [`CertManager::get`] and never leased is kept for the life of the manager.
+//!
+//! An expired certificate is never handed out: the worker withdraws it from the slot when its
+//! `not_after` passes without a renewal, and [`CertManager::get`] treats one past `not_after`
+//! like no certificate at all (nudges the worker and waits, as for a first fetch).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Notify};
@@ -35,6 +46,9 @@ pub enum FetchError {
     /// The CA's answer was unusable.
     #[error("CA answer unusable: {0}")]
     BadResponse(String),
+    /// The certificate expired before a renewal succeeded; none is served until one does.
+    #[error("certificate expired: {0}")]
+    Expired(String),
 }
 
 impl From<CertError> for FetchError {
@@ -62,8 +76,12 @@ pub struct RenewalConfig {
     pub max_backoff: Duration,
     /// Renewal happens at half-life minus up to this fraction of the lifetime.
     pub jitter_fraction: f64,
-    /// How long [`CertManager::get`] waits for a retry when every fetch so far has failed.
+    /// How long [`CertManager::get`] waits for a retry when every fetch so far has failed, or
+    /// the certificate expired before a renewal succeeded.
     pub wait_on_failure: Duration,
+    /// How long an identity's worker and certificate are kept after its last [`CertLease`]
+    /// is dropped; zero stops the worker at once.
+    pub release_grace: Duration,
 }
 
 impl Default for RenewalConfig {
@@ -73,6 +91,7 @@ impl Default for RenewalConfig {
             max_backoff: Duration::from_secs(60),
             jitter_fraction: 0.05,
             wait_on_failure: Duration::from_secs(3),
+            release_grace: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +103,20 @@ struct Entry {
     /// Wakes the worker out of its backoff: someone is waiting for a certificate.
     nudge: Arc<Notify>,
     task: JoinHandle<()>,
+    /// Live [`CertLease`]s on the identity.
+    leases: usize,
+    /// Armed when the last lease went: forgets the entry when it fires, unless a lease is taken
+    /// again first. Its id tells a stale timer from the current one.
+    release: Option<(u64, JoinHandle<()>)>,
+}
+
+impl Entry {
+    fn stop(self) {
+        self.task.abort();
+        if let Some((_, timer)) = self.release {
+            timer.abort();
+        }
+    }
 }
 
 /// Holds a certificate per identity and keeps each fresh.
@@ -93,6 +126,41 @@ pub struct CertManager {
     entries: Mutex<HashMap<Identity, Entry>>,
     /// Where renewal tasks run; the caller's runtime when `None`.
     runtime: Option<tokio::runtime::Handle>,
+    /// Ids of release timers.
+    next_release: AtomicU64,
+    /// Itself, for release timers that must not keep it alive.
+    this: Weak<CertManager>,
+}
+
+/// Keeps an identity's certificate renewed while held (see [`CertManager::lease`]). Dropping
+/// the last lease of an identity stops its renewal after [`RenewalConfig::release_grace`].
+#[must_use = "the identity's certificate is released when the lease is dropped"]
+pub struct CertLease {
+    manager: Weak<CertManager>,
+    identity: Identity,
+}
+
+impl std::fmt::Debug for CertLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertLease")
+            .field("identity", &self.identity.to_string())
+            .finish()
+    }
+}
+
+impl CertLease {
+    /// The identity held.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+impl Drop for CertLease {
+    fn drop(&mut self) {
+        if let Some(manager) = self.manager.upgrade() {
+            manager.release(&self.identity);
+        }
+    }
 }
 
 impl std::fmt::Debug for CertManager {
@@ -104,11 +172,21 @@ impl std::fmt::Debug for CertManager {
 impl CertManager {
     /// A manager that fetches from `provider`.
     pub fn new(provider: Arc<dyn CertificateProvider>, config: RenewalConfig) -> Arc<Self> {
-        Arc::new(CertManager {
+        Self::build(provider, config, None)
+    }
+
+    fn build(
+        provider: Arc<dyn CertificateProvider>,
+        config: RenewalConfig,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| CertManager {
             provider,
             config,
             entries: Mutex::new(HashMap::new()),
-            runtime: None,
+            runtime,
+            next_release: AtomicU64::new(0),
+            this: this.clone(),
         })
     }
 
@@ -119,23 +197,25 @@ impl CertManager {
         config: RenewalConfig,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Self> {
-        Arc::new(CertManager {
-            provider,
-            config,
-            entries: Mutex::new(HashMap::new()),
-            runtime: Some(runtime),
-        })
+        Self::build(provider, config, Some(runtime))
     }
 
     /// The current certificate for `identity`, fetching it first if this is the first ask.
-    /// Once one exists, it is returned until replaced. While every fetch so far has failed,
-    /// the worker is nudged to retry at once and the caller waits up to
-    /// [`RenewalConfig::wait_on_failure`] for a success before getting the last error.
+    /// Once one exists, it is returned until replaced or expired. While every fetch so far has
+    /// failed, or the certificate has expired, the worker is nudged to retry at once and the
+    /// caller waits up to [`RenewalConfig::wait_on_failure`] for a success before getting the
+    /// last error.
     pub async fn get(&self, identity: &Identity) -> Result<Arc<WorkloadCertificate>, FetchError> {
         let (mut rx, nudge) = self.entry(identity);
         let mut deadline = None;
         loop {
-            match rx.borrow_and_update().clone() {
+            let state = match rx.borrow_and_update().clone() {
+                Some(Ok(cert)) if cert.is_expired_at(SystemTime::now()) => {
+                    Some(Err(expired(&cert)))
+                }
+                other => other,
+            };
+            match state {
                 Some(Ok(cert)) => return Ok(cert),
                 Some(Err(e)) => {
                     let until = *deadline.get_or_insert_with(|| {
@@ -166,11 +246,91 @@ impl CertManager {
         self.entry(identity).0
     }
 
+    /// Keeps `identity`'s certificate renewed until the returned lease (and every other lease
+    /// on it) is dropped, plus [`RenewalConfig::release_grace`]; starts the worker if needed
+    /// and cancels a pending release.
+    pub fn lease(&self, identity: &Identity) -> CertLease {
+        let mut entries = lock(&self.entries);
+        let entry = self.entry_locked(&mut entries, identity);
+        entry.leases += 1;
+        if let Some((_, timer)) = entry.release.take() {
+            timer.abort();
+            tracing::debug!(identity = %identity, "identity leased again within its release grace; renewal goes on");
+        }
+        CertLease {
+            manager: self.this.clone(),
+            identity: identity.clone(),
+        }
+    }
+
+    fn release(&self, identity: &Identity) {
+        let mut entries = lock(&self.entries);
+        let Some(entry) = entries.get_mut(identity) else {
+            return; // forgotten explicitly meanwhile
+        };
+        entry.leases = entry.leases.saturating_sub(1);
+        if entry.leases > 0 {
+            return;
+        }
+        let grace = self.config.release_grace;
+        let runtime = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let Some(runtime) = runtime.filter(|_| !grace.is_zero()) else {
+            if let Some(entry) = entries.remove(identity) {
+                entry.stop();
+            }
+            tracing::info!(identity = %identity, "last workload of the identity left; certificate renewal stopped");
+            return;
+        };
+        let id = self.next_release.fetch_add(1, Ordering::Relaxed);
+        let (this, who) = (self.this.clone(), identity.clone());
+        let timer = runtime.spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(manager) = this.upgrade() {
+                manager.release_ended(&who, id);
+            }
+        });
+        if let Some((_, old)) = entry.release.replace((id, timer)) {
+            old.abort();
+        }
+    }
+
+    fn release_ended(&self, identity: &Identity, id: u64) {
+        let mut entries = lock(&self.entries);
+        let current = entries.get(identity).is_some_and(|e| {
+            e.leases == 0 && matches!(&e.release, Some((armed, _)) if *armed == id)
+        });
+        if !current {
+            return;
+        }
+        if let Some(entry) = entries.remove(identity) {
+            entry.task.abort(); // not `stop`: this timer is the release task itself
+        }
+        tracing::info!(identity = %identity, grace_secs = self.config.release_grace.as_secs_f64(), "no workload of the identity came back within the grace; certificate renewal stopped");
+    }
+
+    /// How many identities have a certificate worker (for `/config_dump` counts).
+    pub fn workers(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
     fn entry(&self, identity: &Identity) -> (Slot, Arc<Notify>) {
         let mut entries = lock(&self.entries);
-        if let Some(entry) = entries.get(identity) {
-            return (entry.rx.clone(), entry.nudge.clone());
-        }
+        let entry = self.entry_locked(&mut entries, identity);
+        (entry.rx.clone(), entry.nudge.clone())
+    }
+
+    fn entry_locked<'m>(
+        &self,
+        entries: &'m mut HashMap<Identity, Entry>,
+        identity: &Identity,
+    ) -> &'m mut Entry {
+        let vacant = match entries.entry(identity.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => return o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v,
+        };
         let (tx, rx) = watch::channel(None);
         let nudge = Arc::new(Notify::new());
         let work = renew_loop(
@@ -184,15 +344,13 @@ impl CertManager {
             Some(runtime) => runtime.spawn(work),
             None => tokio::spawn(work),
         };
-        entries.insert(
-            identity.clone(),
-            Entry {
-                rx: rx.clone(),
-                nudge: nudge.clone(),
-                task,
-            },
-        );
-        (rx, nudge)
+        vacant.insert(Entry {
+            rx,
+            nudge,
+            task,
+            leases: 0,
+            release: None,
+        })
     }
 
     /// Pre-fetches certificates for identities about to be needed.
@@ -200,10 +358,11 @@ impl CertManager {
         let _ = self.subscribe(identity);
     }
 
-    /// Stops renewing and forgets `identity` (its last workload left the node).
+    /// Stops renewing and forgets `identity` at once, leases or not (leases dropped later do
+    /// nothing). Ordinarily identities go when their last [`CertLease`] does.
     pub fn forget(&self, identity: &Identity) {
         if let Some(entry) = lock(&self.entries).remove(identity) {
-            entry.task.abort();
+            entry.stop();
         }
     }
 
@@ -228,7 +387,7 @@ impl CertManager {
 impl Drop for CertManager {
     fn drop(&mut self) {
         for (_, entry) in lock(&self.entries).drain() {
-            entry.task.abort();
+            entry.stop();
         }
     }
 }
@@ -246,43 +405,110 @@ async fn renew_loop(
     nudge: Arc<Notify>,
 ) {
     let mut backoff = config.initial_backoff;
-    let mut have_cert = false;
+    // When the certificate being served expires, on tokio's clock; `None` while none is.
+    let mut serving_until: Option<tokio::time::Instant> = None;
     let mut last_nudged: Option<tokio::time::Instant> = None;
     loop {
-        match provider.fetch(&identity).await {
+        let fetch = provider.fetch(&identity);
+        tokio::pin!(fetch);
+        // A CA that does not answer must not keep an expired certificate served either.
+        let fetched = loop {
+            tokio::select! {
+                fetched = &mut fetch => break fetched,
+                () = sleep_until(serving_until) => {
+                    serving_until = None;
+                    withdraw(&tx, &identity);
+                }
+            }
+        };
+        let fetched = fetched.and_then(|cert| {
+            if cert.is_expired_at(SystemTime::now()) {
+                Err(FetchError::BadResponse(format!(
+                    "the certificate issued is already expired ({})",
+                    expired(&cert)
+                )))
+            } else {
+                Ok(cert)
+            }
+        });
+        match fetched {
             Ok(cert) => {
                 backoff = config.initial_backoff;
-                let wait = renew_in(&cert, SystemTime::now(), config.jitter_fraction);
+                let now = SystemTime::now();
+                let wait = renew_in(&cert, now, config.jitter_fraction);
                 tracing::info!(identity = %identity, renew_in_s = wait.as_secs(), "certificate issued");
-                have_cert = true;
+                let valid_for = cert.not_after().duration_since(now).unwrap_or_default();
+                serving_until = Some(tokio::time::Instant::now() + valid_for);
                 tx.send_replace(Some(Ok(Arc::new(cert))));
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 tracing::warn!(identity = %identity, error = %e, retry_in_ms = backoff.as_millis() as u64, "certificate fetch failed");
-                if !have_cert {
+                if serving_until.is_none() {
                     tx.send_replace(Some(Err(e)));
                 }
                 // A waiting caller cuts a grown backoff short, once per `wait_on_failure`:
                 // enough for a pod whose first connection comes after the CA learnt about it,
                 // too rare for callers of an identity the CA keeps refusing to hammer it. The
                 // backoff keeps growing either way.
-                let nudge_allowed_at = last_nudged.map(|at| at + config.wait_on_failure);
-                let nudged = async {
-                    if let Some(at) = nudge_allowed_at {
-                        tokio::time::sleep_until(at).await;
+                let retry_at = tokio::time::Instant::now() + jittered(backoff);
+                loop {
+                    let nudge_allowed_at = last_nudged.map(|at| at + config.wait_on_failure);
+                    let nudged = async {
+                        if let Some(at) = nudge_allowed_at {
+                            tokio::time::sleep_until(at).await;
+                        }
+                        nudge.notified().await;
+                        tokio::time::sleep(config.initial_backoff).await;
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep_until(retry_at) => break,
+                        () = nudged => {
+                            last_nudged = Some(tokio::time::Instant::now());
+                            break;
+                        }
+                        () = sleep_until(serving_until) => {
+                            serving_until = None;
+                            withdraw(&tx, &identity);
+                        }
                     }
-                    nudge.notified().await;
-                    tokio::time::sleep(config.initial_backoff).await;
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(jittered(backoff)) => {}
-                    () = nudged => last_nudged = Some(tokio::time::Instant::now()),
                 }
                 backoff = (backoff * 2).min(config.max_backoff);
             }
         }
     }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes the served certificate out of the slot once it expired without a renewal: handshakes
+/// get none, and [`CertManager::get`] waits for the next fetch.
+fn withdraw(
+    tx: &watch::Sender<Option<Result<Arc<WorkloadCertificate>, FetchError>>>,
+    identity: &Identity,
+) {
+    tracing::warn!(identity = %identity, "certificate expired before a renewal succeeded; withdrawn");
+    tx.send_replace(Some(Err(FetchError::Expired(format!(
+        "{identity}: no renewal succeeded before it expired"
+    )))));
+}
+
+/// The error for a certificate past its `not_after`.
+fn expired(cert: &WorkloadCertificate) -> FetchError {
+    let ago = SystemTime::now()
+        .duration_since(cert.not_after())
+        .unwrap_or_default();
+    FetchError::Expired(format!(
+        "{}: expired {}s ago",
+        cert.identity(),
+        ago.as_secs()
+    ))
 }
 
 /// How long from `now` until `cert` should be renewed: its half-life, minus up to
@@ -301,3 +527,6 @@ fn jittered(d: Duration) -> Duration {
     // Up to ±20% so that many workers retrying at once spread out.
     d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
+
+#[cfg(test)]
+mod tests;

@@ -85,15 +85,23 @@ impl AdminState {
     /// returns to its old value once what raised it is gone.
     ///
     /// - `data_plane_tasks`: tasks alive on the data-plane runtime;
-    /// - `live_connections`: proxied connections and HBONE tunnels registered for pods;
+    /// - `pods`: pods served; `draining_pods`: removed pods whose connections still drain;
+    /// - `cert_workers`: identities whose certificate is held and renewed;
+    /// - `live_connections`, `live_tunnels`: proxied connections, and HBONE connections to
+    ///   served pods;
     /// - `pool_connections`: HTTP/2 connections open in every pod's HBONE pool;
     /// - `pool_keys`: keys in those pools (a destination with a connection, an attempt in
     ///   flight, or a recent failure);
     /// - `pool_streams`: CONNECT streams open through them.
     pub fn counts(&self) -> serde_json::Value {
+        let live = self.live.counts();
         json!({
             "data_plane_tasks": self.data_plane.metrics().num_alive_tasks(),
-            "live_connections": self.live.len(),
+            "pods": self.pods.len(),
+            "draining_pods": self.live.draining().len(),
+            "cert_workers": self.certs.workers(),
+            "live_connections": live.connections,
+            "live_tunnels": live.tunnels,
             "pool_connections": self.pool_stats.connections(),
             "pool_keys": self.pool_stats.keys(),
             "pool_streams": self.pool_stats.streams(),

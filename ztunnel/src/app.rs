@@ -53,7 +53,14 @@ pub async fn run(
         impersonate: true,
     })
     .context("CA client")?;
-    let certs = CertManager::on_runtime(Arc::new(ca), RenewalConfig::default(), control.clone());
+    let certs = CertManager::on_runtime(
+        Arc::new(ca),
+        RenewalConfig {
+            release_grace: config.cert_release_grace(),
+            ..RenewalConfig::default()
+        },
+        control.clone(),
+    );
 
     let store = Store::new();
     let node_ip = config.admin_addr.ip();

@@ -116,6 +116,13 @@ pub struct Config {
     #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
     pub keepalive_retries: u32,
 
+    /// How long an identity's certificate keeps being renewed after the last pod with that
+    /// identity left this node, in seconds. A pod that comes back, or a new pod of the same
+    /// identity, within it finds the certificate ready; after it the renewal stops and the
+    /// certificate is dropped. 0 stops it at once.
+    #[arg(long, env = "CERT_RELEASE_GRACE_SECS", default_value_t = 30)]
+    pub cert_release_grace_secs: u64,
+
     /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -130,6 +137,11 @@ impl Config {
     /// Requested certificate lifetime.
     pub fn cert_ttl(&self) -> Duration {
         Duration::from_secs(self.cert_ttl_secs)
+    }
+
+    /// How long an identity no served pod holds keeps its certificate renewed.
+    pub fn cert_release_grace(&self) -> Duration {
+        Duration::from_secs(self.cert_release_grace_secs)
     }
 
     /// How long a removed pod's connections drain before they are closed.

@@ -9,12 +9,18 @@
 //! [`PodProxy`]: the listeners close at once and its live connections drain for
 //! `--pod-drain-secs`, then are closed. An `add` of the same pod (uid and namespace) before
 //! then starts a new proxy that keeps them (see [`crate::proxy::live`]).
+//!
+//! Each served pod holds a [`CertLease`] on its identity: when the last pod of an identity
+//! stops, that identity's certificate renewal stops after `--cert-release-grace-secs` (a pod of
+//! the same identity added within it keeps the certificate). A stopped pod accepts no new
+//! connections, and its open TLS sessions do not need the certificate again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh::cert_manager::CertLease;
 use mesh::zds::{Request, ZdsClient, ZdsError};
 use mesh::Identity;
 use serde::Serialize;
@@ -25,7 +31,14 @@ use crate::proxy::{PodContext, PodProxy, ProxyInputs};
 /// The pods this ztunnel serves, by uid.
 #[derive(Default)]
 pub struct Pods {
-    running: Mutex<BTreeMap<String, PodProxy>>,
+    running: Mutex<BTreeMap<String, Served>>,
+}
+
+/// A running pod proxy and the lease that keeps its identity's certificate renewed. Fields
+/// drop in order: the proxy stops before the lease goes.
+struct Served {
+    proxy: PodProxy,
+    _cert: CertLease,
 }
 
 /// One served pod, for `/config_dump`.
@@ -40,7 +53,7 @@ pub struct PodDump {
 }
 
 impl Pods {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodProxy>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Served>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -48,7 +61,7 @@ impl Pods {
     pub fn dump(&self) -> Vec<PodDump> {
         self.lock()
             .values()
-            .map(|p| PodDump {
+            .map(|Served { proxy: p, .. }| PodDump {
                 uid: p.pod().uid.clone(),
                 identity: p.pod().identity.to_string(),
                 netns_inode: p.pod().netns.inode(),
@@ -151,11 +164,14 @@ fn add(
     let netns = Netns::from_fd(netns).map_err(|e| format!("bad network namespace fd: {e}"))?;
     let identity = identity_for(inputs, &uid, info.as_ref())?;
     if let Some(existing) = pods.lock().get(&uid) {
-        if existing.pod().netns.inode() == netns.inode() {
+        if existing.proxy.pod().netns.inode() == netns.inode() {
             // Re-announced after a reconnect: already serving it.
             return Ok(());
         }
     }
+    // Leased before the replaced proxy (if any) drops its own: an identity that stays is
+    // never released.
+    let cert = inputs.certs.lease(&identity);
     let pod = PodContext {
         uid: uid.clone(),
         identity,
@@ -164,7 +180,9 @@ fn add(
     };
     let proxy = PodProxy::start(inputs, pod)
         .map_err(|e| format!("cannot open listeners in the pod's namespace: {e}"))?;
-    pods.lock().insert(uid, proxy);
+    let replaced = pods.lock().insert(uid, Served { proxy, _cert: cert });
+    // Stopped outside the lock: stopping drains the pod's connections.
+    drop(replaced);
     Ok(())
 }
 

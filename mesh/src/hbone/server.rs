@@ -73,7 +73,11 @@ impl ServerCerts
 {
     fn server_config(&self) -> Option<Arc<ServerConfig>> {
         match &*self.borrow() {
-            Some(Ok(cert)) => Some(WorkloadCertificate::server_config(cert)),
+            // The worker withdraws an expired certificate on a timer; never present one that
+            // expired a moment before that.
+            Some(Ok(cert)) if !cert.is_expired_at(std::time::SystemTime::now()) => {
+                Some(WorkloadCertificate::server_config(cert))
+            }
             _ => None,
         }
     }
@@ -81,7 +85,10 @@ impl ServerCerts
     fn ready(&self) -> ConfigFuture<'_> {
         let mut rx = self.clone();
         Box::pin(async move {
-            let cert = match rx.wait_for(|slot| matches!(slot, Some(Ok(_)))).await {
+            let usable = |slot: &Option<Result<Arc<WorkloadCertificate>, _>>| {
+                matches!(slot, Some(Ok(c)) if !c.is_expired_at(std::time::SystemTime::now()))
+            };
+            let cert = match rx.wait_for(usable).await {
                 Ok(slot) => match &*slot {
                     Some(Ok(cert)) => Some(cert.clone()),
                     _ => None,

@@ -10,6 +10,7 @@ use http::StatusCode;
 use mesh::copy::Abort;
 use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
+use mesh::model::Workload;
 use mesh::rbac::Connection;
 use mesh::Identity;
 use tokio::net::{TcpListener, TcpStream};
@@ -168,6 +169,15 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         dst_ip: target.ip(),
         dst_port: target.port(),
     };
+    // Registered before the verdict: a policy push from here on re-checks this connection, so
+    // none can slip in between the check and the registration.
+    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn.clone())) else {
+        // A new stream on an HBONE connection that outlived the pod's listener.
+        let err = InboundError::NotServed(pod.uid.clone());
+        req.reject(err.status());
+        record.set_flags("NR");
+        return record.close(0, 0, Some(&err));
+    };
     let decision = authz::check(store, &dst_workload, &conn);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
@@ -176,13 +186,6 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         record.set_flags("DENY");
         return record.close(0, 0, Some(&decision.reason));
     }
-    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn)) else {
-        // A new stream on an HBONE connection that outlived the pod's listener.
-        let err = InboundError::NotServed(pod.uid.clone());
-        req.reject(err.status());
-        record.set_flags("NR");
-        return record.close(0, 0, Some(&err));
-    };
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match pod.connect(&inputs.home, target, spoof).await {
         Ok(mut app) => match req.accept() {
@@ -202,6 +205,50 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
             record.close(0, 0, Some(&err));
         }
     }
+}
+
+/// Why a plaintext connection is refused before policy is checked.
+#[derive(Debug, thiserror::Error)]
+enum PlaintextRefusal {
+    /// Reaching the tunnel's own ports through the plaintext path is never legitimate: a
+    /// refusal by the mesh, not an upstream failure.
+    #[error("connection to a tunnel port refused")]
+    TunnelPort,
+    /// Without the control plane's view of this pod no policy can be checked: fail closed.
+    #[error("destination workload unknown; policy cannot be checked")]
+    UnknownWorkload,
+    /// The original destination is not one of the pod's addresses (as on the HBONE path).
+    #[error(transparent)]
+    NotThisPod(InboundError),
+}
+
+impl PlaintextRefusal {
+    /// The `response_flags` value.
+    fn flags(&self) -> &'static str {
+        match self {
+            PlaintextRefusal::TunnelPort | PlaintextRefusal::UnknownWorkload => "DENY",
+            PlaintextRefusal::NotThisPod(_) => "NR",
+        }
+    }
+}
+
+/// The pod's workload, when a plaintext connection to `orig_dst` may go on to the policy
+/// check: not a tunnel port, the pod known to the control plane, and `orig_dst` one of its own
+/// addresses.
+fn plaintext_destination(
+    workload: Option<Arc<Workload>>,
+    orig_dst: SocketAddr,
+) -> Result<Arc<Workload>, PlaintextRefusal> {
+    if mesh::hbone::RESERVED_PORTS.contains(&orig_dst.port()) {
+        return Err(PlaintextRefusal::TunnelPort);
+    }
+    let workload = workload.ok_or(PlaintextRefusal::UnknownWorkload)?;
+    if !workload.addresses.contains(&orig_dst.ip()) {
+        return Err(PlaintextRefusal::NotThisPod(InboundError::NotThisPod(
+            orig_dst.ip(),
+        )));
+    }
+    Ok(workload)
 }
 
 /// Serves plaintext inbound (from outside the mesh) until told to stop.
@@ -259,21 +306,21 @@ async fn handle_plaintext(
         None,
         false,
     );
-    if mesh::hbone::RESERVED_PORTS.contains(&orig_dst.port()) {
-        // Reaching the tunnel's own ports through the plaintext path is never legitimate: a
-        // refusal by the mesh, not an upstream failure.
-        record.set_flags("DENY");
-        tracing::info!(target: "authz", %peer, %orig_dst, "plaintext connection to a tunnel port refused");
-        return record.close(0, 0, Some(&"connection to a tunnel port refused"));
-    }
-    let Some(dst_workload) = pod.workload(store) else {
-        // Without the control plane's view of this pod no policy can be checked: fail closed.
-        record.set_flags("DENY");
-        return record.close(
-            0,
-            0,
-            Some(&"destination workload unknown; policy cannot be checked"),
-        );
+    let dst_workload = match plaintext_destination(pod.workload(store), orig_dst) {
+        Ok(w) => w,
+        Err(refusal) => {
+            match &refusal {
+                PlaintextRefusal::TunnelPort => {
+                    tracing::info!(target: "authz", %peer, %orig_dst, "plaintext connection to a tunnel port refused");
+                }
+                PlaintextRefusal::NotThisPod(_) => {
+                    tracing::info!(%peer, %orig_dst, "plaintext connection for another pod refused");
+                }
+                PlaintextRefusal::UnknownWorkload => {}
+            }
+            record.set_flags(refusal.flags());
+            return record.close(0, 0, Some(&refusal));
+        }
     };
     let conn = Connection {
         src_identity: None,
@@ -281,18 +328,21 @@ async fn handle_plaintext(
         dst_ip: orig_dst.ip(),
         dst_port: orig_dst.port(),
     };
+    // Registered before the verdict, as on the HBONE path.
+    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn.clone())) else {
+        // Accepted just as the pod left the mesh.
+        record.set_flags("NR");
+        return record.close(0, 0, Some(&InboundError::NotServed(pod.uid.clone())));
+    };
     let decision = authz::check(store, &dst_workload, &conn);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
         tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "plaintext connection denied");
         record.set_flags("DENY");
+        // As a denied HBONE client's app is reset, so is a denied plaintext client.
+        stream.abort();
         return record.close(0, 0, Some(&decision.reason));
     }
-    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn)) else {
-        // Accepted just as the pod left the mesh.
-        record.set_flags("NR");
-        return record.close(0, 0, Some(&InboundError::NotServed(pod.uid.clone())));
-    };
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
         Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
         Err(e) => {
@@ -304,112 +354,7 @@ async fn handle_plaintext(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
+mod tunnel_tests;
 
-    use mesh::hbone::{ConnectMeta, HboneError, Pool, PoolKey, TcpConnector};
-    use mesh::testing::TestCa;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    async fn eventually(what: &str, cond: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !cond() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn only_authenticated_hbone_connections_count_as_tunnels_of_the_pod() {
-        let ca = TestCa::new("cluster.local", Duration::from_secs(3600));
-        let server_id: Identity = "spiffe://cluster.local/ns/demo/sa/b"
-            .parse()
-            .expect("identity");
-        let server = Arc::new(Server::new(
-            H2Config::default(),
-            Arc::new(Arc::new(ca.issue(&server_id))),
-        ));
-        let live = Arc::new(LiveConnections::default());
-        let pod = PodKey {
-            uid: "Kubernetes//v1/Pod/demo/b".into(),
-            netns: 1,
-        };
-        assert_eq!(live.pod_started(&pod), None);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        {
-            let (server, live, pod) = (server.clone(), live.clone(), pod.clone());
-            tokio::spawn(async move {
-                while let Ok((tcp, peer)) = listener.accept().await {
-                    let server = server.clone();
-                    let hook = tunnel_guard(live.clone(), pod.clone());
-                    tokio::spawn(async move {
-                        let refuse = |req: InboundRequest| async move {
-                            req.reject(StatusCode::SERVICE_UNAVAILABLE)
-                        };
-                        let _ = server
-                            .serve_connection_until(tcp, peer, refuse, std::future::pending(), hook)
-                            .await;
-                    });
-                }
-            });
-        }
-
-        // Accepted but not authenticated: in set-up, never a tunnel.
-        let _silent = TcpStream::connect(addr).await.expect("tcp");
-        let mut plain = TcpStream::connect(addr).await.expect("tcp");
-        plain
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        let _ = plain.read_to_end(&mut Vec::new()).await;
-        eventually("the silent connection is in set-up", || {
-            server.handshakes_in_flight() == 1
-        })
-        .await;
-        assert_eq!(live.len(), 0, "unauthenticated connections counted");
-
-        // Authenticated: one tunnel, however its streams fare.
-        let cert = ca.issue(
-            &"spiffe://cluster.local/ns/demo/sa/a"
-                .parse()
-                .expect("identity"),
-        );
-        let key = PoolKey::new(cert.identity().clone(), vec![server_id], addr, None);
-        let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
-        let err = pool
-            .connect(
-                &key,
-                &cert,
-                "10.0.0.2:80".parse().expect("addr"),
-                &ConnectMeta::default(),
-            )
-            .await
-            .expect_err("the handler refuses");
-        assert!(matches!(err, HboneError::Status(_)), "{err}");
-        assert_eq!(live.len(), 1);
-
-        // The pod's drain ends: the tunnel is closed and unregistered.
-        live.pod_removed(&pod, Duration::ZERO);
-        eventually("the tunnel is closed", || {
-            live.is_empty() && pool.open_connections() == 0
-        })
-        .await;
-        // After that, an authenticated peer is refused rather than registered.
-        let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
-        pool.connect(
-            &key,
-            &cert,
-            "10.0.0.2:80".parse().expect("addr"),
-            &ConnectMeta::default(),
-        )
-        .await
-        .expect_err("the pod is no longer served");
-        assert!(live.is_empty());
-    }
-}
+#[cfg(test)]
+mod plaintext_tests;

@@ -4,8 +4,9 @@
 //! connections carrying inbound streams) is registered here under the pod's [`PodKey`] while
 //! it lives. Two things close a live connection early:
 //!
-//! - policy: on every config change the inbound ones are evaluated again
-//!   ([`LiveConnections::recheck`]); those now denied close at once;
+//! - policy: when the policies in scope of a pod change, its inbound ones are evaluated again
+//!   ([`LiveConnections::recheck`], outside the registry's lock, once per distinct connection);
+//!   those now denied close at once;
 //! - pod removal ([`LiveConnections::pod_removed`]): the pod's new connections are refused at
 //!   once, the live ones go on for the drain period, and whatever is still open then is closed.
 //!   The same pod handed over again before that ([`LiveConnections::pod_started`], same uid and
@@ -25,14 +26,14 @@ use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
 use mesh::rbac::Connection;
-use mesh::store::Store;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::authz;
 use crate::telemetry::ConnectionRecord;
+
+mod recheck;
 
 /// One serving of a pod: its uid and the network namespace it was handed over with. A new
 /// sandbox of the same pod (new namespace) is another key, so the old one's drain goes on.
@@ -102,6 +103,9 @@ struct Live {
     pod: PodKey,
     kind: Kind,
     close: watch::Sender<Option<CloseReason>>,
+    /// Evaluated by a re-check since it was registered (its admission check may have read the
+    /// store just before a change whose re-check did not see it yet).
+    rechecked: bool,
 }
 
 enum PodState {
@@ -165,11 +169,27 @@ pub struct DrainingPod {
     pub tunnels: usize,
 }
 
+/// How many connections are registered, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LiveCounts {
+    /// Proxied connections (inbound and outbound).
+    pub connections: usize,
+    /// HBONE connections to served or draining pods.
+    pub tunnels: usize,
+}
+
 /// The pods served or draining, and every connection open for them.
 #[derive(Default)]
 pub struct LiveConnections {
     next: AtomicU64,
     inner: Mutex<Inner>,
+    /// Serializes re-checks; what the last one saw of each pod's policies.
+    rechecks: Mutex<recheck::State>,
+    /// Policy evaluations done by re-checks so far.
+    evaluations: AtomicU64,
+    /// Of those, how many ran while the registry's lock was free (tests).
+    #[cfg(test)]
+    evaluations_unlocked: AtomicU64,
 }
 
 /// Held by a proxied connection; unregisters it on drop. [`LiveGuard::closed`] resolves with
@@ -275,6 +295,7 @@ impl LiveConnections {
                 pod: pod.clone(),
                 kind,
                 close,
+                rechecked: false,
             },
         );
         Some(LiveGuard {
@@ -287,6 +308,20 @@ impl LiveConnections {
     /// Live connections now (proxied connections and HBONE tunnels).
     pub fn len(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Live proxied connections and HBONE tunnels now, separately (for `/config_dump`).
+    pub fn counts(&self) -> LiveCounts {
+        let inner = self.lock();
+        let tunnels = inner
+            .conns
+            .values()
+            .filter(|l| matches!(l.kind, Kind::Tunnel))
+            .count();
+        LiveCounts {
+            connections: inner.conns.len() - tunnels,
+            tunnels,
+        }
     }
 
     /// Whether none is live.
@@ -313,41 +348,6 @@ impl LiveConnections {
             .collect();
         out.sort_by(|a, b| (&a.uid, a.netns_inode).cmp(&(&b.uid, b.netns_inode)));
         out
-    }
-
-    /// Evaluates every live inbound connection again; closes the ones now denied. Returns how
-    /// many.
-    pub fn recheck(&self, store: &Store) -> usize {
-        let inner = self.lock();
-        let mut closed = 0;
-        for l in inner.conns.values() {
-            let Kind::Inbound(conn) = &l.kind else {
-                continue;
-            };
-            if l.close.borrow().is_some() {
-                continue;
-            }
-            let Some(dst) = store.workload(&l.pod.uid) else {
-                continue;
-            };
-            let decision = authz::check(store, &dst, conn);
-            if !decision.allowed {
-                tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "closing a live connection no longer allowed");
-                let _ = l
-                    .close
-                    .send(Some(CloseReason::Denied(decision.reason.to_string())));
-                closed += 1;
-            }
-        }
-        closed
-    }
-
-    /// Re-checks on every store change, until the store is gone.
-    pub async fn watch(self: Arc<Self>, store: Store) {
-        let mut changes = store.subscribe();
-        while changes.changed().await.is_ok() {
-            self.recheck(&store);
-        }
     }
 }
 

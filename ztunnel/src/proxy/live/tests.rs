@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use mesh::metrics::Reporter;
 use mesh::model::{Policy, PolicyAction, PolicyScope, Workload};
-use mesh::store::Batch;
+use mesh::store::{Batch, Store};
 use proto::workload as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep;
@@ -267,4 +267,178 @@ fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
     assert!(line("istio_tcp_connections_closed_total").ends_with(" 1"));
     assert!(line("istio_tcp_received_bytes_total").ends_with(" 5"));
     assert!(line("istio_tcp_sent_bytes_total").ends_with(" 2"));
+}
+
+/// An inbound connection from `10.11.<a>.<b>`.
+fn inbound_from(n: u16) -> Kind {
+    Kind::Inbound(Connection {
+        src_identity: None,
+        src_ip: IpAddr::from([10, 11, (n >> 8) as u8, n as u8]),
+        dst_ip: IpAddr::from([10, 12, 0, 2]),
+        dst_port: 7000,
+    })
+}
+
+/// A namespace-wide policy in `demo`: DENY without rules denies nothing, ALLOW without rules
+/// allows nothing.
+fn policy(name: &str, action: PolicyAction, dry_run: bool) -> Policy {
+    Policy {
+        name: name.into(),
+        namespace: "demo".into(),
+        scope: PolicyScope::Namespace,
+        action,
+        rules: vec![],
+        dry_run,
+    }
+}
+
+fn apply(store: &Store, edit: impl FnOnce(&mut Batch)) {
+    let mut batch = Batch::new();
+    edit(&mut batch);
+    store.apply(batch);
+}
+
+/// Another pod's workload: a change that is nothing to `UID`'s connections.
+fn unrelated(n: u8) -> Workload {
+    Workload::try_from(pb::Workload {
+        uid: format!("Kubernetes//v1/Pod/demo/other-{n}"),
+        name: format!("other-{n}"),
+        namespace: "demo".into(),
+        addresses: vec![vec![10, 12, 1, n]],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        service_account: "other".into(),
+        ..Default::default()
+    })
+    .expect("valid workload")
+}
+
+#[tokio::test]
+async fn a_recheck_evaluates_each_distinct_connection_once_off_the_lock_and_only_when_its_policies_change(
+) {
+    let pod = key(1);
+    let live = served(&pod);
+    // 10,000 connections from 10 clients.
+    let guards: Vec<LiveGuard> = (0..10_000)
+        .map(|i| live.register(&pod, inbound_from(i % 10)).expect("served"))
+        .collect();
+    let store = Store::new();
+    apply(&store, |b| {
+        b.upsert_workload(workload());
+        b.upsert_policy(policy("deny-nothing", PolicyAction::Deny, false));
+    });
+    assert_eq!(live.recheck(&store), 0);
+    assert_eq!(
+        live.recheck_evaluations(),
+        10,
+        "once per distinct connection"
+    );
+    assert_eq!(
+        live.evaluations_unlocked.load(Ordering::Relaxed),
+        10,
+        "every evaluation ran without the registry's lock"
+    );
+
+    // Another pod, the same policy re-sent, nothing at all: the pod's policies are unchanged.
+    apply(&store, |b| {
+        b.upsert_workload(unrelated(1));
+    });
+    assert_eq!(live.recheck(&store), 0);
+    apply(&store, |b| {
+        b.upsert_policy(policy("deny-nothing", PolicyAction::Deny, false));
+    });
+    assert_eq!(live.recheck(&store), 0);
+    assert_eq!(live.recheck(&store), 0);
+    assert_eq!(live.recheck_evaluations(), 10, "nothing evaluated again");
+
+    // A change in scope: each distinct connection once more, and every connection closed.
+    apply(&store, |b| {
+        b.upsert_policy(policy("allow-nothing", PolicyAction::Allow, false));
+    });
+    assert_eq!(live.recheck(&store), 10_000);
+    assert_eq!(live.recheck_evaluations(), 20);
+    assert!(guards
+        .iter()
+        .all(|g| matches!(closed(g), Some(CloseReason::Denied(_)))));
+}
+
+#[tokio::test]
+async fn connections_registered_after_a_recheck_are_evaluated_by_the_next_one_only() {
+    let pod = key(1);
+    let live = served(&pod);
+    let store = Store::new();
+    apply(&store, |b| {
+        b.upsert_workload(workload());
+        b.upsert_policy(policy("deny-nothing", PolicyAction::Deny, false));
+    });
+    let _old = live.register(&pod, inbound_from(1)).expect("served");
+    live.recheck(&store);
+    assert_eq!(live.recheck_evaluations(), 1);
+
+    // Admitted since: two like an existing one and one from a new client.
+    let _new: Vec<LiveGuard> = [1, 1, 2]
+        .into_iter()
+        .map(|n| live.register(&pod, inbound_from(n)).expect("served"))
+        .collect();
+    apply(&store, |b| {
+        b.upsert_workload(unrelated(1));
+    });
+    live.recheck(&store);
+    assert_eq!(
+        live.recheck_evaluations(),
+        3,
+        "the two new distinct connections"
+    );
+    apply(&store, |b| {
+        b.upsert_workload(unrelated(2));
+    });
+    live.recheck(&store);
+    assert_eq!(live.recheck_evaluations(), 3, "all checked already");
+}
+
+#[tokio::test]
+async fn a_dry_run_outcome_is_logged_once_per_policy_change_not_per_connection_per_push() {
+    let (logs, _guard) = mesh::testing::LogBuffer::scoped();
+    let dry_runs = || logs.text().matches("dry-run policy evaluated").count();
+    let pod = key(1);
+    let live = served(&pod);
+    let _guards: Vec<LiveGuard> = (0..100)
+        .map(|_| live.register(&pod, inbound_from(7)).expect("served"))
+        .collect();
+    let store = Store::new();
+    apply(&store, |b| {
+        b.upsert_workload(workload());
+        b.upsert_policy(policy("trial", PolicyAction::Allow, true));
+    });
+    assert_eq!(live.recheck(&store), 0, "dry-run: nothing enforced");
+    assert_eq!(dry_runs(), 1, "{}", logs.text());
+
+    for n in 1..=3 {
+        apply(&store, |b| {
+            b.upsert_workload(unrelated(n));
+        });
+        live.recheck(&store);
+    }
+    assert_eq!(dry_runs(), 1, "pushes that change nothing log nothing");
+
+    apply(&store, |b| {
+        b.upsert_policy(policy("trial", PolicyAction::Deny, true));
+    });
+    live.recheck(&store);
+    assert_eq!(dry_runs(), 2, "{}", logs.text());
+}
+
+#[tokio::test]
+async fn a_connection_that_already_ended_is_neither_closed_nor_counted_by_a_recheck() {
+    let pod = key(1);
+    let live = served(&pod);
+    let store = Store::new();
+    apply(&store, |b| {
+        b.upsert_workload(workload());
+        b.upsert_policy(policy("allow-nothing", PolicyAction::Allow, false));
+    });
+    let kept = live.register(&pod, inbound_from(1)).expect("served");
+    drop(live.register(&pod, inbound_from(1)).expect("served"));
+    assert_eq!(live.recheck(&store), 1);
+    assert!(closed(&kept).is_some());
+    assert_eq!(live.counts().connections, 1);
 }
