@@ -69,6 +69,7 @@ pub struct ConnectionRecord<'a> {
     dst: Peer,
     start: Instant,
     policy: Option<String>,
+    via: Option<Identity>,
 }
 
 /// Workload labels as Istio derives them: `app`/`version` are the canonical service and
@@ -142,12 +143,19 @@ impl<'a> ConnectionRecord<'a> {
             dst,
             start: Instant::now(),
             policy: None,
+            via: None,
         }
     }
 
     /// Sets the `response_flags` label (e.g. `DENY`, `UF` for upstream connect failure).
     pub fn set_flags(&mut self, flags: &str) {
         self.labels.response_flags = flags.to_string();
+    }
+
+    /// Names the waypoint the connection came through (for the access log); the source is
+    /// then the client the waypoint proxied for.
+    pub fn set_via(&mut self, waypoint: Identity) {
+        self.via = Some(waypoint);
     }
 
     /// Names the policy that decided (for the access log).
@@ -190,6 +198,7 @@ impl<'a> ConnectionRecord<'a> {
             dst.workload = %fmt_wl(&self.dst),
             dst.identity = %fmt_id(&self.dst),
             dst.service = %self.labels.destination_service,
+            via.waypoint = %self.via.as_ref().map(ToString::to_string).unwrap_or_default(),
             mtls = matches!(self.labels.connection_security_policy, SecurityPolicy::mutual_tls),
             bytes_sent = sent,
             bytes_recv = received,

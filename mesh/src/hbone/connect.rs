@@ -1,7 +1,10 @@
 //! The HBONE CONNECT request: building it on the client, checking it on the server.
 //!
 //! `:method CONNECT`, `:authority <ip>:<port>` (IPv6 in brackets), plus `baggage`, `forwarded`
-//! and `traceparent`. Everything here is pure and is the target of the `connect_request` fuzzer.
+//! and `traceparent`. A waypoint also names the client it proxies for in
+//! `x-forwarded-client-cert` (Envoy's XFCC form, `URI=<spiffe id>`), which the destination
+//! trusts only from the waypoint that serves it. Everything here is pure and is the target of
+//! the `connect_request` fuzzer.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -9,6 +12,10 @@ use std::net::SocketAddr;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 
 use super::RESERVED_PORTS;
+use crate::identity::Identity;
+
+/// The header in which a waypoint names the client it proxies for.
+pub const ORIGIN_HEADER: &str = "x-forwarded-client-cert";
 
 /// Why a CONNECT request is refused with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +142,8 @@ pub struct ConnectMeta {
     pub forwarded_for: Option<SocketAddr>,
     /// A W3C trace context; a fresh one is generated when absent.
     pub traceparent: Option<String>,
+    /// Set by a waypoint: the verified identity of the client it proxies for.
+    pub origin: Option<Identity>,
 }
 
 /// Builds the CONNECT request for `target`.
@@ -154,6 +163,9 @@ pub fn build_request(target: SocketAddr, meta: &ConnectMeta) -> Request<()> {
     if let Some(f) = meta.forwarded_for {
         insert(headers, "forwarded", &format!("for=\"{f}\""));
     }
+    if let Some(origin) = &meta.origin {
+        insert(headers, ORIGIN_HEADER, &format!("URI={origin}"));
+    }
     let trace = meta.traceparent.clone().unwrap_or_else(new_traceparent);
     insert(headers, "traceparent", &trace);
     req
@@ -172,6 +184,18 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<SocketAddr> {
     value.split([';', ',']).find_map(|part| {
         let v = part.trim().strip_prefix("for=")?;
         v.trim_matches('"').parse().ok()
+    })
+}
+
+/// The client identity a waypoint named in [`ORIGIN_HEADER`], if it parses. Only meaningful
+/// when the peer is a waypoint trusted for the destination: anyone else may write anything.
+pub fn origin_identity(headers: &HeaderMap) -> Option<Identity> {
+    let value = headers.get(ORIGIN_HEADER)?.to_str().ok()?;
+    value.split(';').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("uri")
+            .then(|| v.trim_matches('"').parse().ok())
+            .flatten()
     })
 }
 
@@ -240,6 +264,7 @@ mod tests {
             baggage: Some(b.clone()),
             forwarded_for: Some("[fd00::2]:5555".parse().expect("addr")),
             traceparent: None,
+            origin: None,
         };
         let req = build_request("10.0.0.1:80".parse().expect("addr"), &meta);
         let baggage = req.headers()["baggage"].to_str().expect("ascii");
@@ -249,5 +274,36 @@ mod tests {
         );
         assert_eq!(Baggage::parse(baggage), b);
         assert_eq!(forwarded_for(req.headers()), meta.forwarded_for);
+    }
+
+    #[test]
+    fn a_waypoints_origin_identity_round_trips_and_garbage_is_none() {
+        let id: Identity = "spiffe://cluster.local/ns/shop/sa/client"
+            .parse()
+            .expect("identity");
+        let meta = ConnectMeta {
+            origin: Some(id.clone()),
+            ..ConnectMeta::default()
+        };
+        let req = build_request("10.0.0.1:80".parse().expect("addr"), &meta);
+        assert_eq!(
+            req.headers()[ORIGIN_HEADER],
+            "URI=spiffe://cluster.local/ns/shop/sa/client"
+        );
+        assert_eq!(origin_identity(req.headers()), Some(id));
+        let mut headers = HeaderMap::new();
+        assert_eq!(origin_identity(&headers), None);
+        headers.insert(ORIGIN_HEADER, HeaderValue::from_static("URI=not-spiffe"));
+        assert_eq!(origin_identity(&headers), None);
+        headers.insert(
+            ORIGIN_HEADER,
+            HeaderValue::from_static(
+                "By=spiffe://cluster.local/ns/a/sa/w;URI=spiffe://cluster.local/ns/b/sa/c",
+            ),
+        );
+        assert_eq!(
+            origin_identity(&headers).map(|i| i.to_string()),
+            Some("spiffe://cluster.local/ns/b/sa/c".into())
+        );
     }
 }

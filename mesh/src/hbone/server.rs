@@ -85,9 +85,7 @@ impl ServerCerts
     fn ready(&self) -> ConfigFuture<'_> {
         let mut rx = self.clone();
         Box::pin(async move {
-            let usable = |slot: &Option<Result<Arc<WorkloadCertificate>, _>>| {
-                matches!(slot, Some(Ok(c)) if !c.is_expired_at(std::time::SystemTime::now()))
-            };
+            let usable = |slot: &Option<Result<Arc<WorkloadCertificate>, _>>| matches!(slot, Some(Ok(c)) if !c.is_expired_at(std::time::SystemTime::now()));
             let cert = match rx.wait_for(usable).await {
                 Ok(slot) => match &*slot {
                     Some(Ok(cert)) => Some(cert.clone()),

@@ -6,36 +6,173 @@
 //! inbound connections are evaluated again ([`super::live::LiveConnections::recheck`], with
 //! [`decide`] and [`log_dry_run`]) and those no longer allowed are closed.
 
+use std::fmt;
 use std::sync::Arc;
 
 use mesh::model::{Policy, Workload};
-use mesh::rbac::{evaluate, Connection, Decision};
+use mesh::rbac::{evaluate, Connection, Decision, DecisionReason};
 use mesh::store::Store;
+use mesh::Identity;
 
-/// Evaluates a new connection `conn` against the policies in scope of `dst`, logging the
-/// dry-run outcome if any.
-pub fn check(store: &Store, dst: &Workload, conn: &Connection) -> Decision {
-    let decision = decide(&store.policies_for(dst), conn);
-    log_dry_run(conn, &decision);
+/// An inbound connection as policy sees it: source, destination, and the waypoint it came
+/// through when it came through one.
+///
+/// Behind a waypoint the source is the original client (as the waypoint says, and only the
+/// pod's own waypoint is believed), and policy accepts either identity: a rule naming the
+/// client or one naming the waypoint (Istio's advice for L4 policy behind a waypoint) allows
+/// it, and a DENY naming either denies it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Inbound {
+    /// The connection, with the original client as its source.
+    pub conn: Connection,
+    /// The waypoint instance that proxied it.
+    pub via: Option<Identity>,
+}
+
+impl Inbound {
+    /// A connection straight from its client.
+    pub fn direct(conn: Connection) -> Self {
+        Inbound { conn, via: None }
+    }
+}
+
+impl fmt::Display for Inbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.conn)?;
+        if let Some(via) = &self.via {
+            write!(f, " via waypoint {via}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Evaluates a new connection against the policies in scope of `dst`, logging the dry-run
+/// outcome if any.
+pub fn check(store: &Store, dst: &Workload, inbound: &Inbound) -> Decision {
+    let decision = decide(&store.policies_for(dst), inbound);
+    log_dry_run(inbound, &decision);
     decision
 }
 
-/// Evaluates `conn` against `policies` (those in scope of its destination); logs nothing.
-pub fn decide(policies: &[Arc<Policy>], conn: &Connection) -> Decision {
-    evaluate(policies, conn)
+/// Evaluates `inbound` against `policies` (those in scope of its destination); logs nothing.
+pub fn decide(policies: &[Arc<Policy>], inbound: &Inbound) -> Decision {
+    let as_client = evaluate(policies, &inbound.conn);
+    let Some(via) = &inbound.via else {
+        return as_client;
+    };
+    let as_waypoint = evaluate(
+        policies,
+        &Connection {
+            src_identity: Some(via.clone()),
+            ..inbound.conn.clone()
+        },
+    );
+    let denied_by_policy = |d: &Decision| matches!(d.reason, DecisionReason::DeniedBy { .. });
+    if denied_by_policy(&as_client) || (!denied_by_policy(&as_waypoint) && as_client.allowed) {
+        as_client
+    } else if denied_by_policy(&as_waypoint) || as_waypoint.allowed {
+        as_waypoint
+    } else {
+        as_client
+    }
 }
 
-/// Logs what the dry-run policies in scope would have decided for `conn`, if there are any.
-pub fn log_dry_run(conn: &Connection, decision: &Decision) {
+/// Logs what the dry-run policies in scope would have decided for `inbound`, if there are any.
+pub fn log_dry_run(inbound: &Inbound, decision: &Decision) {
     if let Some(dry) = &decision.dry_run {
         tracing::info!(
             target: "authz",
-            connection = %conn,
+            connection = %inbound,
             enforced = %decision.reason,
             allowed = decision.allowed,
             dry_run_allowed = dry.allowed,
             dry_run_reason = %dry.reason,
             "dry-run policy evaluated (not enforced)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use mesh::model::{Clause, Match, PolicyAction, PolicyScope, Rule, StringMatch};
+
+    use super::*;
+
+    fn id(sa: &str) -> Identity {
+        format!("spiffe://cluster.local/ns/shop/sa/{sa}")
+            .parse()
+            .expect("id")
+    }
+
+    fn naming(name: &str, action: PolicyAction, sa: &str) -> Arc<Policy> {
+        Arc::new(Policy {
+            name: name.into(),
+            namespace: "shop".into(),
+            scope: PolicyScope::Namespace,
+            action,
+            rules: vec![Rule {
+                clauses: vec![Clause {
+                    matches: vec![Match {
+                        principals: vec![StringMatch::Exact(format!(
+                            "cluster.local/ns/shop/sa/{sa}"
+                        ))],
+                        ..Match::default()
+                    }],
+                }],
+            }],
+            dry_run: false,
+        })
+    }
+
+    fn via_waypoint() -> Inbound {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        Inbound {
+            conn: Connection {
+                src_identity: Some(id("client")),
+                src_ip: ip("10.11.0.7"),
+                dst_ip: ip("10.12.0.2"),
+                dst_port: 8080,
+            },
+            via: Some(id("waypoint")),
+        }
+    }
+
+    #[test]
+    fn behind_a_waypoint_an_allow_naming_the_client_or_the_waypoint_allows() {
+        let conn = via_waypoint();
+        for sa in ["client", "waypoint"] {
+            let d = decide(&[naming("allow", PolicyAction::Allow, sa)], &conn);
+            assert!(d.allowed, "ALLOW naming {sa}: {}", d.reason);
+        }
+        let d = decide(&[naming("allow", PolicyAction::Allow, "someone")], &conn);
+        assert!(!d.allowed, "{}", d.reason);
+    }
+
+    #[test]
+    fn behind_a_waypoint_a_deny_naming_either_identity_denies() {
+        let conn = via_waypoint();
+        for sa in ["client", "waypoint"] {
+            let policies = [
+                naming("allow", PolicyAction::Allow, "client"),
+                naming("deny", PolicyAction::Deny, sa),
+            ];
+            let d = decide(&policies, &conn);
+            assert!(!d.allowed, "DENY naming {sa}");
+            assert!(
+                matches!(&d.reason, DecisionReason::DeniedBy { policy, .. } if policy == "shop/deny"),
+                "{}",
+                d.reason
+            );
+        }
+    }
+
+    #[test]
+    fn a_direct_connection_is_judged_by_its_own_identity_only() {
+        let mut conn = via_waypoint();
+        conn.via = None;
+        let d = decide(&[naming("allow", PolicyAction::Allow, "waypoint")], &conn);
+        assert!(!d.allowed);
     }
 }

@@ -17,8 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::authz;
+use super::authz::{self, Inbound};
 use super::live::{copy_until_closed, finish, Kind, LiveConnections, PodKey};
+use super::waypoint::{self, Front, Origin};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Peer};
 
@@ -32,6 +33,9 @@ pub enum InboundError {
     /// stream on an HBONE connection opened before that, or a connection accepted as it left.
     #[error("pod {0} is no longer served: removed from the mesh")]
     NotServed(String),
+    /// The destination is behind a waypoint and the peer is not that waypoint.
+    #[error("the destination is behind a waypoint; connections must come through it")]
+    BypassesWaypoint,
     /// The application could not be reached.
     #[error("connect to the application at {addr} failed: {source}")]
     Upstream {
@@ -46,6 +50,7 @@ impl InboundError {
     fn status(&self) -> StatusCode {
         match self {
             InboundError::NotThisPod(_) => StatusCode::BAD_REQUEST,
+            InboundError::BypassesWaypoint => StatusCode::UNAUTHORIZED,
             InboundError::NotServed(_) | InboundError::Upstream { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -134,17 +139,32 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
     let target = req.target();
     let peer_id = req.peer().clone();
     // In-pod mode: the tunnel's TCP source is the client pod's own address. The `forwarded`
-    // header is the client's claim and is never trusted for policy or for the source address.
+    // header is the client's claim and is never trusted for policy or for the source address,
+    // except from the waypoint in front of this pod, which vouches for the client it proxies.
     let client_ip = req.peer_addr().ip();
     let store = &inputs.store;
-    let dst_workload = pod.workload(store);
+    let dst_workload = pod
+        .workload(store)
+        .filter(|w| w.addresses.contains(&target.ip()));
+    let origin = match &dst_workload {
+        Some(w) => Front::of(store, w).judge(&peer_id, req.headers()),
+        None => Origin::Direct,
+    };
+    let (src_identity, src_addr, via) = match &origin {
+        Origin::ViaWaypoint { via, client, addr } => (
+            client.clone().unwrap_or_else(|| via.clone()),
+            addr.unwrap_or(req.peer_addr()),
+            Some(via.clone()),
+        ),
+        Origin::Direct | Origin::Bypass => (peer_id.clone(), req.peer_addr(), None),
+    };
     let src = Peer {
-        workload: store.workload_by_ip("", client_ip),
-        identity: Some(peer_id.clone()),
-        addr: Some(req.peer_addr()),
+        workload: store.workload_by_ip("", src_addr.ip()),
+        identity: Some(src_identity.clone()),
+        addr: Some(src_addr),
     };
     let dst = Peer {
-        workload: dst_workload.clone(),
+        workload: dst_workload.clone().or_else(|| pod.workload(store)),
         identity: Some(pod.identity.clone()),
         addr: Some(target),
     };
@@ -156,32 +176,48 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         None,
         true,
     );
-    let Some(dst_workload) = dst_workload.filter(|w| w.addresses.contains(&target.ip())) else {
+    if let Some(via) = &via {
+        record.set_via(via.clone());
+    }
+    let Some(dst_workload) = dst_workload else {
         let err = InboundError::NotThisPod(target.ip());
         tracing::info!(peer = %peer_id, %target, "HBONE request for another pod refused");
         req.reject(err.status());
         record.set_flags("NR");
         return record.close(0, 0, Some(&err));
     };
-    let conn = Connection {
-        src_identity: Some(peer_id.clone()),
-        src_ip: client_ip,
-        dst_ip: target.ip(),
-        dst_port: target.port(),
+    if origin == Origin::Bypass {
+        let err = InboundError::BypassesWaypoint;
+        tracing::info!(target: "authz", peer = %peer_id, %target, "HBONE connection that bypasses the destination's waypoint refused");
+        req.reject(err.status());
+        record.set_flags("DENY");
+        return record.close(0, 0, Some(&err));
+    }
+    let inbound = Inbound {
+        conn: Connection {
+            src_identity: Some(src_identity),
+            src_ip: waypoint::source_ip(&origin, client_ip),
+            dst_ip: target.ip(),
+            dst_port: target.port(),
+        },
+        via,
     };
     // Registered before the verdict: a policy push from here on re-checks this connection, so
     // none can slip in between the check and the registration.
-    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn.clone())) else {
+    let Some(guard) = inputs
+        .live
+        .register(&pod.key(), Kind::Inbound(inbound.clone()))
+    else {
         // A new stream on an HBONE connection that outlived the pod's listener.
         let err = InboundError::NotServed(pod.uid.clone());
         req.reject(err.status());
         record.set_flags("NR");
         return record.close(0, 0, Some(&err));
     };
-    let decision = authz::check(store, &dst_workload, &conn);
+    let decision = authz::check(store, &dst_workload, &inbound);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
-        tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "HBONE connection denied");
+        tracing::info!(target: "authz", connection = %inbound, reason = %decision.reason, "HBONE connection denied");
         req.reject(StatusCode::UNAUTHORIZED);
         record.set_flags("DENY");
         return record.close(0, 0, Some(&decision.reason));
@@ -329,15 +365,19 @@ async fn handle_plaintext(
         dst_port: orig_dst.port(),
     };
     // Registered before the verdict, as on the HBONE path.
-    let Some(guard) = inputs.live.register(&pod.key(), Kind::Inbound(conn.clone())) else {
+    let inbound = Inbound::direct(conn);
+    let Some(guard) = inputs
+        .live
+        .register(&pod.key(), Kind::Inbound(inbound.clone()))
+    else {
         // Accepted just as the pod left the mesh.
         record.set_flags("NR");
         return record.close(0, 0, Some(&InboundError::NotServed(pod.uid.clone())));
     };
-    let decision = authz::check(store, &dst_workload, &conn);
+    let decision = authz::check(store, &dst_workload, &inbound);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
-        tracing::info!(target: "authz", connection = %conn, reason = %decision.reason, "plaintext connection denied");
+        tracing::info!(target: "authz", connection = %inbound, reason = %decision.reason, "plaintext connection denied");
         record.set_flags("DENY");
         // As a denied HBONE client's app is reset, so is a denied plaintext client.
         stream.abort();

@@ -25,7 +25,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
-use mesh::rbac::Connection;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -91,7 +90,7 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone)]
 pub enum Kind {
     /// Inbound to the pod, allowed by policy: evaluated again on every config change.
-    Inbound(Connection),
+    Inbound(super::authz::Inbound),
     /// Outbound from the pod (policy is the destination's business).
     Outbound,
     /// An HBONE connection to the pod. It carries `Inbound` streams, so it is closed after

@@ -34,6 +34,7 @@ pub mod authz;
 pub mod inbound;
 pub mod live;
 pub mod outbound;
+pub mod waypoint;
 
 /// What every pod proxy shares.
 #[derive(Clone)]

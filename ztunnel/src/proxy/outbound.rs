@@ -12,9 +12,7 @@ use std::sync::Arc;
 use mesh::copy::Abort;
 use mesh::hbone::{Baggage, ConnectMeta, H2Config, Pool, PoolKey};
 use mesh::metrics::Reporter;
-use mesh::model::{
-    GatewayAddress, GatewayDestination, HealthStatus, Service, TunnelProtocol, Workload,
-};
+use mesh::model::{GatewayAddress, HealthStatus, Service, TunnelProtocol, Workload};
 use mesh::store::Store;
 use mesh::Identity;
 use tokio::net::{TcpListener, TcpStream};
@@ -166,32 +164,7 @@ fn via_waypoint(
 ) -> Option<Route> {
     let gw = waypoint?;
     let network = src.map(|w| w.network.as_str()).unwrap_or("");
-    let candidates: Vec<Arc<Workload>> = match &gw.destination {
-        GatewayDestination::Address(addr) => match store.workload_by_ip(&addr.network, addr.ip) {
-            Some(w) => vec![w],
-            None => store
-                .service_by_vip(&addr.network, addr.ip)
-                .map(|s| {
-                    store
-                        .endpoints_of(&s.key())
-                        .into_iter()
-                        .map(|e| e.workload)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        },
-        GatewayDestination::Hostname(h) => store
-            .services_by_hostname(&h.hostname)
-            .into_iter()
-            .filter(|s| s.namespace == h.namespace)
-            .flat_map(|s| store.endpoints_of(&s.key()))
-            .map(|e| e.workload)
-            .collect(),
-    };
-    let healthy: Vec<_> = candidates
-        .into_iter()
-        .filter(|w| w.status == HealthStatus::Healthy)
-        .collect();
+    let healthy = super::waypoint::healthy_instances(store, gw);
     if src.is_some_and(|s| healthy.iter().any(|w| w.uid == s.uid)) {
         // The waypoint itself is sending: go straight to the destination.
         return None;
@@ -376,6 +349,7 @@ async fn handle(
                 baggage: src_workload.as_deref().map(baggage),
                 forwarded_for: Some(peer),
                 traceparent: None,
+                origin: None,
             };
             tracing::debug!(%endpoint, %authority, via_waypoint, "HBONE");
             match pool.connect(&key, &cert, authority, &meta).await {

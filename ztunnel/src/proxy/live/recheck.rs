@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mesh::model::Policy;
-use mesh::rbac::{Connection, Decision};
+use mesh::rbac::Decision;
 use mesh::store::Store;
 
 use super::{CloseReason, Kind, LiveConnections, PodKey};
@@ -95,7 +95,7 @@ impl LiveConnections {
         }
 
         // (3) Their connections, grouped by distinct Connection per pod, then evaluated.
-        let mut groups: HashMap<&PodKey, HashMap<Connection, Vec<u64>>> = HashMap::new();
+        let mut groups: HashMap<&PodKey, HashMap<authz::Inbound, Vec<u64>>> = HashMap::new();
         {
             let inner = self.lock();
             for (id, l) in &inner.conns {
@@ -117,7 +117,7 @@ impl LiveConnections {
             }
         }
         let mut evaluated: Vec<u64> = Vec::new();
-        let mut denied: Vec<(Connection, Decision, Vec<u64>)> = Vec::new();
+        let mut denied: Vec<(authz::Inbound, Decision, Vec<u64>)> = Vec::new();
         for (pod, conns) in groups {
             let (scope, policies) = &work[pod];
             for (conn, ids) in conns {
@@ -138,7 +138,7 @@ impl LiveConnections {
         }
 
         // (4) Close what is now denied and still open.
-        let mut closed_by: Vec<(Connection, Decision, usize)> = Vec::new();
+        let mut closed_by: Vec<(authz::Inbound, Decision, usize)> = Vec::new();
         {
             let mut inner = self.lock();
             for id in &evaluated {

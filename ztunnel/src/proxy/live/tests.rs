@@ -2,12 +2,14 @@ use std::net::IpAddr;
 
 use mesh::metrics::Reporter;
 use mesh::model::{Policy, PolicyAction, PolicyScope, Workload};
+use mesh::rbac::Connection;
 use mesh::store::{Batch, Store};
 use proto::workload as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep;
 
 use super::*;
+use crate::proxy::authz::Inbound;
 use crate::telemetry::{Peer, Telemetry};
 
 const DRAIN: Duration = Duration::from_secs(5);
@@ -28,12 +30,12 @@ fn served(pod: &PodKey) -> Arc<LiveConnections> {
 
 fn inbound() -> Kind {
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-    Kind::Inbound(Connection {
+    Kind::Inbound(Inbound::direct(Connection {
         src_identity: None,
         src_ip: ip("10.11.0.2"),
         dst_ip: ip("10.12.0.2"),
         dst_port: 7000,
-    })
+    }))
 }
 
 /// The reason `guard` was told to close with, without waiting.
@@ -271,12 +273,12 @@ fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
 
 /// An inbound connection from `10.11.<a>.<b>`.
 fn inbound_from(n: u16) -> Kind {
-    Kind::Inbound(Connection {
+    Kind::Inbound(Inbound::direct(Connection {
         src_identity: None,
         src_ip: IpAddr::from([10, 11, (n >> 8) as u8, n as u8]),
         dst_ip: IpAddr::from([10, 12, 0, 2]),
         dst_port: 7000,
-    })
+    }))
 }
 
 /// A namespace-wide policy in `demo`: DENY without rules denies nothing, ALLOW without rules
