@@ -1,0 +1,194 @@
+//! Destinations and endpoints: what a CONNECT addresses, and which endpoint serves one request
+//! (or one passed-through TCP tunnel).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh::model::{HealthStatus, Service, TunnelProtocol, Workload};
+use mesh::store::Store;
+use mesh::Identity;
+
+use crate::balance::{Balancer, LbPolicy, LoadGuard};
+use crate::error::ProxyError;
+
+/// What a CONNECT's authority names.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A service VIP and port.
+    Service(Arc<Service>),
+    /// A pod IP and port (workload-addressed traffic).
+    Workload(Arc<Workload>),
+}
+
+/// Why a CONNECT target is refused (400, as ztunnel refuses a target it does not serve).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Neither a service VIP nor a workload IP the waypoint knows.
+    #[error("{0} is neither a known service VIP nor a known workload address")]
+    Unknown(SocketAddr),
+    /// A service VIP on a port the service does not have.
+    #[error("service {service} has no port {port}")]
+    NoSuchPort {
+        /// Service key.
+        service: String,
+        /// The port asked for.
+        port: u16,
+    },
+}
+
+impl Destination {
+    /// Resolves a CONNECT target against the store.
+    pub fn resolve(store: &Store, target: SocketAddr) -> Result<Destination, TargetError> {
+        if let Some(service) = store.service_by_vip("", target.ip()) {
+            if !service.ports.is_empty()
+                && !service
+                    .ports
+                    .iter()
+                    .any(|p| p.service_port == target.port())
+            {
+                return Err(TargetError::NoSuchPort {
+                    service: service.key(),
+                    port: target.port(),
+                });
+            }
+            return Ok(Destination::Service(service));
+        }
+        if let Some(workload) = store.workload_by_ip("", target.ip()) {
+            return Ok(Destination::Workload(workload));
+        }
+        Err(TargetError::Unknown(target))
+    }
+
+    /// The service, if one was addressed.
+    pub fn service(&self) -> Option<&Arc<Service>> {
+        match self {
+            Destination::Service(s) => Some(s),
+            Destination::Workload(_) => None,
+        }
+    }
+
+    /// `<namespace>/<hostname>` or the workload uid, for logs.
+    pub fn name(&self) -> String {
+        match self {
+            Destination::Service(s) => s.key(),
+            Destination::Workload(w) => w.uid.clone(),
+        }
+    }
+}
+
+/// The endpoint chosen for one request or tunnel.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The endpoint's workload.
+    pub workload: Arc<Workload>,
+    /// Endpoint IP and target port: the CONNECT authority (or the TCP address).
+    pub addr: SocketAddr,
+    /// Its HBONE address, or `None` when it is not in the mesh (plain TCP).
+    pub hbone: Option<SocketAddr>,
+    /// Identities the endpoint may prove.
+    pub identities: Vec<Identity>,
+    /// The backend service, when the endpoint was picked from one.
+    pub service: Option<Arc<Service>>,
+    /// Counts this request against the endpoint until dropped.
+    pub load: LoadGuard,
+}
+
+/// Picks an endpoint of `service` (a key) for `port`: healthy endpoints with an address of
+/// the same family as `family`, chosen by `policy`; the target port as ztunnel maps it (the
+/// endpoint's own mapping, else the service's, else the same port).
+pub fn pick_service_endpoint(
+    store: &Store,
+    balancer: &Balancer,
+    policy: LbPolicy,
+    service_key: &str,
+    port: u16,
+    family: SocketAddr,
+    hbone_port: u16,
+) -> Result<Upstream, ProxyError> {
+    let service = store
+        .service(service_key)
+        .ok_or_else(|| ProxyError::NoRoute(format!("service {service_key} is unknown")))?;
+    let endpoints: Vec<_> = store
+        .endpoints_of(service_key)
+        .into_iter()
+        .filter(|e| e.workload.status == HealthStatus::Healthy)
+        .filter(|e| address_like(&e.workload, family).is_some())
+        .collect();
+    let keys: Vec<&str> = endpoints.iter().map(|e| e.workload.uid.as_str()).collect();
+    let (index, load) = balancer
+        .pick(policy, service_key, &keys)
+        .ok_or_else(|| ProxyError::NoHealthyUpstream(service_key.to_string()))?;
+    let pick = &endpoints[index];
+    let target_port = pick
+        .target_port(port)
+        .or_else(|| {
+            service
+                .ports
+                .iter()
+                .find(|p| p.service_port == port && p.target_port != 0)
+                .map(|p| p.target_port)
+        })
+        .unwrap_or(port);
+    let ip = address_like(&pick.workload, family).unwrap_or(family.ip());
+    let sans: Vec<Identity> = service
+        .subject_alt_names
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let mut up = to_upstream(
+        pick.workload.clone(),
+        SocketAddr::new(ip, target_port),
+        hbone_port,
+        load,
+    );
+    if !sans.is_empty() {
+        up.identities = sans;
+    }
+    up.service = Some(service);
+    Ok(up)
+}
+
+/// The upstream for workload-addressed traffic: the workload itself, on the addressed port.
+pub fn pick_workload(
+    balancer: &Balancer,
+    workload: &Arc<Workload>,
+    target: SocketAddr,
+    hbone_port: u16,
+) -> Result<Upstream, ProxyError> {
+    if workload.status != HealthStatus::Healthy {
+        return Err(ProxyError::NoHealthyUpstream(workload.uid.clone()));
+    }
+    let (_, load) = balancer
+        .pick(
+            LbPolicy::RoundRobin,
+            &workload.uid,
+            &[workload.uid.as_str()],
+        )
+        .ok_or_else(|| ProxyError::NoHealthyUpstream(workload.uid.clone()))?;
+    Ok(to_upstream(workload.clone(), target, hbone_port, load))
+}
+
+fn to_upstream(
+    workload: Arc<Workload>,
+    addr: SocketAddr,
+    hbone_port: u16,
+    load: LoadGuard,
+) -> Upstream {
+    let hbone = (workload.tunnel_protocol == TunnelProtocol::Hbone)
+        .then(|| SocketAddr::new(addr.ip(), hbone_port));
+    Upstream {
+        identities: vec![workload.identity.clone()],
+        workload,
+        addr,
+        hbone,
+        service: None,
+        load,
+    }
+}
+
+fn address_like(w: &Workload, family: SocketAddr) -> Option<std::net::IpAddr> {
+    w.addresses
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() == family.is_ipv4())
+}
