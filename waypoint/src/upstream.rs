@@ -156,6 +156,8 @@ struct ConnKey {
     identities: Vec<Identity>,
 }
 
+type H2Slot = tokio::sync::Mutex<Option<http2::SendRequest<Body>>>;
+
 struct Http1Conn {
     send: http1::SendRequest<Body>,
     last_used: Instant,
@@ -165,7 +167,9 @@ struct Http1Conn {
 pub struct Upstreams {
     dialer: Dialer,
     idle_timeout: Duration,
-    h2: Mutex<HashMap<ConnKey, http2::SendRequest<Body>>>,
+    /// Per key, the HTTP/2 connection; the async lock is held while one is opened, so a
+    /// burst of requests to a new endpoint opens exactly one.
+    h2: Mutex<HashMap<ConnKey, Arc<H2Slot>>>,
     h1: Mutex<HashMap<ConnKey, Vec<Http1Conn>>>,
 }
 
@@ -211,7 +215,13 @@ impl Upstreams {
     /// Counts of open connections.
     pub fn stats(&self) -> UpstreamStats {
         UpstreamStats {
-            http2: lock(&self.h2).values().filter(|s| !s.is_closed()).count(),
+            http2: lock(&self.h2)
+                .values()
+                .filter(|s| {
+                    s.try_lock()
+                        .is_ok_and(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
+                })
+                .count(),
             http1: lock(&self.h1).values().map(Vec::len).sum(),
             hbone: self.dialer.pool.open_connections(),
         }
@@ -237,20 +247,18 @@ impl Upstreams {
             reason: e.to_string(),
         };
         if http2 {
-            let existing = lock(&self.h2).get(&key).filter(|s| !s.is_closed()).cloned();
-            let req = match existing {
-                Some(mut send) => match send.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(mut e) => match e.take_message() {
-                        Some(req) => req,
-                        None => return Err(reset(e.into_error())),
-                    },
+            let mut send = self.h2_sender(&key, up, meta).await?;
+            return match send.try_send_request(req).await {
+                Ok(resp) => Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    // The connection closed before taking the request: once more, on a new one.
+                    Some(req) => {
+                        let mut send = self.h2_sender(&key, up, meta).await?;
+                        send.send_request(req).await.map_err(reset)
+                    }
+                    None => Err(reset(e.into_error())),
                 },
-                None => req,
             };
-            let mut send = self.open_h2(up, meta).await?;
-            lock(&self.h2).insert(key, send.clone());
-            return send.send_request(req).await.map_err(reset);
         }
         let attempt = {
             let mut conns = lock(&self.h1);
@@ -258,7 +266,8 @@ impl Upstreams {
             let now = Instant::now();
             let idle_timeout = self.idle_timeout;
             list.retain(|c| {
-                !c.send.is_closed() && !(c.send.is_ready() && now - c.last_used > idle_timeout)
+                let idle_too_long = c.send.is_ready() && now - c.last_used > idle_timeout;
+                !c.send.is_closed() && !idle_too_long
             });
             match list.iter_mut().find(|c| c.send.is_ready()) {
                 Some(c) => {
@@ -278,6 +287,23 @@ impl Upstreams {
             },
             Err(req) => self.send_h1_new(key, up, meta, req).await,
         }
+    }
+
+    /// The HTTP/2 connection for `key`, opening it when there is none (or it closed).
+    async fn h2_sender(
+        &self,
+        key: &ConnKey,
+        up: &Upstream,
+        meta: &ConnectMeta,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let slot = lock(&self.h2).entry(key.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(send) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(send.clone());
+        }
+        let send = self.open_h2(up, meta).await?;
+        *slot = Some(send.clone());
+        Ok(send)
     }
 
     async fn send_h1_new(
