@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh::hbone::{Baggage, ConnectMeta, H2Stream};
-use mesh::model::Workload;
+use mesh::model::{AppProtocol, Workload};
 use mesh::Identity;
 use tokio::time::Instant;
 
@@ -102,6 +102,8 @@ pub struct RequestCtx {
     pub route: Option<RouteDecision>,
     /// The endpoint chosen.
     pub upstream: Option<Upstream>,
+    /// Whether the upstream request goes as HTTP/2 (decided when routing).
+    pub upstream_http2: bool,
     /// Status sent to the client.
     pub status: Option<StatusCode>,
     /// gRPC status (header or trailer).
@@ -114,6 +116,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     fn new(down: Arc<Downstream>, parts: &Parts) -> Self {
+        let upstream_http2 = down.protocol == Protocol::Http2;
         let authority = parts
             .uri
             .authority()
@@ -153,16 +156,12 @@ impl RequestCtx {
             request_body_bytes: Arc::default(),
             route: None,
             upstream: None,
+            upstream_http2,
             status: None,
             grpc_status: None,
             flag: None,
             error: None,
         }
-    }
-
-    /// Whether the upstream speaks HTTP/2: it does when the client did.
-    pub fn upstream_http2(&self) -> bool {
-        self.down.protocol == Protocol::Http2
     }
 }
 
@@ -290,6 +289,15 @@ impl HttpProxy {
                 up?
             }
         };
+        let declared = match (&upstream.service, &ctx.route) {
+            (Some(service), Some(route)) => service
+                .ports
+                .iter()
+                .find(|p| p.service_port == route.port)
+                .map(|p| p.app_protocol),
+            _ => None,
+        };
+        ctx.upstream_http2 = upstream_speaks_h2(declared, self.down.protocol);
         ctx.upstream = Some(upstream);
         Ok(())
     }
@@ -301,7 +309,7 @@ impl HttpProxy {
         parts: &mut Parts,
         body: Incoming,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let http2 = ctx.upstream_http2();
+        let http2 = ctx.upstream_http2;
         strip_hop_by_hop(&mut parts.headers);
         let mut req_parts = parts.clone();
         if http2 {
@@ -356,6 +364,16 @@ impl HttpProxy {
             ctx.grpc_status = Some(s.to_string());
         }
         Response::from_parts(parts, body.map_err(Into::into).boxed())
+    }
+}
+
+/// The upstream protocol: what the backend service's port declares (`appProtocol`), else
+/// what the client spoke (Istio's choice for ports whose protocol is detected).
+fn upstream_speaks_h2(declared: Option<AppProtocol>, downstream: Protocol) -> bool {
+    match declared {
+        Some(AppProtocol::Http11) => false,
+        Some(AppProtocol::Http2 | AppProtocol::Grpc) => true,
+        _ => downstream == Protocol::Http2,
     }
 }
 

@@ -156,6 +156,9 @@ async fn backend_http(
     let traceparent = header("traceparent");
     let request_id = header("x-request-id");
     let grpc = header("content-type").starts_with("application/grpc");
+    if req.uri().path().starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let version = format!("{:?}", req.version());
     let body = req
         .into_body()
