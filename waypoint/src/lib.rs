@@ -55,7 +55,7 @@ pub struct Shared {
     /// Endpoint choice.
     pub balancer: balance::Balancer,
     /// Upstream connections.
-    pub upstreams: upstream::Upstreams,
+    pub upstreams: Arc<upstream::Upstreams>,
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
     routes: RwLock<Arc<RouteTable>>,
@@ -68,6 +68,14 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -93,7 +101,10 @@ impl Waypoint {
     ) -> Self {
         let pool = Pool::new(H2Config::default(), connector);
         let dialer = upstream::Dialer::new(pool, certs.clone(), config.identity.clone());
-        let upstreams = upstream::Upstreams::new(dialer, config.upstream_idle_timeout);
+        let upstreams = Arc::new(upstream::Upstreams::new(
+            dialer,
+            config.upstream_idle_timeout,
+        ));
         Waypoint {
             shared: Arc::new(Shared {
                 config,
@@ -114,6 +125,13 @@ impl Waypoint {
             Arc::new(self.shared.certs.subscribe(&self.shared.config.identity));
         let server = Arc::new(Server::new(H2Config::default(), certs));
         let shared = self.shared.clone();
+        let sweep = tokio::spawn(
+            shared
+                .upstreams
+                .clone()
+                .sweep_every(shared.config.upstream_idle_timeout / 3),
+        );
+        let _stop_sweeping = AbortOnDrop(sweep);
         server
             .serve(listener, move |req: InboundRequest| {
                 inbound::handle(shared.clone(), req)

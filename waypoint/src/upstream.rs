@@ -156,7 +156,11 @@ struct ConnKey {
     identities: Vec<Identity>,
 }
 
-type H2Slot = tokio::sync::Mutex<Option<http2::SendRequest<Body>>>;
+type H2Slot = tokio::sync::Mutex<Option<H2Conn>>;
+
+struct H2Conn {
+    send: http2::SendRequest<Body>,
+}
 
 struct Http1Conn {
     send: http1::SendRequest<Body>,
@@ -219,7 +223,7 @@ impl Upstreams {
                 .values()
                 .filter(|s| {
                     s.try_lock()
-                        .is_ok_and(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
+                        .is_ok_and(|s| s.as_ref().is_some_and(|c| !c.send.is_closed()))
                 })
                 .count(),
             http1: lock(&self.h1).values().map(Vec::len).sum(),
@@ -289,6 +293,42 @@ impl Upstreams {
         }
     }
 
+    /// Closes HTTP/1.1 connections idle longer than the idle timeout and forgets closed ones,
+    /// so endpoints no longer used release their HBONE streams (and the HBONE connection can
+    /// idle out in turn). An HTTP/2 connection is kept while open (one per endpoint; it may
+    /// carry long-lived streams) and forgotten once closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let idle = self.idle_timeout;
+        lock(&self.h1).retain(|_, list| {
+            list.retain(|c| {
+                let idle_too_long = c.send.is_ready() && now - c.last_used > idle;
+                !c.send.is_closed() && !idle_too_long
+            });
+            !list.is_empty()
+        });
+        lock(&self.h2).retain(|_, slot| match slot.try_lock() {
+            // Being opened or used right now: keep.
+            Err(_) => true,
+            Ok(mut conn) => {
+                if conn.as_ref().is_some_and(|c| c.send.is_closed()) {
+                    *conn = None;
+                }
+                conn.is_some()
+            }
+        });
+    }
+
+    /// Runs [`Upstreams::sweep`] every `period` until dropped.
+    pub async fn sweep_every(self: std::sync::Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+
     /// The HTTP/2 connection for `key`, opening it when there is none (or it closed).
     async fn h2_sender(
         &self,
@@ -298,11 +338,11 @@ impl Upstreams {
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let slot = lock(&self.h2).entry(key.clone()).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(send) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(send.clone());
+        if let Some(conn) = slot.as_ref().filter(|c| !c.send.is_closed()) {
+            return Ok(conn.send.clone());
         }
         let send = self.open_h2(up, meta).await?;
-        *slot = Some(send.clone());
+        *slot = Some(H2Conn { send: send.clone() });
         Ok(send)
     }
 

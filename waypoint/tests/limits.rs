@@ -153,3 +153,71 @@ async fn a_client_slow_to_send_its_headers_is_cut() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_http1_connections_are_closed() {
+    let h = Harness::start_with(|c| c.upstream_idle_timeout = Duration::from_millis(300)).await;
+    let mut client = h.http1(addr(ECHO_VIP, HTTP_PORT)).await;
+    let resp = client.send_request(get("/")).await.expect("response");
+    resp.into_body().collect().await.expect("body");
+    let shared = h.waypoint.shared().clone();
+    assert!(
+        eventually(Duration::from_secs(1), || shared.upstreams.stats().http1
+            == 1)
+        .await,
+        "kept alive at first"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || shared.upstreams.stats().http1
+            == 0)
+        .await,
+        "closed once idle: {:?}",
+        shared.upstreams.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_passthrough_obeys_l4_deny_policy() {
+    use mesh::model::{Clause, Match, Policy, PolicyAction, PolicyScope, Rule, StringMatch};
+    let h = Harness::start().await;
+    let mut batch = Batch::new();
+    batch.upsert_policy(Policy {
+        name: "deny-sleep".into(),
+        namespace: "default".into(),
+        scope: PolicyScope::Namespace,
+        action: PolicyAction::Deny,
+        rules: vec![Rule {
+            clauses: vec![Clause {
+                matches: vec![Match {
+                    principals: vec![StringMatch::Exact(
+                        "cluster.local/ns/default/sa/sleep".into(),
+                    )],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        dry_run: false,
+    });
+    h.store.apply(batch);
+    let tunnel = h.tunnel(addr(ECHO_VIP, TCP_PORT)).await.expect("tunnel");
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    let _ = w.write_all(b"\x00\x01 not http").await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the tunnel is closed");
+    assert!(out.is_empty(), "nothing comes back");
+    assert_eq!(h.seen(0).connects.len() + h.seen(1).connects.len(), 0);
+    let waypoint = h.waypoint.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric_value(
+                &waypoint.telemetry().encode(),
+                "istio_tcp_connections_closed_total",
+                &["response_flags=\"DENY\""],
+            ) == 1.0
+        })
+        .await,
+        "{}",
+        h.metrics()
+    );
+}
