@@ -11,7 +11,12 @@ use http::StatusCode;
 use mesh::hbone::{connect::forwarded_for, Baggage, InboundRequest};
 use tracing::Instrument;
 
-use crate::detect::{detect, Protocol};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mesh::model::AppProtocol;
+
+use crate::detect::{detect, Prefixed, Protocol};
 use crate::http::Downstream;
 use crate::select::Destination;
 use crate::Shared;
@@ -50,7 +55,28 @@ pub async fn handle(shared: Arc<Shared>, req: InboundRequest) {
             return;
         }
     };
-    let (protocol, io) = match detect(stream, shared.config.protocol_detect_timeout).await {
+    // A port that declares its protocol is not sniffed on a short fuse: declared TCP passes
+    // through at once (server-first protocols wait for nothing), declared HTTP waits as long
+    // as a client may take to send its headers.
+    let declared = destination.service().and_then(|s| {
+        s.ports
+            .iter()
+            .find(|p| p.service_port == target.port())
+            .map(|p| p.app_protocol)
+    });
+    let wait = match declared {
+        Some(AppProtocol::Tcp) => Duration::ZERO,
+        Some(AppProtocol::Http11 | AppProtocol::Http2 | AppProtocol::Grpc) => {
+            shared.config.header_read_timeout
+        }
+        _ => shared.config.protocol_detect_timeout,
+    };
+    let detected = if wait.is_zero() {
+        Ok((Protocol::Tcp, Prefixed::new(Bytes::new(), stream)))
+    } else {
+        detect(stream, wait).await
+    };
+    let (protocol, io) = match detected {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(error = %e, "tunnel failed during protocol detection");

@@ -221,3 +221,24 @@ async fn tcp_passthrough_obeys_l4_deny_policy() {
         h.metrics()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_tcp_is_passed_through_without_sniffing() {
+    let h = Harness::start_with(|c| c.protocol_detect_timeout = Duration::from_secs(30)).await;
+    let mut echo = service("echo", ECHO_VIP);
+    echo.ports[1].app_protocol = AppProtocol::Tcp;
+    let mut batch = Batch::new();
+    batch.upsert_service(echo);
+    h.store.apply(batch);
+    let tunnel = h.tunnel(addr(ECHO_VIP, TCP_PORT)).await.expect("tunnel");
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    // Looks like HTTP, and the detection timeout is long: a declared TCP port still passes
+    // the bytes straight through, so the (server-first capable) echo answers at once.
+    w.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut buf))
+        .await
+        .expect("echoed without waiting for detection")
+        .expect("read");
+    assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
+}
