@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use mesh::Identity;
 
+use crate::select::WaypointBinding;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -36,6 +38,16 @@ pub struct Config {
     /// Service account the waypoint runs as (part of its identity; named after the Gateway).
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "waypoint")]
     pub service_account: String,
+
+    /// The Gateway this waypoint implements (its Service is `<name>.<namespace>.svc...`);
+    /// defaults to the service account, which the deployer names after the Gateway.
+    #[arg(long, env = "GATEWAY_NAME")]
+    pub gateway_name: Option<String>,
+
+    /// Serve only destinations whose `waypoint` is this one (refuse others with 400). Off
+    /// only for debugging: without it the waypoint relays to any destination it knows.
+    #[arg(long, env = "ENFORCE_WAYPOINT_BINDING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enforce_binding: bool,
 
     /// The waypoint pod's name (xDS node id and metadata).
     #[arg(long, env = "POD_NAME", default_value = "waypoint")]
@@ -145,6 +157,14 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             protocol_detect_timeout: Duration::from_millis(self.protocol_detect_timeout_ms),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            binding: self.enforce_binding.then(|| WaypointBinding {
+                name: self
+                    .gateway_name
+                    .clone()
+                    .unwrap_or_else(|| self.service_account.clone()),
+                namespace: self.namespace.clone(),
+                own_ips: vec![self.instance_ip],
+            }),
             ..ProxyConfig::new(self.identity()?)
         })
     }
@@ -168,6 +188,8 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// The port endpoints accept HBONE on.
     pub endpoint_hbone_port: u16,
+    /// When set, only destinations bound to this waypoint are served.
+    pub binding: Option<WaypointBinding>,
 }
 
 impl ProxyConfig {
@@ -181,6 +203,7 @@ impl ProxyConfig {
             max_header_bytes: 64 * 1024,
             upstream_idle_timeout: Duration::from_secs(90),
             endpoint_hbone_port: mesh::hbone::HBONE_PORT,
+            binding: None,
         }
     }
 }
@@ -234,5 +257,15 @@ mod tests {
             "spiffe://cluster.local/ns/default/sa/waypoint"
         );
         assert_eq!(p.protocol_detect_timeout, Duration::from_millis(200));
+        let b = p.binding.expect("enforced by default");
+        assert_eq!(
+            (b.name.as_str(), b.namespace.as_str()),
+            ("waypoint", "default")
+        );
+        let off = Config::try_parse_from(["waypoint", "--enforce-binding", "false"])
+            .expect("parses")
+            .proxy_config()
+            .expect("identity");
+        assert!(off.binding.is_none());
     }
 }

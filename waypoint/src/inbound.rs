@@ -1,7 +1,8 @@
 //! HBONE in (15008): each CONNECT stream is one client connection to an original destination.
 //!
 //! The authority must name a service VIP (on one of its ports) or a workload IP the store
-//! knows; anything else is refused with 400, as ztunnel refuses a target it does not serve.
+//! knows, and (when the binding is configured) one whose `waypoint` is this waypoint; anything
+//! else is refused with 400, as ztunnel refuses a target it does not serve.
 //! Accepted streams are answered 200, then their first bytes decide how they are served:
 //! HTTP ([`crate::http`]) or opaque TCP ([`crate::tcp`]).
 
@@ -18,7 +19,7 @@ use mesh::model::AppProtocol;
 
 use crate::detect::{detect, Prefixed, Protocol};
 use crate::http::Downstream;
-use crate::select::Destination;
+use crate::select::{Destination, TargetError};
 use crate::Shared;
 
 /// Handles one CONNECT stream to its end.
@@ -33,6 +34,14 @@ pub async fn handle(shared: Arc<Shared>, req: InboundRequest) {
             return;
         }
     };
+    if let Some(me) = &shared.config.binding {
+        if !destination.bound_to(&shared.store, me) {
+            let e = TargetError::NotBound(destination.name());
+            tracing::info!(peer = %peer, %target, error = %e, "HBONE request refused");
+            req.reject(StatusCode::BAD_REQUEST);
+            return;
+        }
+    }
     let peer_addr = req.peer_addr();
     let client_addr = forwarded_for(req.headers())
         .filter(|f| f.ip() == peer_addr.ip())

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh::model::{HealthStatus, Service, TunnelProtocol, Workload};
+use mesh::model::{
+    GatewayAddress, GatewayDestination, HealthStatus, Service, TunnelProtocol, Workload,
+};
 use mesh::store::Store;
 use mesh::Identity;
 
@@ -26,6 +28,10 @@ pub enum TargetError {
     /// Neither a service VIP nor a workload IP the waypoint knows.
     #[error("{0} is neither a known service VIP nor a known workload address")]
     Unknown(SocketAddr),
+    /// The destination does not use this waypoint (its `waypoint` names another, or none):
+    /// the waypoint is not an open relay.
+    #[error("{0} is not bound to this waypoint")]
+    NotBound(String),
     /// A service VIP on a port the service does not have.
     #[error("service {service} has no port {port}")]
     NoSuchPort {
@@ -59,6 +65,15 @@ impl Destination {
         Err(TargetError::Unknown(target))
     }
 
+    /// Whether the destination names `me` as its waypoint.
+    pub fn bound_to(&self, store: &Store, me: &WaypointBinding) -> bool {
+        let gateway = match self {
+            Destination::Service(s) => s.waypoint.as_ref(),
+            Destination::Workload(w) => w.waypoint.as_ref(),
+        };
+        gateway.is_some_and(|g| me.is(store, g))
+    }
+
     /// The service, if one was addressed.
     pub fn service(&self) -> Option<&Arc<Service>> {
         match self {
@@ -73,6 +88,45 @@ impl Destination {
             Destination::Service(s) => s.key(),
             Destination::Workload(w) => w.uid.clone(),
         }
+    }
+}
+
+/// Which waypoint this is, to check that a destination uses it: the Gateway's name and
+/// namespace (its Service is `<name>.<namespace>.svc.<suffix>`) and the waypoint's own
+/// addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointBinding {
+    /// The Gateway's (and the waypoint's Service's) name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The waypoint pod's own addresses.
+    pub own_ips: Vec<std::net::IpAddr>,
+}
+
+impl WaypointBinding {
+    /// Whether `gateway` addresses this waypoint: by the host name of its Service, by that
+    /// Service's VIP, or by one of the pod's own addresses.
+    pub fn is(&self, store: &Store, gateway: &GatewayAddress) -> bool {
+        match &gateway.destination {
+            GatewayDestination::Hostname(h) => {
+                h.namespace == self.namespace && self.is_my_hostname(&h.hostname)
+            }
+            GatewayDestination::Address(a) => {
+                self.own_ips.contains(&a.ip)
+                    || store.service_by_vip(&a.network, a.ip).is_some_and(|s| {
+                        s.namespace == self.namespace && self.is_my_hostname(&s.hostname)
+                    })
+            }
+        }
+    }
+
+    fn is_my_hostname(&self, hostname: &str) -> bool {
+        let prefix = format!("{}.{}.svc", self.name, self.namespace);
+        hostname == prefix
+            || hostname
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
     }
 }
 

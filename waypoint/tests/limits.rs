@@ -242,3 +242,59 @@ async fn a_port_declared_tcp_is_passed_through_without_sniffing() {
         .expect("read");
     assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_destinations_bound_to_this_waypoint_are_served() {
+    use mesh::hbone::HboneError;
+    use mesh::model::{GatewayAddress, GatewayDestination, NamespacedHostname, NetworkAddress};
+    use waypoint::select::WaypointBinding;
+    let h = Harness::start_with(|c| {
+        c.binding = Some(WaypointBinding {
+            name: "waypoint".into(),
+            namespace: "default".into(),
+            own_ips: vec![],
+        })
+    })
+    .await;
+    let by_name = |ns: &str, name: &str| GatewayAddress {
+        destination: GatewayDestination::Hostname(NamespacedHostname {
+            namespace: ns.into(),
+            hostname: format!("{name}.{ns}.svc.cluster.local"),
+        }),
+        hbone_mtls_port: 15008,
+    };
+    let mut batch = Batch::new();
+    let mut echo = service("echo", ECHO_VIP);
+    echo.waypoint = Some(by_name("default", "waypoint"));
+    batch.upsert_service(echo);
+    // `dead` names our waypoint's Service by its VIP.
+    batch.upsert_service(service("waypoint", "10.96.0.100"));
+    let mut dead = service("dead", DEAD_VIP);
+    dead.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress {
+            network: String::new(),
+            ip: "10.96.0.100".parse().expect("ip"),
+        }),
+        hbone_mtls_port: 15008,
+    });
+    batch.upsert_service(dead);
+    // `empty` uses another namespace's waypoint.
+    let mut empty = service("empty", EMPTY_VIP);
+    empty.waypoint = Some(by_name("other", "waypoint"));
+    batch.upsert_service(empty);
+    h.store.apply(batch);
+
+    let mut client = h.http1(addr(ECHO_VIP, HTTP_PORT)).await;
+    let resp = client.send_request(get("/")).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        h.tunnel(addr(DEAD_VIP, HTTP_PORT)).await.is_ok(),
+        "bound by VIP"
+    );
+    for target in [addr(EMPTY_VIP, HTTP_PORT), addr("10.0.0.1", 8080)] {
+        match h.tunnel(target).await {
+            Err(HboneError::Status(s)) => assert_eq!(s, StatusCode::BAD_REQUEST, "{target}"),
+            other => panic!("{target}: expected 400, got {other:?}"),
+        }
+    }
+}
