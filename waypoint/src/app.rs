@@ -112,7 +112,7 @@ pub async fn run(
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let admin = AdminState {
-        waypoint,
+        waypoint: waypoint.clone(),
         xds: Some(xds_status),
         log_reload,
         shutdown: shutdown.clone(),
@@ -147,6 +147,12 @@ pub async fn run(
         _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
     }
+    waypoint.drain();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(config.drain_secs);
+    while waypoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::info!(still_open = waypoint.open_connections(), "drained; exiting");
     Ok(())
 }
 

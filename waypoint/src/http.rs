@@ -175,28 +175,45 @@ pub async fn serve(
     let protocol = down.protocol;
     let config = shared.config.clone();
     let proxy = Arc::new(HttpProxy { shared, down });
+    let for_service = proxy.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
+        let proxy = for_service.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
     });
     let io = TokioIo::new(io);
+    let drained = shared_drained(&proxy);
+    tokio::pin!(drained);
     if protocol == Protocol::Http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32)
             .initial_stream_window_size(mesh::hbone::STREAM_WINDOW)
             .initial_connection_window_size(mesh::hbone::CONNECTION_WINDOW)
-            .serve_connection(io, service)
-            .await
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = &mut drained => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_bytes.max(8192))
-            .serve_connection(io, service)
-            .await
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = &mut drained => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
     }
+}
+
+async fn shared_drained(proxy: &HttpProxy) {
+    proxy.shared.drained().await;
 }
 
 /// Proxies the requests of one tunnel.

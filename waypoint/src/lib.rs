@@ -15,12 +15,14 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mesh::cert_manager::CertManager;
 use mesh::hbone::{Connector, H2Config, InboundRequest, Pool, Server, ServerCerts, TcpConnector};
 use mesh::store::Store;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 pub mod admin;
 pub mod app;
@@ -59,15 +61,47 @@ pub struct Shared {
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
     routes: RwLock<Arc<RouteTable>>,
+    /// Set once the waypoint drains: no new connections, connections asked to finish.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// HBONE connections open now.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Shared {
+    /// Resolves once the waypoint is draining.
+    pub async fn drained(&self) {
+        drained(self.drain.subscribe()).await;
+    }
+
     /// The current route table.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// Resolves once `rx` says true (never, if its sender is gone without saying it).
+async fn drained(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Counts one open HBONE connection while alive.
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl ConnectionGuard {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(count.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -114,12 +148,15 @@ impl Waypoint {
                 upstreams,
                 telemetry: Arc::new(Telemetry::default()),
                 routes: RwLock::new(Arc::new(RouteTable::new())),
+                drain: tokio::sync::watch::Sender::new(false),
+                connections: Arc::default(),
             }),
         }
     }
 
-    /// Accepts HBONE on `listener` forever, presenting the waypoint's certificate (renewed
-    /// certificates apply to new connections).
+    /// Accepts HBONE on `listener` until [`Waypoint::drain`], presenting the waypoint's
+    /// certificate (renewed certificates apply to new connections). Draining closes the
+    /// listener and sends GOAWAY on every HBONE connection; the streams open go on.
     pub async fn serve(&self, listener: TcpListener) {
         let certs: Arc<dyn ServerCerts> =
             Arc::new(self.shared.certs.subscribe(&self.shared.config.identity));
@@ -132,11 +169,55 @@ impl Waypoint {
                 .sweep_every(shared.config.upstream_idle_timeout / 3),
         );
         let _stop_sweeping = AbortOnDrop(sweep);
-        server
-            .serve(listener, move |req: InboundRequest| {
-                inbound::handle(shared.clone(), req)
-            })
-            .await;
+        let handler = {
+            let shared = shared.clone();
+            move |req: InboundRequest| inbound::handle(shared.clone(), req)
+        };
+        let draining = shared.drained();
+        tokio::pin!(draining);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of fds or similar: back off briefly rather than spin.
+                        tracing::warn!(error = %e, "HBONE accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut draining => break,
+            };
+            let guard = ConnectionGuard::new(&shared.connections);
+            let (server, handler) = (server.clone(), handler.clone());
+            let drain = drained(shared.drain.subscribe());
+            let span = tracing::debug_span!("hbone_inbound", peer = %peer);
+            tokio::spawn(
+                async move {
+                    let _guard = guard;
+                    if let Err(e) = server
+                        .serve_connection_until(tcp, peer, handler, drain)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "HBONE connection ended with an error");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        tracing::info!("draining: HBONE listener closed");
+    }
+
+    /// Starts draining: the listener closes, HBONE connections get GOAWAY and HTTP
+    /// connections inside tunnels are asked to finish (HTTP/1.1 closes after its current
+    /// request, HTTP/2 sends GOAWAY).
+    pub fn drain(&self) {
+        self.shared.drain.send_replace(true);
+    }
+
+    /// HBONE connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
     }
 
     /// Metrics.

@@ -298,3 +298,27 @@ async fn only_destinations_bound_to_this_waypoint_are_served() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_tunnels_and_closes_idle_keepalive_connections() {
+    let h = Harness::start().await;
+    let mut client = h.http1(addr(ECHO_VIP, HTTP_PORT)).await;
+    let resp = client.send_request(get("/")).await.expect("response");
+    resp.into_body().collect().await.expect("body");
+    assert_eq!(h.waypoint.open_connections(), 1);
+
+    h.waypoint.drain();
+    let waypoint = h.waypoint.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || client.is_closed()).await,
+        "the idle keep-alive connection is closed"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || waypoint.open_connections() == 0).await,
+        "the HBONE connection ends with its last stream"
+    );
+    assert!(
+        h.tunnel(addr(ECHO_VIP, HTTP_PORT)).await.is_err(),
+        "no new tunnel once draining"
+    );
+}
