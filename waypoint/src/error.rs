@@ -21,6 +21,9 @@ pub enum ProxyError {
     /// No route rule matches the request (`NR`, 404).
     #[error("no route matches {0}")]
     NoRoute(String),
+    /// A route names a backend service the waypoint does not know (`NC`, 503).
+    #[error("backend service {0} is unknown")]
+    NoCluster(String),
     /// The destination has no healthy endpoint (`UH`, 503).
     #[error("no healthy upstream for {0}")]
     NoHealthyUpstream(String),
@@ -59,6 +62,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyUpstream(_)
+            | ProxyError::NoCluster(_)
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::NoCertificate(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +74,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute(_) => "NR",
             ProxyError::NoHealthyUpstream(_) => "UH",
+            ProxyError::NoCluster(_) => "NC",
             ProxyError::UpstreamConnect { .. } | ProxyError::NoCertificate(_) => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout(_) => "UT",
@@ -81,7 +86,9 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoRoute(_) | ProxyError::Denied(_) => Blame::Client,
-            ProxyError::NoHealthyUpstream(_) | ProxyError::NoCertificate(_) => Blame::Internal,
+            ProxyError::NoHealthyUpstream(_)
+            | ProxyError::NoCluster(_)
+            | ProxyError::NoCertificate(_) => Blame::Internal,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::UpstreamTimeout(_) => Blame::Upstream,
@@ -125,6 +132,7 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute("x".into()), 404, "NR", 12),
             (ProxyError::NoHealthyUpstream("x".into()), 503, "UH", 14),
+            (ProxyError::NoCluster("x".into()), 503, "NC", 14),
             (
                 ProxyError::UpstreamConnect {
                     addr,

@@ -430,6 +430,7 @@ fn body_text(err: &ProxyError) -> &'static str {
     match err {
         ProxyError::NoRoute(_) => "route not found",
         ProxyError::NoHealthyUpstream(_) => "no healthy upstream",
+        ProxyError::NoCluster(_) => "cluster not found",
         ProxyError::UpstreamConnect { .. } | ProxyError::NoCertificate(_) => {
             "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
         }

@@ -161,7 +161,7 @@ pub fn pick_service_endpoint(
 ) -> Result<Upstream, ProxyError> {
     let service = store
         .service(service_key)
-        .ok_or_else(|| ProxyError::NoRoute(format!("service {service_key} is unknown")))?;
+        .ok_or_else(|| ProxyError::NoCluster(service_key.to_string()))?;
     let endpoints: Vec<_> = store
         .endpoints_of(service_key)
         .into_iter()
@@ -245,4 +245,44 @@ fn address_like(w: &Workload, family: SocketAddr) -> Option<std::net::IpAddr> {
         .iter()
         .copied()
         .find(|a| a.is_ipv4() == family.is_ipv4())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh::model::{NamespacedHostname, NetworkAddress};
+
+    fn by_name(ns: &str, host: &str) -> GatewayAddress {
+        GatewayAddress {
+            destination: GatewayDestination::Hostname(NamespacedHostname {
+                namespace: ns.into(),
+                hostname: host.into(),
+            }),
+            hbone_mtls_port: 15008,
+        }
+    }
+
+    #[test]
+    fn a_waypoint_recognises_its_own_service_name_and_addresses_only() {
+        let me = WaypointBinding {
+            name: "waypoint".into(),
+            namespace: "shop".into(),
+            own_ips: vec!["10.1.0.5".parse().expect("ip")],
+        };
+        let store = Store::new();
+        assert!(me.is(&store, &by_name("shop", "waypoint.shop.svc.cluster.local")));
+        assert!(me.is(&store, &by_name("shop", "waypoint.shop.svc")));
+        assert!(!me.is(&store, &by_name("shop", "waypoint2.shop.svc.cluster.local")));
+        assert!(!me.is(&store, &by_name("other", "waypoint.shop.svc.cluster.local")));
+        assert!(!me.is(&store, &by_name("shop", "waypoint.shop.svcx")));
+        let at = |ip: &str| GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress {
+                network: String::new(),
+                ip: ip.parse().expect("ip"),
+            }),
+            hbone_mtls_port: 15008,
+        };
+        assert!(me.is(&store, &at("10.1.0.5")));
+        assert!(!me.is(&store, &at("10.1.0.6")));
+    }
 }
