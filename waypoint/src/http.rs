@@ -112,6 +112,8 @@ pub struct RequestCtx {
     pub flag: Option<&'static str>,
     /// What went wrong, for the access log.
     pub error: Option<String>,
+    /// The client's side of a protocol upgrade (WebSocket...), when it asked for one.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl RequestCtx {
@@ -161,6 +163,7 @@ impl RequestCtx {
             grpc_status: None,
             flag: None,
             error: None,
+            upgrade: None,
         }
     }
 }
@@ -202,7 +205,8 @@ pub async fn serve(
             .keep_alive(true)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_bytes.max(8192))
-            .serve_connection(io, service);
+            .serve_connection(io, service)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             res = conn.as_mut() => return res,
@@ -225,9 +229,12 @@ pub struct HttpProxy {
 
 impl HttpProxy {
     /// Runs one request through every phase; always answers (a local reply on error).
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let upgrade = (self.down.protocol == Protocol::Http1 && wants_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut ctx = RequestCtx::new(self.down.clone(), &parts);
+        ctx.upgrade = upgrade;
         let resp = match self.proxy(&mut ctx, &mut parts, body).await {
             Ok(resp) => self.upstream_response(&mut ctx, resp),
             Err(e) => local_reply(&mut ctx, e),
@@ -326,8 +333,19 @@ impl HttpProxy {
         parts: &mut Parts,
         body: Incoming,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let http2 = ctx.upstream_http2;
+        let upgrade = ctx
+            .upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get(UPGRADE).cloned());
+        // An upgrade needs an HTTP/1.1 connection of its own.
+        let http2 = ctx.upstream_http2 && upgrade.is_none();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol.clone());
+        }
         let mut req_parts = parts.clone();
         if http2 {
             req_parts.version = Version::HTTP_2;
@@ -355,7 +373,14 @@ impl HttpProxy {
         let Some(up) = ctx.upstream.as_ref() else {
             return Err(ProxyError::NoHealthyUpstream(self.down.destination.name()));
         };
-        let send = self.shared.upstreams.send(up, &meta, http2, req);
+        let upstreams = &self.shared.upstreams;
+        let send = async {
+            if upgrade.is_some() {
+                upstreams.send_upgrade(up, &meta, req).await
+            } else {
+                upstreams.send(up, &meta, http2, req).await
+            }
+        };
         match ctx.route.as_ref().and_then(|r| r.timeout) {
             Some(t) => tokio::time::timeout(t, send)
                 .await
@@ -368,10 +393,40 @@ impl HttpProxy {
     pub fn upstream_response(
         &self,
         ctx: &mut RequestCtx,
-        resp: Response<Incoming>,
+        mut resp: Response<Incoming>,
     ) -> Response<Body> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let downstream_upgrade = ctx.upgrade.take();
+        if let (true, Some(downstream)) = (switching, downstream_upgrade) {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let target = ctx.upstream.as_ref().map(|u| u.addr);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let moved =
+                            mesh::copy::copy_bidirectional(TokioIo::new(down), TokioIo::new(up))
+                                .await;
+                        tracing::debug!(upstream = ?target, ?moved, "upgraded connection closed");
+                    }
+                    Err(e) => tracing::debug!(upstream = ?target, error = %e, "upgrade failed"),
+                }
+            });
+        }
         let (mut parts, body) = resp.into_parts();
+        let upgrade_headers = switching.then(|| {
+            (
+                parts.headers.get(CONNECTION).cloned(),
+                parts.headers.get(UPGRADE).cloned(),
+            )
+        });
         strip_hop_by_hop(&mut parts.headers);
+        if let Some((connection, upgrade)) = upgrade_headers {
+            for (name, value) in [(CONNECTION, connection), (UPGRADE, upgrade)] {
+                if let Some(v) = value {
+                    parts.headers.insert(name, v);
+                }
+            }
+        }
         ctx.status = Some(parts.status);
         if let Some(s) = parts
             .headers
@@ -440,6 +495,18 @@ fn body_text(err: &ProxyError) -> &'static str {
         ProxyError::UpstreamTimeout(_) => "upstream request timeout",
         ProxyError::Denied(_) => "RBAC: access denied",
     }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes connection-scoped headers (and those `Connection` names); keeps `te: trailers`,

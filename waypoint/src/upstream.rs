@@ -346,6 +346,36 @@ impl Upstreams {
         Ok(send)
     }
 
+    /// Sends a request that asks for a protocol upgrade on an HTTP/1.1 connection of its own
+    /// (never pooled: after a 101 the connection belongs to the new protocol).
+    pub async fn send_upgrade(
+        &self,
+        up: &Upstream,
+        meta: &ConnectMeta,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let io = self.dialer.dial(up, meta).await?;
+        let (mut send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect {
+                addr: up.addr,
+                reason: e.to_string(),
+            })?;
+        let addr = up.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream upgrade connection failed");
+            }
+        });
+        send.send_request(req)
+            .await
+            .map_err(|e| ProxyError::UpstreamReset {
+                addr,
+                reason: e.to_string(),
+            })
+    }
+
     async fn send_h1_new(
         &self,
         key: ConnKey,

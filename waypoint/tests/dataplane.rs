@@ -368,3 +368,33 @@ async fn traceparent_is_propagated_with_a_new_span_id() {
     assert!(seen.starts_with("00-"));
     assert_eq!(request_id.len(), 36, "{request_id}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_upgrade_switches_to_a_byte_stream_end_to_end() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start().await;
+    let io = h.tunnel(addr(ECHO_VIP, HTTP_PORT)).await.expect("tunnel");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/ws")
+        .header("host", ECHO_HOST)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "websocket");
+    let upgraded = hyper::upgrade::on(resp).await.expect("upgraded");
+    let mut io = TokioIo::new(upgraded);
+    io.write_all(b"\x81\x05hello").await.expect("write");
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"\x81\x05hello");
+}

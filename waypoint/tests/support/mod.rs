@@ -213,12 +213,32 @@ async fn serve_backend(name: String, seen: Arc<Mutex<Seen>>, req: InboundRequest
         return;
     }
     let seen2 = seen.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen2.lock().unwrap().requests += 1;
-        backend_grpc(name.clone(), req)
+        let name = name.clone();
+        async move {
+            if let Some(protocol) = req.headers().get("upgrade").cloned() {
+                // Switch to an echo of the new protocol's bytes.
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = on.await {
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    }
+                });
+                return Ok(Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", protocol)
+                    .body(Full::new(Bytes::new()).boxed())
+                    .expect("response"));
+            }
+            backend_grpc(name, req).await
+        }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await;
 }
 
