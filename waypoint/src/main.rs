@@ -1,135 +1,89 @@
-//! waypoint: the mesh's optional L7 proxy, one per namespace or service account.
-//!
-//! Today this binary only parses and checks its configuration (including the identity it will
-//! serve as), then says that it cannot proxy yet and exits with status 1. The HBONE listener,
-//! HTTP routing and L7 policy arrive in later issues. See `waypoint/ARCHITECTURE.md`.
+//! The waypoint binary: parse the config, set up logging, run. See `ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
+use waypoint::admin::LogReload;
+use waypoint::config::{Config, LogFormat};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// waypoint, the L7 proxy of the ambient mesh (Istio ambient compatible). Not functional yet:
-/// this build checks its configuration and exits with status 1
-///
-/// A waypoint is deployed per namespace (or service account) that needs L7 features, as a
-/// Gateway API `Gateway` with `gatewayClassName: istio-waypoint`. Once complete, it will accept
-/// HBONE on 15008 from ztunnels, terminate the tunnel, apply HTTP routing (HTTPRoute/GRPCRoute:
-/// matches, weights, retries, timeouts, rewrites) and L7 AuthorizationPolicy, then open a new
-/// HBONE tunnel to the chosen destination pod.
-///
-/// Try `meshctl demo` to watch the HBONE tunnel that the waypoint
-/// will terminate.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "waypoint", version)]
-struct Config {
-    /// Namespace the waypoint runs in (part of its identity).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    namespace: String,
-
-    /// Service account the waypoint runs as (part of its identity).
-    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "waypoint")]
-    service_account: String,
-
-    /// The mesh's trust domain.
-    #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-
-    /// The mesh CA and xDS server (istiod-lite), as an https:// address.
-    #[arg(
-        long,
-        env = "CA_ADDRESS",
-        default_value = "https://istiod-lite.istio-system.svc:15012",
-        value_parser = https_address
-    )]
-    ca_address: String,
-
-    /// Log line format; the level comes from RUST_LOG (default `info`).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
-}
-
-fn https_address(s: &str) -> Result<String, String> {
-    if s.starts_with("https://") && s.len() > "https://".len() {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "{s:?} must be an https:// address: credentials are never sent in the clear"
-        ))
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Logs to stderr through a non-blocking writer (a slow log sink never stalls proxying);
+/// the filter can be changed at run time through `/logging`.
+fn init_tracing(format: LogFormat) -> (LogReload, tracing_appender::non_blocking::WorkerGuard) {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
+    let reload: LogReload = Arc::new(move |level: &str| {
+        if !level.is_empty() {
+            let new =
+                EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+            handle.reload(new).map_err(|e| e.to_string())?;
+            tracing::info!(filter = level, "log filter changed");
+        }
+        handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| e.to_string())
+    });
+    (reload, guard)
 }
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    init_tracing(config.log_format);
+    let config = Arc::new(Config::parse());
+    // The guard flushes buffered log lines when main returns.
+    let (log_reload, _log_guard) = init_tracing(config.log_format);
     tracing::debug!(?config, "configuration");
-    match run(&config) {
+    // Two runtimes, as ztunnel: a single-threaded one for control work (CA, xDS, admin) on
+    // its own thread, and a multi-threaded one for the data plane.
+    let control = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let control_handle = control.handle().clone();
+    let control_thread = std::thread::Builder::new()
+        .name("waypoint-control".into())
+        .spawn(move || control.block_on(std::future::pending::<()>()));
+    if let Err(e) = control_thread {
+        tracing::error!(error = %e, "cannot start the control thread");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("waypoint-data")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(waypoint::app::run(config, log_reload, control_handle)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The one place a daemon writes to stderr directly: before (or instead of) running.
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("waypoint: {e:#}");
-            }
+            tracing::error!(error = format!("{e:#}"), "waypoint failed");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn run(config: &Config) -> anyhow::Result<()> {
-    let identity = mesh::Identity::new(
-        &config.trust_domain,
-        &config.namespace,
-        &config.service_account,
-    )
-    .map_err(|e| anyhow::anyhow!("the waypoint's identity: {e}"))?;
-    tracing::info!(identity = %identity, "waypoint identity");
-    anyhow::bail!(
-        "not functional yet: the HBONE listener, HTTP routing and L7 policy arrive in later \
-         issues; this build only checks its configuration. See waypoint/ARCHITECTURE.md. \
-         `meshctl demo` shows the HBONE tunnel working today."
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Config::command().debug_assert();
-    }
-
-    #[test]
-    fn refuses_an_identity_that_is_not_a_spiffe_id() {
-        let config = Config::try_parse_from(["waypoint", "--namespace", "a/b"]).expect("parses");
-        let err = run(&config).expect_err("bad namespace");
-        assert!(err.to_string().contains("identity"), "{err}");
     }
 }

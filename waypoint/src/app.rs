@@ -1,0 +1,183 @@
+//! Start-up wiring: build every component from the config and run until shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mesh::ca_client::{CaClient, CaClientConfig};
+use mesh::cert_manager::{CertManager, RenewalConfig};
+use mesh::store::Store;
+use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsTls, XdsTransport};
+use tokio::net::TcpListener;
+
+use crate::admin::{AdminState, LogReload};
+use crate::config::Config;
+use crate::Waypoint;
+
+/// The node info a waypoint sends: id `waypoint~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`
+/// and metadata `NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, `SERVICE_ACCOUNT`.
+pub fn node_info(config: &Config) -> NodeInfo {
+    let ns = &config.namespace;
+    NodeInfo {
+        id: format!(
+            "waypoint~{}~{}.{ns}~{ns}.svc.cluster.local",
+            config.instance_ip, config.pod_name
+        ),
+        metadata: BTreeMap::from([
+            ("NAME".to_string(), config.pod_name.clone()),
+            ("NAMESPACE".to_string(), ns.clone()),
+            ("INSTANCE_IPS".to_string(), config.instance_ip.to_string()),
+            ("NODE_NAME".to_string(), config.node_name.clone()),
+            (
+                "SERVICE_ACCOUNT".to_string(),
+                config.service_account.clone(),
+            ),
+        ]),
+    }
+}
+
+/// Runs the waypoint until SIGTERM, ctrl-c or `/quitquitquit`. The data plane runs on the
+/// caller's runtime; the CA client, the xDS client and the admin endpoints on `control`.
+pub async fn run(
+    config: Arc<Config>,
+    log_reload: LogReload,
+    control: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let proxy_config = config
+        .proxy_config()
+        .map_err(|e| anyhow::anyhow!("the waypoint's identity: {e}"))?;
+    let identity = proxy_config.identity.clone();
+    tracing::info!(identity = %identity, "waypoint identity");
+    let root_cert_pem = std::fs::read_to_string(&config.root_ca_file).with_context(|| {
+        format!(
+            "reading the control plane root certificate {}",
+            config.root_ca_file.display()
+        )
+    })?;
+    let token = match &config.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+
+    // Clients created here spawn their connection tasks on the control runtime.
+    let enter = control.enter();
+    let ca = CaClient::new(CaClientConfig {
+        address: config.ca_address().to_string(),
+        root_cert_pem: root_cert_pem.clone(),
+        server_name: config.control_plane_name.clone(),
+        token: token.clone(),
+        ttl: config.cert_ttl(),
+        impersonate: false,
+    })
+    .context("CA client")?;
+    let certs = CertManager::on_runtime(Arc::new(ca), RenewalConfig::default(), control.clone());
+    certs.prefetch(&identity);
+
+    let store = Store::new();
+    let xds = XdsClient::new(
+        XdsConfig {
+            address: config.xds_address.clone(),
+            transport: XdsTransport::Tls(XdsTls {
+                root_cert_pem,
+                server_name: config.control_plane_name.clone(),
+                client_cert: None,
+            }),
+            token: config
+                .token_file
+                .clone()
+                .map(BearerToken::File)
+                .or(token.map(BearerToken::Static)),
+            node: node_info(&config),
+            backoff: BackoffConfig::default(),
+        },
+        store.clone(),
+    )
+    .context("xDS client")?;
+    drop(enter);
+    let xds_status = xds.status();
+    control.spawn(xds.run());
+
+    let waypoint = Waypoint::new(store, certs, proxy_config);
+    let hbone = TcpListener::bind(config.hbone_addr)
+        .await
+        .with_context(|| format!("binding the HBONE listener on {}", config.hbone_addr))?;
+    tracing::info!(addr = %config.hbone_addr, "HBONE listener up");
+    let serving = waypoint.clone();
+    tokio::spawn(async move { serving.serve(hbone).await });
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let admin = AdminState {
+        waypoint: waypoint.clone(),
+        xds: Some(xds_status),
+        log_reload,
+        shutdown: shutdown.clone(),
+    };
+    for (addr, handler, what) in [
+        (config.admin_addr, admin.clone().admin_handler(), "admin"),
+        (
+            config.metrics_addr,
+            admin.clone().metrics_handler(),
+            "metrics",
+        ),
+        (
+            config.readiness_addr,
+            admin.clone().readiness_handler(),
+            "readiness",
+        ),
+    ] {
+        // Bound on the control runtime so its reactor owns the socket.
+        let listener = control
+            .spawn(TcpListener::bind(addr))
+            .await
+            .context("control runtime")?
+            .with_context(|| format!("binding the {what} endpoint on {addr}"))?;
+        tracing::info!(%addr, "{what} endpoint listening");
+        control.spawn(mesh::http_server::serve(listener, handler));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
+        () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
+    }
+    waypoint.drain();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(config.drain_secs);
+    while waypoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::info!(still_open = waypoint.open_connections(), "drained; exiting");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn node_id_names_the_waypoint_pod() {
+        let c = Config::try_parse_from([
+            "waypoint",
+            "--namespace",
+            "shop",
+            "--pod-name",
+            "waypoint-abc",
+            "--instance-ip",
+            "10.1.2.3",
+        ])
+        .expect("parses");
+        let n = node_info(&c);
+        assert_eq!(
+            n.id,
+            "waypoint~10.1.2.3~waypoint-abc.shop~shop.svc.cluster.local"
+        );
+        assert_eq!(n.metadata["NAMESPACE"], "shop");
+    }
+}

@@ -1,0 +1,663 @@
+//! HTTP inside a tunnel: serve HTTP/1.1 or HTTP/2 with hyper, and proxy each request through
+//! named phases that share one [`RequestCtx`]:
+//!
+//! 1. **request filter** ([`HttpProxy::request_filter`]): trace context, request id, and the
+//!    authorization hook ([`crate::authz::authorize`], called from here only);
+//! 2. **route** ([`HttpProxy::route`]): the [`crate::route::RouteTable`] picks a backend
+//!    service, the balancer an endpoint of it;
+//! 3. **upstream request** ([`HttpProxy::upstream_request`]): hop-by-hop headers out, sent on
+//!    a reused upstream connection over HBONE, within the route's timeout;
+//! 4. **upstream response** ([`HttpProxy::upstream_response`]): status and gRPC status noted,
+//!    hop-by-hop headers out, body streamed back;
+//! 5. **logging** ([`logging`]): when the response body has ended, metrics and one access-log
+//!    line.
+//!
+//! A phase that fails returns a [`ProxyError`]; the client then gets a local reply with the
+//! error's status and response flag (for gRPC: HTTP 200 with `grpc-status`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh::hbone::{Baggage, ConnectMeta, H2Stream};
+use mesh::model::{AppProtocol, Workload};
+use mesh::Identity;
+use tokio::time::Instant;
+
+use crate::authz::{authorize, Decision};
+use crate::body::{BodyEnd, CountingBody, ReportingBody};
+use crate::detect::{Prefixed, Protocol};
+use crate::error::ProxyError;
+use crate::route::RouteDecision;
+use crate::select::{pick_service_endpoint, pick_workload, Destination, Upstream};
+use crate::telemetry::{HttpLabels, PeerInfo, RequestRecord};
+use crate::trace::{new_request_id, TraceContext};
+use crate::upstream::Body;
+use crate::Shared;
+
+/// One accepted tunnel: who sent it and what it addresses. Shared by its requests.
+#[derive(Debug)]
+pub struct Downstream {
+    /// The client's verified identity (the TLS peer of the HBONE connection).
+    pub peer: Identity,
+    /// The HBONE connection's source address.
+    pub peer_addr: SocketAddr,
+    /// The original client address (`forwarded` when given, else the peer address).
+    pub client_addr: SocketAddr,
+    /// The client's workload, when the store knows it and its identity matches.
+    pub source: Option<Arc<Workload>>,
+    /// The CONNECT authority: the original destination.
+    pub target: SocketAddr,
+    /// What the target names.
+    pub destination: Destination,
+    /// The client's `baggage`, forwarded upstream.
+    pub baggage: Option<Baggage>,
+    /// What the tunnel carries.
+    pub protocol: Protocol,
+}
+
+/// `request_protocol` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProtocol {
+    /// Plain HTTP (1.1 or 2).
+    Http,
+    /// gRPC (`content-type: application/grpc*`).
+    Grpc,
+}
+
+/// The state of one request, shared by its phases.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The tunnel it came on.
+    pub down: Arc<Downstream>,
+    /// When its headers arrived.
+    pub start: Instant,
+    /// Method.
+    pub method: Method,
+    /// `:authority` or `Host`.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// HTTP or gRPC.
+    pub protocol: RequestProtocol,
+    /// W3C trace context (our span).
+    pub trace: TraceContext,
+    /// `x-request-id` (the client's, or a new one).
+    pub request_id: String,
+    /// Size of the request head.
+    pub request_head_bytes: u64,
+    /// Request body bytes forwarded so far.
+    pub request_body_bytes: Arc<AtomicU64>,
+    /// The route taken.
+    pub route: Option<RouteDecision>,
+    /// The endpoint chosen.
+    pub upstream: Option<Upstream>,
+    /// Whether the upstream request goes as HTTP/2 (decided when routing).
+    pub upstream_http2: bool,
+    /// Status sent to the client.
+    pub status: Option<StatusCode>,
+    /// gRPC status (header or trailer).
+    pub grpc_status: Option<String>,
+    /// Envoy response flag.
+    pub flag: Option<&'static str>,
+    /// What went wrong, for the access log.
+    pub error: Option<String>,
+    /// The client's side of a protocol upgrade (WebSocket...), when it asked for one.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl RequestCtx {
+    fn new(down: Arc<Downstream>, parts: &Parts) -> Self {
+        let upstream_http2 = down.protocol == Protocol::Http2;
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let protocol = match parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes) {
+            Some(ct) if ct.starts_with(b"application/grpc") => RequestProtocol::Grpc,
+            _ => RequestProtocol::Http,
+        };
+        let head = parts.method.as_str().len()
+            + parts.uri.to_string().len()
+            + parts
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        RequestCtx {
+            down,
+            start: Instant::now(),
+            method: parts.method.clone(),
+            authority,
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            protocol,
+            trace: TraceContext::from_headers(&parts.headers),
+            request_id: String::new(),
+            request_head_bytes: head as u64,
+            request_body_bytes: Arc::default(),
+            route: None,
+            upstream: None,
+            upstream_http2,
+            status: None,
+            grpc_status: None,
+            flag: None,
+            error: None,
+            upgrade: None,
+        }
+    }
+}
+
+/// Serves HTTP on a tunnel whose first bytes said `protocol` (HTTP/1.1 or HTTP/2) until the
+/// client closes it.
+pub async fn serve(
+    shared: Arc<Shared>,
+    down: Arc<Downstream>,
+    io: Prefixed<H2Stream>,
+) -> Result<(), hyper::Error> {
+    let protocol = down.protocol;
+    let config = shared.config.clone();
+    let proxy = Arc::new(HttpProxy { shared, down });
+    let for_service = proxy.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let proxy = for_service.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let drained = shared_drained(&proxy);
+    tokio::pin!(drained);
+    if protocol == Protocol::Http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes as u32)
+            .initial_stream_window_size(mesh::hbone::STREAM_WINDOW)
+            .initial_connection_window_size(mesh::hbone::CONNECTION_WINDOW)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = &mut drained => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = &mut drained => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    }
+}
+
+async fn shared_drained(proxy: &HttpProxy) {
+    proxy.shared.drained().await;
+}
+
+/// Proxies the requests of one tunnel.
+#[derive(Debug)]
+pub struct HttpProxy {
+    shared: Arc<Shared>,
+    down: Arc<Downstream>,
+}
+
+impl HttpProxy {
+    /// Runs one request through every phase; always answers (a local reply on error).
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let upgrade = (self.down.protocol == Protocol::Http1 && wants_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let mut ctx = RequestCtx::new(self.down.clone(), &parts);
+        ctx.upgrade = upgrade;
+        let resp = match self.proxy(&mut ctx, &mut parts, body).await {
+            Ok(resp) => self.upstream_response(&mut ctx, resp),
+            Err(e) => local_reply(&mut ctx, e),
+        };
+        let (parts, body) = resp.into_parts();
+        let head = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>() as u64
+            + 16;
+        let shared = self.shared.clone();
+        let body = ReportingBody::new(body, Box::new(move |end| logging(&shared, ctx, head, end)));
+        Response::from_parts(parts, body.boxed())
+    }
+
+    async fn proxy(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &mut Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.request_filter(ctx, parts)?;
+        self.route(ctx, parts)?;
+        self.upstream_request(ctx, parts, body).await
+    }
+
+    /// Phase 1: trace context and request id on the request, then authorization.
+    pub fn request_filter(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &mut Parts,
+    ) -> Result<(), ProxyError> {
+        ctx.request_id = match parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                let id = new_request_id();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    parts.headers.insert("x-request-id", v);
+                }
+                id
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&ctx.trace.traceparent()) {
+            parts.headers.insert("traceparent", v);
+        }
+        match authorize(ctx) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(ProxyError::Denied(reason)),
+        }
+    }
+
+    /// Phase 2: the backend (route table) and its endpoint (balancer).
+    pub fn route(&self, ctx: &mut RequestCtx, parts: &Parts) -> Result<(), ProxyError> {
+        let s = &self.shared;
+        let hbone_port = s.config.endpoint_hbone_port;
+        let target = self.down.target;
+        let upstream = match &self.down.destination {
+            Destination::Workload(w) => pick_workload(&s.balancer, w, target, hbone_port)?,
+            Destination::Service(service) => {
+                let decision = s.routes().route(&service.key(), target.port(), parts)?;
+                let up = pick_service_endpoint(
+                    &s.store,
+                    &s.balancer,
+                    decision.lb_policy,
+                    &decision.service,
+                    decision.port,
+                    target,
+                    hbone_port,
+                );
+                ctx.route = Some(decision);
+                up?
+            }
+        };
+        let declared = match (&upstream.service, &ctx.route) {
+            (Some(service), Some(route)) => service
+                .ports
+                .iter()
+                .find(|p| p.service_port == route.port)
+                .map(|p| p.app_protocol),
+            _ => None,
+        };
+        ctx.upstream_http2 = upstream_speaks_h2(declared, self.down.protocol);
+        ctx.upstream = Some(upstream);
+        Ok(())
+    }
+
+    /// Phase 3: sends the request to the chosen endpoint and waits for its response head.
+    pub async fn upstream_request(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &mut Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let upgrade = ctx
+            .upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get(UPGRADE).cloned());
+        // An upgrade needs an HTTP/1.1 connection of its own.
+        let http2 = ctx.upstream_http2 && upgrade.is_none();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol.clone());
+        }
+        let mut req_parts = parts.clone();
+        if http2 {
+            req_parts.version = Version::HTTP_2;
+            req_parts.uri = absolute_uri(&parts.uri, &ctx.authority, self.down.target);
+        } else {
+            req_parts.version = Version::HTTP_11;
+            if parts.uri.authority().is_some() && !parts.headers.contains_key(HOST) {
+                if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
+                    req_parts.headers.insert(HOST, v);
+                }
+            }
+            req_parts.uri = parts
+                .uri
+                .path_and_query()
+                .map(|p| Uri::from(p.clone()))
+                .unwrap_or_else(|| Uri::from_static("/"));
+        }
+        let body = CountingBody::new(body, ctx.request_body_bytes.clone()).boxed();
+        let req = Request::from_parts(req_parts, body);
+        let meta = ConnectMeta {
+            baggage: self.down.baggage.clone(),
+            forwarded_for: Some(self.down.client_addr),
+            traceparent: Some(ctx.trace.traceparent()),
+        };
+        let Some(up) = ctx.upstream.as_ref() else {
+            return Err(ProxyError::NoHealthyUpstream(self.down.destination.name()));
+        };
+        let upstreams = &self.shared.upstreams;
+        let send = async {
+            if upgrade.is_some() {
+                upstreams.send_upgrade(up, &meta, req).await
+            } else {
+                upstreams.send(up, &meta, http2, req).await
+            }
+        };
+        match ctx.route.as_ref().and_then(|r| r.timeout) {
+            Some(t) => tokio::time::timeout(t, send)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout(up.addr))?,
+            None => send.await,
+        }
+    }
+
+    /// Phase 4: notes what the upstream answered and prepares the response for the client.
+    pub fn upstream_response(
+        &self,
+        ctx: &mut RequestCtx,
+        mut resp: Response<Incoming>,
+    ) -> Response<Body> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let downstream_upgrade = ctx.upgrade.take();
+        if let (true, Some(downstream)) = (switching, downstream_upgrade) {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let target = ctx.upstream.as_ref().map(|u| u.addr);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let moved =
+                            mesh::copy::copy_bidirectional(TokioIo::new(down), TokioIo::new(up))
+                                .await;
+                        tracing::debug!(upstream = ?target, ?moved, "upgraded connection closed");
+                    }
+                    Err(e) => tracing::debug!(upstream = ?target, error = %e, "upgrade failed"),
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        let upgrade_headers = switching.then(|| {
+            (
+                parts.headers.get(CONNECTION).cloned(),
+                parts.headers.get(UPGRADE).cloned(),
+            )
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some((connection, upgrade)) = upgrade_headers {
+            for (name, value) in [(CONNECTION, connection), (UPGRADE, upgrade)] {
+                if let Some(v) = value {
+                    parts.headers.insert(name, v);
+                }
+            }
+        }
+        ctx.status = Some(parts.status);
+        if let Some(s) = parts
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+        {
+            ctx.grpc_status = Some(s.to_string());
+        }
+        Response::from_parts(parts, body.map_err(Into::into).boxed())
+    }
+}
+
+/// The upstream protocol: what the backend service's port declares (`appProtocol`), else
+/// what the client spoke (Istio's choice for ports whose protocol is detected).
+fn upstream_speaks_h2(declared: Option<AppProtocol>, downstream: Protocol) -> bool {
+    match declared {
+        Some(AppProtocol::Http11) => false,
+        Some(AppProtocol::Http2 | AppProtocol::Grpc) => true,
+        _ => downstream == Protocol::Http2,
+    }
+}
+
+/// The reply the waypoint sends itself when a phase fails.
+fn local_reply(ctx: &mut RequestCtx, err: ProxyError) -> Response<Body> {
+    tracing::debug!(error = %err, blame = ?err.blame(), "local reply");
+    ctx.flag = Some(err.flag());
+    ctx.error = Some(err.to_string());
+    let mut resp = if ctx.protocol == RequestProtocol::Grpc {
+        let grpc = err.grpc_status().to_string();
+        ctx.grpc_status = Some(grpc.clone());
+        let mut r = Response::new(Bytes::new());
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        if let Ok(v) = HeaderValue::from_str(&grpc) {
+            h.insert("grpc-status", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(body_text(&err)) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(Bytes::from_static(body_text(&err).as_bytes()));
+        *r.status_mut() = err.status();
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    ctx.status = Some(resp.status());
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
+}
+
+fn body_text(err: &ProxyError) -> &'static str {
+    match err {
+        ProxyError::NoRoute(_) => "route not found",
+        ProxyError::NoHealthyUpstream(_) => "no healthy upstream",
+        ProxyError::NoCluster(_) => "cluster not found",
+        ProxyError::UpstreamConnect { .. } | ProxyError::NoCertificate(_) => {
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        }
+        ProxyError::UpstreamReset { .. } => {
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+        }
+        ProxyError::UpstreamTimeout(_) => "upstream request timeout",
+        ProxyError::Denied(_) => "RBAC: access denied",
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes connection-scoped headers (and those `Connection` names); keeps `te: trailers`,
+/// which gRPC needs end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != TE {
+            headers.remove(name);
+        }
+    }
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    let trailers_only = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if trailers_only {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn absolute_uri(uri: &Uri, authority: &str, target: SocketAddr) -> Uri {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return uri.clone();
+    }
+    let authority = if authority.is_empty() {
+        target.to_string()
+    } else {
+        authority.to_string()
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| uri.clone())
+}
+
+/// Phase 5: metrics and the access-log line, once the response body has ended.
+pub fn logging(shared: &Shared, mut ctx: RequestCtx, response_head_bytes: u64, end: BodyEnd) {
+    if let Some(g) = end.grpc_status {
+        ctx.grpc_status = Some(g);
+    }
+    if ctx.flag.is_none() && !end.complete {
+        // Cut short mid-body: by the upstream when it reported an error, else by the client.
+        ctx.flag = Some(if end.error.is_some() { "UPE" } else { "DC" });
+        ctx.error = end.error.or(ctx.error);
+    }
+    let duration = ctx.start.elapsed();
+    let src = PeerInfo {
+        workload: ctx.down.source.clone(),
+        identity: Some(ctx.down.peer.clone()),
+    };
+    let dst = PeerInfo {
+        workload: ctx.upstream.as_ref().map(|u| u.workload.clone()),
+        identity: ctx.upstream.as_ref().map(|u| u.workload.identity.clone()),
+    };
+    let service = ctx
+        .upstream
+        .as_ref()
+        .and_then(|u| u.service.clone())
+        .or_else(|| ctx.down.destination.service().cloned());
+    let mut labels = HttpLabels::new(&src, &dst, &service);
+    labels.request_protocol = match ctx.protocol {
+        RequestProtocol::Http => "http",
+        RequestProtocol::Grpc => "grpc",
+    }
+    .to_string();
+    let status = ctx.status.map_or(0, |s| s.as_u16());
+    labels.response_code = status.to_string();
+    if let Some(g) = &ctx.grpc_status {
+        labels.grpc_response_status.clone_from(g);
+    }
+    labels.response_flags = ctx.flag.unwrap_or("-").to_string();
+    let request_bytes = ctx.request_head_bytes + ctx.request_body_bytes.load(Ordering::Relaxed);
+    shared.telemetry.record_request(&RequestRecord {
+        labels,
+        duration_ms: duration.as_secs_f64() * 1000.0,
+        request_bytes,
+        response_bytes: response_head_bytes + end.bytes,
+    });
+    let upstream = ctx
+        .upstream
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |u| u.addr.to_string());
+    let dst_identity = ctx
+        .upstream
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |u| u.workload.identity.to_string());
+    tracing::info!(
+        target: "access",
+        method = %ctx.method,
+        authority = %ctx.authority,
+        path = %ctx.path,
+        protocol = %ctx.down.protocol,
+        status,
+        grpc_status = ctx.grpc_status.as_deref().unwrap_or("-"),
+        duration_ms = duration.as_millis() as u64,
+        request_bytes,
+        response_bytes = end.bytes,
+        upstream = %upstream,
+        destination = %ctx.down.destination.name(),
+        src_identity = %ctx.down.peer,
+        dst_identity = %dst_identity,
+        response_flags = ctx.flag.unwrap_or("-"),
+        trace_id = %ctx.trace.trace_id_hex(),
+        request_id = %ctx.request_id,
+        error = ctx.error.as_deref().unwrap_or("-"),
+        "request"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn h2_upstream_uris_are_absolute() {
+        let target: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let u = absolute_uri(&Uri::from_static("/a?b=1"), "svc.ns:80", target);
+        assert_eq!(u.to_string(), "http://svc.ns:80/a?b=1");
+        let u = absolute_uri(&Uri::from_static("/"), "", target);
+        assert_eq!(u.to_string(), "http://10.0.0.1:80/");
+    }
+}
