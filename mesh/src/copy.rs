@@ -60,6 +60,43 @@ impl<T: Abort + ?Sized> Abort for Box<T> {
     }
 }
 
+/// A stream whose transport cannot signal a reset (an upgraded HTTP connection, say): aborting
+/// it does nothing, and dropping it is all its peer sees.
+#[derive(Debug)]
+pub struct NoAbort<T>(pub T);
+
+impl<T> Abort for NoAbort<T> {
+    fn abort(&mut self) {}
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for NoAbort<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NoAbort<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {

@@ -121,6 +121,12 @@ pub struct Prefixed<T> {
     io: T,
 }
 
+impl<T: mesh::copy::Abort> mesh::copy::Abort for Prefixed<T> {
+    fn abort(&mut self) {
+        self.io.abort();
+    }
+}
+
 impl<T> Prefixed<T> {
     /// `prefix` is returned by reads before anything from `io`.
     pub fn new(prefix: Bytes, io: T) -> Self {

@@ -29,6 +29,7 @@ use http::{
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh::copy::NoAbort;
 use mesh::hbone::{Baggage, ConnectMeta, H2Stream};
 use mesh::model::{AppProtocol, Workload};
 use mesh::Identity;
@@ -369,6 +370,8 @@ impl HttpProxy {
             baggage: self.down.baggage.clone(),
             forwarded_for: Some(self.down.client_addr),
             traceparent: Some(ctx.trace.traceparent()),
+            // The destination's ztunnel believes this only from us, the waypoint in front of it.
+            origin: Some(self.down.peer.clone()),
         };
         let Some(up) = ctx.upstream.as_ref() else {
             return Err(ProxyError::NoHealthyUpstream(self.down.destination.name()));
@@ -403,9 +406,9 @@ impl HttpProxy {
             tokio::spawn(async move {
                 match tokio::try_join!(downstream, upstream) {
                     Ok((down, up)) => {
-                        let moved =
-                            mesh::copy::copy_bidirectional(TokioIo::new(down), TokioIo::new(up))
-                                .await;
+                        let mut down = NoAbort(TokioIo::new(down));
+                        let mut up = NoAbort(TokioIo::new(up));
+                        let moved = mesh::copy::copy_bidirectional(&mut down, &mut up).await;
                         tracing::debug!(upstream = ?target, ?moved, "upgraded connection closed");
                     }
                     Err(e) => tracing::debug!(upstream = ?target, error = %e, "upgrade failed"),

@@ -196,7 +196,7 @@ impl Waypoint {
                 async move {
                     let _guard = guard;
                     if let Err(e) = server
-                        .serve_connection_until(tcp, peer, handler, drain)
+                        .serve_connection_until(tcp, peer, handler, drain, mesh::hbone::no_guard)
                         .await
                     {
                         tracing::debug!(error = %e, "HBONE connection ended with an error");

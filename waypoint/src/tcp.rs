@@ -110,21 +110,27 @@ async fn forward(
         baggage: down.baggage.clone(),
         forwarded_for: Some(down.client_addr),
         traceparent: None,
+        // The destination's ztunnel believes this only from us, the waypoint in front of it.
+        origin: Some(down.peer.clone()),
     };
-    let upstream = shared
+    let mut upstream = shared
         .upstreams
         .dialer()
         .dial(&up, &meta)
         .await
         .map_err(|e| (e.flag(), e.to_string(), 0, 0))?;
-    match mesh::copy::copy_bidirectional(io, upstream).await {
+    let mut io = io;
+    match mesh::copy::copy_bidirectional(&mut io, &mut upstream).await {
         Ok(t) => Ok((t.a_to_b, t.b_to_a)),
         Err(mesh::copy::CopyError::Io {
             transferred,
             source,
             side,
         }) => {
-            let flag = if side == "a" { "DC" } else { "UC" };
+            let flag = match side {
+                mesh::copy::Side::A => "DC",
+                mesh::copy::Side::B => "UC",
+            };
             Err((
                 flag,
                 source.to_string(),

@@ -45,6 +45,15 @@ pub enum UpstreamIo {
     Tcp(TcpStream),
 }
 
+impl mesh::copy::Abort for UpstreamIo {
+    fn abort(&mut self) {
+        match self {
+            UpstreamIo::Hbone(s) => s.abort(),
+            UpstreamIo::Tcp(s) => s.abort(),
+        }
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,

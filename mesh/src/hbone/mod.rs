@@ -20,7 +20,7 @@ pub mod stream;
 
 pub use connect::{Baggage, ConnectMeta};
 pub use pool::{ConnectFuture, Connector, Pool, PoolKey, PoolStats, TcpConnector};
-pub use server::{ConfigFuture, InboundRequest, Server, ServerCerts};
+pub use server::{no_guard, ConfigFuture, InboundRequest, Server, ServerCerts};
 pub use stream::H2Stream;
 
 /// The HBONE port on every meshed pod (and waypoint).

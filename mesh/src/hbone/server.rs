@@ -183,7 +183,9 @@ impl std::fmt::Debug for Server {
 }
 
 /// The guard of a caller that keeps no state per connection.
-fn no_guard(_: &Identity) -> Option<std::future::Pending<()>> {
+/// An `on_authenticated` hook for [`Server::serve_connection_until`] that accepts every
+/// authenticated peer and never closes its connection.
+pub fn no_guard(_: &Identity) -> Option<std::future::Pending<()>> {
     Some(std::future::pending())
 }
 
