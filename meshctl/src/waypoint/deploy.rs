@@ -13,7 +13,8 @@
 //! their Gateway is gone; a user's ServiceAccount of the same name is used as it is, a
 //! user's Service of the same name stops the deployment (reported).
 //!
-//! [`plan`] is pure (desired waypoints and what exists → actions, deletions first);
+//! [`plan`] is pure (desired waypoints and what exists → actions, deletions first; the pod of
+//! a removed waypoint goes once no ztunnel routes through it any more, see [`super::drain`]);
 //! [`reconcile`] reads the state, plans and acts, under the state lock so two meshctl
 //! commands never deploy one waypoint twice. Idempotent: a second run does nothing.
 //!
@@ -69,6 +70,8 @@ pub enum Action {
         namespace: String,
         /// Pod name.
         pod: String,
+        /// Its Gateway is gone: first wait until no ztunnel sends traffic through it.
+        drain: Option<String>,
     },
     /// Remove the deployer's Service of a Gateway that is gone.
     DeleteService(Key),
@@ -99,6 +102,7 @@ pub fn plan(desired: &[Waypoint], existing: &Existing) -> Vec<Action> {
             actions.push(Action::DeletePod {
                 namespace: key.0.clone(),
                 pod: pod.clone(),
+                drain: (keep == 0).then(|| key.1.clone()),
             });
         }
     }
@@ -287,8 +291,21 @@ fn act(
                 created.ip.map(|ip| ip.to_string()).unwrap_or_default()
             )))
         }
-        Action::DeletePod { namespace, pod } => {
+        Action::DeletePod {
+            namespace,
+            pod,
+            drain,
+        } => {
             let record = pod::load(state, namespace, pod)?;
+            if let Some(gateway) = drain {
+                if !super::drain::wait_unbound(cluster, namespace, gateway) {
+                    progress!(
+                        "warning: a ztunnel still sends traffic through waypoint \
+                         {namespace}/{gateway} after {:?}; removing its pod anyway",
+                        super::drain::DRAIN_TIMEOUT
+                    );
+                }
+            }
             let warnings = pod::teardown(state, cluster, &record);
             if let Some(w) = warnings.first() {
                 bail!("removing pod {namespace}/{pod}: {w}");
@@ -433,7 +450,8 @@ mod tests {
             [
                 Action::DeletePod {
                     namespace: "shop".into(),
-                    pod: "old-aaaaa".into()
+                    pod: "old-aaaaa".into(),
+                    drain: Some("old".into()),
                 },
                 Action::DeleteService(k.clone()),
                 Action::DeleteServiceAccount(k),
@@ -454,7 +472,8 @@ mod tests {
             [
                 Action::DeletePod {
                     namespace: "shop".into(),
-                    pod: "waypoint-b".into()
+                    pod: "waypoint-b".into(),
+                    drain: None,
                 },
                 Action::CreateServiceAccount(k),
             ]

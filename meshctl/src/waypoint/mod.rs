@@ -9,6 +9,7 @@
 //! readiness.
 
 pub mod deploy;
+pub mod drain;
 pub mod gateway;
 pub mod list;
 
