@@ -194,20 +194,18 @@ fn existing(config: &ConfigDir, pods: &[PodRuntime]) -> anyhow::Result<Existing>
     Ok(found)
 }
 
-/// What a reconcile did.
+/// What a reconcile could not do.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// One line per thing done (`pod shop/waypoint-x1y2z started on n1 (10.244.1.3)`).
-    pub lines: Vec<String>,
     /// Waypoints that could not be deployed, and why.
     pub failures: Vec<(Key, anyhow::Error)>,
 }
 
 impl Outcome {
-    /// Ok with the lines, or an error naming every failed waypoint.
-    pub fn into_result(self) -> anyhow::Result<Vec<String>> {
+    /// Ok, or an error naming every waypoint that could not be deployed.
+    pub fn into_result(self) -> anyhow::Result<()> {
         if self.failures.is_empty() {
-            return Ok(self.lines);
+            return Ok(());
         }
         let mut message = String::from("the config was stored, but deploying failed for:");
         for ((ns, name), e) in &self.failures {
@@ -218,9 +216,10 @@ impl Outcome {
 }
 
 /// Makes the local cluster's waypoint pods, Services and ServiceAccounts match the waypoint
-/// Gateways of its config source (see the module doc). One waypoint's failure does not stop
-/// the others'.
-pub fn reconcile(state: &StateDir) -> anyhow::Result<Outcome> {
+/// Gateways of its config source (see the module doc). Each thing done is given to `report`
+/// as it is done (`pod/shop/waypoint-x1y2z started on n1 (10.244.1.3)`). One waypoint's
+/// failure does not stop the others'.
+pub fn reconcile(state: &StateDir, report: &mut dyn FnMut(&str)) -> anyhow::Result<Outcome> {
     let _lock = state.lock()?;
     let cluster = state.load()?;
     let config = ConfigDir::new(state.config_dir());
@@ -243,7 +242,7 @@ pub fn reconcile(state: &StateDir) -> anyhow::Result<Outcome> {
             continue;
         }
         match act(state, &cluster, &config, &records, &action) {
-            Ok(Some(line)) => outcome.lines.push(line),
+            Ok(Some(line)) => report(&line),
             Ok(None) => {}
             Err(e) => match key {
                 Some(k) => {
@@ -251,7 +250,7 @@ pub fn reconcile(state: &StateDir) -> anyhow::Result<Outcome> {
                     outcome.failures.push((k, e));
                 }
                 // A removal that failed: said, and tried again next time.
-                None => outcome.lines.push(format!("warning: {e:#}")),
+                None => progress!("warning: {e:#}"),
             },
         }
     }

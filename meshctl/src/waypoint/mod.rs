@@ -107,10 +107,7 @@ pub fn run(state: &StateDir, command: &WaypointCommand) -> anyhow::Result<()> {
 
 /// Reconciles and prints what was done; an error when a waypoint could not be deployed.
 pub fn reconcile_and_report(state: &StateDir) -> anyhow::Result<()> {
-    for line in deploy::reconcile(state)?.into_result()? {
-        out!("{line}");
-    }
-    Ok(())
+    deploy::reconcile(state, &mut |line| out!("{line}"))?.into_result()
 }
 
 fn apply(state: &StateDir, args: &ApplyArgs) -> anyhow::Result<()> {
