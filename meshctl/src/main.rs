@@ -53,7 +53,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `cluster up` builds a local cluster out of network namespaces (nodes and pods on real
 /// kernel networking) running istiod-lite, a ztunnel and a CNI node agent per node; `pod run`
 /// starts pods in it, `label ns` and `apply` enrol them and set policy, `get pods` shows
-/// which are captured, `authz check` explains a policy decision. Needs root.
+/// which are captured, `authz check` explains a policy decision, `waypoint apply` deploys a
+/// namespace's L7 proxy. Needs root.
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version)]
 struct Cli {
