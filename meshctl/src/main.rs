@@ -3,7 +3,7 @@
 //! A command-line tool, not a daemon: results on stdout, progress lines and logs (off unless
 //! `RUST_LOG` asks) on stderr. It runs a local cluster on this machine's kernel networking
 //! (`cluster`, `pod`, `get`), changes its config (`apply`, `delete`, `label`), explains policy
-//! decisions (`authz check`); `demo` narrates the mesh on a local cluster. See `ARCHITECTURE.md`.
+//! decisions (`authz check`), deploys waypoints (`waypoint`); `demo` narrates the mesh on a local cluster. See `ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,7 @@ mod process;
 mod resources;
 mod sys;
 mod table;
+mod waypoint;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `cluster up` builds a local cluster out of network namespaces (nodes and pods on real
 /// kernel networking) running istiod-lite, a ztunnel and a CNI node agent per node; `pod run`
 /// starts pods in it, `label ns` and `apply` enrol them and set policy, `get pods` shows
-/// which are captured, `authz check` explains a policy decision. Needs root.
+/// which are captured, `authz check` explains a policy decision, `waypoint apply` deploys a
+/// namespace's L7 proxy. Needs root.
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version)]
 struct Cli {
@@ -90,6 +92,9 @@ enum Command {
     /// Authorization policy tools.
     #[command(subcommand)]
     Authz(AuthzCommand),
+    /// Waypoints (the L7 proxy of a namespace): apply, list, delete.
+    #[command(subcommand)]
+    Waypoint(waypoint::WaypointCommand),
     /// The mesh in five minutes: a 2-node cluster, a request before and after enrolment, the
     /// identities and metrics it produced; then tear down (or `--keep`).
     Demo(demo::DemoArgs),
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => done(resources::delete(&state, &args)),
         Command::Label(LabelCommand::Ns(args)) => done(resources::label_ns(&state, &args)),
         Command::Authz(AuthzCommand::Check(args)) => inspect::authz_check(&state, &args),
+        Command::Waypoint(cmd) => done(waypoint::run(&state, &cmd)),
         Command::Demo(args) => done(demo::run(&args, &cli.state_dir)),
         Command::HttpEcho(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -253,6 +259,46 @@ mod tests {
         };
         assert_eq!(exec.command, ["ip", "-4", "addr"]);
         assert!(Cli::try_parse_from(["meshctl", "pod", "exec", "web"]).is_err());
+    }
+
+    #[test]
+    fn waypoint_commands_parse_with_istioctl_s_flags() {
+        let cli = parse(&[
+            "waypoint",
+            "apply",
+            "-n",
+            "shop",
+            "--for",
+            "all",
+            "--enroll-namespace",
+        ]);
+        let Command::Waypoint(waypoint::WaypointCommand::Apply(a)) = cli.command else {
+            panic!("not waypoint apply");
+        };
+        assert_eq!(
+            (a.namespace.as_str(), a.name.as_str(), a.traffic_type),
+            ("shop", "waypoint", waypoint::gateway::TrafficType::All)
+        );
+        assert!(a.enroll_namespace && !a.wait);
+        let cli = parse(&["waypoint", "apply"]);
+        let Command::Waypoint(waypoint::WaypointCommand::Apply(a)) = cli.command else {
+            panic!("not waypoint apply");
+        };
+        assert_eq!(a.traffic_type, waypoint::gateway::TrafficType::Service);
+        assert_eq!(a.namespace, "default");
+        assert!(Cli::try_parse_from(["meshctl", "waypoint", "apply", "--for", "pods"]).is_err());
+        let cli = parse(&["waypoint", "list", "-A", "-o", "json"]);
+        let Command::Waypoint(waypoint::WaypointCommand::List(l)) = cli.command else {
+            panic!("not waypoint list");
+        };
+        assert!(l.all_namespaces && l.namespace.is_none());
+        assert_eq!(l.output, waypoint::list::Output::Json);
+        assert!(Cli::try_parse_from(["meshctl", "waypoint", "list", "-A", "-n", "x"]).is_err());
+        let cli = parse(&["waypoint", "delete", "-n", "shop", "--name", "wp"]);
+        let Command::Waypoint(waypoint::WaypointCommand::Delete(d)) = cli.command else {
+            panic!("not waypoint delete");
+        };
+        assert_eq!((d.namespace.as_str(), d.name.as_str()), ("shop", "wp"));
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct PodRuntime {
     pub cni_result: Option<serde_json::Value>,
     /// The user's command.
     pub command: Vec<String>,
+    /// Its environment (beyond meshctl's own), as given to it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// The pause process.
     pub pause: Option<ProcRecord>,
     /// The user's command's process.
@@ -133,7 +136,8 @@ impl PodRuntime {
         }
     }
 
-    fn log_name(&self) -> String {
+    /// The base name of its log file (`<state>/logs/<name>.log`).
+    pub fn log_name(&self) -> String {
         format!("pod-{}-{}", self.namespace, self.name)
     }
 }
@@ -196,39 +200,83 @@ fn runtime(state: &StateDir, cluster: &ClusterState, node: &str) -> anyhow::Resu
     })
 }
 
+/// The value of an environment variable of a pod's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    /// This text.
+    Value(String),
+    /// The pod's IP, once CNI ADD gave it one (Kubernetes' `fieldRef: status.podIP`).
+    PodIp,
+}
+
+/// What a pod is made of: `pod run`'s flags, or what a deployer asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PodSpec {
+    /// Pod name.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Node to run on (default: the node with the fewest pods).
+    pub node: Option<String>,
+    /// The command (none: the pod only holds its network).
+    pub command: Vec<String>,
+    /// Environment of the command.
+    pub env: Vec<(String, EnvValue)>,
+}
+
 /// `meshctl pod run`.
 pub fn run(state: &StateDir, args: &RunArgs) -> anyhow::Result<()> {
-    sys::preflight()?;
-    let cluster = state.load()?;
-    check_k8s_name("namespace", &args.namespace)?;
-    check_k8s_name("pod name", &args.name)?;
-    let labels = parse_labels(&args.labels)?;
-    let existing = records(state)?;
-    let node = pick_node(&cluster, &existing, args.node.as_deref())?;
-    let mut pod = PodRuntime {
+    let spec = PodSpec {
         name: args.name.clone(),
         namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        labels: parse_labels(&args.labels)?,
+        node: args.node.clone(),
+        command: args.command.clone(),
+        env: Vec::new(),
+    };
+    let pod = create(state, &state.load()?, &spec)?;
+    out!("{}", pod.ip.map(|ip| ip.to_string()).unwrap_or_default());
+    Ok(())
+}
+
+/// Starts a pod of `cluster` (see the module's doc for the steps); on failure undoes what
+/// was done. Returns its record.
+pub fn create(
+    state: &StateDir,
+    cluster: &ClusterState,
+    spec: &PodSpec,
+) -> anyhow::Result<PodRuntime> {
+    sys::preflight()?;
+    check_k8s_name("namespace", &spec.namespace)?;
+    check_k8s_name("pod name", &spec.name)?;
+    let existing = records(state)?;
+    let node = pick_node(cluster, &existing, spec.node.as_deref())?;
+    let mut pod = PodRuntime {
+        name: spec.name.clone(),
+        namespace: spec.namespace.clone(),
         uid: random_uid(),
         node,
-        netns: plan::pod_netns(&cluster.name, &args.namespace, &args.name),
+        netns: plan::pod_netns(&cluster.name, &spec.namespace, &spec.name),
         ip: None,
-        service_account: args.service_account.clone(),
-        labels,
+        service_account: spec.service_account.clone(),
+        labels: spec.labels.clone(),
         container_id: plan::random_hex(32),
         cni_result: None,
-        command: args.command.clone(),
+        command: spec.command.clone(),
+        env: BTreeMap::new(),
         pause: None,
         main: None,
     };
     reserve(state, &pod)?;
-    match start(state, &cluster, &mut pod) {
-        Ok(()) => {
-            let ip = pod.ip.map(|ip| ip.to_string()).unwrap_or_default();
-            out!("{ip}");
-            Ok(())
-        }
+    match start(state, cluster, &mut pod, &spec.env) {
+        Ok(()) => Ok(pod),
         Err(e) => {
-            for warning in teardown(state, &cluster, &pod) {
+            for warning in teardown(state, cluster, &pod) {
                 progress!(
                     "warning: while undoing pod {}/{}: {warning}",
                     pod.namespace,
@@ -271,7 +319,12 @@ fn reserve(state: &StateDir, pod: &PodRuntime) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(state: &StateDir, cluster: &ClusterState, pod: &mut PodRuntime) -> anyhow::Result<()> {
+fn start(
+    state: &StateDir,
+    cluster: &ClusterState,
+    pod: &mut PodRuntime,
+    env: &[(String, EnvValue)],
+) -> anyhow::Result<()> {
     let config = ConfigDir::new(state.config_dir());
     config
         .put_pod(&pod.config_record())
@@ -285,6 +338,16 @@ fn start(state: &StateDir, cluster: &ClusterState, pod: &mut PodRuntime) -> anyh
             .with_context(|| format!("the CNI result has no IPv4 address: {result}"))?,
     );
     pod.cni_result = Some(result);
+    pod.env = env
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                EnvValue::Value(text) => text.clone(),
+                EnvValue::PodIp => pod.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            };
+            (k.clone(), value)
+        })
+        .collect();
     save(state, pod)?;
     config
         .put_pod(&pod.config_record())
@@ -301,10 +364,15 @@ fn start(state: &StateDir, cluster: &ClusterState, pod: &mut PodRuntime) -> anyh
     save(state, pod)?;
     if !pod.command.is_empty() {
         let argv: Vec<&OsStr> = pod.command.iter().map(OsStr::new).collect();
+        let env: Vec<(&str, &str)> = pod
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let main = process::spawn_detached(&process::Spawn {
             netns: &pod.netns,
             argv: &argv,
-            env: &[],
+            env: &env,
             log: &log,
         })?;
         pod.main = Some(main);
@@ -408,7 +476,7 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// The requested node, else the node with the fewest pods (the first of those).
-fn pick_node(
+pub fn pick_node(
     cluster: &ClusterState,
     pods: &[PodRuntime],
     wanted: Option<&str>,
@@ -461,6 +529,7 @@ mod tests {
             container_id: plan::random_hex(32),
             cni_result: None,
             command: vec![],
+            env: BTreeMap::new(),
             pause: None,
             main: None,
         }

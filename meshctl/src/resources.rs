@@ -66,22 +66,23 @@ fn read_input(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// `meshctl apply -f FILE`.
+/// `meshctl apply -f FILE`; then waypoint Gateways are deployed (see
+/// [`crate::waypoint::deploy`]).
 pub fn apply(state: &StateDir, args: &FileArgs) -> anyhow::Result<()> {
     let config = config(state)?;
     for line in config.apply(&read_input(&args.file)?)? {
         out!("{line}");
     }
-    Ok(())
+    crate::waypoint::reconcile_and_report(state)
 }
 
-/// `meshctl delete -f FILE`.
+/// `meshctl delete -f FILE`; then what was deployed for deleted waypoint Gateways goes.
 pub fn delete(state: &StateDir, args: &FileArgs) -> anyhow::Result<()> {
     let config = config(state)?;
     for line in config.delete(&read_input(&args.file)?)? {
         out!("{line}");
     }
-    Ok(())
+    crate::waypoint::reconcile_and_report(state)
 }
 
 /// `meshctl label ns NS key=value|key-...`.

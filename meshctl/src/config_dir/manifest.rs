@@ -23,7 +23,7 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// The kinds the local cluster stores (those istiod-lite reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Namespace,
     Pod,
     Service,

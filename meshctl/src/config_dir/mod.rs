@@ -18,6 +18,7 @@
 //! commands run one at a time; two concurrent `label_namespace` calls on one namespace could
 //! lose one of the changes.
 
+mod cluster_ip;
 mod manifest;
 mod security;
 #[cfg(test)]
@@ -36,7 +37,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_yaml::Value;
 
-use manifest::{check_label_key, check_label_value, Kind, NameRule, Object};
+use cluster_ip::ClusterIps;
+pub(crate) use manifest::Kind;
+use manifest::{check_label_key, check_label_value, NameRule, Object};
 
 /// A pod of the local cluster, as meshctl records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,17 @@ pub struct PodRecord {
     pub service_account: String,
     /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
+}
+
+/// An object as stored by `apply`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredObject {
+    /// `metadata.namespace`.
+    pub(crate) namespace: String,
+    /// `metadata.name`.
+    pub(crate) name: String,
+    /// The document.
+    pub(crate) value: Value,
 }
 
 /// The directory of Kubernetes YAML that the local cluster's control plane and agents read.
@@ -179,9 +193,12 @@ impl ConfigDir {
     /// per object (`<kind>[.<group>]/[<namespace>/]<name> created|configured|unchanged`),
     /// after a `Warning: ...` line for each rule ztunnel will enforce differently from what
     /// it says. Writes nothing when any document is unusable, or is an AuthorizationPolicy
-    /// with action AUDIT or CUSTOM (which the mesh does not support).
+    /// with action AUDIT or CUSTOM (which the mesh does not support), or is a Service whose
+    /// cluster IP cannot be had. A Service without a cluster IP gets one (see [`cluster_ip`]),
+    /// stored with it.
     pub fn apply(&self, yaml: &str) -> anyhow::Result<Vec<String>> {
-        let manifest = manifest::parse(yaml)?;
+        let mut manifest = manifest::parse(yaml)?;
+        self.assign_cluster_ips(&mut manifest.objects)?;
         let mut lines: Vec<String> = manifest
             .warnings
             .iter()
@@ -238,6 +255,125 @@ impl ConfigDir {
             lines.push(format!("{} deleted", object.id()));
         }
         Ok(lines)
+    }
+
+    /// Every stored object of `kind` (not Namespaces or Pods, which have their own
+    /// directories), by namespace and name.
+    pub(crate) fn objects(&self, kind: Kind) -> anyhow::Result<Vec<StoredObject>> {
+        let mut out = Vec::new();
+        let kind_dir = self.root.join("objects").join(kind.resource());
+        for ns_dir in visible_entries(&kind_dir)? {
+            if !ns_dir.is_dir() {
+                continue;
+            }
+            let namespace = ns_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for file in visible_entries(&ns_dir)? {
+                let Some(name) = file
+                    .file_name()
+                    .and_then(|n| n.to_string_lossy().strip_suffix(".yaml").map(String::from))
+                else {
+                    continue;
+                };
+                if let Some(value) = read_value(&file)? {
+                    out.push(StoredObject {
+                        namespace: namespace.clone(),
+                        name,
+                        value,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One stored object of `kind`, if it exists.
+    pub(crate) fn object(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<Value>> {
+        read_value(&self.stored_path(kind, namespace, name)?)
+    }
+
+    /// Removes a stored object of `kind`; returns whether it was there.
+    pub(crate) fn remove_object(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<bool> {
+        let path = self.stored_path(kind, namespace, name)?;
+        let existed = path.exists();
+        remove_file(&path)?;
+        Ok(existed)
+    }
+
+    /// The labels of namespace `ns` (none if it has no object).
+    pub fn namespace_labels(&self, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        NameRule::Label.check(ns).context("namespace")?;
+        let Some(value) = read_value(&self.namespace_path(ns))? else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(value
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+            .collect())
+    }
+
+    /// The file of an object named by the caller (checked, so the names never escape the
+    /// directory).
+    fn stored_path(&self, kind: Kind, namespace: &str, name: &str) -> anyhow::Result<PathBuf> {
+        NameRule::Label.check(namespace).context("namespace")?;
+        NameRule::Subdomain.check(name).context("name")?;
+        Ok(self.object_path(&Object {
+            kind,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+            value: Value::Null,
+        }))
+    }
+
+    /// Gives each Service of `objects` its cluster IP, against those stored; refuses the
+    /// input, naming every Service that cannot have the address it asks for.
+    fn assign_cluster_ips(&self, objects: &mut [Object]) -> anyhow::Result<()> {
+        let mut ips = ClusterIps::default();
+        for stored in self.objects(Kind::Service)? {
+            let ip = stored
+                .value
+                .get("spec")
+                .and_then(|s| s.get("clusterIP"))
+                .and_then(Value::as_str);
+            if let Some(ip) = ip.filter(|ip| !ip.is_empty()) {
+                ips.record(&format!("{}/{}", stored.namespace, stored.name), ip);
+            }
+        }
+        let mut problems = Vec::new();
+        for object in objects.iter_mut().filter(|o| o.kind == Kind::Service) {
+            let key = format!(
+                "{}/{}",
+                object.namespace.as_deref().unwrap_or_default(),
+                object.name
+            );
+            if let Err(e) = ips.assign(&key, &mut object.value) {
+                problems.push(format!("{}: {e}", object.id()));
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "{} Service(s) cannot have their cluster IP; nothing was applied:\n  {}",
+                problems.len(),
+                problems.join("\n  ")
+            );
+        }
+        Ok(())
     }
 
     fn namespace_path(&self, ns: &str) -> PathBuf {

@@ -465,3 +465,42 @@ fn delete_removes_named_objects_all_or_nothing() {
     assert!(config.pods().unwrap().is_empty());
     assert!(files(&root(&tmp)).is_empty(), "{:?}", files(&root(&tmp)));
 }
+
+#[test]
+fn services_get_a_stable_cluster_ip_and_a_taken_one_is_refused_with_nothing_written() {
+    let (tmp, config) = dir();
+    let web = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 80}]}\n";
+    assert_eq!(config.apply(web).unwrap(), ["service/demo/web created"]);
+    let stored = config
+        .object(Kind::Service, "demo", "web")
+        .unwrap()
+        .unwrap();
+    let ip = stored["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96."), "{ip}");
+    assert_eq!(stored["spec"]["clusterIPs"][0].as_str(), Some(ip.as_str()));
+    // The same input again: the stored address is kept, nothing changes.
+    assert_eq!(config.apply(web).unwrap(), ["service/demo/web unchanged"]);
+    // Another Service asking for that address is refused, and the other document with it.
+    let taken = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: other}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: demo}}\nspec: {{clusterIP: {ip}}}\n"
+    );
+    let err = config.apply(&taken).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "service/demo/api: spec.clusterIP: {ip} is already allocated to Service demo/web"
+        )),
+        "{err}"
+    );
+    assert!(!root(&tmp).join("namespaces/other.yaml").exists());
+    // Two new Services in one input get different addresses.
+    let two = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n";
+    config.apply(two).unwrap();
+    let ip_of = |n: &str| {
+        config.object(Kind::Service, "default", n).unwrap().unwrap()["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(ip_of("a"), ip_of("b"));
+    assert_ne!(ip_of("a"), ip);
+}
