@@ -155,9 +155,8 @@ fn assert_pod_started(cluster: &Cluster, ns: &str, pod: &str, gateway: &str) {
     );
 }
 
-/// Waits until `list` says the waypoint is ready; tolerates the placeholder waypoint (which
-/// exits at once), as long as `list` says it exited.
-fn assert_ready_or_reported(cluster: &Cluster, ns: &str, name: &str, pod: &str) {
+/// Waits until `list` says the waypoint is ready.
+fn assert_ready(cluster: &Cluster, ns: &str, name: &str, pod: &str) {
     let log = cluster
         .state
         .join("logs")
@@ -173,11 +172,6 @@ fn assert_ready_or_reported(cluster: &Cluster, ns: &str, name: &str, pod: &str) 
         let reason = r["reason"].as_str().unwrap_or_default().to_string();
         assert!(!reason.is_empty(), "not ready without a reason: {r}");
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        if log_text.contains("not functional yet") || log_text.contains("cannot proxy yet") {
-            assert!(reason.contains("the waypoint process exited"), "{reason}");
-            eprintln!("note: the waypoint is the placeholder; list says: {reason}");
-            return;
-        }
         assert!(
             Instant::now() < deadline,
             "waypoint {ns}/{name} not ready in 30 s: {reason}\nits log:\n{log_text}"
@@ -243,7 +237,7 @@ fn a_waypoint_is_deployed_listed_kept_and_removed_like_istio_s_deployer_does() {
     let pod = wp["pod"].as_str().expect("a waypoint pod").to_string();
     assert!(pod.starts_with("waypoint-"), "{pod}");
     assert_pod_started(&cluster, "shop", &pod, "waypoint");
-    assert_ready_or_reported(&cluster, "shop", "waypoint", &pod);
+    assert_ready(&cluster, "shop", "waypoint", &pod);
     let table = cluster.ok(&["waypoint", "list"]);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(

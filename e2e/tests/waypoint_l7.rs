@@ -1,0 +1,314 @@
+//! The waypoint on the local cluster, end to end: a real waypoint pod deployed by `meshctl
+//! waypoint apply`, real ztunnels, the real CNI chain. Traffic to a waypoint-bound service goes
+//! through the waypoint (and is counted there), the pod cannot be reached around it, L4 policy
+//! at the destination still sees the original client, raw TCP passes, and a namespace without
+//! a waypoint is untouched. Needs root; fails loudly without it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+#[path = "common/cluster.rs"]
+mod local_cluster;
+
+use std::process::Command;
+
+use local_cluster::{Cluster, WAIT};
+
+const WEB: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: raw
+  namespace: shop
+spec:
+  selector: {app: raw}
+  ports:
+  - {name: tcp, port: 9000, targetPort: 9000}
+";
+
+const ONLY_THE_CLIENT: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: only-the-client
+  namespace: shop
+spec:
+  selector:
+    matchLabels: {app: web}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/shop/sa/client\"]
+";
+
+/// The cluster IP the local cluster gave Service `ns/name`.
+fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> String {
+    let path = c
+        .state_dir()
+        .join(format!("config/objects/service/{ns}/{name}.yaml"));
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix("clusterIP:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no clusterIP in {yaml}"))
+}
+
+/// `meshctl pod exec` of `cmd` in `ns/pod`: (success, stdout + stderr).
+fn exec(c: &Cluster, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
+    let mut args = vec!["pod", "exec", pod, "-n", ns, "--"];
+    args.extend_from_slice(cmd);
+    let out = c.run(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The waypoint pod's metrics, read inside its own network namespace.
+fn waypoint_metrics(c: &Cluster, pod: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.pod_netns("shop", pod)])
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15020/metrics",
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sums the samples of `name` whose labels contain every needle.
+fn metric(text: &str, name: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_waypoint_carries_its_services_traffic_and_cannot_be_bypassed() {
+    let mut c = Cluster::new();
+    c.up(&[]);
+    let meshctl = c.meshctl.display().to_string();
+    let tcp_tool = e2e::Topology::tcp_tool().expect("e2e-tcp");
+    let tcp_tool = tcp_tool.display().to_string();
+    let web_ip = c.pod_run(
+        "web",
+        "shop",
+        "n2",
+        &["--sa", "web", "--labels", "app=web"],
+        &[&meshctl, "http-echo", "--port", "8080", "--name", "web"],
+    );
+    c.pod_run(
+        "raw",
+        "shop",
+        "n2",
+        &["--sa", "raw", "--labels", "app=raw"],
+        &[&tcp_tool, "echo", "9000"],
+    );
+    c.pod_run(
+        "client",
+        "shop",
+        "n1",
+        &["--sa", "client"],
+        &["sleep", "infinity"],
+    );
+    // A namespace with no waypoint, beside it.
+    let other_ip = c.pod_run(
+        "web",
+        "other",
+        "n2",
+        &["--sa", "web"],
+        &[
+            &meshctl,
+            "http-echo",
+            "--port",
+            "8080",
+            "--name",
+            "other-web",
+        ],
+    );
+    c.pod_run(
+        "client",
+        "other",
+        "n1",
+        &["--sa", "client"],
+        &["sleep", "infinity"],
+    );
+    let web_yaml = c.scratch.path().join("web.yaml");
+    std::fs::write(&web_yaml, WEB).expect("write");
+    c.ok(&["apply", "-f", web_yaml.to_str().unwrap()]);
+    for ns in ["shop", "other"] {
+        c.ok(&["label", "ns", ns, "istio.io/dataplane-mode=ambient"]);
+    }
+    c.wait_captured("client", "shop", true);
+    c.wait_captured("web", "shop", true);
+    c.wait_captured("client", "other", true);
+    c.ok(&[
+        "waypoint",
+        "apply",
+        "-n",
+        "shop",
+        "--enroll-namespace",
+        "--wait",
+    ]);
+    let list: serde_json::Value =
+        serde_json::from_str(&c.ok(&["waypoint", "list", "-n", "shop", "-o", "json"]))
+            .expect("json");
+    let wp_pod = list[0]["pod"].as_str().expect("waypoint pod").to_string();
+    assert_eq!(list[0]["ready"], true, "{list}");
+
+    // Through the waypoint: every request to the service VIP is counted there.
+    let vip = cluster_ip(&c, "shop", "web");
+    let url = format!("http://{vip}/");
+    e2e::retry_until("a request through the waypoint", WAIT, || {
+        let (ok, out) = exec(
+            &c,
+            "shop",
+            "client",
+            &["curl", "-sS", "--max-time", "5", &url],
+        );
+        anyhow::ensure!(ok && out.contains("hello from web"), "{out}");
+        let m = waypoint_metrics(&c, &wp_pod);
+        anyhow::ensure!(
+            metric(&m, "istio_requests_total", &["reporter=\"waypoint\""]) >= 1.0,
+            "not counted at the waypoint yet"
+        );
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let before = metric(
+        &waypoint_metrics(&c, &wp_pod),
+        "istio_requests_total",
+        &["reporter=\"waypoint\"", "response_code=\"200\""],
+    );
+    for i in 0..10 {
+        let (ok, out) = exec(
+            &c,
+            "shop",
+            "client",
+            &["curl", "-sS", "--max-time", "5", &url],
+        );
+        assert!(
+            ok && out.contains("hello from web"),
+            "request {i}: {out}\n{}",
+            c.logs()
+        );
+    }
+    e2e::wait_until("ten more requests counted at the waypoint", WAIT, || {
+        let m = waypoint_metrics(&c, &wp_pod);
+        metric(
+            &m,
+            "istio_requests_total",
+            &[
+                "reporter=\"waypoint\"",
+                "response_code=\"200\"",
+                "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+            ],
+        ) >= before + 10.0
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", waypoint_metrics(&c, &wp_pod)));
+
+    // Around the waypoint: straight to the pod IP is refused by the destination's ztunnel.
+    let direct = format!("http://{web_ip}:8080/");
+    let (ok, out) = exec(
+        &c,
+        "shop",
+        "client",
+        &["curl", "-sS", "--max-time", "5", &direct],
+    );
+    assert!(!ok, "the pod was reached around its waypoint: {out}");
+    e2e::wait_until("the bypass is logged", WAIT, || {
+        c.log("ztunnel", "n2")
+            .contains("bypasses the destination's waypoint refused")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+
+    // L4 policy at the destination still sees the original client behind the waypoint.
+    let policy = c.scratch.path().join("policy.yaml");
+    std::fs::write(&policy, ONLY_THE_CLIENT).expect("write");
+    c.ok(&["apply", "-f", policy.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (ok, out) = exec(
+        &c,
+        "shop",
+        "client",
+        &["curl", "-sS", "--max-time", "5", &url],
+    );
+    assert!(
+        ok && out.contains("hello from web"),
+        "an ALLOW for the client must pass behind the waypoint: {out}\n{}",
+        c.logs()
+    );
+    let ztunnel_n2 = c.log("ztunnel", "n2");
+    assert!(
+        ztunnel_n2.lines().any(|l| l.contains("connection complete")
+            && l.contains("src.identity=spiffe://cluster.local/ns/shop/sa/client")
+            && l.contains("via.waypoint=spiffe://cluster.local/ns/shop/sa/waypoint")),
+        "the destination's access log names the client and the waypoint:\n{ztunnel_n2}"
+    );
+
+    // Raw TCP to a waypoint-bound service passes through the waypoint byte for byte.
+    let raw_vip = cluster_ip(&c, "shop", "raw");
+    let (ok, out) = exec(
+        &c,
+        "shop",
+        "client",
+        &[
+            &tcp_tool,
+            "send",
+            &format!("{raw_vip}:9000"),
+            "raw-bytes-42",
+        ],
+    );
+    assert!(ok && out.contains("raw-bytes-42"), "{out}\n{}", c.logs());
+    e2e::wait_until("the TCP connection counted at the waypoint", WAIT, || {
+        metric(
+            &waypoint_metrics(&c, &wp_pod),
+            "istio_tcp_connections_opened_total",
+            &[],
+        ) >= 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", waypoint_metrics(&c, &wp_pod)));
+
+    // A namespace without a waypoint: straight to its pod, nothing at the waypoint.
+    let counted = metric(&waypoint_metrics(&c, &wp_pod), "istio_requests_total", &[]);
+    let (ok, out) = exec(
+        &c,
+        "other",
+        "client",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{other_ip}:8080/"),
+        ],
+    );
+    assert!(
+        ok && out.contains("hello from other-web"),
+        "{out}\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        metric(&waypoint_metrics(&c, &wp_pod), "istio_requests_total", &[]),
+        counted
+    );
+
+    c.down_and_check();
+}
