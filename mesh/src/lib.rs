@@ -2,7 +2,7 @@
 //!
 //! - [`identity`]: SPIFFE workload identities.
 //! - [`cert`], [`ca`]: workload certificates, CSRs and the CA's signing core.
-//! - [`tls`]: rustls configs for mutual TLS between workloads.
+//! - [`tls`]: rustls configs for mutual TLS between workloads; [`crypto`]: the crypto provider.
 //! - [`cert_manager`]: per-identity certificates fetched from the CA and renewed at half-life.
 //! - [`hbone`]: the HBONE tunnel (HTTP/2 CONNECT over mutual TLS), client pool and server.
 //! - [`capture`]: the in-pod traffic capture rules (iptables and policy routing).
@@ -25,6 +25,7 @@ pub mod capture;
 pub mod cert;
 pub mod cert_manager;
 pub mod copy;
+pub mod crypto;
 pub mod hbone;
 pub mod http_server;
 pub mod identity;
