@@ -8,7 +8,8 @@
 //! - workloads by uid, and by (network, IP) unless the workload uses the host network;
 //! - services by key (`<namespace>/<hostname>`), by (network, VIP) and by host name;
 //! - the workloads backing each service (from [`Workload::services`]);
-//! - policies by key, and the global and per-namespace ones.
+//! - policies by key, and the global and per-namespace ones;
+//! - for waypoints, L7 policies and RequestAuthns by key ([`Store::l7_policies_for`]).
 //!
 //! When two objects claim the same (network, IP) — a pod replaced by a new one that got the
 //! old IP before the old one was removed — lookups return the one written last, and removing it
@@ -23,7 +24,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::l7authz::{L7Policy, RequestAuthn, WaypointContext};
 use crate::model::{Address, NetworkAddress, Policy, PolicyScope, PortMapping, Service, Workload};
+
+mod l7;
 
 /// A set of changes applied all at once, in the order they were added.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +42,10 @@ enum Op {
     UpsertPolicy(Arc<Policy>),
     RemoveAddress(String),
     RemovePolicy(String),
+    UpsertL7Policy(Arc<L7Policy>),
+    RemoveL7Policy(String),
+    UpsertRequestAuthn(Arc<RequestAuthn>),
+    RemoveRequestAuthn(String),
 }
 
 impl Batch {
@@ -84,6 +92,30 @@ impl Batch {
         self
     }
 
+    /// Inserts or replaces the L7 policy with this key.
+    pub fn upsert_l7_policy(&mut self, policy: L7Policy) -> &mut Self {
+        self.ops.push(Op::UpsertL7Policy(Arc::new(policy)));
+        self
+    }
+
+    /// Removes the L7 policy with this key (`<namespace>/<name>`), if any.
+    pub fn remove_l7_policy(&mut self, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::RemoveL7Policy(key.into()));
+        self
+    }
+
+    /// Inserts or replaces the RequestAuthn with this key.
+    pub fn upsert_request_authn(&mut self, authn: RequestAuthn) -> &mut Self {
+        self.ops.push(Op::UpsertRequestAuthn(Arc::new(authn)));
+        self
+    }
+
+    /// Removes the RequestAuthn with this key (`<namespace>/<name>`), if any.
+    pub fn remove_request_authn(&mut self, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::RemoveRequestAuthn(key.into()));
+        self
+    }
+
     /// Number of changes in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -125,6 +157,12 @@ pub struct StoreSnapshot {
     pub services: Vec<Service>,
     /// Policies by key.
     pub policies: Vec<Policy>,
+    /// L7 policies (waypoints only) by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub l7_policies: Vec<L7Policy>,
+    /// RequestAuthns (waypoints only) by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_authns: Vec<RequestAuthn>,
 }
 
 /// The concurrent configuration store; cheap to clone (clones share the data).
@@ -172,6 +210,12 @@ impl Store {
             }
             for p in snapshot.policies {
                 inner.upsert_policy(Arc::new(p));
+            }
+            for p in snapshot.l7_policies {
+                inner.l7.upsert_policy(Arc::new(p));
+            }
+            for a in snapshot.request_authns {
+                inner.l7.upsert_authn(Arc::new(a));
             }
             inner.version = version;
         }
@@ -277,6 +321,23 @@ impl Store {
             .collect()
     }
 
+    /// The L7 policy with this key (`<namespace>/<name>`).
+    pub fn l7_policy(&self, key: &str) -> Option<Arc<L7Policy>> {
+        self.read().l7.policies.get(key).cloned()
+    }
+
+    /// The L7 policies that apply to a request through the waypoint `at` names (to the
+    /// service it names): mesh-wide ones, those of the waypoint (or of every waypoint of its
+    /// namespace) and those bound to the service; sorted by key.
+    pub fn l7_policies_for(&self, at: &WaypointContext<'_>) -> Vec<Arc<L7Policy>> {
+        self.read().l7.policies_for(at)
+    }
+
+    /// The RequestAuthns that apply at `at`, by the same rule; sorted by key.
+    pub fn request_authns_for(&self, at: &WaypointContext<'_>) -> Vec<Arc<RequestAuthn>> {
+        self.read().l7.authns_for(at)
+    }
+
     /// A consistent copy of everything, sorted by key, for `/config_dump`.
     pub fn snapshot(&self) -> StoreSnapshot {
         let inner = self.read();
@@ -285,6 +346,8 @@ impl Store {
             workloads: sorted_values(&inner.workloads),
             services: sorted_values(&inner.services),
             policies: sorted_values(&inner.policies),
+            l7_policies: sorted_values(&inner.l7.policies),
+            request_authns: sorted_values(&inner.l7.authns),
         }
     }
 
@@ -369,6 +432,7 @@ struct Inner {
     policies: HashMap<String, Arc<Policy>>,
     global_policies: BTreeSet<String>,
     namespace_policies: HashMap<String, BTreeSet<String>>,
+    l7: l7::L7Index,
 }
 
 impl Inner {
@@ -382,6 +446,10 @@ impl Inner {
                 self.remove_service(&name);
             }
             Op::RemovePolicy(key) => self.remove_policy(&key),
+            Op::UpsertL7Policy(p) => self.l7.upsert_policy(p),
+            Op::RemoveL7Policy(key) => self.l7.remove_policy(&key),
+            Op::UpsertRequestAuthn(a) => self.l7.upsert_authn(a),
+            Op::RemoveRequestAuthn(key) => self.l7.remove_authn(&key),
         }
     }
 
