@@ -298,6 +298,11 @@ impl<'a> Facts<'a> {
             && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |c: &Cidr| {
                 c.contains(remote)
             })
+            && field(&s.service_accounts, &s.not_service_accounts, |sa| {
+                self.request.source_identity.as_ref().is_some_and(|id| {
+                    sa.namespace == id.namespace() && sa.service_account == id.service_account()
+                })
+            })
     }
 
     fn operation_matches(&self, o: &L7Operation) -> bool {

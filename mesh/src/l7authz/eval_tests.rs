@@ -57,6 +57,13 @@ fn policy(action: L7Action, rules: Vec<L7Rule>) -> L7Policy {
     }
 }
 
+fn sa(ns: &str, name: &str) -> crate::model::ServiceAccountMatch {
+    crate::model::ServiceAccountMatch {
+        namespace: ns.into(),
+        service_account: name.into(),
+    }
+}
+
 fn m(values: &[&str]) -> Vec<StringMatch> {
     values.iter().map(|v| istio_string_match(v)).collect()
 }
@@ -163,6 +170,27 @@ fn source_fields_check_peer_identity_namespace_and_ips() {
                 ..Default::default()
             },
             true,
+        ),
+        (
+            L7Source {
+                service_accounts: vec![sa("shop", "client")],
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            L7Source {
+                service_accounts: vec![sa("bank", "client")],
+                ..Default::default()
+            },
+            false,
+        ),
+        (
+            L7Source {
+                not_service_accounts: vec![sa("shop", "client")],
+                ..Default::default()
+            },
+            false,
         ),
         // Two fields: AND.
         (
@@ -543,6 +571,7 @@ fn proto_round_trip_and_errors_name_the_field() {
             from: vec![L7Source {
                 principals: m(&["a*"]),
                 ip_blocks: vec!["10.0.0.0/8".parse().expect("cidr")],
+                service_accounts: vec![sa("ns", "sa")],
                 ..Default::default()
             }],
             to: vec![L7Operation {
@@ -565,7 +594,11 @@ fn proto_round_trip_and_errors_name_the_field() {
     assert_eq!(serde_json::from_value::<L7Policy>(json).expect("back"), p);
 
     type Mutate = fn(&mut proto::waypoint::L7Policy);
-    let cases: [(Mutate, &str); 7] = [
+    let cases: [(Mutate, &str); 8] = [
+        (
+            |w| w.rules[0].from[0].service_accounts[0] = "sa-only".into(),
+            "rules[0].from[0].service_accounts[0]",
+        ),
         (
             |w| w.rules[0].when[0].key = "request.magic".into(),
             "rules[0].when[0].key",

@@ -8,7 +8,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{check_reference, port, required, Cidr, ModelError, StringMatch};
+use crate::model::{
+    check_reference, port, required, Cidr, ModelError, ServiceAccountMatch, StringMatch,
+};
 
 use proto::waypoint::{self as wire, l7_policy};
 
@@ -204,6 +206,12 @@ pub struct L7Source {
     /// Original client IP is in none of these.
     #[serde(default)]
     pub not_remote_ip_blocks: Vec<Cidr>,
+    /// Peer service account is one of these.
+    #[serde(default)]
+    pub service_accounts: Vec<ServiceAccountMatch>,
+    /// Peer service account is none of these.
+    #[serde(default)]
+    pub not_service_accounts: Vec<ServiceAccountMatch>,
 }
 
 /// Conditions on what the request is for; the fields set are AND-ed.
@@ -538,6 +546,27 @@ fn ports(field: &str, values: &[u32]) -> Result<Vec<u16>, ModelError> {
         .collect()
 }
 
+fn accounts(field: &str, values: Vec<String>) -> Result<Vec<ServiceAccountMatch>, ModelError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            check_reference(&format!("{field}[{i}]"), v)?;
+            let (ns, sa) = v.split_once('/').unwrap_or_default();
+            Ok(ServiceAccountMatch {
+                namespace: ns.to_string(),
+                service_account: sa.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn account_strings(v: &[ServiceAccountMatch]) -> Vec<String> {
+    v.iter()
+        .map(|s| format!("{}/{}", s.namespace, s.service_account))
+        .collect()
+}
+
 fn source_from_proto(s: l7_policy::Source) -> Result<L7Source, ModelError> {
     Ok(L7Source {
         principals: string_matches("principals", s.principals, false)?,
@@ -554,6 +583,8 @@ fn source_from_proto(s: l7_policy::Source) -> Result<L7Source, ModelError> {
         )?,
         remote_ip_blocks: cidrs("remote_ip_blocks", s.remote_ip_blocks)?,
         not_remote_ip_blocks: cidrs("not_remote_ip_blocks", s.not_remote_ip_blocks)?,
+        service_accounts: accounts("service_accounts", s.service_accounts)?,
+        not_service_accounts: accounts("not_service_accounts", s.not_service_accounts)?,
     })
 }
 
@@ -664,6 +695,8 @@ impl From<&L7Policy> for wire::L7Policy {
                             not_request_principals: strings(&s.not_request_principals),
                             remote_ip_blocks: cidr_strings(&s.remote_ip_blocks),
                             not_remote_ip_blocks: cidr_strings(&s.not_remote_ip_blocks),
+                            service_accounts: account_strings(&s.service_accounts),
+                            not_service_accounts: account_strings(&s.not_service_accounts),
                         })
                         .collect(),
                     to: r
