@@ -19,6 +19,7 @@
 //! lose one of the changes.
 
 mod manifest;
+mod request_authn;
 mod security;
 #[cfg(test)]
 mod tests;
