@@ -140,7 +140,8 @@ fn check(a: &RequestAuthn, headers: &http::HeaderMap) -> Result<Authenticated, J
 fn valid_tokens_of_each_algorithm_give_the_request_principal_and_claims() {
     for signer in [Signer::es256(), Signer::rs256(), Signer::ed25519()] {
         let a = authn(vec![rule(&[(&signer, "k1")])]);
-        let out = check(&a, &bearer(&signer.sign("k1", &claims()))).expect(signer.alg());
+        let alg = signer.alg();
+        let out = check(&a, &bearer(&signer.sign("k1", &claims()))).expect(alg);
         let auth = out.auth.expect("principal");
         assert_eq!(auth.principal, "https://idp.example/alice");
         assert_eq!(auth.audiences, ["shop"]);
