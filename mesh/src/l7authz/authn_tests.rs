@@ -236,10 +236,11 @@ fn tampered_unsigned_and_foreign_tokens_are_refused() {
         check(&a, &bearer(&signer.sign("k1", &c))).err(),
         Some(JwtError::UnknownIssuer("https://evil.example".into()))
     );
-    assert!(matches!(
-        check(&a, &bearer("not-a-jwt")),
-        Err(JwtError::Malformed(_))
-    ));
+    let malformed = check(&a, &bearer("not-a-jwt")).expect_err("malformed");
+    assert!(matches!(malformed, JwtError::Malformed(_)));
+    assert!(malformed
+        .response_body()
+        .starts_with("Jwt is not in the form"));
 }
 
 #[test]

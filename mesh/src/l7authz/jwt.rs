@@ -68,6 +68,22 @@ pub enum JwtError {
     },
 }
 
+impl JwtError {
+    /// The body of the 401 answer, in Envoy's words (so runbooks carry over).
+    pub fn response_body(&self) -> &'static str {
+        match self {
+            JwtError::Malformed(_) => "Jwt is not in the form of Header.Payload.Signature",
+            JwtError::UnsupportedAlgorithm(_) => "Jwt verification fails",
+            JwtError::UnknownIssuer(_) => "Jwt issuer is not configured",
+            JwtError::NoKey { .. } => "Jwks doesn't have key to match kid or alg from Jwt",
+            JwtError::BadSignature => "Jwt verification fails",
+            JwtError::Expired { .. } => "Jwt is expired",
+            JwtError::NotYetValid { .. } => "Jwt not yet valid",
+            JwtError::Audience { .. } => "Audiences in Jwt are not allowed",
+        }
+    }
+}
+
 /// A checked JSON Web Key Set, keeping its JSON text (what the control plane sent).
 #[derive(Debug, Clone)]
 pub struct Jwks {

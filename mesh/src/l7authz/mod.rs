@@ -22,6 +22,14 @@
 //!   through a given waypoint to a given service ([`WaypointContext`]);
 //!   [`Store::l7_policies_for`](crate::store::Store::l7_policies_for) gathers them.
 
+/// Body of the 403 answer to an HTTP request denied by policy (as Envoy's RBAC filter).
+pub const DENIED_BODY: &str = "RBAC: access denied";
+/// `grpc-status` of a gRPC call denied by policy: PERMISSION_DENIED.
+pub const DENIED_GRPC_STATUS: u32 = 7;
+/// `grpc-status` of a gRPC call with a bad JWT: UNAUTHENTICATED (HTTP requests get 401 with
+/// [`jwt::JwtError::response_body`]).
+pub const UNAUTHENTICATED_GRPC_STATUS: u32 = 16;
+
 mod authn;
 mod eval;
 pub mod jwt;
