@@ -365,3 +365,64 @@ fn jwks_and_request_authn_errors_name_the_field() {
         assert_eq!(RequestAuthn::try_from(w).expect_err(field).field(), field);
     }
 }
+
+#[test]
+fn check_authenticates_then_lets_policies_use_the_request_principal() {
+    use crate::store::{Batch, Store};
+    let signer = Signer::es256();
+    let mut requires_jwt = L7Policy {
+        name: "require-jwt".into(),
+        namespace: "shop".into(),
+        target: L7Target::default(),
+        action: L7Action::Allow,
+        dry_run: false,
+        rules: vec![L7Rule {
+            from: vec![L7Source {
+                request_principals: vec![istio_string_match("https://idp.example/*")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    requires_jwt.target.gateways = vec!["waypoint".into()];
+    let store = Store::new();
+    let mut b = Batch::new();
+    b.upsert_l7_policy(requires_jwt)
+        .upsert_request_authn(authn(vec![rule(&[(&signer, "k1")])]));
+    store.apply(b);
+    let at = WaypointContext {
+        namespace: "shop",
+        name: "waypoint",
+        service: None,
+    };
+    let request = |headers: http::HeaderMap| L7Request {
+        source_identity: None,
+        source_ip: "10.0.0.1".parse().expect("ip"),
+        remote_ip: None,
+        destination_ip: None,
+        destination_port: 80,
+        host: "web".into(),
+        method: "GET".into(),
+        path: "/".into(),
+        headers,
+        auth: None,
+    };
+
+    let mut without = request(http::HeaderMap::new());
+    let checked =
+        super::check(&store, &at, &mut without, None, NOW).expect("no token is not an error");
+    assert!(!checked.decision.allowed, "{}", checked.decision);
+    assert_eq!(checked.policies, ["shop/require-jwt"]);
+
+    let mut with = request(bearer(&signer.sign("k1", &claims())));
+    let checked = super::check(&store, &at, &mut with, None, NOW).expect("valid token");
+    assert!(checked.decision.allowed, "{}", checked.decision);
+    assert_eq!(
+        with.auth.map(|a| a.principal).as_deref(),
+        Some("https://idp.example/alice")
+    );
+
+    let mut expired = request(bearer(&signer.sign("k1", &claims())));
+    let err = super::check(&store, &at, &mut expired, None, NOW + 3600).expect_err("expired");
+    assert_eq!(err.response_body(), "Jwt is expired");
+}
