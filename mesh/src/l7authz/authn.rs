@@ -3,8 +3,9 @@
 //!
 //! As Istio: a request without a token passes with no request principal (only a policy can
 //! then refuse it, e.g. with `requestPrincipals: ["*"]`); a request with a token that is bad,
-//! expired, for the wrong audience or from an issuer no rule accepts is refused (401). Every
-//! token found is checked; the first one gives the principal `<iss>/<sub>`.
+//! expired, for the wrong audience or from an issuer no rule accepts is refused (401). A token
+//! is accepted only by a rule of its issuer that looks where it was found. Every token found
+//! is checked; the first one gives the principal `<iss>/<sub>`.
 
 use std::borrow::Borrow;
 
@@ -144,15 +145,15 @@ pub fn authenticate<A: Borrow<RequestAuthn>>(
         .iter()
         .flat_map(|a| a.borrow().jwt_rules.iter())
         .collect();
-    let mut found: Vec<(String, TokenLocation)> = Vec::new();
-    for rule in &rules {
+    let mut found: Vec<Found> = Vec::new();
+    for (r, rule) in rules.iter().enumerate() {
         for (name, prefix) in rule.headers() {
             for value in headers.get_all(name) {
                 let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix(prefix)) else {
                     continue;
                 };
                 if let Ok(header) = HeaderName::from_bytes(name.as_bytes()) {
-                    push_unique(&mut found, token.trim(), TokenLocation::Header(header));
+                    note(&mut found, token.trim(), TokenLocation::Header(header), r);
                 }
             }
         }
@@ -166,16 +167,26 @@ pub fn authenticate<A: Borrow<RequestAuthn>>(
                 })
             {
                 if k == param {
-                    push_unique(&mut found, v, TokenLocation::Param(param.to_string()));
+                    note(&mut found, v, TokenLocation::Param(param.to_string()), r);
                 }
             }
         }
     }
     let mut out = Authenticated::default();
-    for (token, location) in found {
+    for Found {
+        token,
+        location,
+        rules: looked,
+    } in found
+    {
         let unverified = UnverifiedToken::decode(&token)?;
         let issuer = unverified.issuer().unwrap_or_default().to_string();
-        let Some(rule) = rules.iter().find(|r| r.issuer == issuer) else {
+        // Only a rule that looks for tokens where this one was found may accept it.
+        let Some(rule) = looked
+            .iter()
+            .map(|r| rules[*r])
+            .find(|r| r.issuer == issuer)
+        else {
             return Err(JwtError::UnknownIssuer(issuer));
         };
         let claims = unverified.verify(&rule.jwks, &rule.audiences, now)?;
@@ -214,9 +225,24 @@ pub fn authenticate<A: Borrow<RequestAuthn>>(
     Ok(out)
 }
 
-fn push_unique(found: &mut Vec<(String, TokenLocation)>, token: &str, at: TokenLocation) {
-    if !token.is_empty() && !found.iter().any(|(t, _)| t == token) {
-        found.push((token.to_string(), at));
+/// A token found in a request, and the rules (by index) that look where it was found.
+struct Found {
+    token: String,
+    location: TokenLocation,
+    rules: Vec<usize>,
+}
+
+fn note(found: &mut Vec<Found>, token: &str, location: TokenLocation, rule: usize) {
+    if token.is_empty() {
+        return;
+    }
+    match found.iter_mut().find(|f| f.token == token) {
+        Some(f) => f.rules.push(rule),
+        None => found.push(Found {
+            token: token.to_string(),
+            location,
+            rules: vec![rule],
+        }),
     }
 }
 

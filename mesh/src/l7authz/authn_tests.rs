@@ -311,6 +311,19 @@ fn a_token_picks_the_rule_of_its_issuer() {
     c["iss"] = json!("https://other");
     let out = check(&a, &bearer(&s2.sign("k2", &c))).expect("second rule");
     assert_eq!(out.auth.expect("auth").principal, "https://other/alice");
+
+    // A rule that looks elsewhere does not accept a token found in the Authorization header.
+    let mut r2 = rule(&[(&s2, "k2")]);
+    r2.issuer = "https://other".into();
+    r2.from_headers = vec![JwtHeader {
+        name: "x-other".into(),
+        prefix: String::new(),
+    }];
+    let a = authn(vec![rule(&[(&s1, "k1")]), r2]);
+    assert_eq!(
+        check(&a, &bearer(&s2.sign("k2", &c))).err(),
+        Some(JwtError::UnknownIssuer("https://other".into()))
+    );
 }
 
 #[test]
@@ -325,6 +338,10 @@ fn jwks_and_request_authn_errors_name_the_field() {
         (
             r#"{"keys": [{"kty": "RSA", "e": "AQAB"}]}"#,
             "keys[0]: n is required",
+        ),
+        (
+            r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#,
+            "shorter than 2048 bits",
         ),
         (
             r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}"#,

@@ -173,10 +173,19 @@ impl Jwks {
             }
             let at = |e: String| format!("keys[{i}]: {e}");
             let key = match (k.kty.as_str(), k.crv.as_deref()) {
-                ("RSA", _) => KeyMaterial::Rsa {
-                    n: b64("n", k.n.as_deref()).map_err(at)?,
-                    e: b64("e", k.e.as_deref()).map_err(at)?,
-                },
+                ("RSA", _) => {
+                    let n = b64("n", k.n.as_deref()).map_err(at)?;
+                    let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+                    if bits < 2048 {
+                        return Err(at(format!(
+                            "RSA keys shorter than 2048 bits are not accepted (n has about {bits})"
+                        )));
+                    }
+                    KeyMaterial::Rsa {
+                        n,
+                        e: b64("e", k.e.as_deref()).map_err(at)?,
+                    }
+                }
                 ("EC", Some(crv @ ("P-256" | "P-384"))) => {
                     let (curve, len) = if crv == "P-256" {
                         (Curve::P256, 32)
