@@ -700,3 +700,23 @@ proptest! {
         prop_assert!(!evaluate(&[policy(L7Action::Allow, rules.clone()), policy(L7Action::Deny, rules)], &r).allowed);
     }
 }
+
+proptest! {
+    /// The normalised path starts with `/`, has no query and is a fixed point, whatever
+    /// the client sent.
+    #[test]
+    fn normalising_a_path_is_idempotent(raw in "[a-zA-Z0-9/.%?#\\\\~_-]{0,40}") {
+        let path = normalize_path(&raw);
+        prop_assert!(path.starts_with('/'));
+        prop_assert!(!path.contains('?') && !path.contains('#'));
+        prop_assert_eq!(normalize_path(&path), path);
+    }
+
+    /// An accepted condition key formats back to a key that parses to itself.
+    #[test]
+    fn condition_keys_round_trip(raw in "(request\\.headers|request\\.auth\\.claims|source\\.ip|x)(\\[[a-zA-Z.\\[\\]-]{0,6}\\]){0,3}") {
+        if let Ok(key) = raw.parse::<ConditionKey>() {
+            prop_assert_eq!(key.to_string().parse::<ConditionKey>(), Ok(key));
+        }
+    }
+}
