@@ -3,8 +3,9 @@
 //! is: a policy with targets never reaches ztunnel).
 //!
 //! Which objects a waypoint gets, and their scope:
-//! - `targetRefs` (or `targetRef`) kind Gateway (group `gateway.networking.k8s.io`) in the
-//!   object's namespace → WAYPOINT scope for those Gateways;
+//! - `targetRefs` (or `targetRef`) kind Gateway (group `gateway.networking.k8s.io`, or
+//!   omitted) in the object's namespace → WAYPOINT scope for those Gateways (a warning when
+//!   no such waypoint exists yet);
 //! - kind Service (core group) in the object's namespace → SERVICE scope for those services
 //!   (`<ns>/<name>.<ns>.svc.<suffix>`);
 //!   with both kinds, the Service targets are dropped and the object applies to the whole
@@ -168,7 +169,20 @@ fn scope(
             continue;
         }
         match (t.group.as_str(), t.kind.as_str()) {
-            (GATEWAY_API_GROUP, "Gateway") => gateways.push(t.name.clone()),
+            // An omitted group is read as Gateway API's: Gateway has no other.
+            (GATEWAY_API_GROUP | "", "Gateway") => {
+                let is_waypoint = state
+                    .gateways
+                    .get(&ObjectKey::new(ns, t.name.as_str()))
+                    .is_some_and(|g| g.spec.gateway_class_name == WAYPOINT_CLASS);
+                if !is_waypoint {
+                    warnings.add(
+                        object,
+                        format!("targetRefs[{i}]: Gateway {ns}/{} is not a waypoint (class {WAYPOINT_CLASS}) here; the policy applies to it once it is", t.name),
+                    );
+                }
+                gateways.push(t.name.clone());
+            }
             ("" | "core", "Service") => {
                 services.push(format!("{ns}/{}", service_hostname(&t.name, ns, options)));
             }

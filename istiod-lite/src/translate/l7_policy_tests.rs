@@ -166,10 +166,20 @@ fn odd_targets_are_reported() {
         ap("shop", "mixed", "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}, {kind: Service, name: web}]"),
         ap("shop", "elsewhere", "  targetRefs: [{kind: Service, name: web, namespace: bank}]"),
         ap("shop", "class", "  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]"),
+        ap("shop", "not-yet", "  targetRefs: [{kind: Gateway, name: other}]"),
     ]
     .concat());
     let keys: Vec<String> = t.l7_policies.iter().map(|p| p.key()).collect();
-    assert_eq!(keys, ["shop/mixed"]);
+    assert_eq!(keys, ["shop/mixed", "shop/not-yet"]);
+    assert_eq!(
+        t.l7_policies[1].target,
+        target(L7Scope::Waypoint, &["other"], &[])
+    );
+    let w = warnings_about(&t, "AuthorizationPolicy shop/not-yet");
+    assert!(
+        w[0].contains("Gateway shop/other is not a waypoint"),
+        "{w:?}"
+    );
     assert_eq!(
         t.l7_policies[0].target,
         target(L7Scope::Waypoint, &["waypoint"], &[])

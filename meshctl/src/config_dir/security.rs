@@ -354,7 +354,7 @@ impl AuthorizationPolicySpec {
         for (i, t) in self.target_ref.iter().chain(&self.target_refs).enumerate() {
             let supported = matches!(
                 (t.group.as_str(), t.kind.as_str()),
-                ("gateway.networking.k8s.io", "Gateway") | ("" | "core", "Service")
+                ("gateway.networking.k8s.io" | "", "Gateway") | ("" | "core", "Service")
             );
             if !supported {
                 warnings.push(format!(
