@@ -286,9 +286,12 @@ fn translate_options(config: &Config) -> TranslateOptions {
 fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot {
     let translated = translate::translate(state, options);
     let (addresses, authorizations) = translate::resources(&translated);
+    let (l7_policies, request_authns) = translate::waypoint_resources(&translated);
     XdsSnapshot {
         addresses,
         authorizations,
+        l7_policies,
+        request_authns,
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
 //! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
 //! - [`rbac`]: L4 authorization: a connection's verdict under the policies in scope (pure).
+//! - [`l7authz`]: L7 authorization and JWT authentication at the waypoint (pure).
 //! - [`xds`]: the delta ADS client that keeps the store in sync with the control plane.
 //!
 //! Everything here is async on tokio and free of process-wide state other than the crypto
@@ -29,6 +30,7 @@ pub mod crypto;
 pub mod hbone;
 pub mod http_server;
 pub mod identity;
+pub mod l7authz;
 pub mod metrics;
 pub mod model;
 pub mod rbac;

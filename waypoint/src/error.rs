@@ -49,6 +49,14 @@ pub enum ProxyError {
     /// The request filter refused the request (`RBAC`-style denial, 403).
     #[error("denied: {0}")]
     Denied(String),
+    /// A token was present and not valid (401; gRPC status 16).
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// Envoy's body for this failure.
+        body: &'static str,
+        /// The detail.
+        reason: String,
+    },
     /// The waypoint has no certificate to present (503, `UF`).
     #[error("no certificate: {0}")]
     NoCertificate(String),
@@ -61,6 +69,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::UpstreamConnect { .. }
@@ -79,13 +88,17 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Denied(_) => "RBAC",
+            // Envoy sets no flag for a JWT refusal (only its details say so).
+            ProxyError::Unauthenticated { .. } => "-",
         }
     }
 
     /// Who caused it.
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute(_) | ProxyError::Denied(_) => Blame::Client,
+            ProxyError::NoRoute(_) | ProxyError::Denied(_) | ProxyError::Unauthenticated { .. } => {
+                Blame::Client
+            }
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::NoCertificate(_) => Blame::Internal,

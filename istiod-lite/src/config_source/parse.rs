@@ -12,7 +12,8 @@
 //! not read either); it is not a mapping; `apiVersion`, `kind` or `metadata.name` is missing or
 //! not a string; a known kind comes with an API version we do not read; a field has the wrong
 //! type or (for the Istio kinds) an unknown name; an AuthorizationPolicy fails
-//! [`AuthorizationPolicy::validate`]. Namespaced objects without a namespace get `default`.
+//! [`AuthorizationPolicy::validate`], a RequestAuthentication
+//! [`RequestAuthentication::validate`]. Namespaced objects without a namespace get `default`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +24,8 @@ use serde_yaml::Value;
 
 use super::{ConfigProblem, ObjectKey};
 use crate::resources::{
-    AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication, GATEWAY_API_GROUP,
-    ISTIO_SECURITY_GROUP,
+    AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication, RequestAuthentication,
+    GATEWAY_API_GROUP, ISTIO_SECURITY_GROUP,
 };
 
 /// The kinds the control plane reads.
@@ -42,6 +43,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `security.istio.io/{v1,v1beta1}` PeerAuthentication.
     PeerAuthentication,
+    /// `security.istio.io/{v1,v1beta1}` RequestAuthentication.
+    RequestAuthentication,
     /// `gateway.networking.k8s.io/{v1,v1beta1}` Gateway.
     Gateway,
     /// `gateway.networking.k8s.io/{v1,v1beta1}` HTTPRoute.
@@ -58,6 +61,7 @@ impl Kind {
             ("", "ServiceAccount") => Kind::ServiceAccount,
             (ISTIO_SECURITY_GROUP, "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             (ISTIO_SECURITY_GROUP, "PeerAuthentication") => Kind::PeerAuthentication,
+            (ISTIO_SECURITY_GROUP, "RequestAuthentication") => Kind::RequestAuthentication,
             (GATEWAY_API_GROUP, "Gateway") => Kind::Gateway,
             (GATEWAY_API_GROUP, "HTTPRoute") => Kind::HttpRoute,
             _ => return None,
@@ -73,6 +77,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
         }
@@ -115,6 +120,8 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     /// A PeerAuthentication.
     PeerAuthentication(PeerAuthentication),
+    /// A RequestAuthentication.
+    RequestAuthentication(RequestAuthentication),
     /// A Gateway.
     Gateway(Gateway),
     /// An HTTPRoute.
@@ -131,6 +138,7 @@ impl Object {
             Object::ServiceAccount(_) => Kind::ServiceAccount,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
         }
@@ -145,6 +153,7 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
         }
@@ -158,6 +167,7 @@ impl Object {
             Object::ServiceAccount(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
         }
@@ -342,6 +352,9 @@ where
         Kind::PeerAuthentication => {
             PeerAuthentication::deserialize(d).map(Object::PeerAuthentication)
         }
+        Kind::RequestAuthentication => {
+            RequestAuthentication::deserialize(d).map(Object::RequestAuthentication)
+        }
         Kind::Gateway => Gateway::deserialize(d).map(Object::Gateway),
         Kind::HttpRoute => HttpRoute::deserialize(d).map(Object::HttpRoute),
     };
@@ -363,6 +376,10 @@ fn finish(mut object: Object) -> Result<Object, String> {
         policy
             .validate()
             .map_err(|e| format!("invalid AuthorizationPolicy: {e}"))?;
+    }
+    if let Object::RequestAuthentication(ra) = &object {
+        ra.validate()
+            .map_err(|e| format!("invalid RequestAuthentication: {e}"))?;
     }
     Ok(object)
 }

@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 
 use super::parse::{inline_file, parse_file, Kind, Object};
 use super::ConfigProblem;
-use crate::resources::{AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication};
+use crate::resources::{
+    AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication, RequestAuthentication,
+};
 
 /// Identifies a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +54,8 @@ pub struct ClusterState {
     pub authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     /// Istio PeerAuthentications.
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
+    /// Istio RequestAuthentications.
+    pub request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
     /// Gateway API Gateways (waypoints among them).
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     /// Gateway API HTTPRoutes.
@@ -146,6 +150,9 @@ impl ClusterState {
             Object::PeerAuthentication(o) => {
                 self.peer_authentications.insert(key, o);
             }
+            Object::RequestAuthentication(o) => {
+                self.request_authentications.insert(key, o);
+            }
             Object::Gateway(o) => {
                 self.gateways.insert(key, o);
             }
@@ -171,6 +178,7 @@ impl ClusterState {
             + self.service_accounts.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
+            + self.request_authentications.len()
             + self.gateways.len()
             + self.http_routes.len()
     }

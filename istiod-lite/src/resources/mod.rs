@@ -1,5 +1,5 @@
 //! Our serde types for the Kubernetes kinds that `k8s-openapi` does not have: Istio's
-//! `security.istio.io` AuthorizationPolicy and PeerAuthentication, and Gateway API's
+//! `security.istio.io` AuthorizationPolicy, PeerAuthentication and RequestAuthentication, and Gateway API's
 //! `gateway.networking.k8s.io` Gateway and HTTPRoute.
 //!
 //! Each kind is `{metadata, spec}` with `k8s-openapi`'s [`ObjectMeta`] and implements
@@ -18,6 +18,7 @@
 mod authorization_policy;
 mod gateway;
 mod peer_authentication;
+mod request_authentication;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,9 @@ pub use gateway::{
     Gateway, GatewayListener, GatewaySpec, HttpRoute, HttpRouteSpec, ParentReference,
 };
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{
+    ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
+};
 
 /// API group of Istio's security kinds.
 pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";

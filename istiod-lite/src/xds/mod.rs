@@ -1,5 +1,7 @@
 //! The config API: delta ADS (`DeltaAggregatedResources`) of `istio.workload.Address` and
-//! `istio.security.Authorization` resources, served next to the CA on port 15012.
+//! `istio.security.Authorization` resources, and for waypoints `ambient.waypoint.v1.L7Policy`
+//! and `RequestAuthn`, served next to the CA on port 15012. Each type goes only to streams
+//! that subscribe to it (node tunnels never ask for the waypoint types).
 //!
 //! Data flow:
 //!
@@ -59,6 +61,10 @@ pub struct XdsSnapshot {
     pub addresses: BTreeMap<String, proto::workload::Address>,
     /// `istio.security.Authorization` resources (policies) by resource name.
     pub authorizations: BTreeMap<String, proto::security::Authorization>,
+    /// `ambient.waypoint.v1.L7Policy` resources (waypoint policies) by resource name.
+    pub l7_policies: BTreeMap<String, proto::waypoint::L7Policy>,
+    /// `ambient.waypoint.v1.RequestAuthn` resources (JWT rules) by resource name.
+    pub request_authns: BTreeMap<String, proto::waypoint::RequestAuthn>,
 }
 
 /// How the config API behaves.
@@ -85,17 +91,28 @@ pub enum ResourceType {
     Address,
     /// `type.googleapis.com/istio.security.Authorization`.
     Authorization,
+    /// `type.googleapis.com/ambient.waypoint.v1.L7Policy` (waypoints subscribe to it).
+    L7Policy,
+    /// `type.googleapis.com/ambient.waypoint.v1.RequestAuthn` (waypoints subscribe to it).
+    RequestAuthn,
 }
 
 impl ResourceType {
-    /// Both types, in the order of [`ResourceType::index`].
-    pub const ALL: [ResourceType; 2] = [ResourceType::Address, ResourceType::Authorization];
+    /// Every type, in the order of [`ResourceType::index`].
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Address,
+        ResourceType::Authorization,
+        ResourceType::L7Policy,
+        ResourceType::RequestAuthn,
+    ];
 
     /// The type URL on the wire.
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Address => proto::ADDRESS_TYPE_URL,
             ResourceType::Authorization => proto::AUTHORIZATION_TYPE_URL,
+            ResourceType::L7Policy => proto::L7_POLICY_TYPE_URL,
+            ResourceType::RequestAuthn => proto::REQUEST_AUTHN_TYPE_URL,
         }
     }
 
@@ -106,11 +123,14 @@ impl ResourceType {
             .find(|t| t.type_url() == type_url)
     }
 
-    /// The value of the `type` label in metrics: `address` or `authorization`.
+    /// The value of the `type` label in metrics: `address`, `authorization`, `l7_policy` or
+    /// `request_authn`.
     pub fn label(self) -> &'static str {
         match self {
             ResourceType::Address => "address",
             ResourceType::Authorization => "authorization",
+            ResourceType::L7Policy => "l7_policy",
+            ResourceType::RequestAuthn => "request_authn",
         }
     }
 
@@ -119,6 +139,8 @@ impl ResourceType {
         match self {
             ResourceType::Address => 0,
             ResourceType::Authorization => 1,
+            ResourceType::L7Policy => 2,
+            ResourceType::RequestAuthn => 3,
         }
     }
 }

@@ -98,6 +98,14 @@ pub enum ModelError {
         /// The value received.
         value: String,
     },
+    /// A value that is present but not acceptable (an unknown `when` key, a bad JWKS, ...).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Path of the field.
+        field: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
 }
 
 impl ModelError {
@@ -110,7 +118,8 @@ impl ModelError {
             | ModelError::UnknownEnum { field, .. }
             | ModelError::Cidr { field, .. }
             | ModelError::Identity { field, .. }
-            | ModelError::BadReference { field, .. } => field,
+            | ModelError::BadReference { field, .. }
+            | ModelError::Invalid { field, .. } => field,
         }
     }
 
@@ -124,7 +133,8 @@ impl ModelError {
             | ModelError::UnknownEnum { field, .. }
             | ModelError::Cidr { field, .. }
             | ModelError::Identity { field, .. }
-            | ModelError::BadReference { field, .. } => field,
+            | ModelError::BadReference { field, .. }
+            | ModelError::Invalid { field, .. } => field,
         };
         *field = if field.starts_with('[') {
             format!("{parent}{field}")

@@ -30,18 +30,20 @@ pub(crate) enum Kind {
     ServiceAccount,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     Gateway,
     HttpRoute,
 }
 
 /// Every kind, for lookups and the "supported kinds" message.
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
     Kind::ServiceAccount,
     Kind::AuthorizationPolicy,
     Kind::PeerAuthentication,
+    Kind::RequestAuthentication,
     Kind::Gateway,
     Kind::HttpRoute,
 ];
@@ -55,6 +57,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
         }
@@ -63,7 +66,9 @@ impl Kind {
     fn group(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "",
-            Kind::AuthorizationPolicy | Kind::PeerAuthentication => security::GROUP,
+            Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => {
+                security::GROUP
+            }
             Kind::Gateway | Kind::HttpRoute => GATEWAY_GROUP,
         }
     }
@@ -316,6 +321,9 @@ where
         Kind::HttpRoute => gateway_api::HttpRoute::deserialize(document).map(drop),
         Kind::AuthorizationPolicy => return security::check_authorization_policy(document),
         Kind::PeerAuthentication => return security::check_peer_authentication(document),
+        Kind::RequestAuthentication => {
+            return super::request_authn::check_request_authentication(document)
+        }
     }
     .map(|()| Vec::new())
     .map_err(invalid)

@@ -20,6 +20,7 @@
 
 mod cluster_ip;
 mod manifest;
+mod request_authn;
 mod security;
 #[cfg(test)]
 mod tests;

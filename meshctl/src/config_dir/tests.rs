@@ -295,7 +295,7 @@ spec:
 }
 
 #[test]
-fn audit_and_custom_policies_are_refused_and_nothing_is_written() {
+fn custom_and_untargeted_audit_policies_are_refused_and_nothing_is_written() {
     for action in ["AUDIT", "CUSTOM"] {
         let (tmp, config) = dir();
         let provider = if action == "CUSTOM" {
@@ -310,9 +310,14 @@ fn audit_and_custom_policies_are_refused_and_nothing_is_written() {
         );
         let err = format!("{:#}", config.apply(&input).unwrap_err());
         assert!(err.contains("nothing was applied"), "{err}");
+        let why = if action == "AUDIT" {
+            "only waypoints audit requests; bind the policy"
+        } else {
+            "not supported by this mesh"
+        };
         assert!(
             err.contains(&format!(
-                "document 2 of 2 (authorizationpolicy.security.istio.io/demo/audit): spec.action {action}: not supported by this mesh"
+                "document 2 of 2 (authorizationpolicy.security.istio.io/demo/audit): spec.action {action}: {why}"
             )),
             "{err}"
         );
@@ -503,4 +508,62 @@ fn services_get_a_stable_cluster_ip_and_a_taken_one_is_refused_with_nothing_writ
     };
     assert_ne!(ip_of("a"), ip_of("b"));
     assert_ne!(ip_of("a"), ip);
+}
+
+/// The P-256 public key of RFC 7517 appendix A.1, as a one-key JWKS.
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+
+#[test]
+fn waypoint_audit_policies_and_request_authentications_are_applied() {
+    let (_tmp, config) = dir();
+    let input = format!(
+        "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: audit-admin, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: AUDIT
+  rules:
+  - to: [{{operation: {{paths: [/admin*]}}}}]
+    when: [{{key: connection.sni, values: [x]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: web}}]
+  jwtRules: [{{issuer: https://idp, jwks: '{JWKS}', fromHeaders: [{{name: x-jwt}}]}}]
+"
+    );
+    let lines = config.apply(&input).unwrap();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].contains("spec.rules[0].when[0].key: waypoints cannot check \"connection.sni\""),
+        "{lines:#?}"
+    );
+    assert!(lines[1].ends_with("audit-admin created"), "{lines:#?}");
+    assert_eq!(
+        lines[2],
+        "requestauthentication.security.istio.io/demo/jwt created"
+    );
+
+    for (spec, want) in [
+        (
+            "jwtRules: [{issuer: i, jwksUri: 'https://idp/keys'}]",
+            "spec.jwtRules[0].jwksUri: not supported",
+        ),
+        (
+            "jwtRules: [{issuer: i, jwks: '{}'}]",
+            "spec.jwtRules[0].jwks: not a JSON Web Key Set",
+        ),
+        ("jwtRules: [{jwks: x}]", "spec.jwtRules[0].issuer: required"),
+        ("jwtRule: []", "unknown field `jwtRule`"),
+    ] {
+        let doc = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: bad, namespace: demo}}\nspec: {{{spec}}}\n"
+        );
+        let err = format!("{:#}", config.apply(&doc).unwrap_err());
+        assert!(err.contains(want), "{spec}: {err}");
+    }
 }
