@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "google_rpc_status.proto",
     "envoy_core.proto",
     "discovery.proto",
+    "waypoint_route.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
