@@ -8,7 +8,8 @@
 //! - workloads by uid, and by (network, IP) unless the workload uses the host network;
 //! - services by key (`<namespace>/<hostname>`), by (network, VIP) and by host name;
 //! - the workloads backing each service (from [`Workload::services`]);
-//! - policies by key, and the global and per-namespace ones.
+//! - policies by key, and the global and per-namespace ones;
+//! - the L7 routes of services by service key (waypoints only; see [`Store::routes`]).
 //!
 //! When two objects claim the same (network, IP) — a pod replaced by a new one that got the
 //! old IP before the old one was removed — lookups return the one written last, and removing it
@@ -23,7 +24,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::model::route::ServiceRoutes;
 use crate::model::{Address, NetworkAddress, Policy, PolicyScope, PortMapping, Service, Workload};
+
+mod routes;
 
 /// A set of changes applied all at once, in the order they were added.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +42,8 @@ enum Op {
     UpsertPolicy(Arc<Policy>),
     RemoveAddress(String),
     RemovePolicy(String),
+    UpsertRoutes(Arc<ServiceRoutes>),
+    RemoveRoutes(String),
 }
 
 impl Batch {
@@ -369,6 +375,8 @@ struct Inner {
     policies: HashMap<String, Arc<Policy>>,
     global_policies: BTreeSet<String>,
     namespace_policies: HashMap<String, BTreeSet<String>>,
+    /// Service key → its L7 routes.
+    routes: HashMap<String, Arc<ServiceRoutes>>,
 }
 
 impl Inner {
@@ -382,6 +390,12 @@ impl Inner {
                 self.remove_service(&name);
             }
             Op::RemovePolicy(key) => self.remove_policy(&key),
+            Op::UpsertRoutes(r) => {
+                self.routes.insert(r.service.clone(), r);
+            }
+            Op::RemoveRoutes(key) => {
+                self.routes.remove(&key);
+            }
         }
     }
 

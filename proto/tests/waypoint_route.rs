@@ -32,14 +32,16 @@ fn sample() -> pb::ServiceRoutes {
             }],
             filters: vec![
                 pb::Filter {
-                    kind: Some(pb::filter::Kind::RequestHeaderModifier(pb::HeaderModifier {
-                        set: vec![pb::Header {
-                            name: "x-a".into(),
-                            value: "1".into(),
-                        }],
-                        add: vec![],
-                        remove: vec!["x-b".into()],
-                    })),
+                    kind: Some(pb::filter::Kind::RequestHeaderModifier(
+                        pb::HeaderModifier {
+                            set: vec![pb::Header {
+                                name: "x-a".into(),
+                                value: "1".into(),
+                            }],
+                            add: vec![],
+                            remove: vec!["x-b".into()],
+                        },
+                    )),
                 },
                 pb::Filter {
                     kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror {

@@ -77,6 +77,8 @@ pub async fn run(
                 &config.node_name,
             ),
             backoff: BackoffConfig::default(),
+            // A node tunnel needs no L7 config.
+            extra_types: Vec::new(),
         },
         store.clone(),
     )

@@ -192,6 +192,11 @@ pub fn with_invalid_address(mesh: &Mesh, uid: &str) -> XdsSnapshot {
 impl Running {
     /// The mesh's xDS client with `token`, and the store it writes.
     pub fn proxy(&self, token: &str) -> Proxy {
+        self.proxy_with_types(token, &[])
+    }
+
+    /// As [`Running::proxy`], also subscribing to the optional `extra_types` (a waypoint).
+    pub fn proxy_with_types(&self, token: &str, extra_types: &[&str]) -> Proxy {
         let config = XdsConfig {
             address: format!("https://{}", self.addr),
             transport: XdsTransport::Tls(XdsTls {
@@ -210,6 +215,7 @@ impl Running {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(100),
             },
+            extra_types: extra_types.iter().map(|t| t.to_string()).collect(),
         };
         let store = Store::new();
         let client = XdsClient::new(config, store.clone()).expect("client config");

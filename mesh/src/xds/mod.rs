@@ -2,7 +2,8 @@
 //!
 //! [`XdsClient`] opens `DeltaAggregatedResources` (gRPC, TLS by default) and subscribes to every
 //! `istio.workload.Address` and `istio.security.Authorization` resource (wildcard: the first
-//! request of each type has an empty subscribe list). Each response is decoded and checked as a
+//! request of each type has an empty subscribe list), plus the optional types its config asks
+//! for ([`XdsConfig::extra_types`]: `ambient.waypoint.v1.ServiceRoutes` for a waypoint). Each response is decoded and checked as a
 //! whole: if any resource fails to decode or to convert into the [`crate::model`], the response
 //! is NACKed (`error_detail`: code 3 InvalidArgument naming each bad resource and why) and
 //! nothing from it is applied; otherwise its additions and removals are applied to the store as
@@ -20,6 +21,7 @@
 
 mod backoff;
 mod client;
+mod decode;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,8 +32,12 @@ use serde::{Deserialize, Serialize};
 pub use backoff::BackoffConfig;
 pub use client::XdsClient;
 
-/// The resource types the client subscribes to, in the order it subscribes.
+/// The resource types the client always subscribes to, in the order it subscribes.
 pub const TYPE_URLS: [&str; 2] = [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL];
+
+/// Types a client subscribes to only when its [`XdsConfig::extra_types`] asks: the L7 routes a
+/// waypoint needs (a node tunnel asks for none).
+pub const OPTIONAL_TYPE_URLS: [&str; 1] = [proto::ROUTES_TYPE_URL];
 
 /// Where the control plane is and how to talk to it.
 #[derive(Clone)]
@@ -47,6 +53,9 @@ pub struct XdsConfig {
     pub node: NodeInfo,
     /// Reconnection delays.
     pub backoff: BackoffConfig,
+    /// Types subscribed to besides [`TYPE_URLS`], each one of [`OPTIONAL_TYPE_URLS`] (e.g.
+    /// [`proto::ROUTES_TYPE_URL`] for a waypoint); empty for a node tunnel.
+    pub extra_types: Vec<String>,
 }
 
 impl std::fmt::Debug for XdsConfig {
@@ -57,6 +66,7 @@ impl std::fmt::Debug for XdsConfig {
             .field("token", &self.token)
             .field("node", &self.node)
             .field("backoff", &self.backoff)
+            .field("extra_types", &self.extra_types)
             .finish()
     }
 }
@@ -189,6 +199,9 @@ pub enum XdsError {
     /// tonic refused the TLS settings.
     #[error("xDS TLS settings refused: {0}")]
     Tls(String),
+    /// An extra type asked for is not one of [`OPTIONAL_TYPE_URLS`].
+    #[error("xDS type {0:?} cannot be subscribed to")]
+    Type(String),
 }
 
 /// What the client has achieved so far; published on [`XdsClient::status`].
@@ -203,15 +216,21 @@ pub struct XdsStatus {
     pub last_error: Option<String>,
     /// Per type URL: versions and errors.
     pub types: BTreeMap<String, TypeStatus>,
+    /// The type URLs subscribed to; empty means [`TYPE_URLS`].
+    #[serde(default)]
+    pub subscribed: Vec<String>,
 }
 
 impl XdsStatus {
     /// Whether every subscribed type has been ACKed at least once since start: the proxy has a
     /// first full configuration. Stays true across disconnections (fail static).
     pub fn is_synced(&self) -> bool {
-        TYPE_URLS
-            .iter()
-            .all(|t| self.types.get(*t).is_some_and(|s| s.acks > 0))
+        let acked = |t: &str| self.types.get(t).is_some_and(|s| s.acks > 0);
+        if self.subscribed.is_empty() {
+            TYPE_URLS.iter().all(|t| acked(t))
+        } else {
+            self.subscribed.iter().all(|t| acked(t))
+        }
     }
 }
 
@@ -295,6 +314,7 @@ mod tests {
             token: Some(BearerToken::Static("SECRET-TOKEN".into())),
             node: NodeInfo::default(),
             backoff: BackoffConfig::default(),
+            extra_types: Vec::new(),
         };
         let text = format!("{config:?}");
         assert!(!text.contains("SECRET"), "{text}");

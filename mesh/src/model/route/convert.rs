@@ -55,7 +55,10 @@ fn percent(field: &str, value: f64) -> Result<f64, ModelError> {
     if (0.0..=100.0).contains(&value) {
         Ok(value)
     } else {
-        Err(invalid(field, format!("{value} is not a percentage (0-100)")))
+        Err(invalid(
+            field,
+            format!("{value} is not a percentage (0-100)"),
+        ))
     }
 }
 
@@ -170,10 +173,7 @@ fn route(wire: pb::Route) -> Result<Route, ModelError> {
         backends,
         filters,
         request_timeout: duration("request_timeout", wire.request_timeout)?,
-        backend_request_timeout: duration(
-            "backend_request_timeout",
-            wire.backend_request_timeout,
-        )?,
+        backend_request_timeout: duration("backend_request_timeout", wire.backend_request_timeout)?,
         retry: wire
             .retry
             .map(retry)
@@ -227,10 +227,13 @@ fn route_match(wire: pb::RouteMatch) -> Result<RouteMatch, ModelError> {
             let at = format!("headers[{i}]");
             Ok(HeaderMatch {
                 name: header_name(&format!("{at}.name"), &h.name)?,
-                value: value_match(&at, h.value.map(|v| match v {
-                    pb::header_match::Value::Exact(e) => (false, e),
-                    pb::header_match::Value::Regex(r) => (true, r),
-                }))?,
+                value: value_match(
+                    &at,
+                    h.value.map(|v| match v {
+                        pb::header_match::Value::Exact(e) => (false, e),
+                        pb::header_match::Value::Regex(r) => (true, r),
+                    }),
+                )?,
             })
         })
         .collect::<Result<_, ModelError>>()?;
@@ -245,10 +248,13 @@ fn route_match(wire: pb::RouteMatch) -> Result<RouteMatch, ModelError> {
             }
             Ok(QueryParamMatch {
                 name: q.name,
-                value: value_match(&at, q.value.map(|v| match v {
-                    pb::query_param_match::Value::Exact(e) => (false, e),
-                    pb::query_param_match::Value::Regex(r) => (true, r),
-                }))?,
+                value: value_match(
+                    &at,
+                    q.value.map(|v| match v {
+                        pb::query_param_match::Value::Exact(e) => (false, e),
+                        pb::query_param_match::Value::Regex(r) => (true, r),
+                    }),
+                )?,
             })
         })
         .collect::<Result<_, ModelError>>()?;
@@ -329,7 +335,11 @@ fn filter(wire: pb::Filter) -> Result<Filter, ModelError> {
                     ))
                 }
             };
-            let code = if r.status_code == 0 { 302 } else { r.status_code };
+            let code = if r.status_code == 0 {
+                302
+            } else {
+                r.status_code
+            };
             if !matches!(code, 301 | 302 | 303 | 307 | 308) {
                 return Err(invalid(
                     "request_redirect.status_code",

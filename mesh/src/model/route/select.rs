@@ -87,13 +87,7 @@ impl ServiceRoutes {
                 }
                 let rank = Rank::of(m, rule_index, match_index);
                 if best.as_ref().is_none_or(|(b, _)| rank > *b) {
-                    best = Some((
-                        rank,
-                        Selected {
-                            route,
-                            matched: m,
-                        },
-                    ));
+                    best = Some((rank, Selected { route, matched: m }));
                 }
             }
         }
@@ -141,10 +135,9 @@ impl PathMatch {
         match self {
             PathMatch::Exact(p) => p == path,
             PathMatch::Prefix(p) if p == "/" => true,
-            PathMatch::Prefix(p) => {
-                path.strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }
+            PathMatch::Prefix(p) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             PathMatch::Regex(r) => r.is_match(path),
         }
     }

@@ -72,9 +72,18 @@ fn exact_path_beats_regex_which_beats_the_longest_prefix() {
         rule("regex", vec![on_path(regex("/api/v[0-9]+/items"))]),
         rule("exact", vec![on_path(exact("/api/v1/items"))]),
     ]);
-    assert_eq!(pick(&r, "GET", "/api/v1/items", &[]).as_deref(), Some("exact"));
-    assert_eq!(pick(&r, "GET", "/api/v2/items", &[]).as_deref(), Some("regex"));
-    assert_eq!(pick(&r, "GET", "/api/v1/other", &[]).as_deref(), Some("long"));
+    assert_eq!(
+        pick(&r, "GET", "/api/v1/items", &[]).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        pick(&r, "GET", "/api/v2/items", &[]).as_deref(),
+        Some("regex")
+    );
+    assert_eq!(
+        pick(&r, "GET", "/api/v1/other", &[]).as_deref(),
+        Some("long")
+    );
     assert_eq!(pick(&r, "GET", "/api/v1", &[]).as_deref(), Some("long"));
     assert_eq!(pick(&r, "GET", "/api", &[]).as_deref(), Some("short"));
     assert_eq!(pick(&r, "GET", "/other", &[]), None);
@@ -129,7 +138,10 @@ fn method_then_header_count_then_query_count_break_path_ties() {
     let both = [("X-Canary", "true"), ("x-user", "ann")];
     assert_eq!(pick(&r, "GET", "/", &[]).as_deref(), Some("plain"));
     assert_eq!(pick(&r, "GET", "/?a=b&v=2", &[]).as_deref(), Some("query"));
-    assert_eq!(pick(&r, "GET", "/?v=2", &canary).as_deref(), Some("one-header"));
+    assert_eq!(
+        pick(&r, "GET", "/?v=2", &canary).as_deref(),
+        Some("one-header")
+    );
     assert_eq!(pick(&r, "GET", "/", &both).as_deref(), Some("two-headers"));
     assert_eq!(pick(&r, "POST", "/", &both).as_deref(), Some("post"));
 }
@@ -179,7 +191,10 @@ fn header_and_query_regexes_match_whole_values() {
             ..Default::default()
         }],
     )]);
-    assert_eq!(pick(&r, "GET", "/?id=42", &[("x-v", "v1")]).as_deref(), Some("re"));
+    assert_eq!(
+        pick(&r, "GET", "/?id=42", &[("x-v", "v1")]).as_deref(),
+        Some("re")
+    );
     assert_eq!(pick(&r, "GET", "/?id=42x", &[("x-v", "v1")]), None);
     assert_eq!(pick(&r, "GET", "/?id=42", &[("x-v", "v12")]), None);
     assert_eq!(pick(&r, "GET", "/", &[("x-v", "v2")]), None);
@@ -253,7 +268,10 @@ fn conversion_errors_name_the_offending_field() {
     };
     let bad_regex = convert(vec![
         rule("ok", vec![]),
-        rule("bad", vec![on_path(prefix("/")), on_path(regex("(unclosed"))]),
+        rule(
+            "bad",
+            vec![on_path(prefix("/")), on_path(regex("(unclosed"))],
+        ),
     ]);
     assert!(
         bad_regex.starts_with("rules[1].matches[1].path.regex: invalid regular expression"),
