@@ -34,10 +34,12 @@ pub mod ca_store;
 pub mod config;
 pub mod config_source;
 pub mod pods;
-pub mod resources;
 pub mod tokens;
 pub mod translate;
 pub mod xds;
+
+/// The Kubernetes kinds read from the config source (the shared `resources` crate).
+pub use ::resources;
 
 use std::future::Future;
 use std::net::SocketAddr;
