@@ -291,6 +291,7 @@ fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot
     XdsSnapshot {
         addresses,
         authorizations,
+        routes: translated.routes,
     }
 }
 

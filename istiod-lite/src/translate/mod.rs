@@ -11,12 +11,15 @@
 //! - [`service`]: ClusterIP and headless Services;
 //! - [`policy`]: the L4 subset of AuthorizationPolicies that ztunnel enforces;
 //! - [`peer_authentication`]: PeerAuthentications as DENY policies on plaintext;
-//! - [`waypoint`]: which waypoint a workload or service uses.
+//! - [`waypoint`]: which waypoint a workload or service uses;
+//! - [`route`]: L7 routes of services for waypoints (HTTPRoute, GRPCRoute, VirtualService,
+//!   DestinationRule).
 //!
 //! [`ClusterState`]: crate::config_source::ClusterState
 
 pub mod peer_authentication;
 pub mod policy;
+pub mod route;
 pub mod service;
 pub mod waypoint;
 pub mod workload;
@@ -83,6 +86,8 @@ pub struct Translated {
     pub services: Vec<Service>,
     /// Policies ztunnel enforces, by `<namespace>/<name>`.
     pub policies: Vec<Policy>,
+    /// L7 routes for waypoints, by service `<namespace>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
     /// What could not be carried over, sorted, without duplicates.
     pub warnings: Vec<TranslationWarning>,
 }
@@ -108,6 +113,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
     let peer_auth = peer_authentication::translate(state, options, &mut policies, &mut warnings);
     let services = service::services(state, options, &mut warnings);
     let workloads = workload::workloads(state, options, &policies, &peer_auth, &mut warnings);
+    let routes = route::routes(state, options, &mut warnings);
     let mut policies: Vec<Policy> = policies.into_iter().map(|p| p.policy).collect();
     policies.extend(peer_auth.into_policies());
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -119,6 +125,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
         workloads,
         services,
         policies,
+        routes,
         warnings,
     }
 }

@@ -1,5 +1,6 @@
 //! The config API: delta ADS (`DeltaAggregatedResources`) of `istio.workload.Address` and
-//! `istio.security.Authorization` resources, served next to the CA on port 15012.
+//! `istio.security.Authorization` resources, and of `ambient.waypoint.v1.ServiceRoutes` for the
+//! clients that subscribe to it (waypoints), served next to the CA on port 15012.
 //!
 //! Data flow:
 //!
@@ -22,7 +23,8 @@
 //!   wait for its ACK or NACK and are then sent together.
 //!
 //! Subscriptions: the first request of a type subscribes to every resource of that type
-//! (wildcard). Explicit names in `resource_names_subscribe` are accepted and treated as a
+//! (wildcard); a type a client never asks for is never sent to it (node tunnels do not ask for
+//! routes). Explicit names in `resource_names_subscribe` are accepted and treated as a
 //! wildcard too, and unsubscriptions are ignored: every proxy gets every resource, as Istio
 //! ambient does for node tunnels.
 //!
@@ -59,6 +61,9 @@ pub struct XdsSnapshot {
     pub addresses: BTreeMap<String, proto::workload::Address>,
     /// `istio.security.Authorization` resources (policies) by resource name.
     pub authorizations: BTreeMap<String, proto::security::Authorization>,
+    /// `ambient.waypoint.v1.ServiceRoutes` (L7 routes of a service) by service
+    /// `<ns>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
 }
 
 /// How the config API behaves.
@@ -85,17 +90,24 @@ pub enum ResourceType {
     Address,
     /// `type.googleapis.com/istio.security.Authorization`.
     Authorization,
+    /// `type.googleapis.com/ambient.waypoint.v1.ServiceRoutes` (waypoints only).
+    Routes,
 }
 
 impl ResourceType {
-    /// Both types, in the order of [`ResourceType::index`].
-    pub const ALL: [ResourceType; 2] = [ResourceType::Address, ResourceType::Authorization];
+    /// Every type, in the order of [`ResourceType::index`].
+    pub const ALL: [ResourceType; 3] = [
+        ResourceType::Address,
+        ResourceType::Authorization,
+        ResourceType::Routes,
+    ];
 
     /// The type URL on the wire.
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Address => proto::ADDRESS_TYPE_URL,
             ResourceType::Authorization => proto::AUTHORIZATION_TYPE_URL,
+            ResourceType::Routes => proto::ROUTES_TYPE_URL,
         }
     }
 
@@ -106,11 +118,12 @@ impl ResourceType {
             .find(|t| t.type_url() == type_url)
     }
 
-    /// The value of the `type` label in metrics: `address` or `authorization`.
+    /// The value of the `type` label in metrics: `address`, `authorization` or `routes`.
     pub fn label(self) -> &'static str {
         match self {
             ResourceType::Address => "address",
             ResourceType::Authorization => "authorization",
+            ResourceType::Routes => "routes",
         }
     }
 
@@ -119,6 +132,7 @@ impl ResourceType {
         match self {
             ResourceType::Address => 0,
             ResourceType::Authorization => 1,
+            ResourceType::Routes => 2,
         }
     }
 }

@@ -159,7 +159,7 @@ pub struct PreparedSnapshot {
     /// When the first change folded into this snapshot arrived (`None` for the first
     /// snapshot): the start of the push latency.
     pub changed_at: Option<Instant>,
-    types: [TypeResources; 2],
+    types: [TypeResources; 3],
 }
 
 impl PreparedSnapshot {
@@ -179,10 +179,18 @@ impl PreparedSnapshot {
                 .iter()
                 .map(|(name, a)| (name.clone(), encode_authorization(a))),
         );
+        // No map fields in ServiceRoutes: prost's encoding is deterministic.
+        let routes = TypeResources::new(
+            proto::ROUTES_TYPE_URL,
+            snapshot
+                .routes
+                .iter()
+                .map(|(name, r)| (name.clone(), r.encode_to_vec())),
+        );
         PreparedSnapshot {
             generation,
             changed_at,
-            types: [addresses, authorizations],
+            types: [addresses, authorizations, routes],
         }
     }
 
@@ -294,6 +302,7 @@ pub(crate) mod tests {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             authorizations: BTreeMap::new(),
+            routes: BTreeMap::new(),
         }
     }
 

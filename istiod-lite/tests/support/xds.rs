@@ -67,6 +67,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, p)| (k.clone(), proto::security::Authorization::from(p)))
                 .collect(),
+            routes: BTreeMap::new(),
         }
     }
 

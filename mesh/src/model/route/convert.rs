@@ -133,6 +133,7 @@ impl TryFrom<pb::ServiceRoutes> for ServiceRoutes {
             load_balancer,
             connection_pool,
             outlier_detection,
+            first_match: wire.first_match,
         })
     }
 }

@@ -28,6 +28,9 @@ pub struct ServiceRoutes {
     pub connection_pool: Option<ConnectionPool>,
     /// Ejection of failing endpoints; `None`: never eject.
     pub outlier_detection: Option<OutlierDetection>,
+    /// The first rule with a matching match wins (VirtualService order) instead of Gateway API
+    /// precedence.
+    pub first_match: bool,
 }
 
 impl ServiceRoutes {

@@ -10,6 +10,9 @@
 //! 4. more query parameter conditions;
 //! 5. the earlier rule (rules arrive oldest route first, then by namespace/name, then rule
 //!    order), then the earlier match within it.
+//!
+//! Rules from an Istio VirtualService ([`ServiceRoutes::first_match`]) are tried in order
+//! instead, and the first that matches wins.
 
 use std::cmp::Reverse;
 
@@ -84,6 +87,9 @@ impl ServiceRoutes {
                     if !m.holds(request) {
                         continue;
                     }
+                }
+                if self.first_match {
+                    return Some(Selected { route, matched: m });
                 }
                 let rank = Rank::of(m, rule_index, match_index);
                 if best.as_ref().is_none_or(|(b, _)| rank > *b) {

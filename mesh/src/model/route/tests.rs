@@ -333,3 +333,14 @@ fn conversion_errors_name_the_offending_field() {
         .to_string();
     assert!(no_service.starts_with("service:"), "{no_service}");
 }
+
+#[test]
+fn first_match_routes_take_the_first_matching_rule_in_order() {
+    let mut r = routes(vec![
+        rule("broad", vec![on_path(prefix("/"))]),
+        rule("exact", vec![on_path(exact("/a"))]),
+    ]);
+    assert_eq!(pick(&r, "GET", "/a", &[]).as_deref(), Some("exact"));
+    r.first_match = true;
+    assert_eq!(pick(&r, "GET", "/a", &[]).as_deref(), Some("broad"));
+}
