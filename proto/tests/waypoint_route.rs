@@ -88,6 +88,7 @@ fn sample() -> pb::ServiceRoutes {
             base_ejection_time: Some(duration(30, 0)),
             max_ejection_percent: 50,
         }),
+        first_match: true,
     }
 }
 
@@ -134,6 +135,12 @@ fn service_routes_field_numbers_are_stable() {
         ..Default::default()
     };
     assert_eq!(m.encode_to_vec(), vec![0x2a, 2, 0x08, 7]);
+    // first_match = 6 (bool).
+    let m = pb::ServiceRoutes {
+        first_match: true,
+        ..Default::default()
+    };
+    assert_eq!(m.encode_to_vec(), vec![0x30, 1]);
     // WeightedBackend: service = 1, port = 2, weight = 3.
     let b = pb::WeightedBackend {
         service: "s".into(),

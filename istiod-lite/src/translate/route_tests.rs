@@ -176,7 +176,7 @@ fn a_virtualservice_alone_gives_ordered_first_match_rules() {
     let abort = first
         .fault
         .as_ref()
-        .and_then(|f| f.abort.clone())
+        .and_then(|f| f.abort)
         .expect("abort");
     assert_eq!(abort.error, Some(pb::fault_abort::Error::HttpStatus(503)));
     assert_eq!(abort.percent, 50.0);
