@@ -122,6 +122,15 @@ fn parents(
         let is_service = matches!(parent.group.as_deref(), Some("") | Some("core"))
             && parent.kind.as_deref() == Some("Service");
         if !is_service {
+            if parent.kind.as_deref() == Some("Service") {
+                warnings.add(
+                    object,
+                    format!(
+                        "parent Service {} needs `group: \"\"` (the core group); not applied",
+                        parent.name
+                    ),
+                );
+            }
             continue; // a Gateway parent: not mesh routing
         }
         let namespace = parent.namespace.as_deref().unwrap_or(&route.namespace);
