@@ -4,19 +4,23 @@
 //!
 //! [`ServiceRoutes::select`] picks the rule for a request with Gateway API precedence (see
 //! [`select`]). The xDS resource name is the service's, `<namespace>/<hostname>`
-//! ([`ServiceRoutes::key`]).
+//! ([`ServiceRoutes::key`]). Every type serializes (camelCase JSON, durations as `1.5s`) for
+//! config dumps.
 
 mod convert;
 pub mod select;
+mod ser;
 
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use serde::Serialize;
 
 pub use select::{RequestHead, Selected};
 
 /// Everything a waypoint needs to route requests addressed to one service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceRoutes {
     /// `<namespace>/<hostname>` of the service; also the xDS resource name.
     pub service: String,
@@ -41,7 +45,8 @@ impl ServiceRoutes {
 }
 
 /// HTTP or gRPC: the flavour of synthetic answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum RouteKind {
     /// An HTTPRoute rule (or a VirtualService route).
     #[default]
@@ -51,7 +56,8 @@ pub enum RouteKind {
 }
 
 /// One routing rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     /// For logs: `<namespace>/<route>/<rule index>` or the rule's name.
     pub name: String,
@@ -62,8 +68,10 @@ pub struct Route {
     /// Applied in order.
     pub filters: Vec<Filter>,
     /// Limit of the whole request, retries included.
+    #[serde(serialize_with = "ser::opt_duration")]
     pub request_timeout: Option<Duration>,
     /// Limit of one try.
+    #[serde(serialize_with = "ser::opt_duration")]
     pub backend_request_timeout: Option<Duration>,
     /// Retries; `None`: none.
     pub retry: Option<RetryPolicy>,
@@ -74,11 +82,13 @@ pub struct Route {
 }
 
 /// Conditions that must all hold (AND).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     /// `None`: any path.
     pub path: Option<PathMatch>,
     /// `None`: any method.
+    #[serde(serialize_with = "ser::opt_display")]
     pub method: Option<Method>,
     /// Every one must match.
     pub headers: Vec<HeaderMatch>,
@@ -87,7 +97,8 @@ pub struct RouteMatch {
 }
 
 /// A path condition (on the path without the query).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum PathMatch {
     /// The whole path.
     Exact(String),
@@ -125,6 +136,12 @@ impl Pattern {
     }
 }
 
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 impl PartialEq for Pattern {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source
@@ -132,7 +149,8 @@ impl PartialEq for Pattern {
 }
 
 /// How a header or query value is compared.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum ValueMatch {
     /// Equal, byte for byte.
     Exact(String),
@@ -151,16 +169,19 @@ impl ValueMatch {
 }
 
 /// A header condition.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     /// The header (names are case-insensitive).
+    #[serde(serialize_with = "ser::display")]
     pub name: HeaderName,
     /// The condition on its value.
     pub value: ValueMatch,
 }
 
 /// A query parameter condition (the first parameter of the name counts).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QueryParamMatch {
     /// The parameter name (case-sensitive).
     pub name: String,
@@ -169,7 +190,8 @@ pub struct QueryParamMatch {
 }
 
 /// A backend service and its share.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WeightedBackend {
     /// `<namespace>/<hostname>` of the backend service.
     pub service: String,
@@ -180,7 +202,8 @@ pub struct WeightedBackend {
 }
 
 /// One filter of a rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Filter {
     /// Edits request headers.
     RequestHeaders(HeaderModifier),
@@ -195,18 +218,23 @@ pub enum Filter {
 }
 
 /// Header edits.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderModifier {
     /// Replace (or add) these.
+    #[serde(serialize_with = "ser::headers")]
     pub set: Vec<(HeaderName, HeaderValue)>,
     /// Append these.
+    #[serde(serialize_with = "ser::headers")]
     pub add: Vec<(HeaderName, HeaderValue)>,
     /// Remove these.
+    #[serde(serialize_with = "ser::names")]
     pub remove: Vec<HeaderName>,
 }
 
 /// A path replacement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum PathRewrite {
     /// Replace the whole path.
     Full(String),
@@ -215,7 +243,8 @@ pub enum PathRewrite {
 }
 
 /// URL rewrite before forwarding.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UrlRewrite {
     /// New host; `None`: unchanged.
     pub hostname: Option<String>,
@@ -224,7 +253,8 @@ pub struct UrlRewrite {
 }
 
 /// A redirect answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Redirect {
     /// `http` or `https`; `None`: the request's.
     pub scheme: Option<String>,
@@ -235,11 +265,13 @@ pub struct Redirect {
     /// `None`: the request's path.
     pub path: Option<PathRewrite>,
     /// 301 or 302.
+    #[serde(serialize_with = "ser::status")]
     pub status: StatusCode,
 }
 
 /// Request mirroring.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Mirror {
     /// Where copies go (weight ignored).
     pub backend: WeightedBackend,
@@ -248,15 +280,19 @@ pub struct Mirror {
 }
 
 /// Retries.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
     /// Status codes retried.
+    #[serde(serialize_with = "ser::statuses")]
     pub codes: Vec<StatusCode>,
     /// Wait between tries.
+    #[serde(serialize_with = "ser::duration")]
     pub backoff: Duration,
     /// Limit of one try; `None`: the route's backend timeout.
+    #[serde(serialize_with = "ser::opt_duration")]
     pub per_try_timeout: Option<Duration>,
     /// Envoy-style conditions also retried (`5xx`, `connect-failure`, ...).
     pub retry_on: Vec<String>,
@@ -266,7 +302,8 @@ pub struct RetryPolicy {
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Faults injected before forwarding.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Fault {
     /// Delay a share of requests.
     pub delay: Option<FaultDelay>,
@@ -275,16 +312,19 @@ pub struct Fault {
 }
 
 /// An injected delay.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FaultDelay {
     /// How long.
+    #[serde(serialize_with = "ser::duration")]
     pub delay: Duration,
     /// Share of requests, 0 to 100.
     pub percent: f64,
 }
 
 /// An injected error answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FaultAbort {
     /// What the answer is.
     pub error: AbortError,
@@ -293,16 +333,18 @@ pub struct FaultAbort {
 }
 
 /// The error an abort answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum AbortError {
     /// An HTTP status.
-    Http(StatusCode),
+    Http(#[serde(serialize_with = "ser::status")] StatusCode),
     /// A gRPC status code (`grpc-status`).
     Grpc(u32),
 }
 
 /// Endpoint choice per request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {
     /// Power of two choices, least requests (the default).
     #[default]
@@ -316,11 +358,13 @@ pub enum LoadBalancer {
 }
 
 /// Limits towards the endpoints (`None`: unlimited or default).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ConnectionPool {
     /// TCP connections per endpoint.
     pub max_connections: Option<u32>,
     /// Connection establishment limit.
+    #[serde(serialize_with = "ser::opt_duration")]
     pub connect_timeout: Option<Duration>,
     /// Requests waiting for a connection.
     pub http1_max_pending_requests: Option<u32>,
@@ -331,17 +375,21 @@ pub struct ConnectionPool {
     /// Concurrent retries.
     pub max_retries: Option<u32>,
     /// Idle connections closed after this.
+    #[serde(serialize_with = "ser::opt_duration")]
     pub idle_timeout: Option<Duration>,
 }
 
 /// Ejection of endpoints after consecutive 5xx answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// 5xx answers in a row that eject; 0 never ejects.
     pub consecutive_5xx_errors: u32,
     /// How often ejections are reconsidered.
+    #[serde(serialize_with = "ser::duration")]
     pub interval: Duration,
     /// Minimum ejection (times the number of ejections so far).
+    #[serde(serialize_with = "ser::duration")]
     pub base_ejection_time: Duration,
     /// At most this share of endpoints ejected at once (percent).
     pub max_ejection_percent: u32,

@@ -344,3 +344,40 @@ fn first_match_routes_take_the_first_matching_rule_in_order() {
     r.first_match = true;
     assert_eq!(pick(&r, "GET", "/a", &[]).as_deref(), Some("broad"));
 }
+
+#[test]
+fn routes_serialize_readably_for_config_dumps() {
+    let wire = pb::ServiceRoutes {
+        service: SVC.into(),
+        rules: vec![pb::Route {
+            name: "r".into(),
+            matches: vec![pb::RouteMatch {
+                path: regex("/v[0-9]+"),
+                method: "GET".into(),
+                headers: vec![header("X-Canary", "yes")],
+                ..Default::default()
+            }],
+            request_timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+            retry: Some(pb::RetryPolicy {
+                attempts: 2,
+                codes: vec![503],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let json = serde_json::to_value(ServiceRoutes::try_from(wire).expect("valid")).expect("json");
+    let rule = &json["rules"][0];
+    assert_eq!(json["service"], SVC);
+    assert_eq!(rule["matches"][0]["path"]["regex"], "/v[0-9]+");
+    assert_eq!(rule["matches"][0]["method"], "GET");
+    assert_eq!(rule["matches"][0]["headers"][0]["name"], "x-canary");
+    assert_eq!(rule["requestTimeout"], "1.5s");
+    assert_eq!(rule["retry"]["codes"][0], 503);
+    assert_eq!(rule["retry"]["backoff"], "25ms");
+    assert_eq!(json["loadBalancer"], "default");
+}
