@@ -1,5 +1,5 @@
 //! The L7 routes of one service, as a waypoint uses them: [`ServiceRoutes`], converted once and
-//! checked from `ambient.waypoint.v1.ServiceRoutes` (regexes compiled, header names parsed,
+//! checked from `ambient.waypoint.v1.ServiceRoutes` (and back with `From<&ServiceRoutes>`) (regexes compiled, header names parsed,
 //! durations as [`std::time::Duration`], percentages in 0..=100, status codes valid).
 //!
 //! [`ServiceRoutes::select`] picks the rule for a request with Gateway API precedence (see
@@ -10,6 +10,7 @@
 mod convert;
 pub mod select;
 mod ser;
+mod to_proto;
 
 use std::time::Duration;
 

@@ -381,3 +381,85 @@ fn routes_serialize_readably_for_config_dumps() {
     assert_eq!(rule["retry"]["backoff"], "25ms");
     assert_eq!(json["loadBalancer"], "default");
 }
+
+#[test]
+fn model_to_proto_to_model_gives_back_the_same_routes() {
+    let duration = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+    let wire = pb::ServiceRoutes {
+        service: SVC.into(),
+        rules: vec![pb::Route {
+            name: "r".into(),
+            matches: vec![pb::RouteMatch {
+                path: prefix("/api/"),
+                method: "POST".into(),
+                headers: vec![header("x-a", "1")],
+                query_params: vec![pb::QueryParamMatch {
+                    name: "q".into(),
+                    value: Some(pb::query_param_match::Value::Regex("[a-z]+".into())),
+                }],
+            }],
+            backends: vec![pb::WeightedBackend {
+                service: "shop/v2.shop.svc.cluster.local".into(),
+                port: 8080,
+                weight: 7,
+            }],
+            filters: vec![
+                pb::Filter {
+                    kind: Some(pb::filter::Kind::RequestHeaderModifier(
+                        pb::HeaderModifier {
+                            set: vec![pb::Header {
+                                name: "x-set".into(),
+                                value: "v".into(),
+                            }],
+                            add: vec![],
+                            remove: vec!["x-gone".into()],
+                        },
+                    )),
+                },
+                pb::Filter {
+                    kind: Some(pb::filter::Kind::RequestRedirect(pb::RequestRedirect {
+                        scheme: "https".into(),
+                        port: 443,
+                        status_code: 301,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            request_timeout: duration(2, 0),
+            retry: Some(pb::RetryPolicy {
+                attempts: 3,
+                codes: vec![502, 503],
+                backoff: duration(0, 50_000_000),
+                per_try_timeout: duration(1, 0),
+                retry_on: vec!["reset".into()],
+            }),
+            fault: Some(pb::FaultInjection {
+                delay: None,
+                abort: Some(pb::FaultAbort {
+                    error: Some(pb::fault_abort::Error::GrpcStatus(14)),
+                    percent: 25.0,
+                }),
+            }),
+            kind: pb::RouteKind::Grpc as i32,
+            ..Default::default()
+        }],
+        load_balancer: Some(pb::LoadBalancer {
+            simple: pb::load_balancer::Simple::LeastRequest as i32,
+        }),
+        connection_pool: Some(pb::ConnectionPool {
+            max_connections: 4,
+            idle_timeout: duration(60, 0),
+            ..Default::default()
+        }),
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_5xx_errors: 3,
+            interval: duration(5, 0),
+            base_ejection_time: duration(30, 0),
+            max_ejection_percent: 20,
+        }),
+        first_match: true,
+    };
+    let model = ServiceRoutes::try_from(wire).expect("valid");
+    let back = ServiceRoutes::try_from(pb::ServiceRoutes::from(&model)).expect("still valid");
+    assert_eq!(back, model);
+}
