@@ -152,9 +152,13 @@ impl Server {
                 })
             }
         };
-        let (addresses, authorizations) = {
+        let (addresses, authorizations, routes) = {
             let current = snapshots.borrow();
-            (current.addresses.len(), current.authorizations.len())
+            (
+                current.addresses.len(),
+                current.authorizations.len(),
+                current.routes.len(),
+            )
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -187,6 +191,7 @@ impl Server {
             pods = pods.pods().len(),
             addresses,
             authorizations,
+            routes,
             max_cert_ttl_secs = config.max_cert_ttl_secs,
             push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"

@@ -24,6 +24,8 @@
 //!
 //! [`ObjectMeta`]: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
 
+#![forbid(unsafe_code)]
+
 mod authorization_policy;
 mod destination_rule;
 mod gateway;
