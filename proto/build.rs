@@ -16,6 +16,7 @@ const FILES: &[&str] = &[
     "envoy_core.proto",
     "discovery.proto",
     "waypoint_policy.proto",
+    "waypoint_route.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,7 @@
 //! - the workloads backing each service (from [`Workload::services`]);
 //! - policies by key, and the global and per-namespace ones;
 //! - for waypoints, L7 policies and RequestAuthns by key ([`Store::l7_policies_for`]).
+//! - the L7 routes of services by service key (waypoints only; see [`Store::routes`]).
 //!
 //! When two objects claim the same (network, IP) — a pod replaced by a new one that got the
 //! old IP before the old one was removed — lookups return the one written last, and removing it
@@ -25,9 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::l7authz::{L7Policy, RequestAuthn, WaypointContext};
+use crate::model::route::ServiceRoutes;
 use crate::model::{Address, NetworkAddress, Policy, PolicyScope, PortMapping, Service, Workload};
 
 mod l7;
+mod routes;
 
 /// A set of changes applied all at once, in the order they were added.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +49,8 @@ enum Op {
     RemoveL7Policy(String),
     UpsertRequestAuthn(Arc<RequestAuthn>),
     RemoveRequestAuthn(String),
+    UpsertRoutes(Arc<ServiceRoutes>),
+    RemoveRoutes(String),
 }
 
 impl Batch {
@@ -433,6 +438,8 @@ struct Inner {
     global_policies: BTreeSet<String>,
     namespace_policies: HashMap<String, BTreeSet<String>>,
     l7: l7::L7Index,
+    /// Service key → its L7 routes.
+    routes: HashMap<String, Arc<ServiceRoutes>>,
 }
 
 impl Inner {
@@ -450,6 +457,12 @@ impl Inner {
             Op::RemoveL7Policy(key) => self.l7.remove_policy(&key),
             Op::UpsertRequestAuthn(a) => self.l7.upsert_authn(a),
             Op::RemoveRequestAuthn(key) => self.l7.remove_authn(&key),
+            Op::UpsertRoutes(r) => {
+                self.routes.insert(r.service.clone(), r);
+            }
+            Op::RemoveRoutes(key) => {
+                self.routes.remove(&key);
+            }
         }
     }
 

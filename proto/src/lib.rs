@@ -13,7 +13,7 @@ mesh interoperates with istiod, ztunnel and istio-cni:
 | [`zds`] | `istio.workload.zds` | node agent ↔ node tunnel messages |
 | [`google::rpc`] | `google.rpc` | `Status`, carried by NACKs |
 | [`envoy::config::core::v3`] | `envoy.config.core.v3` | `Node` |
-| [`waypoint`] | `ambient.waypoint.v1` | waypoint config: `L7Policy`, `RequestAuthn` (ours, not Istio's) |
+| [`waypoint`] | `ambient.waypoint.v1` | waypoint config (ours, not Istio's): `ServiceRoutes` (a service's L7 routes), `L7Policy`, `RequestAuthn` |
 
 Well-known types (`Any`, `Struct`, `Duration`, `UInt32Value`, `Empty`) are [`prost_types`]
 (`Empty` maps to `()`). Services come with both a tonic client and a tonic server, e.g.
@@ -131,6 +131,9 @@ pub const L7_POLICY_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.L7
 
 /// Type URL of `ambient.waypoint.v1.RequestAuthn` resources (JWT rules) in ADS.
 pub const REQUEST_AUTHN_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.RequestAuthn";
+/// Type URL of `ambient.waypoint.v1.ServiceRoutes` resources in ADS (a service's L7 routes;
+/// only waypoints subscribe to it).
+pub const ROUTES_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.ServiceRoutes";
 
 /// gRPC path of the delta ADS method.
 pub const DELTA_ADS_PATH: &str =
@@ -151,5 +154,6 @@ mod tests {
         assert_eq!(AUTHORIZATION_TYPE_URL, security::Authorization::type_url());
         assert_eq!(L7_POLICY_TYPE_URL, waypoint::L7Policy::type_url());
         assert_eq!(REQUEST_AUTHN_TYPE_URL, waypoint::RequestAuthn::type_url());
+        assert_eq!(ROUTES_TYPE_URL, waypoint::ServiceRoutes::type_url());
     }
 }

@@ -94,8 +94,8 @@ pub async fn run(
                 .or(token.map(BearerToken::Static)),
             node: node_info(&config),
             backoff: BackoffConfig::default(),
-            // L7 policies and request authentication; routes join once they are served.
-            extra_types: mesh::xds::WAYPOINT_POLICY_TYPE_URLS.to_vec(),
+            // L7 routes, policies and request authentication.
+            extra_types: mesh::xds::WAYPOINT_TYPE_URLS.to_vec(),
         },
         store.clone(),
     )

@@ -14,6 +14,11 @@
 //! type or (for the Istio kinds) an unknown name; an AuthorizationPolicy fails
 //! [`AuthorizationPolicy::validate`], a RequestAuthentication
 //! [`RequestAuthentication::validate`]. Namespaced objects without a namespace get `default`.
+//!
+//! The routing kinds (HTTPRoute, GRPCRoute, VirtualService, DestinationRule) are judged per
+//! object instead: one that fails to decode or its `validate()` is [`Refused`] (a warning naming
+//! the field), and the snapshot keeps that object's last good version while the file's other
+//! objects still apply.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +29,9 @@ use serde_yaml::Value;
 
 use super::{ConfigProblem, ObjectKey};
 use crate::resources::{
-    AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication, RequestAuthentication,
-    GATEWAY_API_GROUP, ISTIO_SECURITY_GROUP,
+    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+    RequestAuthentication, VirtualService, GATEWAY_API_GROUP, ISTIO_NETWORKING_GROUP,
+    ISTIO_SECURITY_GROUP,
 };
 
 /// The kinds the control plane reads.
@@ -49,6 +55,12 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io/{v1,v1beta1}` HTTPRoute.
     HttpRoute,
+    /// `gateway.networking.k8s.io/{v1,v1beta1}` GRPCRoute.
+    GrpcRoute,
+    /// `networking.istio.io/{v1,v1beta1,v1alpha3}` VirtualService.
+    VirtualService,
+    /// `networking.istio.io/{v1,v1beta1,v1alpha3}` DestinationRule.
+    DestinationRule,
 }
 
 impl Kind {
@@ -64,6 +76,9 @@ impl Kind {
             (ISTIO_SECURITY_GROUP, "RequestAuthentication") => Kind::RequestAuthentication,
             (GATEWAY_API_GROUP, "Gateway") => Kind::Gateway,
             (GATEWAY_API_GROUP, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_API_GROUP, "GRPCRoute") => Kind::GrpcRoute,
+            (ISTIO_NETWORKING_GROUP, "VirtualService") => Kind::VirtualService,
+            (ISTIO_NETWORKING_GROUP, "DestinationRule") => Kind::DestinationRule,
             _ => return None,
         })
     }
@@ -80,13 +95,26 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         }
+    }
+
+    /// Whether an invalid object of this kind is refused alone, keeping its last good version,
+    /// instead of making the whole new snapshot unusable.
+    pub fn keeps_last_good(self) -> bool {
+        matches!(
+            self,
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::VirtualService | Kind::DestinationRule
+        )
     }
 
     /// The API versions read (schemas equal for what we use).
     fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => &["v1"],
+            Kind::VirtualService | Kind::DestinationRule => &["v1", "v1beta1", "v1alpha3"],
             _ => &["v1", "v1beta1"],
         }
     }
@@ -126,6 +154,12 @@ pub enum Object {
     Gateway(Gateway),
     /// An HTTPRoute.
     HttpRoute(HttpRoute),
+    /// A GRPCRoute.
+    GrpcRoute(GrpcRoute),
+    /// A VirtualService.
+    VirtualService(VirtualService),
+    /// A DestinationRule.
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -141,6 +175,9 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
         }
     }
 
@@ -156,6 +193,9 @@ impl Object {
             Object::RequestAuthentication(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -170,6 +210,9 @@ impl Object {
             Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -203,12 +246,25 @@ pub struct ParsedFile {
     pub problems: Vec<ConfigProblem>,
     /// Ignored documents (unknown kinds).
     pub warnings: Vec<ConfigProblem>,
+    /// Invalid objects of kinds that keep their last good version ([`Kind::keeps_last_good`]).
+    pub refused: Vec<Refused>,
+}
+
+/// An invalid object that is refused alone: the snapshot keeps its last good version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace (`default` when none was given) and name.
+    pub key: ObjectKey,
+    /// Where it is and what is wrong.
+    pub problem: ConfigProblem,
 }
 
 /// What pass one makes of a document.
 enum Plan {
     Empty,
-    Decode(Kind),
+    Decode(Kind, ObjectKey),
     List(Vec<Value>),
     Unknown(String),
     Bad(String),
@@ -243,19 +299,28 @@ pub fn parse_file(text: &str, file: &Path) -> ParsedFile {
             Plan::Empty => {}
             Plan::Bad(reason) => out.problems.push(note(index, None, reason)),
             Plan::Unknown(what) => out.warnings.push(note(index, None, what)),
-            Plan::Decode(kind) => match decode(kind, document).and_then(finish) {
+            Plan::Decode(kind, key) => match decode(kind, document).and_then(finish) {
                 Ok(object) => out.objects.push(Located {
                     document: index,
                     item: None,
                     object,
                 }),
+                Err(reason) if kind.keeps_last_good() => out.refused.push(Refused {
+                    kind,
+                    key,
+                    problem: note(index, None, reason),
+                }),
                 Err(reason) => out.problems.push(note(index, None, reason)),
             },
             Plan::List(items) => {
                 for (i, item) in items.into_iter().enumerate() {
+                    let mut refusable = None;
                     let result = match plan(&item, false) {
                         Plan::Empty => continue,
-                        Plan::Decode(kind) => decode(kind, item).and_then(finish),
+                        Plan::Decode(kind, key) => {
+                            refusable = kind.keeps_last_good().then_some((kind, key));
+                            decode(kind, item).and_then(finish)
+                        }
                         Plan::Unknown(what) => {
                             out.warnings.push(note(index, Some(i), what));
                             continue;
@@ -269,7 +334,14 @@ pub fn parse_file(text: &str, file: &Path) -> ParsedFile {
                             item: Some(i),
                             object,
                         }),
-                        Err(reason) => out.problems.push(note(index, Some(i), reason)),
+                        Err(reason) => match refusable {
+                            Some((kind, key)) => out.refused.push(Refused {
+                                kind,
+                                key,
+                                problem: note(index, Some(i), reason),
+                            }),
+                            None => out.problems.push(note(index, Some(i), reason)),
+                        },
                     }
                 }
             }
@@ -328,7 +400,14 @@ fn plan(value: &Value, top_level: bool) -> Plan {
         ));
     }
     match map.get("metadata").and_then(|m| m.get("name")) {
-        Some(Value::String(name)) if !name.is_empty() => Plan::Decode(known),
+        Some(Value::String(name)) if !name.is_empty() => {
+            let namespace = match map.get("metadata").and_then(|m| m.get("namespace")) {
+                Some(Value::String(ns)) if !ns.is_empty() && known.namespaced() => ns.clone(),
+                _ if known.namespaced() => "default".to_string(),
+                _ => String::new(),
+            };
+            Plan::Decode(known, ObjectKey::new(namespace, name.clone()))
+        }
         Some(Value::String(_)) | None | Some(Value::Null) => {
             Plan::Bad("metadata.name is missing".into())
         }
@@ -357,6 +436,9 @@ where
         }
         Kind::Gateway => Gateway::deserialize(d).map(Object::Gateway),
         Kind::HttpRoute => HttpRoute::deserialize(d).map(Object::HttpRoute),
+        Kind::GrpcRoute => GrpcRoute::deserialize(d).map(Object::GrpcRoute),
+        Kind::VirtualService => VirtualService::deserialize(d).map(Object::VirtualService),
+        Kind::DestinationRule => DestinationRule::deserialize(d).map(Object::DestinationRule),
     };
     object.map_err(|e| format!("not a valid {kind}: {e}"))
 }
@@ -372,15 +454,16 @@ fn finish(mut object: Object) -> Result<Object, String> {
     } else {
         meta.namespace = None;
     }
-    if let Object::AuthorizationPolicy(policy) = &object {
-        policy
-            .validate()
-            .map_err(|e| format!("invalid AuthorizationPolicy: {e}"))?;
-    }
-    if let Object::RequestAuthentication(ra) = &object {
-        ra.validate()
-            .map_err(|e| format!("invalid RequestAuthentication: {e}"))?;
-    }
+    let checked = match &object {
+        Object::AuthorizationPolicy(o) => o.validate().map_err(|e| e.to_string()),
+        Object::RequestAuthentication(o) => o.validate().map_err(|e| e.to_string()),
+        Object::HttpRoute(o) => o.validate().map_err(|e| e.to_string()),
+        Object::GrpcRoute(o) => o.validate().map_err(|e| e.to_string()),
+        Object::VirtualService(o) => o.validate().map_err(|e| e.to_string()),
+        Object::DestinationRule(o) => o.validate().map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    checked.map_err(|e| format!("invalid {kind}: {e}"))?;
     Ok(object)
 }
 

@@ -13,12 +13,15 @@
 //! - [`peer_authentication`]: PeerAuthentications as DENY policies on plaintext;
 //! - [`waypoint`]: which waypoint a workload or service uses;
 //! - [`l7_policy`]: AuthorizationPolicies and RequestAuthentications that waypoints enforce.
+//! - [`route`]: L7 routes of services for waypoints (HTTPRoute, GRPCRoute, VirtualService,
+//!   DestinationRule).
 //!
 //! [`ClusterState`]: crate::config_source::ClusterState
 
 pub mod l7_policy;
 pub mod peer_authentication;
 pub mod policy;
+pub mod route;
 pub mod service;
 pub mod waypoint;
 pub mod workload;
@@ -90,6 +93,8 @@ pub struct Translated {
     pub l7_policies: Vec<L7Policy>,
     /// RequestAuthentications waypoints enforce, by `<namespace>/<name>`.
     pub request_authns: Vec<RequestAuthn>,
+    /// L7 routes for waypoints, by service `<namespace>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
     /// What could not be carried over, sorted, without duplicates.
     pub warnings: Vec<TranslationWarning>,
 }
@@ -117,6 +122,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
     let workloads = workload::workloads(state, options, &policies, &peer_auth, &mut warnings);
     let l7_policies = l7_policy::l7_policies(state, options, &mut warnings);
     let request_authns = l7_policy::request_authns(state, options, &mut warnings);
+    let routes = route::routes(state, options, &mut warnings);
     let mut policies: Vec<Policy> = policies.into_iter().map(|p| p.policy).collect();
     policies.extend(peer_auth.into_policies());
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -130,6 +136,7 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
         policies,
         l7_policies,
         request_authns,
+        routes,
         warnings,
     }
 }

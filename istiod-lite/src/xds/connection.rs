@@ -145,7 +145,7 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Connection {
     snapshot: Arc<PreparedSnapshot>,
-    types: [TypeState; 4],
+    types: [TypeState; 5],
     nonces: Arc<NonceSource>,
 }
 
@@ -233,6 +233,8 @@ impl Connection {
             ResourceType::L7Policy,
             ResourceType::Authorization,
             ResourceType::Address,
+            // Routes last: they name services and backends that must be known first.
+            ResourceType::Routes,
         ] {
             let state = &mut self.types[kind.index()];
             if !state.subscribed {

@@ -1,7 +1,7 @@
 //! The config API: delta ADS (`DeltaAggregatedResources`) of `istio.workload.Address` and
 //! `istio.security.Authorization` resources, and for waypoints `ambient.waypoint.v1.L7Policy`
-//! and `RequestAuthn`, served next to the CA on port 15012. Each type goes only to streams
-//! that subscribe to it (node tunnels never ask for the waypoint types).
+//! and `RequestAuthn` and `ServiceRoutes`, served next to the CA on port 15012. Each type goes
+//! only to streams that subscribe to it (node tunnels never ask for the waypoint types).
 //!
 //! Data flow:
 //!
@@ -24,7 +24,8 @@
 //!   wait for its ACK or NACK and are then sent together.
 //!
 //! Subscriptions: the first request of a type subscribes to every resource of that type
-//! (wildcard). Explicit names in `resource_names_subscribe` are accepted and treated as a
+//! (wildcard); a type a client never asks for is never sent to it (node tunnels do not ask for
+//! routes). Explicit names in `resource_names_subscribe` are accepted and treated as a
 //! wildcard too, and unsubscriptions are ignored: every proxy gets every resource, as Istio
 //! ambient does for node tunnels.
 //!
@@ -65,6 +66,9 @@ pub struct XdsSnapshot {
     pub l7_policies: BTreeMap<String, proto::waypoint::L7Policy>,
     /// `ambient.waypoint.v1.RequestAuthn` resources (JWT rules) by resource name.
     pub request_authns: BTreeMap<String, proto::waypoint::RequestAuthn>,
+    /// `ambient.waypoint.v1.ServiceRoutes` (L7 routes of a service) by service
+    /// `<ns>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
 }
 
 /// How the config API behaves.
@@ -95,15 +99,18 @@ pub enum ResourceType {
     L7Policy,
     /// `type.googleapis.com/ambient.waypoint.v1.RequestAuthn` (waypoints subscribe to it).
     RequestAuthn,
+    /// `type.googleapis.com/ambient.waypoint.v1.ServiceRoutes` (waypoints only).
+    Routes,
 }
 
 impl ResourceType {
     /// Every type, in the order of [`ResourceType::index`].
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Address,
         ResourceType::Authorization,
         ResourceType::L7Policy,
         ResourceType::RequestAuthn,
+        ResourceType::Routes,
     ];
 
     /// The type URL on the wire.
@@ -113,6 +120,7 @@ impl ResourceType {
             ResourceType::Authorization => proto::AUTHORIZATION_TYPE_URL,
             ResourceType::L7Policy => proto::L7_POLICY_TYPE_URL,
             ResourceType::RequestAuthn => proto::REQUEST_AUTHN_TYPE_URL,
+            ResourceType::Routes => proto::ROUTES_TYPE_URL,
         }
     }
 
@@ -123,14 +131,15 @@ impl ResourceType {
             .find(|t| t.type_url() == type_url)
     }
 
-    /// The value of the `type` label in metrics: `address`, `authorization`, `l7_policy` or
-    /// `request_authn`.
+    /// The value of the `type` label in metrics: `address`, `authorization`, `l7_policy`,
+    /// `request_authn` or `routes`.
     pub fn label(self) -> &'static str {
         match self {
             ResourceType::Address => "address",
             ResourceType::Authorization => "authorization",
             ResourceType::L7Policy => "l7_policy",
             ResourceType::RequestAuthn => "request_authn",
+            ResourceType::Routes => "routes",
         }
     }
 
@@ -141,6 +150,7 @@ impl ResourceType {
             ResourceType::Authorization => 1,
             ResourceType::L7Policy => 2,
             ResourceType::RequestAuthn => 3,
+            ResourceType::Routes => 4,
         }
     }
 }

@@ -164,7 +164,7 @@ pub struct PreparedSnapshot {
     /// When the first change folded into this snapshot arrived (`None` for the first
     /// snapshot): the start of the push latency.
     pub changed_at: Option<Instant>,
-    types: [TypeResources; 4],
+    types: [TypeResources; 5],
 }
 
 impl PreparedSnapshot {
@@ -198,10 +198,24 @@ impl PreparedSnapshot {
                 .iter()
                 .map(|(name, r)| (name.clone(), encode_plain(r))),
         );
+        // No map fields in ServiceRoutes: prost's encoding is deterministic.
+        let routes = TypeResources::new(
+            proto::ROUTES_TYPE_URL,
+            snapshot
+                .routes
+                .iter()
+                .map(|(name, r)| (name.clone(), r.encode_to_vec())),
+        );
         PreparedSnapshot {
             generation,
             changed_at,
-            types: [addresses, authorizations, l7_policies, request_authns],
+            types: [
+                addresses,
+                authorizations,
+                l7_policies,
+                request_authns,
+                routes,
+            ],
         }
     }
 

@@ -1,4 +1,5 @@
-//! The typed configuration model: workloads, services and L4 authorization policies.
+//! The typed configuration model: workloads, services, L4 authorization policies, and the L7
+//! routes of services ([`route`], for waypoints).
 //!
 //! The control plane speaks protobuf ([`proto::workload`], [`proto::security`]); everything
 //! else in the mesh works on these types, which are checked once when converted from the
@@ -16,6 +17,7 @@
 //! uid, a service by `<namespace>/<hostname>`, a policy by `<namespace>/<name>`.
 
 pub(crate) mod policy;
+pub mod route;
 pub(crate) mod service;
 pub(crate) mod workload;
 

@@ -756,3 +756,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "client_route_tests.rs"]
+mod route_tests;

@@ -6,14 +6,16 @@ use prost::Message;
 use proto::discovery::{DeltaDiscoveryResponse, Resource};
 
 use crate::l7authz::{L7Policy, RequestAuthn};
+use crate::model::route::ServiceRoutes;
 use crate::model::{Address, ModelError, Policy};
 use crate::store::Batch;
 
 /// The resource types the client knows how to decode: the node tunnel's two and the ones a
 /// waypoint adds with [`super::XdsConfig::extra_types`].
-pub(super) const DECODABLE_TYPES: [&str; 4] = [
+pub(super) const DECODABLE_TYPES: [&str; 5] = [
     proto::ADDRESS_TYPE_URL,
     proto::AUTHORIZATION_TYPE_URL,
+    proto::ROUTES_TYPE_URL,
     proto::L7_POLICY_TYPE_URL,
     proto::REQUEST_AUTHN_TYPE_URL,
 ];
@@ -52,6 +54,10 @@ pub(super) fn check(response: DeltaDiscoveryResponse) -> Result<Accepted, Vec<St
                 decode::<proto::security::Authorization, Policy>(type_url, &name, resource)
                     .map(|(_, p)| batch.upsert_policy(p))
             }
+            proto::ROUTES_TYPE_URL => {
+                decode::<proto::waypoint::ServiceRoutes, ServiceRoutes>(type_url, &name, resource)
+                    .map(|(_, r)| batch.upsert_routes(r))
+            }
             proto::L7_POLICY_TYPE_URL => {
                 decode::<proto::waypoint::L7Policy, L7Policy>(type_url, &name, resource)
                     .map(|(_, p)| batch.upsert_l7_policy(p))
@@ -81,6 +87,7 @@ pub(super) fn check(response: DeltaDiscoveryResponse) -> Result<Accepted, Vec<St
         match type_url {
             proto::ADDRESS_TYPE_URL => batch.remove_address(name.clone()),
             proto::AUTHORIZATION_TYPE_URL => batch.remove_policy(name.clone()),
+            proto::ROUTES_TYPE_URL => batch.remove_routes(name.clone()),
             proto::L7_POLICY_TYPE_URL => batch.remove_l7_policy(name.clone()),
             _ => batch.remove_request_authn(name.clone()),
         };
@@ -118,6 +125,12 @@ impl Named for L7Policy {
 impl Named for RequestAuthn {
     fn xds_name(&self) -> String {
         self.key()
+    }
+}
+
+impl Named for ServiceRoutes {
+    fn xds_name(&self) -> String {
+        self.key().to_string()
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`XdsClient`] opens `DeltaAggregatedResources` (gRPC, TLS by default) and subscribes to every
 //! `istio.workload.Address` and `istio.security.Authorization` resource (wildcard: the first
 //! request of each type has an empty subscribe list), plus the opt-in
-//! [`XdsConfig::extra_types`] (a waypoint's L7 policies and RequestAuthns). Each response is decoded and checked as a
+//! [`XdsConfig::extra_types`] (a waypoint's L7 routes, policies and RequestAuthns). Each response is decoded and checked as a
 //! whole: if any resource fails to decode or to convert into the [`crate::model`], the response
 //! is NACKed (`error_detail`: code 3 InvalidArgument naming each bad resource and why) and
 //! nothing from it is applied; otherwise its additions and removals are applied to the store as
@@ -39,6 +39,14 @@ pub const TYPE_URLS: [&str; 2] = [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_
 /// RequestAuthns.
 pub const WAYPOINT_POLICY_TYPE_URLS: [&str; 2] =
     [proto::L7_POLICY_TYPE_URL, proto::REQUEST_AUTHN_TYPE_URL];
+
+/// Everything a waypoint subscribes to besides [`TYPE_URLS`]: its services' L7 routes, and
+/// [`WAYPOINT_POLICY_TYPE_URLS`].
+pub const WAYPOINT_TYPE_URLS: [&str; 3] = [
+    proto::ROUTES_TYPE_URL,
+    proto::L7_POLICY_TYPE_URL,
+    proto::REQUEST_AUTHN_TYPE_URL,
+];
 
 /// Where the control plane is and how to talk to it.
 #[derive(Clone)]

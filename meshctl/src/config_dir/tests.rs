@@ -567,3 +567,77 @@ spec:
         assert!(err.contains(want), "{spec}: {err}");
     }
 }
+
+#[test]
+fn apply_stores_routing_kinds_and_refuses_invalid_ones_naming_the_field() {
+    let good = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules: [{backendRefs: [{name: reviews-v2, port: 9080, weight: 20}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec: {rules: [{matches: [{method: {service: helloworld.Greeter}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec: {hosts: [ratings], http: [{fault: {abort: {httpStatus: 503, percentage: {value: 10}}}}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec: {host: ratings, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+"#;
+    let (tmp, config) = dir();
+    config.apply(good).expect("valid routing objects apply");
+    let stored = files(&root(&tmp));
+    for want in [
+        "objects/httproute.gateway.networking.k8s.io/shop/reviews.yaml",
+        "objects/grpcroute.gateway.networking.k8s.io/shop/greeter.yaml",
+        "objects/virtualservice.networking.istio.io/shop/ratings.yaml",
+        "objects/destinationrule.networking.istio.io/shop/ratings.yaml",
+    ] {
+        assert!(
+            stored.iter().any(|f| f.ends_with(want)),
+            "{want} in {stored:?}"
+        );
+    }
+
+    let bad_inputs = [
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {rules: [{matches: [{path: {type: PathPrefix, value: api}}]}]}",
+            "invalid HTTPRoute: spec.rules[0].matches[0].path.value: \"api\" must start with /",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {rules: [{backendRefs: [{name: b}]}]}",
+            "spec.rules[0].backendRefs[0].port: is required for a Service",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {rules: [{matches: [{method: {type: RegularExpression, service: \"(\"}}]}]}",
+            "invalid GRPCRoute: spec.rules[0].matches[0].method.service:",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{timeout: forever}]}",
+            "invalid VirtualService: spec.http[0].timeout:",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{retries: {attemps: 3}}]}",
+            "unknown field `attemps`",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}}",
+            "invalid DestinationRule: spec.trafficPolicy.outlierDetection.maxEjectionPercent: 101",
+        ),
+    ];
+    for (bad, expected) in bad_inputs {
+        let (tmp, config) = dir();
+        let err = format!("{:#}", config.apply(bad).unwrap_err());
+        assert!(err.contains(expected), "{bad}: {err}");
+        assert!(files(&root(&tmp)).is_empty(), "{bad}: something written");
+    }
+}
