@@ -191,6 +191,26 @@ impl RequestAuthentication {
     }
 }
 
+/// The shape of a JSON Web Key Set: a `keys` array of objects, each with a `kty`. The keys
+/// themselves are checked by the waypoint's parser (`mesh::l7authz`), where they are used.
+fn jwks_shape(jwks: &str) -> Result<(), String> {
+    let value: serde_json::Value = serde_json::from_str(jwks)
+        .map_err(|e| format!("not a JSON Web Key Set: not JSON ({e})"))?;
+    let keys = value
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("not a JSON Web Key Set: no `keys` array")?;
+    if keys.is_empty() {
+        return Err("not a JSON Web Key Set: `keys` is empty".into());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if key.get("kty").and_then(|k| k.as_str()).is_none() {
+            return Err(format!("not a JSON Web Key Set: keys[{i}] has no `kty`"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,22 +289,3 @@ spec:
     }
 }
 
-/// The shape of a JSON Web Key Set: a `keys` array of objects, each with a `kty`. The keys
-/// themselves are checked by the waypoint's parser (`mesh::l7authz`), where they are used.
-fn jwks_shape(jwks: &str) -> Result<(), String> {
-    let value: serde_json::Value = serde_json::from_str(jwks)
-        .map_err(|e| format!("not a JSON Web Key Set: not JSON ({e})"))?;
-    let keys = value
-        .get("keys")
-        .and_then(|k| k.as_array())
-        .ok_or("not a JSON Web Key Set: no `keys` array")?;
-    if keys.is_empty() {
-        return Err("not a JSON Web Key Set: `keys` is empty".into());
-    }
-    for (i, key) in keys.iter().enumerate() {
-        if key.get("kty").and_then(|k| k.as_str()).is_none() {
-            return Err(format!("not a JSON Web Key Set: keys[{i}] has no `kty`"));
-        }
-    }
-    Ok(())
-}
