@@ -120,7 +120,12 @@ spec:
 /// One `curl` in the client pod: for each URL, `<status> <seconds>` and the body's first line.
 fn curl(c: &Cluster, extra: &[&str], urls: &[String]) -> Vec<(u16, f64, String)> {
     let mut args = vec!["pod", "exec", "client", "-n", "shop", "--", "curl", "-sS"];
-    args.extend_from_slice(&["--max-time", "10", "-w", "\n@@ %{http_code} %{time_total}\n"]);
+    args.extend_from_slice(&[
+        "--max-time",
+        "10",
+        "-w",
+        "\n@@ %{http_code} %{time_total}\n",
+    ]);
     args.extend_from_slice(extra);
     args.extend(urls.iter().map(String::as_str));
     let out = c.run(&args);
@@ -176,7 +181,10 @@ fn check_l7(c: &Cluster, idp: &JwtIssuer, canary: bool) {
         let v2 = results.iter().filter(|r| r.2.contains("web-v2")).count();
         let v1 = results.iter().filter(|r| r.2.contains("web-v1")).count();
         assert_eq!(v1 + v2, 1000);
-        assert!((150..=250).contains(&v2), "v2 got {v2} of 1000, want 200 ± 50");
+        assert!(
+            (150..=250).contains(&v2),
+            "v2 got {v2} of 1000, want 200 ± 50"
+        );
     }
     // A header match goes to v2, every time.
     let urls: Vec<String> = (0..20).map(|i| url("web", &format!("/h{i}"))).collect();
@@ -198,10 +206,16 @@ fn check_l7(c: &Cluster, idp: &JwtIssuer, canary: bool) {
     assert_eq!(curl(c, &[], &[url("web-v1", "/private")])[0].0, 403);
     let expired = idp.token("alice", Duration::ZERO, serde_json::json!({"exp": 1}));
     let bad = format!("authorization: Bearer {expired}");
-    assert_eq!(curl(c, &["-H", &bad], &[url("web-v1", "/private")])[0].0, 401);
+    assert_eq!(
+        curl(c, &["-H", &bad], &[url("web-v1", "/private")])[0].0,
+        401
+    );
     let good = idp.token("alice", Duration::from_secs(600), serde_json::json!({}));
     let good = format!("authorization: Bearer {good}");
-    assert_eq!(curl(c, &["-H", &good], &[url("web-v1", "/private")])[0].0, 200);
+    assert_eq!(
+        curl(c, &["-H", &good], &[url("web-v1", "/private")])[0].0,
+        200
+    );
 
     // A backend failing every other request succeeds through a retry.
     let urls: Vec<String> = (0..10).map(|i| url("flaky", &format!("/r{i}"))).collect();
@@ -209,7 +223,11 @@ fn check_l7(c: &Cluster, idp: &JwtIssuer, canary: bool) {
     assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
 
     // Fault injection: a 1 s delay is observed, an abort returns its code.
-    let r = curl(c, &[], &[url("web-fault", "/delay"), url("web-fault", "/abort")]);
+    let r = curl(
+        c,
+        &[],
+        &[url("web-fault", "/delay"), url("web-fault", "/abort")],
+    );
     assert_eq!(r[0].0, 200);
     assert!(r[0].1 >= 1.0, "the injected delay was {} s", r[0].1);
     assert_eq!(r[1].0, 418);
@@ -227,25 +245,49 @@ fn routing_policy_and_faults_from_istio_yaml_and_they_survive_a_waypoint_restart
     c.up(&[]);
     let meshctl = c.meshctl.display().to_string();
     let echo = |name: &str, extra: &[&str]| {
-        let mut cmd = vec![meshctl.clone(), "http-echo".into(), "--name".into(), name.into()];
+        let mut cmd = vec![
+            meshctl.clone(),
+            "http-echo".into(),
+            "--name".into(),
+            name.into(),
+        ];
         cmd.extend(extra.iter().map(|s| s.to_string()));
         cmd
     };
     let run = |name: &str, labels: &str, cmd: Vec<String>| {
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        c.pod_run(name, "shop", "n2", &["--sa", name, "--labels", labels], &cmd);
+        c.pod_run(
+            name,
+            "shop",
+            "n2",
+            &["--sa", name, "--labels", labels],
+            &cmd,
+        );
     };
     run("web-v1", "app=web,version=v1", echo("web-v1", &[]));
     run("web-v2", "app=web,version=v2", echo("web-v2", &[]));
     run("slow", "app=slow", echo("slow", &["--delay-ms", "2000"]));
     run("flaky", "app=flaky", echo("flaky", &["--fail-every", "2"]));
-    c.pod_run("client", "shop", "n1", &["--sa", "client"], &["sleep", "infinity"]);
+    c.pod_run(
+        "client",
+        "shop",
+        "n1",
+        &["--sa", "client"],
+        &["sleep", "infinity"],
+    );
     apply(&c, "services.yaml", &services());
     c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode=ambient"]);
     for pod in ["client", "web-v1", "web-v2", "slow", "flaky"] {
         c.wait_captured(pod, "shop", true);
     }
-    c.ok(&["waypoint", "apply", "-n", "shop", "--enroll-namespace", "--wait"]);
+    c.ok(&[
+        "waypoint",
+        "apply",
+        "-n",
+        "shop",
+        "--enroll-namespace",
+        "--wait",
+    ]);
     let idp = JwtIssuer::new(ISSUER);
     apply(&c, "routes.yaml", ROUTES);
     apply(&c, "policies.yaml", &policies(&idp.jwks()));

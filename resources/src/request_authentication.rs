@@ -288,4 +288,3 @@ spec:
         assert!(serde_yaml::from_str::<RequestAuthentication>(typo).is_err());
     }
 }
-
