@@ -45,7 +45,8 @@ use crate::detect::{Prefixed, Protocol};
 use crate::error::ProxyError;
 use crate::filters::Filter;
 use crate::forward::{forward, pick, Outgoing};
-use crate::route::{RouteDecision, RouteKind};
+use crate::reply::{local_reply, response_flags};
+use crate::route::RouteDecision;
 use crate::select::{pick_workload, Destination, Upstream};
 use crate::telemetry::{HttpLabels, PeerInfo, RequestRecord};
 use crate::trace::{new_request_id, TraceContext};
@@ -529,9 +530,6 @@ impl HttpProxy {
                 }
             }
         }
-        if ctx.retries_exhausted {
-            ctx.flag = Some("URX");
-        }
         Response::from_parts(parts, body)
     }
 }
@@ -542,7 +540,7 @@ enum Reply {
     Local(Response<Body>),
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
@@ -555,70 +553,6 @@ fn upstream_speaks_h2(declared: Option<AppProtocol>, downstream: Protocol) -> bo
         Some(AppProtocol::Http11) => false,
         Some(AppProtocol::Http2 | AppProtocol::Grpc) => true,
         _ => downstream == Protocol::Http2,
-    }
-}
-
-/// The reply the waypoint sends itself when a phase fails.
-fn local_reply(ctx: &mut RequestCtx, err: ProxyError) -> Response<Body> {
-    tracing::debug!(error = %err, blame = ?err.blame(), "local reply");
-    ctx.flag = Some(if ctx.retries_exhausted {
-        "URX"
-    } else {
-        err.flag()
-    });
-    ctx.error = Some(err.to_string());
-    let grpc_route = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.rule.as_ref())
-        .is_some_and(|r| r.kind == RouteKind::Grpc);
-    let grpc_abort = matches!(
-        err,
-        ProxyError::FaultAbort(crate::fault::AbortError::Grpc(_))
-    );
-    let mut resp = if ctx.protocol == RequestProtocol::Grpc || grpc_route || grpc_abort {
-        let grpc = err.grpc_status().to_string();
-        ctx.grpc_status = Some(grpc.clone());
-        let mut r = Response::new(Bytes::new());
-        let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        if let Ok(v) = HeaderValue::from_str(&grpc) {
-            h.insert("grpc-status", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(body_text(&err)) {
-            h.insert("grpc-message", v);
-        }
-        r
-    } else {
-        let mut r = Response::new(Bytes::from_static(body_text(&err).as_bytes()));
-        *r.status_mut() = err.status();
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        r
-    };
-    ctx.status = Some(resp.status());
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
-}
-
-fn body_text(err: &ProxyError) -> &'static str {
-    match err {
-        ProxyError::NoRoute(_) => "route not found",
-        ProxyError::NoHealthyUpstream(_) => "no healthy upstream",
-        ProxyError::NoCluster(_) => "cluster not found",
-        ProxyError::UpstreamConnect { .. } | ProxyError::NoCertificate(_) => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-        }
-        ProxyError::UpstreamReset { .. } => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-        }
-        ProxyError::UpstreamTimeout(_) => "upstream request timeout",
-        ProxyError::Denied(_) => "RBAC: access denied",
-        ProxyError::FaultAbort(_) => "fault filter abort",
-        ProxyError::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-        ProxyError::DownstreamBody(_) => "bad request body",
     }
 }
 
@@ -718,11 +652,7 @@ pub fn logging(shared: &Shared, mut ctx: RequestCtx, response_head_bytes: u64, e
     if let Some(g) = &ctx.grpc_status {
         labels.grpc_response_status.clone_from(g);
     }
-    let flags = match (ctx.delay_injected, ctx.flag) {
-        (true, Some(f)) => format!("DI,{f}"),
-        (true, None) => "DI".to_string(),
-        (false, f) => f.unwrap_or("-").to_string(),
-    };
+    let flags = response_flags(&ctx);
     labels.response_flags.clone_from(&flags);
     let request_bytes = ctx.request_head_bytes + ctx.request_body_bytes.load(Ordering::Relaxed);
     shared.telemetry.record_request(&RequestRecord {
