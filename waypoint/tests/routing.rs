@@ -233,6 +233,25 @@ async fn a_retry_recovers_a_backend_failing_every_other_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_64k_is_sent_once_and_never_retried() {
+    let h = Harness::start().await;
+    on_echo(
+        &h,
+        rules(vec![RouteRule {
+            retry: retry(2, &[RetryOn::FiveXx], None),
+            ..Default::default()
+        }]),
+    );
+    let mut client = h.http2(addr(ECHO_VIP, HTTP_PORT)).await;
+    let mut r = req(Method::POST, "/flaky");
+    *r.body_mut() = Full::new(Bytes::from(vec![b'x'; 100 * 1024]));
+    let r = send(&mut client, r).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "not retried");
+    assert_eq!(served(&h), 1);
+    assert!(flagged(&h, "-", 503).await, "not retried, so not URX either");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_exhausted_answer_the_last_failure_with_urx() {
     let h = Harness::start().await;
     on_echo(
