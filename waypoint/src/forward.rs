@@ -91,7 +91,8 @@ pub async fn forward(
             _ => None,
         })
         .collect();
-    let mut body = RequestBody::new(body, retry.is_some() || !mirrors.is_empty())
+    let keep = retry.is_some() || !mirrors.is_empty();
+    let mut body = RequestBody::new(body, keep, ctx.request_body_bytes.clone())
         .await
         .map_err(|e| ProxyError::DownstreamBody(e.to_string()))?;
     if let RequestBody::Buffered(data, trailers) = &body {
@@ -128,7 +129,7 @@ pub async fn forward(
             _ => None,
         };
         let req_body = match &body {
-            RequestBody::Buffered(..) => body.take(),
+            RequestBody::Buffered(..) | RequestBody::Recorded(_) => body.take(),
             RequestBody::Streaming(_) => body
                 .take()
                 .map(|b| CountingBody::new(b, ctx.request_body_bytes.clone()).boxed()),

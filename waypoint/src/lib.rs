@@ -42,6 +42,7 @@ pub mod http;
 pub mod inbound;
 pub mod mirror;
 pub mod outlier;
+pub mod replay;
 pub mod reply;
 pub mod retry;
 pub mod route;

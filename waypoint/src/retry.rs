@@ -3,10 +3,13 @@
 //!
 //! The upstream request phase runs the tries: each one picks an endpoint (ejected ones
 //! skipped), is bounded by the per-try timeout, and is judged here. The whole loop is bounded
-//! by the route's request timeout. A body is kept only when its size is known and at most
-//! [`MAX_BUFFERED_BODY`]; a larger or streaming body is sent once, never retried. When the
+//! by the route's request timeout. A body of known size is kept whole when at most
+//! [`MAX_BUFFERED_BODY`]; one of unknown size is recorded up to that while it streams
+//! ([`crate::replay`]); a larger body is sent once, never retried. When the
 //! last allowed try still fails, the client gets that try's answer with flag `URX`.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::error::ProxyError;
+use crate::replay::Tee;
 use crate::upstream::{Body, BoxError};
 
 /// The largest request body kept for retries and mirroring.
@@ -155,20 +159,32 @@ impl RetryPolicy {
     }
 }
 
-/// A request body as the upstream phase holds it: kept whole (replayable) or streaming once.
+/// A request body as the upstream phase holds it: kept whole (replayable), recorded while it
+/// streams (replayable while small), or streaming once.
 #[derive(Debug)]
 pub enum RequestBody {
     /// Kept: data and trailers, sendable any number of times.
     Buffered(Bytes, Option<HeaderMap>),
-    /// Not kept (too large or of unknown size): sendable once.
+    /// Of unknown size: streamed to the first try and recorded up to [`MAX_BUFFERED_BODY`].
+    Recorded(Tee),
+    /// Not kept (too large): sendable once.
     Streaming(Option<Incoming>),
 }
 
 impl RequestBody {
-    /// Keeps `body` when `keep` and its size is known and at most [`MAX_BUFFERED_BODY`].
-    pub async fn new(body: Incoming, keep: bool) -> Result<RequestBody, BoxError> {
+    /// When `keep`: keeps `body` whole if its size is known and at most
+    /// [`MAX_BUFFERED_BODY`], records it while it streams if its size is unknown; else (or
+    /// when larger) streams it once. Recorded bytes are counted into `count`.
+    pub async fn new(
+        body: Incoming,
+        keep: bool,
+        count: Arc<AtomicU64>,
+    ) -> Result<RequestBody, BoxError> {
         let size = body.size_hint();
         let small = size.upper().is_some_and(|u| u <= MAX_BUFFERED_BODY);
+        if keep && size.upper().is_none() {
+            return Ok(RequestBody::Recorded(Tee::new(body, count)));
+        }
         if !(keep && small) {
             return Ok(RequestBody::Streaming(Some(body)));
         }
@@ -179,14 +195,18 @@ impl RequestBody {
 
     /// Whether the body can be sent again.
     pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Buffered(..))
+        match self {
+            RequestBody::Buffered(..) => true,
+            RequestBody::Recorded(tee) => tee.replayable(),
+            RequestBody::Streaming(_) => false,
+        }
     }
 
-    /// Its bytes, when kept.
+    /// Its bytes, when kept whole.
     pub fn bytes(&self) -> Option<&Bytes> {
         match self {
             RequestBody::Buffered(b, _) => Some(b),
-            RequestBody::Streaming(_) => None,
+            RequestBody::Recorded(_) | RequestBody::Streaming(_) => None,
         }
     }
 
@@ -194,6 +214,7 @@ impl RequestBody {
     pub fn take(&mut self) -> Option<Body> {
         match self {
             RequestBody::Buffered(data, trailers) => Some(replay(data.clone(), trailers.clone())),
+            RequestBody::Recorded(tee) => tee.body().map(BodyExt::boxed),
             RequestBody::Streaming(body) => body
                 .take()
                 .map(|b| b.map_err(|e| -> BoxError { e.into() }).boxed()),

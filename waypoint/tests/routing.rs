@@ -232,6 +232,51 @@ async fn a_retry_recovers_a_backend_failing_every_other_request() {
     assert_eq!(served(&h), 10, "each request took two tries");
 }
 
+/// A one-chunk body that does not tell its size (as gRPC clients send over HTTP/2).
+struct Unsized(Option<Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_of_unknown_size_is_recorded_and_retried() {
+    let h = Harness::start().await;
+    on_echo(
+        &h,
+        rules(vec![RouteRule {
+            retry: retry(2, &[RetryOn::FiveXx], None),
+            ..Default::default()
+        }]),
+    );
+    let io = h.tunnel(addr(ECHO_VIP, HTTP_PORT)).await.expect("tunnel");
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    let r = Request::post(format!("http://{ECHO_HOST}/flaky"))
+        .header("content-type", "application/grpc")
+        .body(Unsized(Some(message.clone())))
+        .expect("request");
+    let resp = client.send_request(r).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK, "retried to success");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, message, "the retry carried the whole body");
+    assert_eq!(served(&h), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_larger_than_64k_is_sent_once_and_never_retried() {
     let h = Harness::start().await;
@@ -248,7 +293,10 @@ async fn a_body_larger_than_64k_is_sent_once_and_never_retried() {
     let r = send(&mut client, r).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "not retried");
     assert_eq!(served(&h), 1);
-    assert!(flagged(&h, "-", 503).await, "not retried, so not URX either");
+    assert!(
+        flagged(&h, "-", 503).await,
+        "not retried, so not URX either"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
