@@ -67,12 +67,13 @@ fn acquire(
     service: &str,
     limit: Option<usize>,
 ) -> Option<Permit> {
-    let counter = map
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(service.to_string())
-        .or_default()
-        .clone();
+    let counter = {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(service) {
+            Some(c) => c.clone(),
+            None => map.entry(service.to_string()).or_default().clone(),
+        }
+    };
     let prev = counter.fetch_add(1, Ordering::AcqRel);
     let permit = Permit(counter);
     match limit {

@@ -58,7 +58,10 @@ pub fn pick(out: &Outgoing<'_>, ctx: &RequestCtx) -> Result<Upstream, ProxyError
             route.port,
             target,
             hbone_port,
-            &|uid| s.outliers.is_ejected(&route.service, uid),
+            &|uid| {
+                route.policy.outlier_detection.is_some()
+                    && s.outliers.is_ejected(&route.service, uid)
+            },
         ),
         (Destination::Workload(w), _) => pick_workload(&s.balancer, w, target, hbone_port),
         (Destination::Service(s), None) => Err(ProxyError::NoRoute(s.key())),

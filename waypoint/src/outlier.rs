@@ -57,10 +57,10 @@ pub enum TryOutcome {
     Error,
 }
 
-/// Per (service, endpoint) error counts and ejections, shared by every request.
+/// Per service, per endpoint error counts and ejections, shared by every request.
 #[derive(Debug, Default)]
 pub struct Outliers {
-    state: Mutex<HashMap<(String, String), EndpointState>>,
+    state: Mutex<HashMap<String, HashMap<String, EndpointState>>>,
 }
 
 impl Outliers {
@@ -69,7 +69,8 @@ impl Outliers {
         let now = Instant::now();
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state
-            .get(&(service.to_string(), endpoint.to_string()))
+            .get(service)
+            .and_then(|m| m.get(endpoint))
             .and_then(|s| s.ejected_until)
             .is_some_and(|until| now < until)
     }
@@ -89,13 +90,18 @@ impl Outliers {
         }
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ejected_now = state
-            .iter()
-            .filter(|((s, _), e)| s == service && e.ejected_until.is_some_and(|u| now < u))
+        if outcome == TryOutcome::Success
+            && state.get(service).is_none_or(|m| !m.contains_key(endpoint))
+        {
+            // Nothing to reset: keep the map to endpoints that ever failed.
+            return false;
+        }
+        let of_service = state.entry(service.to_string()).or_default();
+        let ejected_now = of_service
+            .values()
+            .filter(|e| e.ejected_until.is_some_and(|u| now < u))
             .count();
-        let e = state
-            .entry((service.to_string(), endpoint.to_string()))
-            .or_default();
+        let e = of_service.entry(endpoint.to_string()).or_default();
         if e.ejected_until.is_some_and(|u| now >= u) {
             e.ejected_until = None;
             e.healthy_since = Some(now);
