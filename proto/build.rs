@@ -15,6 +15,8 @@ const FILES: &[&str] = &[
     "google_rpc_status.proto",
     "envoy_core.proto",
     "discovery.proto",
+    "waypoint_policy.proto",
+    "waypoint_route.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -224,6 +224,49 @@ fn a_waypoint_carries_its_services_traffic_and_cannot_be_bypassed() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", waypoint_metrics(&c, &wp_pod)));
 
+    // HTTP/1.1 keep-alive: the second request rides the first one's connection
+    // (`num_connects` 0).
+    let (ok, out) = exec(
+        &c,
+        "shop",
+        "client",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\\n",
+            &url,
+            &url,
+        ],
+    );
+    assert!(
+        ok && out.lines().eq(["200 1", "200 0"]),
+        "keep-alive: {out}\n{}",
+        c.logs()
+    );
+    // HTTP/2 (prior knowledge): three requests multiplexed on one connection (nghttp; curl
+    // 7.88 cannot reuse a prior-knowledge connection).
+    let paths: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|p| format!("{url}{p}"))
+        .collect();
+    let mut args = vec!["nghttp", "-ns"];
+    args.extend(paths.iter().map(String::as_str));
+    let (ok, out) = exec(&c, "shop", "client", &args);
+    let answered = out.lines().filter(|l| l.contains(" 200 ")).count();
+    assert!(
+        ok && answered == 3,
+        "HTTP/2 multiplexing: {out}\n{}",
+        c.logs()
+    );
+
     // Around the waypoint: straight to the pod IP is refused by the destination's ztunnel.
     let direct = format!("http://{web_ip}:8080/");
     let (ok, out) = exec(

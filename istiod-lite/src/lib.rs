@@ -34,10 +34,12 @@ pub mod ca_store;
 pub mod config;
 pub mod config_source;
 pub mod pods;
-pub mod resources;
 pub mod tokens;
 pub mod translate;
 pub mod xds;
+
+/// The Kubernetes kinds read from the config source (the shared `resources` crate).
+pub use ::resources;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -150,9 +152,13 @@ impl Server {
                 })
             }
         };
-        let (addresses, authorizations) = {
+        let (addresses, authorizations, routes) = {
             let current = snapshots.borrow();
-            (current.addresses.len(), current.authorizations.len())
+            (
+                current.addresses.len(),
+                current.authorizations.len(),
+                current.routes.len(),
+            )
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -185,6 +191,7 @@ impl Server {
             pods = pods.pods().len(),
             addresses,
             authorizations,
+            routes,
             max_cert_ttl_secs = config.max_cert_ttl_secs,
             push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"
@@ -286,9 +293,13 @@ fn translate_options(config: &Config) -> TranslateOptions {
 fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot {
     let translated = translate::translate(state, options);
     let (addresses, authorizations) = translate::resources(&translated);
+    let (l7_policies, request_authns) = translate::waypoint_resources(&translated);
     XdsSnapshot {
         addresses,
         authorizations,
+        l7_policies,
+        request_authns,
+        routes: translated.routes,
     }
 }
 

@@ -184,7 +184,7 @@ impl WorkloadCertificate {
         }
         let (not_before, not_after) = validity_of(leaf)?;
         let key = PrivatePkcs8KeyDer::from(pkcs8_key);
-        let signing = crate::tls::provider()
+        let signing = crate::crypto::provider()
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(key.clone_key()))
             .map_err(|e| CertError::Key(e.to_string()))?;
@@ -264,10 +264,8 @@ impl WorkloadCertificate {
         self.certified.clone()
     }
 
-    /// The server TLS config for this identity, built once per certificate.
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server_config
-            .get_or_init(|| crate::tls::server_config(self))
-            .clone()
+    /// Where the TLS module keeps this certificate's server config once built.
+    pub(crate) fn server_config_cache(&self) -> &OnceLock<Arc<ServerConfig>> {
+        &self.server_config
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`identity`]: SPIFFE workload identities.
 //! - [`cert`], [`ca`]: workload certificates, CSRs and the CA's signing core.
-//! - [`tls`]: rustls configs for mutual TLS between workloads.
+//! - [`tls`]: rustls configs for mutual TLS between workloads; [`crypto`]: the crypto provider.
 //! - [`cert_manager`]: per-identity certificates fetched from the CA and renewed at half-life.
 //! - [`hbone`]: the HBONE tunnel (HTTP/2 CONNECT over mutual TLS), client pool and server.
 //! - [`capture`]: the in-pod traffic capture rules (iptables and policy routing).
@@ -14,6 +14,7 @@
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
 //! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
 //! - [`rbac`]: L4 authorization: a connection's verdict under the policies in scope (pure).
+//! - [`l7authz`]: L7 authorization and JWT authentication at the waypoint (pure).
 //! - [`xds`]: the delta ADS client that keeps the store in sync with the control plane.
 //!
 //! Everything here is async on tokio and free of process-wide state other than the crypto
@@ -25,9 +26,11 @@ pub mod capture;
 pub mod cert;
 pub mod cert_manager;
 pub mod copy;
+pub mod crypto;
 pub mod hbone;
 pub mod http_server;
 pub mod identity;
+pub mod l7authz;
 pub mod metrics;
 pub mod model;
 pub mod rbac;

@@ -135,3 +135,69 @@ impl LogBuffer {
         (buffer, tracing::subscriber::set_default(subscriber))
     }
 }
+
+/// An ES256 JWT issuer for tests: its JWKS goes into a RequestAuthentication, its tokens into
+/// requests.
+pub struct JwtIssuer {
+    key: ring::signature::EcdsaKeyPair,
+    /// The `iss` of every token, and the issuer the JWKS is for.
+    pub issuer: String,
+}
+
+impl JwtIssuer {
+    /// A new issuer with a fresh P-256 key.
+    pub fn new(issuer: &str) -> Self {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("key");
+        JwtIssuer {
+            key,
+            issuer: issuer.to_string(),
+        }
+    }
+
+    /// The public key as a JWKS document (key id `test`).
+    pub fn jwks(&self) -> String {
+        use ring::signature::KeyPair;
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "test", "alg": "ES256",
+            "x": b64url(&point[1..33]), "y": b64url(&point[33..]),
+        }]})
+        .to_string()
+    }
+
+    /// A signed token for `sub`, valid from a minute ago for `ttl`, with `extra` claims merged.
+    pub fn token(&self, sub: &str, ttl: Duration, extra: serde_json::Value) -> String {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let mut claims = serde_json::json!({
+            "iss": self.issuer, "sub": sub, "iat": now, "nbf": now - 60,
+            "exp": now + ttl.as_secs(),
+        });
+        if let (Some(c), serde_json::Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            c.extend(extra);
+        }
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "test"});
+        let signed = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .expect("sign");
+        format!("{signed}.{}", b64url(sig.as_ref()))
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

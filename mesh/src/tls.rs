@@ -5,7 +5,7 @@
 //! domain; *what* that client may do is left to authorization policy, so the server exposes the
 //! verified peer [`Identity`] through [`peer_identity`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, ClientConfig, Resumption};
@@ -24,12 +24,15 @@ use crate::identity::Identity;
 /// ALPN protocol for HBONE.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The crypto provider, chosen at build time by cargo feature.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
+pub use crate::crypto::provider;
+
+impl WorkloadCertificate {
+    /// The server TLS config for this identity, built once per certificate.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server_config_cache()
+            .get_or_init(|| server_config(self))
+            .clone()
+    }
 }
 
 fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {

@@ -299,6 +299,7 @@ fn client_config(addr: SocketAddr, transport: XdsTransport) -> XdsConfig {
             initial: Duration::from_millis(10),
             max: Duration::from_millis(100),
         },
+        extra_types: Vec::new(),
     }
 }
 

@@ -26,6 +26,21 @@ pub struct HttpEchoArgs {
     /// Name put in every answer (defaults to the host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Wait this long before answering (a slow backend, for timeout tests).
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Answer every Nth request with 503 instead (a flaky backend, for retry tests); 0 never.
+    #[arg(long, default_value_t = 0)]
+    pub fail_every: u64,
+}
+
+/// How this server behaves, shared by its connections.
+#[derive(Debug)]
+struct Behaviour {
+    name: String,
+    delay: Duration,
+    fail_every: u64,
+    served: std::sync::atomic::AtomicU64,
 }
 
 /// Serves until killed.
@@ -39,24 +54,37 @@ pub async fn run(args: HttpEchoArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "http-echo".into())
     });
     tracing::info!(port = args.port, %name, "http-echo listening");
+    let behaviour = std::sync::Arc::new(Behaviour {
+        name,
+        delay: Duration::from_millis(args.delay_ms),
+        fail_every: args.fail_every,
+        served: std::sync::atomic::AtomicU64::new(0),
+    });
     loop {
         let (stream, peer) = listener.accept().await.context("accepting")?;
-        let name = name.clone();
+        let behaviour = behaviour.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, peer, &name).await {
+            if let Err(e) = answer(stream, peer, &behaviour).await {
                 tracing::debug!(%peer, error = %e, "http-echo connection failed");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, peer: SocketAddr, name: &str) -> anyhow::Result<()> {
+async fn answer(mut stream: TcpStream, peer: SocketAddr, b: &Behaviour) -> anyhow::Result<()> {
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
         .await
         .context("request head timed out")??;
-    let body = response_body(name, peer, &head);
+    tokio::time::sleep(b.delay).await;
+    let n = b.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let status = if b.fail_every > 0 && n % b.fail_every == 0 {
+        "503 Service Unavailable"
+    } else {
+        "200 OK"
+    };
+    let body = response_body(&b.name, peer, &head);
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -127,8 +155,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
+            let b = Behaviour {
+                name: "t".into(),
+                delay: Duration::ZERO,
+                fail_every: 0,
+                served: Default::default(),
+            };
             let (s, peer) = listener.accept().await.expect("accept");
-            answer(s, peer, "t").await.expect("answer");
+            answer(s, peer, &b).await.expect("answer");
         });
         let mut c = TcpStream::connect(addr).await.expect("connect");
         c.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -138,5 +172,34 @@ mod tests {
         c.read_to_string(&mut out).await.expect("read");
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.ends_with("hello from t\nyou are 127.0.0.1\n> GET /x HTTP/1.1\n> host: a\n"));
+    }
+
+    #[tokio::test]
+    async fn fail_every_answers_every_nth_request_with_503() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let b = std::sync::Arc::new(Behaviour {
+            name: "t".into(),
+            delay: Duration::ZERO,
+            fail_every: 2,
+            served: Default::default(),
+        });
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = listener.accept().await.expect("accept");
+                answer(s, peer, &b).await.expect("answer");
+            }
+        });
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .expect("write");
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.expect("read");
+            statuses.push(out.split(' ').nth(1).unwrap_or_default().to_string());
+        }
+        assert_eq!(statuses, ["200", "503", "200", "503"]);
     }
 }

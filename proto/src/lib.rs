@@ -13,6 +13,7 @@ mesh interoperates with istiod, ztunnel and istio-cni:
 | [`zds`] | `istio.workload.zds` | node agent ↔ node tunnel messages |
 | [`google::rpc`] | `google.rpc` | `Status`, carried by NACKs |
 | [`envoy::config::core::v3`] | `envoy.config.core.v3` | `Node` |
+| [`waypoint`] | `ambient.waypoint.v1` | waypoint config (ours, not Istio's): `ServiceRoutes` (a service's L7 routes), `L7Policy`, `RequestAuthn` |
 
 Well-known types (`Any`, `Struct`, `Duration`, `UInt32Value`, `Empty`) are [`prost_types`]
 (`Empty` maps to `()`). Services come with both a tonic client and a tonic server, e.g.
@@ -91,6 +92,18 @@ pub mod envoy {
     }
 }
 
+/// Our own packages (`ambient.*`): what waypoints need beyond Istio's types.
+pub mod ambient {
+    /// `ambient.waypoint.*`.
+    pub mod waypoint {
+        /// `ambient.waypoint.v1`: waypoint config resources.
+        #[allow(missing_docs, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            tonic::include_proto!("ambient.waypoint.v1");
+        }
+    }
+}
+
 /// Google packages that are not well-known types.
 pub mod google {
     /// `google.rpc`: `Status`.
@@ -100,6 +113,7 @@ pub mod google {
     }
 }
 
+pub use ambient::waypoint::v1 as waypoint;
 pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
 pub use istio::v1::auth as ca;
@@ -111,6 +125,15 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
 /// Type URL of `istio.security.Authorization` resources in ADS.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of `ambient.waypoint.v1.L7Policy` resources (waypoint L7 authorization) in ADS.
+pub const L7_POLICY_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.L7Policy";
+
+/// Type URL of `ambient.waypoint.v1.RequestAuthn` resources (JWT rules) in ADS.
+pub const REQUEST_AUTHN_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.RequestAuthn";
+/// Type URL of `ambient.waypoint.v1.ServiceRoutes` resources in ADS (a service's L7 routes;
+/// only waypoints subscribe to it).
+pub const ROUTES_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.ServiceRoutes";
 
 /// gRPC path of the delta ADS method.
 pub const DELTA_ADS_PATH: &str =
@@ -129,5 +152,8 @@ mod tests {
     fn type_urls_match_message_names() {
         assert_eq!(ADDRESS_TYPE_URL, workload::Address::type_url());
         assert_eq!(AUTHORIZATION_TYPE_URL, security::Authorization::type_url());
+        assert_eq!(L7_POLICY_TYPE_URL, waypoint::L7Policy::type_url());
+        assert_eq!(REQUEST_AUTHN_TYPE_URL, waypoint::RequestAuthn::type_url());
+        assert_eq!(ROUTES_TYPE_URL, waypoint::ServiceRoutes::type_url());
     }
 }

@@ -94,6 +94,8 @@ pub async fn run(
                 .or(token.map(BearerToken::Static)),
             node: node_info(&config),
             backoff: BackoffConfig::default(),
+            // L7 routes, policies and request authentication.
+            extra_types: mesh::xds::WAYPOINT_TYPE_URLS.to_vec(),
         },
         store.clone(),
     )

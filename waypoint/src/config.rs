@@ -162,6 +162,11 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             protocol_detect_timeout: Duration::from_millis(self.protocol_detect_timeout_ms),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            name: self
+                .gateway_name
+                .clone()
+                .unwrap_or_else(|| self.service_account.clone()),
+            namespace: self.namespace.clone(),
             binding: self.enforce_binding.then(|| WaypointBinding {
                 name: self
                     .gateway_name
@@ -181,6 +186,10 @@ impl Config {
 pub struct ProxyConfig {
     /// The identity the waypoint presents (inbound and outbound).
     pub identity: Identity,
+    /// The waypoint's name (its Gateway's): which `targetRefs` policies apply here.
+    pub name: String,
+    /// The waypoint's namespace.
+    pub namespace: String,
     /// Cluster id for metrics.
     pub cluster_id: String,
     /// Wait for the first bytes of a tunnel this long before passing it through as TCP.
@@ -201,6 +210,8 @@ impl ProxyConfig {
     /// Defaults for `identity`.
     pub fn new(identity: Identity) -> Self {
         ProxyConfig {
+            name: identity.service_account().to_string(),
+            namespace: identity.namespace().to_string(),
             identity,
             cluster_id: "Kubernetes".to_string(),
             protocol_detect_timeout: Duration::from_millis(200),

@@ -49,6 +49,14 @@ pub enum ProxyError {
     /// The request filter refused the request (`RBAC`-style denial, 403).
     #[error("denied: {0}")]
     Denied(String),
+    /// A token was present and not valid (401; gRPC status 16).
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// Envoy's body for this failure.
+        body: &'static str,
+        /// The detail.
+        reason: String,
+    },
     /// The waypoint has no certificate to present (503, `UF`).
     #[error("no certificate: {0}")]
     NoCertificate(String),
@@ -71,6 +79,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::FaultAbort(crate::fault::AbortError::Http(code)) => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
@@ -98,15 +107,18 @@ impl ProxyError {
             ProxyError::FaultAbort(_) => "FI",
             ProxyError::Overflow(_) => "UO",
             ProxyError::DownstreamBody(_) => "DPE",
+            // Envoy sets no flag for a JWT refusal (only its details say so).
+            ProxyError::Unauthenticated { .. } => "-",
         }
     }
 
     /// Who caused it.
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute(_) | ProxyError::Denied(_) | ProxyError::DownstreamBody(_) => {
-                Blame::Client
-            }
+            ProxyError::NoRoute(_)
+            | ProxyError::Denied(_)
+            | ProxyError::Unauthenticated { .. }
+            | ProxyError::DownstreamBody(_) => Blame::Client,
             ProxyError::FaultAbort(_) | ProxyError::Overflow(_) => Blame::Internal,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)

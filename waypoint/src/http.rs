@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh::copy::NoAbort;
 use mesh::hbone::{Baggage, ConnectMeta, H2Stream};
+use mesh::l7authz::{Authenticated, TokenLocation};
 use mesh::model::{AppProtocol, Workload};
 use mesh::Identity;
 use tokio::time::Instant;
@@ -327,9 +328,15 @@ impl HttpProxy {
         if let Ok(v) = HeaderValue::from_str(&ctx.trace.traceparent()) {
             parts.headers.insert("traceparent", v);
         }
-        match authorize(ctx) {
-            Decision::Allow => Ok(()),
+        match authorize(&self.shared, ctx, parts) {
+            Decision::Allow(authenticated) => {
+                apply_authentication(parts, authenticated);
+                Ok(())
+            }
             Decision::Deny(reason) => Err(ProxyError::Denied(reason)),
+            Decision::Unauthenticated { body, reason } => {
+                Err(ProxyError::Unauthenticated { body, reason })
+            }
         }
     }
 
@@ -553,6 +560,43 @@ fn upstream_speaks_h2(declared: Option<AppProtocol>, downstream: Protocol) -> bo
         Some(AppProtocol::Http11) => false,
         Some(AppProtocol::Http2 | AppProtocol::Grpc) => true,
         _ => downstream == Protocol::Http2,
+    }
+}
+
+/// What a valid token asks of the request before it goes on: claims copied into headers, and
+/// the token itself removed unless its rule forwards it.
+fn apply_authentication(parts: &mut Parts, authenticated: Authenticated) {
+    for (name, value) in authenticated.add_headers {
+        parts.headers.insert(name, value);
+    }
+    for location in authenticated.remove {
+        match location {
+            TokenLocation::Header(name) => {
+                parts.headers.remove(name);
+            }
+            TokenLocation::Param(param) => {
+                let Some(query) = parts.uri.query() else {
+                    continue;
+                };
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| kv.split('=').next() != Some(param.as_str()))
+                    .collect();
+                let path = parts.uri.path();
+                let pq = if kept.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                };
+                let mut uri = parts.uri.clone().into_parts();
+                if let Ok(pq) = pq.parse() {
+                    uri.path_and_query = Some(pq);
+                    if let Ok(new) = Uri::from_parts(uri) {
+                        parts.uri = new;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -65,7 +65,8 @@ fn body_text(err: &ProxyError) -> &'static str {
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
         }
         ProxyError::UpstreamTimeout(_) => "upstream request timeout",
-        ProxyError::Denied(_) => "RBAC: access denied",
+        ProxyError::Denied(_) => mesh::l7authz::DENIED_BODY,
+        ProxyError::Unauthenticated { body, .. } => body,
         ProxyError::FaultAbort(_) => "fault filter abort",
         ProxyError::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         ProxyError::DownstreamBody(_) => "bad request body",

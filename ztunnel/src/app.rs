@@ -84,6 +84,8 @@ pub async fn run(
                 &config.node_name,
             ),
             backoff: BackoffConfig::default(),
+            // A node tunnel enforces L4 only: it never subscribes to waypoint types.
+            extra_types: Vec::new(),
         },
         store.clone(),
     )

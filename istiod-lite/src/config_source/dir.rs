@@ -87,7 +87,7 @@ impl DirSource {
             dir: dir.to_path_buf(),
             error,
         })?;
-        let built = read_all(&stamps).map_err(|problems| ConfigSourceError::Invalid {
+        let built = read_all(&stamps, None).map_err(|problems| ConfigSourceError::Invalid {
             dir: dir.to_path_buf(),
             problems,
         })?;
@@ -171,7 +171,10 @@ impl Shared {
                 item: None,
                 reason: format!("cannot list the directory: {error}"),
             }]),
-            Ok(stamps) => read_all(stamps),
+            Ok(stamps) => {
+                let previous = self.snapshots.borrow().clone();
+                read_all(stamps, Some(&previous))
+            }
         };
         let mut status = self.status();
         status.listing = Some(listing);
@@ -242,8 +245,12 @@ fn log_warnings(warnings: &[ConfigProblem]) {
     }
 }
 
-/// Reads and parses every listed file into one snapshot.
-fn read_all(stamps: &[Stamp]) -> Result<super::Built, Vec<ConfigProblem>> {
+/// Reads and parses every listed file into one snapshot; invalid routing objects keep their
+/// version from `previous`.
+fn read_all(
+    stamps: &[Stamp],
+    previous: Option<&ClusterState>,
+) -> Result<super::Built, Vec<ConfigProblem>> {
     let mut files = Vec::with_capacity(stamps.len());
     let mut problems = Vec::new();
     for (path, ..) in stamps {
@@ -257,7 +264,7 @@ fn read_all(stamps: &[Stamp]) -> Result<super::Built, Vec<ConfigProblem>> {
             }),
         }
     }
-    let built = ClusterState::build(files);
+    let built = ClusterState::build_keeping(files, previous);
     match (built, problems.is_empty()) {
         (Ok(built), true) => Ok(built),
         (Ok(_), false) => Err(problems),

@@ -1,8 +1,8 @@
 //! Where the control plane's view of the cluster comes from.
 //!
 //! A [`ConfigSource`] publishes immutable [`ClusterState`] snapshots (namespaces, pods,
-//! services, service accounts, authorization and peer-authentication policies, Gateways and
-//! HTTPRoutes) on a `tokio::sync::watch` channel; consumers (the xDS server, the CA's
+//! services, service accounts, authorization and peer-authentication policies, Gateways,
+//! HTTPRoutes, GRPCRoutes, VirtualServices and DestinationRules) on a `tokio::sync::watch` channel; consumers (the xDS server, the CA's
 //! [`ClusterPods`](crate::pods::ClusterPods)) read the latest one and wait for the next. A
 //! snapshot is only ever replaced as a whole, so a consumer never sees half of a change.
 //!
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use dir::{DirSource, DEFAULT_POLL_INTERVAL};
-pub use parse::{parse_file, Kind, Located, Object, ParsedFile};
+pub use parse::{parse_file, Kind, Located, Object, ParsedFile, Refused};
 pub use state::{Built, ClusterState, ObjectKey};
 
 /// A source of cluster snapshots.

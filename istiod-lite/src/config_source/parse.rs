@@ -12,7 +12,13 @@
 //! not read either); it is not a mapping; `apiVersion`, `kind` or `metadata.name` is missing or
 //! not a string; a known kind comes with an API version we do not read; a field has the wrong
 //! type or (for the Istio kinds) an unknown name; an AuthorizationPolicy fails
-//! [`AuthorizationPolicy::validate`]. Namespaced objects without a namespace get `default`.
+//! [`AuthorizationPolicy::validate`], a RequestAuthentication
+//! [`RequestAuthentication::validate`]. Namespaced objects without a namespace get `default`.
+//!
+//! The routing kinds (HTTPRoute, GRPCRoute, VirtualService, DestinationRule) are judged per
+//! object instead: one that fails to decode or its `validate()` is [`Refused`] (a warning naming
+//! the field), and the snapshot keeps that object's last good version while the file's other
+//! objects still apply.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +29,8 @@ use serde_yaml::Value;
 
 use super::{ConfigProblem, ObjectKey};
 use crate::resources::{
-    AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication, GATEWAY_API_GROUP,
+    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+    RequestAuthentication, VirtualService, GATEWAY_API_GROUP, ISTIO_NETWORKING_GROUP,
     ISTIO_SECURITY_GROUP,
 };
 
@@ -42,10 +49,18 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `security.istio.io/{v1,v1beta1}` PeerAuthentication.
     PeerAuthentication,
+    /// `security.istio.io/{v1,v1beta1}` RequestAuthentication.
+    RequestAuthentication,
     /// `gateway.networking.k8s.io/{v1,v1beta1}` Gateway.
     Gateway,
     /// `gateway.networking.k8s.io/{v1,v1beta1}` HTTPRoute.
     HttpRoute,
+    /// `gateway.networking.k8s.io/{v1,v1beta1}` GRPCRoute.
+    GrpcRoute,
+    /// `networking.istio.io/{v1,v1beta1,v1alpha3}` VirtualService.
+    VirtualService,
+    /// `networking.istio.io/{v1,v1beta1,v1alpha3}` DestinationRule.
+    DestinationRule,
 }
 
 impl Kind {
@@ -58,8 +73,12 @@ impl Kind {
             ("", "ServiceAccount") => Kind::ServiceAccount,
             (ISTIO_SECURITY_GROUP, "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             (ISTIO_SECURITY_GROUP, "PeerAuthentication") => Kind::PeerAuthentication,
+            (ISTIO_SECURITY_GROUP, "RequestAuthentication") => Kind::RequestAuthentication,
             (GATEWAY_API_GROUP, "Gateway") => Kind::Gateway,
             (GATEWAY_API_GROUP, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_API_GROUP, "GRPCRoute") => Kind::GrpcRoute,
+            (ISTIO_NETWORKING_GROUP, "VirtualService") => Kind::VirtualService,
+            (ISTIO_NETWORKING_GROUP, "DestinationRule") => Kind::DestinationRule,
             _ => return None,
         })
     }
@@ -73,15 +92,29 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         }
+    }
+
+    /// Whether an invalid object of this kind is refused alone, keeping its last good version,
+    /// instead of making the whole new snapshot unusable.
+    pub fn keeps_last_good(self) -> bool {
+        matches!(
+            self,
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::VirtualService | Kind::DestinationRule
+        )
     }
 
     /// The API versions read (schemas equal for what we use).
     fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => &["v1"],
+            Kind::VirtualService | Kind::DestinationRule => &["v1", "v1beta1", "v1alpha3"],
             _ => &["v1", "v1beta1"],
         }
     }
@@ -115,10 +148,18 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     /// A PeerAuthentication.
     PeerAuthentication(PeerAuthentication),
+    /// A RequestAuthentication.
+    RequestAuthentication(RequestAuthentication),
     /// A Gateway.
     Gateway(Gateway),
     /// An HTTPRoute.
     HttpRoute(HttpRoute),
+    /// A GRPCRoute.
+    GrpcRoute(GrpcRoute),
+    /// A VirtualService.
+    VirtualService(VirtualService),
+    /// A DestinationRule.
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -131,8 +172,12 @@ impl Object {
             Object::ServiceAccount(_) => Kind::ServiceAccount,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
         }
     }
 
@@ -145,8 +190,12 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -158,8 +207,12 @@ impl Object {
             Object::ServiceAccount(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -193,12 +246,25 @@ pub struct ParsedFile {
     pub problems: Vec<ConfigProblem>,
     /// Ignored documents (unknown kinds).
     pub warnings: Vec<ConfigProblem>,
+    /// Invalid objects of kinds that keep their last good version ([`Kind::keeps_last_good`]).
+    pub refused: Vec<Refused>,
+}
+
+/// An invalid object that is refused alone: the snapshot keeps its last good version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace (`default` when none was given) and name.
+    pub key: ObjectKey,
+    /// Where it is and what is wrong.
+    pub problem: ConfigProblem,
 }
 
 /// What pass one makes of a document.
 enum Plan {
     Empty,
-    Decode(Kind),
+    Decode(Kind, ObjectKey),
     List(Vec<Value>),
     Unknown(String),
     Bad(String),
@@ -233,19 +299,28 @@ pub fn parse_file(text: &str, file: &Path) -> ParsedFile {
             Plan::Empty => {}
             Plan::Bad(reason) => out.problems.push(note(index, None, reason)),
             Plan::Unknown(what) => out.warnings.push(note(index, None, what)),
-            Plan::Decode(kind) => match decode(kind, document).and_then(finish) {
+            Plan::Decode(kind, key) => match decode(kind, document).and_then(finish) {
                 Ok(object) => out.objects.push(Located {
                     document: index,
                     item: None,
                     object,
                 }),
+                Err(reason) if kind.keeps_last_good() => out.refused.push(Refused {
+                    kind,
+                    key,
+                    problem: note(index, None, reason),
+                }),
                 Err(reason) => out.problems.push(note(index, None, reason)),
             },
             Plan::List(items) => {
                 for (i, item) in items.into_iter().enumerate() {
+                    let mut refusable = None;
                     let result = match plan(&item, false) {
                         Plan::Empty => continue,
-                        Plan::Decode(kind) => decode(kind, item).and_then(finish),
+                        Plan::Decode(kind, key) => {
+                            refusable = kind.keeps_last_good().then_some((kind, key));
+                            decode(kind, item).and_then(finish)
+                        }
                         Plan::Unknown(what) => {
                             out.warnings.push(note(index, Some(i), what));
                             continue;
@@ -259,7 +334,14 @@ pub fn parse_file(text: &str, file: &Path) -> ParsedFile {
                             item: Some(i),
                             object,
                         }),
-                        Err(reason) => out.problems.push(note(index, Some(i), reason)),
+                        Err(reason) => match refusable {
+                            Some((kind, key)) => out.refused.push(Refused {
+                                kind,
+                                key,
+                                problem: note(index, Some(i), reason),
+                            }),
+                            None => out.problems.push(note(index, Some(i), reason)),
+                        },
                     }
                 }
             }
@@ -318,7 +400,14 @@ fn plan(value: &Value, top_level: bool) -> Plan {
         ));
     }
     match map.get("metadata").and_then(|m| m.get("name")) {
-        Some(Value::String(name)) if !name.is_empty() => Plan::Decode(known),
+        Some(Value::String(name)) if !name.is_empty() => {
+            let namespace = match map.get("metadata").and_then(|m| m.get("namespace")) {
+                Some(Value::String(ns)) if !ns.is_empty() && known.namespaced() => ns.clone(),
+                _ if known.namespaced() => "default".to_string(),
+                _ => String::new(),
+            };
+            Plan::Decode(known, ObjectKey::new(namespace, name.clone()))
+        }
         Some(Value::String(_)) | None | Some(Value::Null) => {
             Plan::Bad("metadata.name is missing".into())
         }
@@ -342,8 +431,14 @@ where
         Kind::PeerAuthentication => {
             PeerAuthentication::deserialize(d).map(Object::PeerAuthentication)
         }
+        Kind::RequestAuthentication => {
+            RequestAuthentication::deserialize(d).map(Object::RequestAuthentication)
+        }
         Kind::Gateway => Gateway::deserialize(d).map(Object::Gateway),
         Kind::HttpRoute => HttpRoute::deserialize(d).map(Object::HttpRoute),
+        Kind::GrpcRoute => GrpcRoute::deserialize(d).map(Object::GrpcRoute),
+        Kind::VirtualService => VirtualService::deserialize(d).map(Object::VirtualService),
+        Kind::DestinationRule => DestinationRule::deserialize(d).map(Object::DestinationRule),
     };
     object.map_err(|e| format!("not a valid {kind}: {e}"))
 }
@@ -359,11 +454,16 @@ fn finish(mut object: Object) -> Result<Object, String> {
     } else {
         meta.namespace = None;
     }
-    if let Object::AuthorizationPolicy(policy) = &object {
-        policy
-            .validate()
-            .map_err(|e| format!("invalid AuthorizationPolicy: {e}"))?;
-    }
+    let checked = match &object {
+        Object::AuthorizationPolicy(o) => o.validate().map_err(|e| e.to_string()),
+        Object::RequestAuthentication(o) => o.validate().map_err(|e| e.to_string()),
+        Object::HttpRoute(o) => o.validate().map_err(|e| e.to_string()),
+        Object::GrpcRoute(o) => o.validate().map_err(|e| e.to_string()),
+        Object::VirtualService(o) => o.validate().map_err(|e| e.to_string()),
+        Object::DestinationRule(o) => o.validate().map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    checked.map_err(|e| format!("invalid {kind}: {e}"))?;
     Ok(object)
 }
 

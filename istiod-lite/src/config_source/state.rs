@@ -7,7 +7,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 
 use super::parse::{inline_file, parse_file, Kind, Object};
 use super::ConfigProblem;
-use crate::resources::{AuthorizationPolicy, Gateway, HttpRoute, PeerAuthentication};
+use crate::resources::{
+    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+    RequestAuthentication, VirtualService,
+};
 
 /// Identifies a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,10 +55,18 @@ pub struct ClusterState {
     pub authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     /// Istio PeerAuthentications.
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
+    /// Istio RequestAuthentications.
+    pub request_authentications: BTreeMap<ObjectKey, RequestAuthentication>,
     /// Gateway API Gateways (waypoints among them).
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     /// Gateway API HTTPRoutes.
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
+    /// Gateway API GRPCRoutes.
+    pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
+    /// Istio VirtualServices.
+    pub virtual_services: BTreeMap<ObjectKey, VirtualService>,
+    /// Istio DestinationRules.
+    pub destination_rules: BTreeMap<ObjectKey, DestinationRule>,
 }
 
 /// A snapshot built from files, with the warnings met on the way.
@@ -73,9 +84,21 @@ impl ClusterState {
     /// Builds a snapshot from `(path, contents)` pairs. Files are read in path order; when
     /// two documents define the same (kind, namespace, name) the later one wins, with a
     /// warning. Fails with every problem of every file if any document is unusable: a
-    /// snapshot is all of the files or nothing.
+    /// snapshot is all of the files or nothing. Invalid routing objects are the exception
+    /// (see [`ClusterState::build_keeping`]); without a previous snapshot they are left out.
     pub fn build(
         files: impl IntoIterator<Item = (PathBuf, String)>,
+    ) -> Result<Built, Vec<ConfigProblem>> {
+        Self::build_keeping(files, None)
+    }
+
+    /// As [`ClusterState::build`], but an invalid object of a kind that keeps its last good
+    /// version ([`Kind::keeps_last_good`]: the routing kinds) is refused alone, with a warning
+    /// naming the field, and the snapshot holds its version from `previous` (if it had one)
+    /// while every valid object still applies.
+    pub fn build_keeping(
+        files: impl IntoIterator<Item = (PathBuf, String)>,
+        previous: Option<&ClusterState>,
     ) -> Result<Built, Vec<ConfigProblem>> {
         let mut files: Vec<_> = files.into_iter().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -83,10 +106,12 @@ impl ClusterState {
         let mut problems = Vec::new();
         // Where each object came from, to name both places of a duplicate.
         let mut origins: HashMap<(Kind, ObjectKey), ConfigProblem> = HashMap::new();
+        let mut refused = Vec::new();
         for (path, text) in files {
             let parsed = parse_file(&text, &path);
             problems.extend(parsed.problems);
             built.warnings.extend(parsed.warnings);
+            refused.extend(parsed.refused);
             for located in parsed.objects {
                 let kind = located.object.kind();
                 let key = located.object.key();
@@ -112,6 +137,23 @@ impl ClusterState {
                 }
                 built.state.insert(located.object);
             }
+        }
+        for r in refused {
+            let kept = if origins.contains_key(&(r.kind, r.key.clone())) {
+                "a valid definition elsewhere applies"
+            } else if let Some(old) = previous.and_then(|p| p.object(r.kind, &r.key)) {
+                built.state.insert(old);
+                "keeping its last good version"
+            } else {
+                "it has no earlier good version, so it is left out"
+            };
+            built.warnings.push(ConfigProblem {
+                reason: format!(
+                    "{} {} refused ({kept}): {}",
+                    r.kind, r.key, r.problem.reason
+                ),
+                ..r.problem
+            });
         }
         if problems.is_empty() {
             Ok(built)
@@ -146,12 +188,43 @@ impl ClusterState {
             Object::PeerAuthentication(o) => {
                 self.peer_authentications.insert(key, o);
             }
+            Object::RequestAuthentication(o) => {
+                self.request_authentications.insert(key, o);
+            }
             Object::Gateway(o) => {
                 self.gateways.insert(key, o);
             }
             Object::HttpRoute(o) => {
                 self.http_routes.insert(key, o);
             }
+            Object::GrpcRoute(o) => {
+                self.grpc_routes.insert(key, o);
+            }
+            Object::VirtualService(o) => {
+                self.virtual_services.insert(key, o);
+            }
+            Object::DestinationRule(o) => {
+                self.destination_rules.insert(key, o);
+            }
+        }
+    }
+
+    /// The routing object of `kind` at `key`, if the snapshot holds one (other kinds: `None`).
+    fn object(&self, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            Kind::HttpRoute => self.http_routes.get(key).cloned().map(Object::HttpRoute),
+            Kind::GrpcRoute => self.grpc_routes.get(key).cloned().map(Object::GrpcRoute),
+            Kind::VirtualService => self
+                .virtual_services
+                .get(key)
+                .cloned()
+                .map(Object::VirtualService),
+            Kind::DestinationRule => self
+                .destination_rules
+                .get(key)
+                .cloned()
+                .map(Object::DestinationRule),
+            _ => None,
         }
     }
 
@@ -171,8 +244,12 @@ impl ClusterState {
             + self.service_accounts.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
+            + self.request_authentications.len()
             + self.gateways.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
     }
 
     /// Whether the snapshot holds no object.
@@ -256,5 +333,59 @@ mod tests {
                 "/cfg/worse.yaml document 0: apiVersion is missing",
             ]
         );
+    }
+
+    fn route(path: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: reviews}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n"
+        )
+    }
+
+    #[test]
+    fn an_invalid_route_keeps_its_last_good_version_while_valid_objects_apply() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\n";
+        let good = ClusterState::build(files(&[("/cfg/r.yaml", &route("/v1"))]))
+            .expect("valid")
+            .state;
+        let key = ObjectKey::new("shop", "r");
+        assert!(good.http_routes.contains_key(&key));
+
+        // The route breaks (a path without /) in the same file as a new Pod.
+        let broken = format!("{}---\n{pod}", route("v2"));
+        let built = ClusterState::build_keeping(files(&[("/cfg/r.yaml", &broken)]), Some(&good))
+            .expect("a refused route does not fail the snapshot");
+        assert_eq!(
+            built.state.http_routes.get(&key),
+            good.http_routes.get(&key)
+        );
+        assert!(built.state.pods.contains_key(&ObjectKey::new("shop", "p")));
+        let warning = built.warnings[0].to_string();
+        assert!(
+            warning.starts_with("/cfg/r.yaml document 0: HTTPRoute shop/r refused (keeping its last good version): invalid HTTPRoute: spec.rules[0].matches[0].path.value: \"v2\" must start with /"),
+            "{warning}"
+        );
+
+        // Without an earlier version the route is left out; a type error is refused the same way.
+        let typo = route("/v1").replace("matches:", "matchez:");
+        let built = ClusterState::build(files(&[("/cfg/r.yaml", &typo)])).expect("ok");
+        assert!(built.state.http_routes.is_empty());
+        assert!(
+            built.warnings[0].reason.contains("no earlier good version")
+                && built.warnings[0].reason.contains("matchez"),
+            "{:?}",
+            built.warnings
+        );
+    }
+
+    #[test]
+    fn routing_kinds_are_read_in_their_api_versions() {
+        let state = ClusterState::from_yaml(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [reviews]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: dr}\nspec: {host: reviews}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {}\n",
+        )
+        .expect("valid");
+        assert_eq!(state.virtual_services.len(), 1);
+        assert_eq!(state.destination_rules.len(), 1);
+        assert_eq!(state.grpc_routes.len(), 1);
+        assert_eq!(state.len(), 3);
     }
 }

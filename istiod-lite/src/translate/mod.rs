@@ -11,18 +11,24 @@
 //! - [`service`]: ClusterIP and headless Services;
 //! - [`policy`]: the L4 subset of AuthorizationPolicies that ztunnel enforces;
 //! - [`peer_authentication`]: PeerAuthentications as DENY policies on plaintext;
-//! - [`waypoint`]: which waypoint a workload or service uses.
+//! - [`waypoint`]: which waypoint a workload or service uses;
+//! - [`l7_policy`]: AuthorizationPolicies and RequestAuthentications that waypoints enforce.
+//! - [`route`]: L7 routes of services for waypoints (HTTPRoute, GRPCRoute, VirtualService,
+//!   DestinationRule).
 //!
 //! [`ClusterState`]: crate::config_source::ClusterState
 
+pub mod l7_policy;
 pub mod peer_authentication;
 pub mod policy;
+pub mod route;
 pub mod service;
 pub mod waypoint;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mesh::l7authz::{L7Policy, RequestAuthn};
 use mesh::model::{Policy, Service, Workload};
 
 use crate::config_source::ClusterState;
@@ -83,6 +89,12 @@ pub struct Translated {
     pub services: Vec<Service>,
     /// Policies ztunnel enforces, by `<namespace>/<name>`.
     pub policies: Vec<Policy>,
+    /// L7 policies waypoints enforce, by `<namespace>/<name>`.
+    pub l7_policies: Vec<L7Policy>,
+    /// RequestAuthentications waypoints enforce, by `<namespace>/<name>`.
+    pub request_authns: Vec<RequestAuthn>,
+    /// L7 routes for waypoints, by service `<namespace>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
     /// What could not be carried over, sorted, without duplicates.
     pub warnings: Vec<TranslationWarning>,
 }
@@ -108,6 +120,9 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
     let peer_auth = peer_authentication::translate(state, options, &mut policies, &mut warnings);
     let services = service::services(state, options, &mut warnings);
     let workloads = workload::workloads(state, options, &policies, &peer_auth, &mut warnings);
+    let l7_policies = l7_policy::l7_policies(state, options, &mut warnings);
+    let request_authns = l7_policy::request_authns(state, options, &mut warnings);
+    let routes = route::routes(state, options, &mut warnings);
     let mut policies: Vec<Policy> = policies.into_iter().map(|p| p.policy).collect();
     policies.extend(peer_auth.into_policies());
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -119,6 +134,9 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions) -> Translated
         workloads,
         services,
         policies,
+        l7_policies,
+        request_authns,
+        routes,
         warnings,
     }
 }
@@ -144,6 +162,27 @@ pub fn resources(
         .map(|p| (p.key(), proto::security::Authorization::from(p)))
         .collect();
     (addresses, authorizations)
+}
+
+/// The xDS resources for waypoints: `ambient.waypoint.v1.L7Policy` and `RequestAuthn`, each by
+/// `<ns>/<name>`.
+pub fn waypoint_resources(
+    translated: &Translated,
+) -> (
+    BTreeMap<String, proto::waypoint::L7Policy>,
+    BTreeMap<String, proto::waypoint::RequestAuthn>,
+) {
+    let policies = translated
+        .l7_policies
+        .iter()
+        .map(|p| (p.key(), proto::waypoint::L7Policy::from(p)))
+        .collect();
+    let authns = translated
+        .request_authns
+        .iter()
+        .map(|a| (a.key(), proto::waypoint::RequestAuthn::from(a)))
+        .collect();
+    (policies, authns)
 }
 
 /// The labels of an object's metadata (none when absent).

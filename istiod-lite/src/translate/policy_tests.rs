@@ -52,6 +52,8 @@ fn scope_follows_namespace_and_selector_and_target_refs_are_left_to_waypoints() 
             "for-waypoint-old",
             "  targetRef: {kind: Service, group: \"\", name: web}",
         ),
+        // The waypoint the first targeted policy names (its L7 translation wants it).
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: apps}\nspec: {gatewayClassName: istio-waypoint}\n".to_string(),
     ]
     .concat());
     let scopes: Vec<(String, PolicyScope, PolicyAction)> = t

@@ -145,7 +145,7 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Connection {
     snapshot: Arc<PreparedSnapshot>,
-    types: [TypeState; 2],
+    types: [TypeState; 5],
     nonces: Arc<NonceSource>,
 }
 
@@ -228,7 +228,14 @@ impl Connection {
         let mut out = Vec::new();
         // Policies before addresses: a workload that starts naming a new policy must never reach
         // a proxy before the policy itself (it would be enforced without it for a moment).
-        for kind in [ResourceType::Authorization, ResourceType::Address] {
+        for kind in [
+            ResourceType::RequestAuthn,
+            ResourceType::L7Policy,
+            ResourceType::Authorization,
+            ResourceType::Address,
+            // Routes last: they name services and backends that must be known first.
+            ResourceType::Routes,
+        ] {
             let state = &mut self.types[kind.index()];
             if !state.subscribed {
                 continue;

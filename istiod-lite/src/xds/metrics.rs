@@ -9,7 +9,7 @@
 //! | `istiod_lite_xds_resources` | gauge | `type` | resources in the current snapshot |
 //! | `istiod_lite_xds_snapshots_total` | counter | | snapshots published to streams (after debouncing) |
 //!
-//! `type` is `address` or `authorization`.
+//! `type` is `address`, `authorization`, `l7_policy` or `request_authn`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,7 +29,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// The label of per-type metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
-    /// `address` or `authorization`.
+    /// `address`, `authorization`, `l7_policy` or `request_authn`.
     pub r#type: &'static str,
 }
 

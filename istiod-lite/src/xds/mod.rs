@@ -1,5 +1,7 @@
 //! The config API: delta ADS (`DeltaAggregatedResources`) of `istio.workload.Address` and
-//! `istio.security.Authorization` resources, served next to the CA on port 15012.
+//! `istio.security.Authorization` resources, and for waypoints `ambient.waypoint.v1.L7Policy`
+//! and `RequestAuthn` and `ServiceRoutes`, served next to the CA on port 15012. Each type goes
+//! only to streams that subscribe to it (node tunnels never ask for the waypoint types).
 //!
 //! Data flow:
 //!
@@ -22,7 +24,8 @@
 //!   wait for its ACK or NACK and are then sent together.
 //!
 //! Subscriptions: the first request of a type subscribes to every resource of that type
-//! (wildcard). Explicit names in `resource_names_subscribe` are accepted and treated as a
+//! (wildcard); a type a client never asks for is never sent to it (node tunnels do not ask for
+//! routes). Explicit names in `resource_names_subscribe` are accepted and treated as a
 //! wildcard too, and unsubscriptions are ignored: every proxy gets every resource, as Istio
 //! ambient does for node tunnels.
 //!
@@ -59,6 +62,13 @@ pub struct XdsSnapshot {
     pub addresses: BTreeMap<String, proto::workload::Address>,
     /// `istio.security.Authorization` resources (policies) by resource name.
     pub authorizations: BTreeMap<String, proto::security::Authorization>,
+    /// `ambient.waypoint.v1.L7Policy` resources (waypoint policies) by resource name.
+    pub l7_policies: BTreeMap<String, proto::waypoint::L7Policy>,
+    /// `ambient.waypoint.v1.RequestAuthn` resources (JWT rules) by resource name.
+    pub request_authns: BTreeMap<String, proto::waypoint::RequestAuthn>,
+    /// `ambient.waypoint.v1.ServiceRoutes` (L7 routes of a service) by service
+    /// `<ns>/<hostname>`.
+    pub routes: BTreeMap<String, proto::waypoint::ServiceRoutes>,
 }
 
 /// How the config API behaves.
@@ -85,17 +95,32 @@ pub enum ResourceType {
     Address,
     /// `type.googleapis.com/istio.security.Authorization`.
     Authorization,
+    /// `type.googleapis.com/ambient.waypoint.v1.L7Policy` (waypoints subscribe to it).
+    L7Policy,
+    /// `type.googleapis.com/ambient.waypoint.v1.RequestAuthn` (waypoints subscribe to it).
+    RequestAuthn,
+    /// `type.googleapis.com/ambient.waypoint.v1.ServiceRoutes` (waypoints only).
+    Routes,
 }
 
 impl ResourceType {
-    /// Both types, in the order of [`ResourceType::index`].
-    pub const ALL: [ResourceType; 2] = [ResourceType::Address, ResourceType::Authorization];
+    /// Every type, in the order of [`ResourceType::index`].
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Address,
+        ResourceType::Authorization,
+        ResourceType::L7Policy,
+        ResourceType::RequestAuthn,
+        ResourceType::Routes,
+    ];
 
     /// The type URL on the wire.
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Address => proto::ADDRESS_TYPE_URL,
             ResourceType::Authorization => proto::AUTHORIZATION_TYPE_URL,
+            ResourceType::L7Policy => proto::L7_POLICY_TYPE_URL,
+            ResourceType::RequestAuthn => proto::REQUEST_AUTHN_TYPE_URL,
+            ResourceType::Routes => proto::ROUTES_TYPE_URL,
         }
     }
 
@@ -106,11 +131,15 @@ impl ResourceType {
             .find(|t| t.type_url() == type_url)
     }
 
-    /// The value of the `type` label in metrics: `address` or `authorization`.
+    /// The value of the `type` label in metrics: `address`, `authorization`, `l7_policy`,
+    /// `request_authn` or `routes`.
     pub fn label(self) -> &'static str {
         match self {
             ResourceType::Address => "address",
             ResourceType::Authorization => "authorization",
+            ResourceType::L7Policy => "l7_policy",
+            ResourceType::RequestAuthn => "request_authn",
+            ResourceType::Routes => "routes",
         }
     }
 
@@ -119,6 +148,9 @@ impl ResourceType {
         match self {
             ResourceType::Address => 0,
             ResourceType::Authorization => 1,
+            ResourceType::L7Policy => 2,
+            ResourceType::RequestAuthn => 3,
+            ResourceType::Routes => 4,
         }
     }
 }

@@ -75,6 +75,11 @@ pub fn encode_address(address: &proto::workload::Address) -> Vec<u8> {
     }
 }
 
+/// Encodes any message without map fields (prost's encoding is then deterministic).
+pub fn encode_plain<M: Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
 /// Encodes an `Authorization` (no map fields: prost's encoding is deterministic).
 pub fn encode_authorization(authorization: &proto::security::Authorization) -> Vec<u8> {
     authorization.encode_to_vec()
@@ -159,7 +164,7 @@ pub struct PreparedSnapshot {
     /// When the first change folded into this snapshot arrived (`None` for the first
     /// snapshot): the start of the push latency.
     pub changed_at: Option<Instant>,
-    types: [TypeResources; 2],
+    types: [TypeResources; 5],
 }
 
 impl PreparedSnapshot {
@@ -179,10 +184,38 @@ impl PreparedSnapshot {
                 .iter()
                 .map(|(name, a)| (name.clone(), encode_authorization(a))),
         );
+        let l7_policies = TypeResources::new(
+            proto::L7_POLICY_TYPE_URL,
+            snapshot
+                .l7_policies
+                .iter()
+                .map(|(name, p)| (name.clone(), encode_plain(p))),
+        );
+        let request_authns = TypeResources::new(
+            proto::REQUEST_AUTHN_TYPE_URL,
+            snapshot
+                .request_authns
+                .iter()
+                .map(|(name, r)| (name.clone(), encode_plain(r))),
+        );
+        // No map fields in ServiceRoutes: prost's encoding is deterministic.
+        let routes = TypeResources::new(
+            proto::ROUTES_TYPE_URL,
+            snapshot
+                .routes
+                .iter()
+                .map(|(name, r)| (name.clone(), r.encode_to_vec())),
+        );
         PreparedSnapshot {
             generation,
             changed_at,
-            types: [addresses, authorizations],
+            types: [
+                addresses,
+                authorizations,
+                l7_policies,
+                request_authns,
+                routes,
+            ],
         }
     }
 
@@ -294,6 +327,7 @@ pub(crate) mod tests {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             authorizations: BTreeMap::new(),
+            ..Default::default()
         }
     }
 

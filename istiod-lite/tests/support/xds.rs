@@ -67,6 +67,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, p)| (k.clone(), proto::security::Authorization::from(p)))
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -192,6 +193,11 @@ pub fn with_invalid_address(mesh: &Mesh, uid: &str) -> XdsSnapshot {
 impl Running {
     /// The mesh's xDS client with `token`, and the store it writes.
     pub fn proxy(&self, token: &str) -> Proxy {
+        self.proxy_with_types(token, Vec::new())
+    }
+
+    /// Like [`Running::proxy`], also subscribing to `extra_types` (as a waypoint does).
+    pub fn proxy_with_types(&self, token: &str, extra_types: Vec<&'static str>) -> Proxy {
         let config = XdsConfig {
             address: format!("https://{}", self.addr),
             transport: XdsTransport::Tls(XdsTls {
@@ -210,6 +216,7 @@ impl Running {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(100),
             },
+            extra_types,
         };
         let store = Store::new();
         let client = XdsClient::new(config, store.clone()).expect("client config");

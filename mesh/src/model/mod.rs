@@ -1,4 +1,5 @@
-//! The typed configuration model: workloads, services and L4 authorization policies.
+//! The typed configuration model: workloads, services, L4 authorization policies, and the L7
+//! routes of services ([`route`], for waypoints).
 //!
 //! The control plane speaks protobuf ([`proto::workload`], [`proto::security`]); everything
 //! else in the mesh works on these types, which are checked once when converted from the
@@ -16,6 +17,7 @@
 //! uid, a service by `<namespace>/<hostname>`, a policy by `<namespace>/<name>`.
 
 pub(crate) mod policy;
+pub mod route;
 pub(crate) mod service;
 pub(crate) mod workload;
 
@@ -98,6 +100,14 @@ pub enum ModelError {
         /// The value received.
         value: String,
     },
+    /// A value that is present but not acceptable (an unknown `when` key, a bad JWKS, ...).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Path of the field.
+        field: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
 }
 
 impl ModelError {
@@ -110,7 +120,8 @@ impl ModelError {
             | ModelError::UnknownEnum { field, .. }
             | ModelError::Cidr { field, .. }
             | ModelError::Identity { field, .. }
-            | ModelError::BadReference { field, .. } => field,
+            | ModelError::BadReference { field, .. }
+            | ModelError::Invalid { field, .. } => field,
         }
     }
 
@@ -124,7 +135,8 @@ impl ModelError {
             | ModelError::UnknownEnum { field, .. }
             | ModelError::Cidr { field, .. }
             | ModelError::Identity { field, .. }
-            | ModelError::BadReference { field, .. } => field,
+            | ModelError::BadReference { field, .. }
+            | ModelError::Invalid { field, .. } => field,
         };
         *field = if field.starts_with('[') {
             format!("{parent}{field}")

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -11,15 +10,15 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsId
 use tracing::Instrument;
 
 use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::backoff::Backoff;
+use super::decode::{check, DECODABLE_TYPES};
 use super::{
     BearerToken, NodeInfo, TypeStatus, XdsConfig, XdsError, XdsStatus, XdsTransport, TYPE_URLS,
 };
 use crate::cert::parse_pem_certs;
-use crate::model::{Address, Policy};
-use crate::store::{Batch, Store};
+use crate::store::Store;
 
 /// How long establishing the TCP + TLS connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +46,8 @@ pub struct XdsClient {
     node: NodeInfo,
     backoff: Backoff,
     store: Store,
+    /// The types subscribed to, in order: [`TYPE_URLS`] then the configured extra types.
+    types: Vec<&'static str>,
     status: watch::Sender<XdsStatus>,
     /// Type URL → resource name → version: what the store holds from the control plane, sent
     /// as `initial_resource_versions` on reconnect.
@@ -118,6 +119,15 @@ impl XdsClient {
         if let Some(BearerToken::Static(token)) = &config.token {
             authorization(token).map_err(XdsError::Token)?;
         }
+        let mut types: Vec<&'static str> = TYPE_URLS.to_vec();
+        for extra in &config.extra_types {
+            if !DECODABLE_TYPES.contains(extra) {
+                return Err(XdsError::UnsupportedType((*extra).to_string()));
+            }
+            if !types.contains(extra) {
+                types.push(extra);
+            }
+        }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -131,8 +141,12 @@ impl XdsClient {
             node: config.node,
             backoff: Backoff::new(config.backoff),
             store,
-            status: watch::Sender::new(XdsStatus::default()),
-            known: TYPE_URLS.iter().map(|t| (*t, BTreeMap::new())).collect(),
+            status: watch::Sender::new(XdsStatus {
+                subscribed: types.iter().map(|t| t.to_string()).collect(),
+                ..XdsStatus::default()
+            }),
+            known: types.iter().map(|t| (*t, BTreeMap::new())).collect(),
+            types,
         })
     }
 
@@ -180,8 +194,8 @@ impl XdsClient {
 
         // Room for the initial requests plus a few ACKs; the loop below sends one reply per
         // response, so the queue never holds more than that.
-        let (tx, rx) = mpsc::channel(TYPE_URLS.len() + 4);
-        for type_url in TYPE_URLS {
+        let (tx, rx) = mpsc::channel(self.types.len() + 4);
+        for type_url in self.types.clone() {
             let request = self.initial_request(type_url);
             tracing::debug!(
                 type_url,
@@ -256,7 +270,7 @@ impl XdsClient {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         let version = response.system_version_info.clone();
-        let Some(known_type) = TYPE_URLS.iter().copied().find(|t| *t == type_url) else {
+        let Some(known_type) = self.types.iter().copied().find(|t| *t == type_url) else {
             let error = format!("type {type_url:?} was not subscribed to");
             tracing::warn!(type_url, nonce, error, "rejecting xDS response (NACK)");
             return nack(type_url, nonce, error);
@@ -313,137 +327,6 @@ impl XdsClient {
             }
         }
     }
-}
-
-/// A response that passed every check: the batch to apply and the version bookkeeping.
-#[derive(Debug)]
-struct Accepted {
-    batch: Batch,
-    /// Name → version of every resource added or changed.
-    added: Vec<(String, String)>,
-    /// Names removed.
-    removed: Vec<String>,
-}
-
-/// Decodes and validates every resource of a response of a subscribed type; any failure
-/// rejects the whole response, with one message per bad resource.
-fn check(response: DeltaDiscoveryResponse) -> Result<Accepted, Vec<String>> {
-    let is_address = response.type_url == proto::ADDRESS_TYPE_URL;
-    let mut batch = Batch::new();
-    let mut added = Vec::with_capacity(response.resources.len());
-    let mut rejects = Vec::new();
-    for (index, resource) in response.resources.into_iter().enumerate() {
-        let name = resource_name(&resource);
-        let version = resource.version.clone();
-        let label = if name.is_empty() {
-            format!("resource #{index}")
-        } else {
-            format!("resource {name:?}")
-        };
-        let decoded = if is_address {
-            decode::<proto::workload::Address, Address>(&response.type_url, &name, resource)
-                .map(|(key, a)| (key, Decoded::Address(Box::new(a))))
-        } else {
-            decode::<proto::security::Authorization, Policy>(&response.type_url, &name, resource)
-                .map(|(key, p)| (key, Decoded::Policy(Box::new(p))))
-        };
-        match decoded {
-            Ok((name, Decoded::Address(a))) => {
-                batch.upsert_address(*a);
-                added.push((name, version));
-            }
-            Ok((name, Decoded::Policy(p))) => {
-                batch.upsert_policy(*p);
-                added.push((name, version));
-            }
-            Err(reason) => rejects.push(format!("{label}: {reason}")),
-        }
-    }
-    if !rejects.is_empty() {
-        return Err(rejects);
-    }
-    let removed: Vec<String> = response
-        .removed_resources
-        .into_iter()
-        .chain(response.removed_resource_names.into_iter().map(|r| r.name))
-        .collect();
-    for name in &removed {
-        if is_address {
-            batch.remove_address(name.clone());
-        } else {
-            batch.remove_policy(name.clone());
-        }
-    }
-    Ok(Accepted {
-        batch,
-        added,
-        removed,
-    })
-}
-
-enum Decoded {
-    Address(Box<Address>),
-    Policy(Box<Policy>),
-}
-
-/// Model values that are xDS resources, with the name the control plane must give them.
-trait Named {
-    fn xds_name(&self) -> String;
-}
-
-impl Named for Address {
-    fn xds_name(&self) -> String {
-        self.resource_name()
-    }
-}
-
-impl Named for Policy {
-    fn xds_name(&self) -> String {
-        self.key()
-    }
-}
-
-/// Decodes one resource's body as `W`, converts it to `M` and checks that its name matches its
-/// content. Returns the name and the value, or why not.
-fn decode<W, M>(type_url: &str, name: &str, resource: Resource) -> Result<(String, M), String>
-where
-    W: Message + Default,
-    M: TryFrom<W, Error = crate::model::ModelError> + Named,
-{
-    if name.is_empty() {
-        return Err("has no name".into());
-    }
-    let Some(body) = resource.resource else {
-        return Err("has no body".into());
-    };
-    if body.type_url != type_url {
-        return Err(format!(
-            "has type {:?} in a response of type {type_url:?}",
-            body.type_url
-        ));
-    }
-    let wire = W::decode(body.value.as_slice())
-        .map_err(|e| format!("cannot be decoded as {type_url}: {e}"))?;
-    let value = M::try_from(wire).map_err(|e| format!("is invalid: {e}"))?;
-    let expected = value.xds_name();
-    if expected != name {
-        return Err(format!(
-            "is named {name:?} but its content is named {expected:?}"
-        ));
-    }
-    Ok((name.to_string(), value))
-}
-
-/// The resource's name (the newer `resource_name` field when `name` is empty).
-fn resource_name(resource: &Resource) -> String {
-    if !resource.name.is_empty() {
-        return resource.name.clone();
-    }
-    resource
-        .resource_name
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_default()
 }
 
 fn nack_message(rejects: &[String]) -> String {
@@ -507,6 +390,9 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+    use proto::discovery::Resource;
+
     use super::*;
     use crate::model::{PolicyScope, Workload};
     use crate::xds::{BackoffConfig, ClientCert, XdsTls};
@@ -644,6 +530,7 @@ mod tests {
             token,
             node: NodeInfo::default(),
             backoff: BackoffConfig::default(),
+            extra_types: Vec::new(),
         }
     }
 
@@ -762,4 +649,114 @@ mod tests {
             .initial_resource_versions
             .is_empty());
     }
+
+    fn l7_policy_resource(ns: &str, name: &str) -> Resource {
+        let wire = proto::waypoint::L7Policy {
+            name: name.into(),
+            namespace: ns.into(),
+            action: proto::waypoint::l7_policy::Action::Deny as i32,
+            rules: vec![proto::waypoint::l7_policy::Rule {
+                to: vec![proto::waypoint::l7_policy::Operation {
+                    paths: vec!["/admin*".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        resource(
+            &format!("{ns}/{name}"),
+            "v1",
+            proto::L7_POLICY_TYPE_URL,
+            wire.encode_to_vec(),
+        )
+    }
+
+    #[test]
+    fn waypoint_types_are_opt_in_and_land_in_the_store() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _guard = runtime.enter();
+        let plain = || config("http://127.0.0.1:1", XdsTransport::Plaintext, None);
+
+        // A node tunnel (no extra types) refuses L7 policies: it never subscribed.
+        let store = Store::new();
+        let mut ztunnel = XdsClient::new(plain(), store.clone()).expect("client");
+        let reply = ztunnel.handle(response(
+            proto::L7_POLICY_TYPE_URL,
+            vec![l7_policy_resource("shop", "deny-admin")],
+            &[],
+        ));
+        assert_eq!(reply.error_detail.map(|s| s.code), Some(NACK_CODE));
+        assert!(store.l7_policy("shop/deny-admin").is_none());
+        assert_eq!(ztunnel.types, TYPE_URLS);
+
+        // A waypoint subscribes to them, applies them, and counts them for readiness.
+        let store = Store::new();
+        let mut cfg = plain();
+        cfg.extra_types = crate::xds::WAYPOINT_POLICY_TYPE_URLS.to_vec();
+        let mut waypoint = XdsClient::new(cfg, store.clone()).expect("client");
+        assert_eq!(waypoint.types.len(), 4);
+        let status = waypoint.status();
+        let reply = waypoint.handle(response(
+            proto::L7_POLICY_TYPE_URL,
+            vec![l7_policy_resource("shop", "deny-admin")],
+            &[],
+        ));
+        assert!(reply.error_detail.is_none(), "{:?}", reply.error_detail);
+        assert!(store.l7_policy("shop/deny-admin").is_some());
+        for t in [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL] {
+            waypoint.handle(response(t, vec![], &[]));
+        }
+        assert!(!status.borrow().is_synced(), "RequestAuthn not ACKed yet");
+        waypoint.handle(response(proto::REQUEST_AUTHN_TYPE_URL, vec![], &[]));
+        assert!(status.borrow().is_synced());
+
+        let reply = waypoint.handle(response(
+            proto::L7_POLICY_TYPE_URL,
+            vec![],
+            &["shop/deny-admin"],
+        ));
+        assert!(reply.error_detail.is_none());
+        assert!(store.l7_policy("shop/deny-admin").is_none());
+
+        // A bad L7 policy is NACKed naming the field.
+        let mut bad = proto::waypoint::L7Policy {
+            name: "p".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        bad.rules.push(proto::waypoint::l7_policy::Rule {
+            when: vec![proto::waypoint::l7_policy::Condition {
+                key: "request.nope".into(),
+                values: vec!["x".into()],
+                not_values: vec![],
+            }],
+            ..Default::default()
+        });
+        let r = resource(
+            "shop/p",
+            "v2",
+            proto::L7_POLICY_TYPE_URL,
+            bad.encode_to_vec(),
+        );
+        let reply = waypoint.handle(response(proto::L7_POLICY_TYPE_URL, vec![r], &[]));
+        let message = reply.error_detail.expect("nack").message;
+        assert!(message.contains("rules[0].when[0].key"), "{message}");
+    }
+
+    #[test]
+    fn extra_types_the_client_cannot_decode_are_refused() {
+        let mut cfg = config("http://127.0.0.1:1", XdsTransport::Plaintext, None);
+        cfg.extra_types = vec!["type.googleapis.com/unknown.Thing"];
+        assert!(matches!(
+            XdsClient::new(cfg, Store::new()),
+            Err(XdsError::UnsupportedType(_))
+        ));
+    }
 }
+
+#[cfg(test)]
+#[path = "client_route_tests.rs"]
+mod route_tests;

@@ -2,7 +2,8 @@
 //!
 //! [`XdsClient`] opens `DeltaAggregatedResources` (gRPC, TLS by default) and subscribes to every
 //! `istio.workload.Address` and `istio.security.Authorization` resource (wildcard: the first
-//! request of each type has an empty subscribe list). Each response is decoded and checked as a
+//! request of each type has an empty subscribe list), plus the opt-in
+//! [`XdsConfig::extra_types`] (a waypoint's L7 routes, policies and RequestAuthns). Each response is decoded and checked as a
 //! whole: if any resource fails to decode or to convert into the [`crate::model`], the response
 //! is NACKed (`error_detail`: code 3 InvalidArgument naming each bad resource and why) and
 //! nothing from it is applied; otherwise its additions and removals are applied to the store as
@@ -20,6 +21,7 @@
 
 mod backoff;
 mod client;
+mod decode;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,8 +32,21 @@ use serde::{Deserialize, Serialize};
 pub use backoff::BackoffConfig;
 pub use client::XdsClient;
 
-/// The resource types the client subscribes to, in the order it subscribes.
+/// The resource types the client always subscribes to, in the order it subscribes.
 pub const TYPE_URLS: [&str; 2] = [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL];
+
+/// The extra types a waypoint subscribes to ([`XdsConfig::extra_types`]): L7 policies and
+/// RequestAuthns.
+pub const WAYPOINT_POLICY_TYPE_URLS: [&str; 2] =
+    [proto::L7_POLICY_TYPE_URL, proto::REQUEST_AUTHN_TYPE_URL];
+
+/// Everything a waypoint subscribes to besides [`TYPE_URLS`]: its services' L7 routes, and
+/// [`WAYPOINT_POLICY_TYPE_URLS`].
+pub const WAYPOINT_TYPE_URLS: [&str; 3] = [
+    proto::ROUTES_TYPE_URL,
+    proto::L7_POLICY_TYPE_URL,
+    proto::REQUEST_AUTHN_TYPE_URL,
+];
 
 /// Where the control plane is and how to talk to it.
 #[derive(Clone)]
@@ -47,6 +62,10 @@ pub struct XdsConfig {
     pub node: NodeInfo,
     /// Reconnection delays.
     pub backoff: BackoffConfig,
+    /// Types subscribed to after [`TYPE_URLS`] (opt-in: a node tunnel leaves this empty, a
+    /// waypoint adds e.g. [`WAYPOINT_POLICY_TYPE_URLS`]). Each must be one the client can
+    /// decode, or [`XdsClient::new`] refuses the config.
+    pub extra_types: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for XdsConfig {
@@ -57,6 +76,7 @@ impl std::fmt::Debug for XdsConfig {
             .field("token", &self.token)
             .field("node", &self.node)
             .field("backoff", &self.backoff)
+            .field("extra_types", &self.extra_types)
             .finish()
     }
 }
@@ -189,6 +209,9 @@ pub enum XdsError {
     /// tonic refused the TLS settings.
     #[error("xDS TLS settings refused: {0}")]
     Tls(String),
+    /// An extra type that this client cannot decode.
+    #[error("xDS type {0:?} cannot be subscribed to: this client does not know how to decode it")]
+    UnsupportedType(String),
 }
 
 /// What the client has achieved so far; published on [`XdsClient::status`].
@@ -203,15 +226,21 @@ pub struct XdsStatus {
     pub last_error: Option<String>,
     /// Per type URL: versions and errors.
     pub types: BTreeMap<String, TypeStatus>,
+    /// The type URLs subscribed to; empty means [`TYPE_URLS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribed: Vec<String>,
 }
 
 impl XdsStatus {
     /// Whether every subscribed type has been ACKed at least once since start: the proxy has a
     /// first full configuration. Stays true across disconnections (fail static).
     pub fn is_synced(&self) -> bool {
-        TYPE_URLS
-            .iter()
-            .all(|t| self.types.get(*t).is_some_and(|s| s.acks > 0))
+        let acked = |t: &str| self.types.get(t).is_some_and(|s| s.acks > 0);
+        if self.subscribed.is_empty() {
+            TYPE_URLS.iter().all(|t| acked(t))
+        } else {
+            self.subscribed.iter().all(|t| acked(t))
+        }
     }
 }
 
@@ -295,6 +324,7 @@ mod tests {
             token: Some(BearerToken::Static("SECRET-TOKEN".into())),
             node: NodeInfo::default(),
             backoff: BackoffConfig::default(),
+            extra_types: Vec::new(),
         };
         let text = format!("{config:?}");
         assert!(!text.contains("SECRET"), "{text}");

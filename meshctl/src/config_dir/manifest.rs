@@ -19,7 +19,9 @@ use serde_yaml::Value;
 use super::security;
 
 /// API group of the Gateway API kinds.
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+const GATEWAY_GROUP: &str = resources::GATEWAY_API_GROUP;
+/// API group of Istio's networking kinds.
+const NETWORKING_GROUP: &str = resources::ISTIO_NETWORKING_GROUP;
 
 /// The kinds the local cluster stores (those istiod-lite reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,20 +32,28 @@ pub(crate) enum Kind {
     ServiceAccount,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     Gateway,
     HttpRoute,
+    GrpcRoute,
+    VirtualService,
+    DestinationRule,
 }
 
 /// Every kind, for lookups and the "supported kinds" message.
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 12] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
     Kind::ServiceAccount,
     Kind::AuthorizationPolicy,
     Kind::PeerAuthentication,
+    Kind::RequestAuthentication,
     Kind::Gateway,
     Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::VirtualService,
+    Kind::DestinationRule,
 ];
 
 impl Kind {
@@ -55,22 +65,30 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         }
     }
 
     fn group(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "",
-            Kind::AuthorizationPolicy | Kind::PeerAuthentication => security::GROUP,
-            Kind::Gateway | Kind::HttpRoute => GATEWAY_GROUP,
+            Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => {
+                security::GROUP
+            }
+            Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => GATEWAY_GROUP,
+            Kind::VirtualService | Kind::DestinationRule => NETWORKING_GROUP,
         }
     }
 
     fn versions(self) -> &'static [&'static str] {
         match self.group() {
             "" => &["v1"],
+            NETWORKING_GROUP => &["v1", "v1beta1", "v1alpha3"],
             _ => &["v1", "v1beta1"],
         }
     }
@@ -312,82 +330,55 @@ where
         Kind::Pod => core::Pod::deserialize(document).map(drop),
         Kind::Service => core::Service::deserialize(document).map(drop),
         Kind::ServiceAccount => core::ServiceAccount::deserialize(document).map(drop),
-        Kind::Gateway => gateway_api::Gateway::deserialize(document).map(drop),
-        Kind::HttpRoute => gateway_api::HttpRoute::deserialize(document).map(drop),
+        Kind::Gateway => resources::Gateway::deserialize(document).map(drop),
+        Kind::HttpRoute => {
+            return checked(
+                kind,
+                resources::HttpRoute::deserialize(document),
+                resources::HttpRoute::validate,
+            )
+        }
+        Kind::GrpcRoute => {
+            return checked(
+                kind,
+                resources::GrpcRoute::deserialize(document),
+                resources::GrpcRoute::validate,
+            )
+        }
+        Kind::VirtualService => {
+            return checked(
+                kind,
+                resources::VirtualService::deserialize(document),
+                resources::VirtualService::validate,
+            )
+        }
+        Kind::DestinationRule => {
+            return checked(
+                kind,
+                resources::DestinationRule::deserialize(document),
+                resources::DestinationRule::validate,
+            )
+        }
         Kind::AuthorizationPolicy => return security::check_authorization_policy(document),
         Kind::PeerAuthentication => return security::check_peer_authentication(document),
+        Kind::RequestAuthentication => {
+            return super::request_authn::check_request_authentication(document)
+        }
     }
     .map(|()| Vec::new())
     .map_err(invalid)
 }
 
-/// The parts of the Gateway API kinds that istiod-lite types (the rest it keeps as raw JSON).
-/// Decoded only to check the types, so no field is ever read.
-#[allow(dead_code)]
-mod gateway_api {
-    use serde::Deserialize;
-
-    use super::security::null_as_default;
-
-    #[derive(Deserialize)]
-    pub(super) struct Gateway {
-        #[serde(default, deserialize_with = "null_as_default")]
-        spec: GatewaySpec,
-    }
-
-    #[derive(Default, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct GatewaySpec {
-        #[serde(default, deserialize_with = "null_as_default")]
-        gateway_class_name: String,
-        #[serde(default, deserialize_with = "null_as_default")]
-        listeners: Vec<Listener>,
-    }
-
-    #[derive(Deserialize)]
-    struct Listener {
-        #[serde(default, deserialize_with = "null_as_default")]
-        name: String,
-        #[serde(default)]
-        hostname: Option<String>,
-        #[serde(default)]
-        port: u16,
-        #[serde(default, deserialize_with = "null_as_default")]
-        protocol: String,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct HttpRoute {
-        #[serde(default, deserialize_with = "null_as_default")]
-        spec: HttpRouteSpec,
-    }
-
-    #[derive(Default, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct HttpRouteSpec {
-        #[serde(default, deserialize_with = "null_as_default")]
-        parent_refs: Vec<ParentRef>,
-        #[serde(default, deserialize_with = "null_as_default")]
-        hostnames: Vec<String>,
-        #[serde(default, deserialize_with = "null_as_default")]
-        rules: Vec<serde_json::Value>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ParentRef {
-        #[serde(default)]
-        group: Option<String>,
-        #[serde(default)]
-        kind: Option<String>,
-        #[serde(default)]
-        namespace: Option<String>,
-        name: String,
-        #[serde(default)]
-        section_name: Option<String>,
-        #[serde(default)]
-        port: Option<u16>,
-    }
+/// A routing kind: decoded with the shared `resources` types (the ones istiod-lite reads), then
+/// its `validate()`, whose message names each bad field (`spec.rules[0]...`).
+fn checked<T>(
+    kind: Kind,
+    decoded: Result<T, serde_yaml::Error>,
+    validate: impl Fn(&T) -> Result<(), resources::ValidationError>,
+) -> Result<Vec<String>, String> {
+    let object = decoded.map_err(|e| format!("not a valid {}: {e}", kind.name()))?;
+    validate(&object).map_err(|e| format!("invalid {}: {e}", kind.name()))?;
+    Ok(Vec::new())
 }
 
 /// How an object name is spelled.

@@ -13,13 +13,16 @@
 //! over the target, so a reader sees the old file or the new one, never half of one.
 //!
 //! One document istiod-lite cannot read makes it refuse the whole directory (it keeps serving
-//! the last good config), so `apply` checks what it is given the way istiod-lite reads it
-//! ([`manifest`]) and writes nothing unless every document passes. Writers are meshctl
+//! the last good config; an invalid routing object is refused alone and keeps its last good
+//! version), so `apply` checks what it is given the way istiod-lite reads it ([`manifest`],
+//! with the shared `resources` types and their `validate()` for the routing kinds) and writes
+//! nothing unless every document passes. Writers are meshctl
 //! commands run one at a time; two concurrent `label_namespace` calls on one namespace could
 //! lose one of the changes.
 
 mod cluster_ip;
 mod manifest;
+mod request_authn;
 mod security;
 #[cfg(test)]
 mod tests;

@@ -4,10 +4,11 @@
 //! istiod-lite is a binary crate; the field tables below follow its types.
 //!
 //! On top of what istiod-lite refuses, `apply` refuses what the mesh does not support —
-//! actions AUDIT and CUSTOM, which istiod-lite would only skip with a warning — and warns
-//! about rules that ztunnel enforces differently from what they say: L7 conditions (HTTP
-//! hosts, methods, paths, request principals, remote IPs, `request.*` keys, ...) cannot be
-//! checked at L4, so ztunnel fails closed on them.
+//! action CUSTOM, and AUDIT on a policy that is not bound to a waypoint (`targetRefs`), which
+//! istiod-lite would only skip with a warning — and warns about rules that are enforced
+//! differently from what they say: L7 conditions (HTTP hosts, methods, paths, request
+//! principals, remote IPs, `request.*` keys, ...) cannot be checked at L4, so ztunnel fails
+//! closed on them; a waypoint fails closed on `when` keys it does not know.
 
 use std::collections::BTreeMap;
 
@@ -35,15 +36,26 @@ where
     let policy = AuthorizationPolicy::deserialize(document)
         .map_err(|e| format!("not a valid AuthorizationPolicy: {e}"))?;
     let spec = policy.spec;
-    if let Action::Audit | Action::Custom = spec.action {
-        return Err(format!(
-            "spec.action {}: not supported by this mesh, which enforces only ALLOW and DENY \
-             (istiod-lite would skip this policy); refused",
-            spec.action.as_str()
-        ));
+    match spec.action {
+        Action::Custom => {
+            return Err(
+                "spec.action CUSTOM: not supported by this mesh (no external authorizers); refused"
+                    .into(),
+            )
+        }
+        Action::Audit if !spec.has_target_refs() => {
+            return Err(
+                "spec.action AUDIT: only waypoints audit requests; bind the policy to a waypoint \
+                 or a service with targetRefs (ztunnel would skip it); refused"
+                    .into(),
+            )
+        }
+        _ => {}
     }
     spec.validate()?;
-    Ok(spec.l7_warnings())
+    let mut warnings = spec.l7_warnings();
+    warnings.extend(spec.waypoint_warnings());
+    Ok(warnings)
 }
 
 /// Decodes and checks a PeerAuthentication document; returns its warnings.
@@ -330,6 +342,43 @@ impl AuthorizationPolicySpec {
             }
         }
         Ok(())
+    }
+
+    /// For policies bound with `targetRefs`: targets waypoints do not enforce, and `when`
+    /// keys the waypoint cannot check (it fails closed on them).
+    fn waypoint_warnings(&self) -> Vec<String> {
+        if !self.has_target_refs() {
+            return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        for (i, t) in self.target_ref.iter().chain(&self.target_refs).enumerate() {
+            let supported = matches!(
+                (t.group.as_str(), t.kind.as_str()),
+                ("gateway.networking.k8s.io" | "", "Gateway") | ("" | "core", "Service")
+            );
+            if !supported {
+                warnings.push(format!(
+                    "spec.targetRefs[{i}]: kind {} (group {:?}) is not enforced by waypoints; \
+                     only Gateway (gateway.networking.k8s.io) and Service are",
+                    t.kind, t.group
+                ));
+            }
+        }
+        for (r, rule) in self.rules.iter().enumerate() {
+            for (i, when) in rule.when.iter().enumerate() {
+                if when.key.parse::<mesh::l7authz::ConditionKey>().is_err() {
+                    let effect = match self.action {
+                        Action::Allow => "this ALLOW rule matches nothing",
+                        _ => "the rule is enforced without it, so it matches more than written",
+                    };
+                    warnings.push(format!(
+                        "spec.rules[{r}].when[{i}].key: waypoints cannot check {:?}; {effect}",
+                        when.key
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     /// One warning per rule with L7 conditions, saying what ztunnel makes of it. Policies

@@ -295,7 +295,7 @@ spec:
 }
 
 #[test]
-fn audit_and_custom_policies_are_refused_and_nothing_is_written() {
+fn custom_and_untargeted_audit_policies_are_refused_and_nothing_is_written() {
     for action in ["AUDIT", "CUSTOM"] {
         let (tmp, config) = dir();
         let provider = if action == "CUSTOM" {
@@ -310,9 +310,14 @@ fn audit_and_custom_policies_are_refused_and_nothing_is_written() {
         );
         let err = format!("{:#}", config.apply(&input).unwrap_err());
         assert!(err.contains("nothing was applied"), "{err}");
+        let why = if action == "AUDIT" {
+            "only waypoints audit requests; bind the policy"
+        } else {
+            "not supported by this mesh"
+        };
         assert!(
             err.contains(&format!(
-                "document 2 of 2 (authorizationpolicy.security.istio.io/demo/audit): spec.action {action}: not supported by this mesh"
+                "document 2 of 2 (authorizationpolicy.security.istio.io/demo/audit): spec.action {action}: {why}"
             )),
             "{err}"
         );
@@ -503,4 +508,136 @@ fn services_get_a_stable_cluster_ip_and_a_taken_one_is_refused_with_nothing_writ
     };
     assert_ne!(ip_of("a"), ip_of("b"));
     assert_ne!(ip_of("a"), ip);
+}
+
+/// The P-256 public key of RFC 7517 appendix A.1, as a one-key JWKS.
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+
+#[test]
+fn waypoint_audit_policies_and_request_authentications_are_applied() {
+    let (_tmp, config) = dir();
+    let input = format!(
+        "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: audit-admin, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: AUDIT
+  rules:
+  - to: [{{operation: {{paths: [/admin*]}}}}]
+    when: [{{key: connection.sni, values: [x]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: web}}]
+  jwtRules: [{{issuer: https://idp, jwks: '{JWKS}', fromHeaders: [{{name: x-jwt}}]}}]
+"
+    );
+    let lines = config.apply(&input).unwrap();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].contains("spec.rules[0].when[0].key: waypoints cannot check \"connection.sni\""),
+        "{lines:#?}"
+    );
+    assert!(lines[1].ends_with("audit-admin created"), "{lines:#?}");
+    assert_eq!(
+        lines[2],
+        "requestauthentication.security.istio.io/demo/jwt created"
+    );
+
+    for (spec, want) in [
+        (
+            "jwtRules: [{issuer: i, jwksUri: 'https://idp/keys'}]",
+            "spec.jwtRules[0].jwksUri: not supported",
+        ),
+        (
+            "jwtRules: [{issuer: i, jwks: '{}'}]",
+            "spec.jwtRules[0].jwks: not a JSON Web Key Set",
+        ),
+        ("jwtRules: [{jwks: x}]", "spec.jwtRules[0].issuer: required"),
+        ("jwtRule: []", "unknown field `jwtRule`"),
+    ] {
+        let doc = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: bad, namespace: demo}}\nspec: {{{spec}}}\n"
+        );
+        let err = format!("{:#}", config.apply(&doc).unwrap_err());
+        assert!(err.contains(want), "{spec}: {err}");
+    }
+}
+
+#[test]
+fn apply_stores_routing_kinds_and_refuses_invalid_ones_naming_the_field() {
+    let good = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules: [{backendRefs: [{name: reviews-v2, port: 9080, weight: 20}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec: {rules: [{matches: [{method: {service: helloworld.Greeter}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec: {hosts: [ratings], http: [{fault: {abort: {httpStatus: 503, percentage: {value: 10}}}}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec: {host: ratings, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+"#;
+    let (tmp, config) = dir();
+    config.apply(good).expect("valid routing objects apply");
+    let stored = files(&root(&tmp));
+    for want in [
+        "objects/httproute.gateway.networking.k8s.io/shop/reviews.yaml",
+        "objects/grpcroute.gateway.networking.k8s.io/shop/greeter.yaml",
+        "objects/virtualservice.networking.istio.io/shop/ratings.yaml",
+        "objects/destinationrule.networking.istio.io/shop/ratings.yaml",
+    ] {
+        assert!(
+            stored.iter().any(|f| f.ends_with(want)),
+            "{want} in {stored:?}"
+        );
+    }
+
+    let bad_inputs = [
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {rules: [{matches: [{path: {type: PathPrefix, value: api}}]}]}",
+            "invalid HTTPRoute: spec.rules[0].matches[0].path.value: \"api\" must start with /",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {rules: [{backendRefs: [{name: b}]}]}",
+            "spec.rules[0].backendRefs[0].port: is required for a Service",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {rules: [{matches: [{method: {type: RegularExpression, service: \"(\"}}]}]}",
+            "invalid GRPCRoute: spec.rules[0].matches[0].method.service:",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{timeout: forever}]}",
+            "invalid VirtualService: spec.http[0].timeout:",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{retries: {attemps: 3}}]}",
+            "unknown field `attemps`",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}}",
+            "invalid DestinationRule: spec.trafficPolicy.outlierDetection.maxEjectionPercent: 101",
+        ),
+    ];
+    for (bad, expected) in bad_inputs {
+        let (tmp, config) = dir();
+        let err = format!("{:#}", config.apply(bad).unwrap_err());
+        assert!(err.contains(expected), "{bad}: {err}");
+        assert!(files(&root(&tmp)).is_empty(), "{bad}: something written");
+    }
 }

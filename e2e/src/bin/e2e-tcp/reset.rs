@@ -74,6 +74,11 @@ pub fn await_reply(addr: &str, text: &str) -> Result<(), String> {
             println!("outcome=refused ms=0");
             return Ok(());
         }
+        // The reset came before connect() returned: the peer answered the SYN, then reset.
+        Err(e) if e.contains("reset") => {
+            println!("outcome=reset ms=0");
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     stream

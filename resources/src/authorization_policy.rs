@@ -2,7 +2,6 @@
 //! admission webhook would, since a misread policy could widen access.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mesh::model::Cidr;
 use serde::{Deserialize, Serialize};
 
 use super::{namespaced_resource, null_as_default, PolicyTargetReference, WorkloadSelector};
@@ -393,10 +392,13 @@ fn check_value(value: &str, check: Check) -> Result<(), &'static str> {
                 Ok(())
             }
         }
-        Check::Cidr => value
-            .parse::<Cidr>()
-            .map(|_| ())
-            .map_err(|_| "is not an IP address or CIDR"),
+        Check::Cidr => {
+            if crate::is_cidr(value) {
+                Ok(())
+            } else {
+                Err("is not an IP address or CIDR")
+            }
+        }
         Check::Port => value
             .parse::<u16>()
             .map(|_| ())

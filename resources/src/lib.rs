@@ -1,6 +1,11 @@
 //! Our serde types for the Kubernetes kinds that `k8s-openapi` does not have: Istio's
-//! `security.istio.io` AuthorizationPolicy and PeerAuthentication, and Gateway API's
-//! `gateway.networking.k8s.io` Gateway and HTTPRoute.
+//! `security.istio.io` AuthorizationPolicy, PeerAuthentication and RequestAuthentication,
+//! Istio's `networking.istio.io` VirtualService and DestinationRule (the subsets a waypoint
+//! applies), and Gateway API's `gateway.networking.k8s.io` Gateway, HTTPRoute and GRPCRoute.
+//!
+//! This crate is shared by istiod-lite (which reads these kinds from its config source) and
+//! meshctl (which refuses invalid objects at `apply`), so both judge an object the same way. It
+//! depends on serde and k8s-openapi only.
 //!
 //! Each kind is `{metadata, spec}` with `k8s-openapi`'s [`ObjectMeta`] and implements
 //! [`k8s_openapi::Resource`] and [`k8s_openapi::Metadata`], so a later Kubernetes watcher can
@@ -11,13 +16,25 @@
 //! Typing policy: the fields translation reads are typed; the security kinds (whose silent
 //! misreading could widen access) are typed completely and refuse unknown fields, and
 //! [`AuthorizationPolicy::validate`] applies the checks Istio's admission webhook makes on the
-//! values; Gateway API parts nobody reads yet stay [`serde_json::Value`].
+//! values. The routing kinds refuse unknown fields too (a typo must not silently drop a rule)
+//! and their `validate()` ([`HttpRoute::validate`], [`GrpcRoute::validate`],
+//! [`VirtualService::validate`], [`DestinationRule::validate`]) returns a [`ValidationError`]
+//! naming each bad field by its path (`spec.rules[0].matches[1].path.value: ...`). Fields the
+//! mesh accepts but does not apply stay [`serde_json::Value`].
 //!
 //! [`ObjectMeta`]: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
 
+#![forbid(unsafe_code)]
+
 mod authorization_policy;
+mod destination_rule;
 mod gateway;
+mod grpc_route;
+mod http_route;
 mod peer_authentication;
+mod request_authentication;
+mod validate;
+mod virtual_service;
 
 use std::collections::BTreeMap;
 
@@ -27,15 +44,38 @@ pub use authorization_policy::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationPolicySpec, Condition,
     ExtensionProvider, Operation, PolicyRule, RuleFrom, RuleTo, Source, DRY_RUN_ANNOTATION,
 };
-pub use gateway::{
-    Gateway, GatewayListener, GatewaySpec, HttpRoute, HttpRouteSpec, ParentReference,
+pub use destination_rule::{
+    ConnectionPoolSettings, DestinationRule, DestinationRuleSpec, HttpSettings,
+    LoadBalancerSettings, OutlierDetection, TcpSettings, TrafficPolicy, LB_SIMPLE,
+};
+pub use gateway::{Gateway, GatewayListener, GatewaySpec, ParentReference};
+pub use grpc_route::{
+    GrpcMethodMatch, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec,
+};
+pub use http_route::{
+    BackendRef, Fraction, HeaderMatch, HeaderModifier, HttpHeader, HttpPathMatch, HttpRoute,
+    HttpRouteFilter, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpRouteSpec,
+    HttpRouteTimeouts, PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
 };
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{
+    ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
+};
+pub use validate::{parse_duration, parse_gateway_duration, ValidationError};
+pub use virtual_service::{
+    IstioStringMatch, Percentage, VirtualService, VirtualServiceSpec, VsAbort, VsDelay,
+    VsDestination, VsDestinationWeight, VsFault, VsHttpRoute, VsMatch, VsPort, VsRetries,
+    GRPC_STATUS_NAMES,
+};
 
 /// API group of Istio's security kinds.
 pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
 /// API group of the Kubernetes Gateway API.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// API group of Istio's networking kinds.
+pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
+
+pub(crate) use validate::is_cidr;
 
 /// Istio's `WorkloadSelector`: the pods (in the policy's namespace) whose labels include all
 /// of `matchLabels`.
@@ -109,6 +149,9 @@ macro_rules! namespaced_resource {
     };
 }
 pub(crate) use namespaced_resource;
+
+#[cfg(test)]
+mod route_tests;
 
 #[cfg(test)]
 mod tests {

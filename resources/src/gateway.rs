@@ -1,6 +1,6 @@
-//! Gateway API `gateway.networking.k8s.io/v1` Gateway and HTTPRoute, typed where translation
-//! reads them (a waypoint is a Gateway of class `istio-waypoint`; routes are kept for the
-//! waypoint's config later) and loose elsewhere.
+//! Gateway API `gateway.networking.k8s.io/v1` Gateway, typed where translation reads it (a
+//! waypoint is a Gateway of class `istio-waypoint`) and loose elsewhere, and the
+//! `ParentReference` routes attach with.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -71,43 +71,6 @@ pub struct GatewayListener {
     pub allowed_routes: Option<serde_json::Value>,
 }
 
-/// A Gateway API HTTPRoute.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRoute {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The route.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: HttpRouteSpec,
-    /// Status as written by a controller (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    HttpRoute,
-    group = "gateway.networking.k8s.io",
-    kind = "HTTPRoute",
-    plural = "httproutes"
-);
-
-/// What an HTTPRoute attaches to and does.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRouteSpec {
-    /// The Gateways or Services the route attaches to.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub parent_refs: Vec<ParentReference>,
-    /// Host names the route matches.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub hostnames: Vec<String>,
-    /// Matches, filters and backends (kept as JSON until the waypoint consumes them).
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub rules: Vec<serde_json::Value>,
-}
-
 /// A route's parent: a Gateway, or a Service for mesh (waypoint) routing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,7 +111,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_waypoint_and_a_route_keeping_unread_parts() {
+    fn parses_a_waypoint_keeping_unread_parts() {
         let gw: Gateway = serde_yaml::from_str(
             r#"
 metadata: {name: waypoint, namespace: apps, labels: {istio.io/waypoint-for: service}}
@@ -164,18 +127,6 @@ status: {addresses: [{value: 10.96.0.9}]}
         assert_eq!(gw.name(), "waypoint");
         assert!(gw.status.is_some());
 
-        let route: HttpRoute = serde_yaml::from_str(
-            r#"
-metadata: {name: r}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
-  rules:
-  - backendRefs: [{name: reviews-v1, port: 9080, weight: 90}]
-"#,
-        )
-        .expect("route");
-        assert_eq!(route.spec.parent_refs[0].kind.as_deref(), Some("Service"));
-        assert_eq!(route.spec.rules[0]["backendRefs"][0]["weight"], 90);
         assert!(serde_yaml::from_str::<Gateway>("spec: {listeners: [{port: 99999}]}").is_err());
     }
 }
