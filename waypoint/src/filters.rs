@@ -150,7 +150,7 @@ pub struct Redirect {
     pub scheme: Option<String>,
     /// `None`: the request's host.
     pub hostname: Option<String>,
-    /// `None`: the scheme's default when the scheme changes, else the request's port.
+    /// `None`: the scheme's well-known port when a scheme is given, else the request's port.
     pub port: Option<u16>,
     /// `None`: the request's path.
     pub path: Option<PathModifier>,
@@ -172,7 +172,8 @@ impl Redirect {
         let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
         let port = match self.port {
             Some(p) => Some(p),
-            None if new_scheme != scheme => None,
+            // Gateway API: a redirect that names a scheme goes to that scheme's port.
+            None if self.scheme.is_some() => None,
             None => req_port,
         };
         let host = self.hostname.as_deref().unwrap_or(host);

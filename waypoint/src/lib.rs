@@ -260,4 +260,12 @@ impl Waypoint {
     pub fn routes(&self) -> Arc<RouteTable> {
         self.shared.routes()
     }
+
+    /// Keeps the route table in step with the routes in the store (from xDS) until the store
+    /// is dropped; run it on the control runtime. Tables set with [`Waypoint::set_routes`] are
+    /// replaced at the next change of the store's routes.
+    pub async fn sync_routes(self) {
+        let store = self.shared.store.clone();
+        route::from_model::sync_from_store(store, |table| self.set_routes(table)).await;
+    }
 }

@@ -641,3 +641,103 @@ async fn a_full_connection_pool_answers_503_uo() {
     let r = send(&mut c, req(Method::GET, "/")).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+fn model_rule(
+    name: &str,
+    matches: Vec<mesh::model::route::RouteMatch>,
+    backend: &str,
+) -> mesh::model::route::Route {
+    mesh::model::route::Route {
+        name: name.into(),
+        matches,
+        backends: vec![mesh::model::route::WeightedBackend {
+            service: backend.into(),
+            port: None,
+            weight: 1,
+        }],
+        filters: vec![mesh::model::route::Filter::ResponseHeaders(
+            mesh::model::route::HeaderModifier {
+                set: vec![(
+                    http::HeaderName::from_static("x-rule"),
+                    http::HeaderValue::from_str(name).expect("value"),
+                )],
+                ..Default::default()
+            },
+        )],
+        request_timeout: None,
+        backend_request_timeout: None,
+        retry: None,
+        fault: None,
+        kind: mesh::model::route::RouteKind::Http,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_from_the_store_take_effect_and_their_removal_restores_the_default() {
+    use mesh::model::route as model;
+    let h = with_versions().await;
+    tokio::spawn(h.waypoint.clone().sync_routes());
+    let routes = model::ServiceRoutes {
+        service: ECHO_KEY.into(),
+        rules: vec![
+            model_rule("default", vec![], V1_KEY),
+            model_rule(
+                "canary",
+                vec![model::RouteMatch {
+                    path: None,
+                    method: None,
+                    headers: vec![model::HeaderMatch {
+                        name: http::HeaderName::from_static("x-version"),
+                        value: model::ValueMatch::Exact("v2".into()),
+                    }],
+                    query_params: vec![],
+                }],
+                V2_KEY,
+            ),
+        ],
+        load_balancer: model::LoadBalancer::Random,
+        connection_pool: None,
+        outlier_detection: None,
+        first_match: false,
+    };
+    let mut batch = mesh::store::Batch::new();
+    batch.upsert_routes(routes);
+    h.store.apply(batch);
+    let waypoint = h.waypoint.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || waypoint
+            .routes()
+            .get(ECHO_KEY)
+            .is_some())
+        .await
+    );
+    let mut client = h.http2(addr(ECHO_VIP, HTTP_PORT)).await;
+    let mut with = req(Method::GET, "/");
+    with.headers_mut()
+        .insert("x-version", "v2".parse().expect("value"));
+    let r = send(&mut client, with).await;
+    assert_eq!(
+        (header(&r, "x-backend"), header(&r, "x-rule")),
+        ("v2-a", "canary")
+    );
+    let r = send(&mut client, req(Method::GET, "/")).await;
+    assert_eq!(
+        (header(&r, "x-backend"), header(&r, "x-rule")),
+        ("v1-a", "default")
+    );
+    let mut batch = mesh::store::Batch::new();
+    batch.remove_routes(ECHO_KEY);
+    h.store.apply(batch);
+    assert!(
+        eventually(Duration::from_secs(5), || waypoint
+            .routes()
+            .get(ECHO_KEY)
+            .is_none())
+        .await
+    );
+    let r = send(&mut client, req(Method::GET, "/")).await;
+    assert!(
+        header(&r, "x-backend").starts_with("echo-"),
+        "the service itself again"
+    );
+}

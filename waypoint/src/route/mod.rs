@@ -25,6 +25,7 @@ use crate::filters::Filter;
 use crate::outlier::OutlierDetection;
 use crate::retry::RetryPolicy;
 
+pub mod from_model;
 pub mod matching;
 
 pub use matching::{
