@@ -105,6 +105,8 @@ pub async fn run(
     control.spawn(xds.run());
 
     let waypoint = Waypoint::new(store, certs, proxy_config);
+    // Route tables are rebuilt on the control runtime when xDS changes the routes.
+    control.spawn(waypoint.clone().sync_routes());
     let hbone = TcpListener::bind(config.hbone_addr)
         .await
         .with_context(|| format!("binding the HBONE listener on {}", config.hbone_addr))?;

@@ -1,5 +1,6 @@
 //! Endpoint selection per request: power-of-two-choices least-request by default, round robin
-//! when a service asks for it.
+//! or random when a service asks for it. Ejected outliers are left out by the caller
+//! ([`crate::select::pick_service_endpoint`]).
 //!
 //! The load of an endpoint is its number of requests in flight through this waypoint: a
 //! [`LoadGuard`] counts one from the pick until the response has been sent (or the tunnel
@@ -19,6 +20,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// Each endpoint in turn.
     RoundRobin,
+    /// One endpoint at random.
+    Random,
 }
 
 /// Keeps one in-flight count against an endpoint until dropped.
@@ -67,6 +70,7 @@ impl Balancer {
                 *cursor = cursor.wrapping_add(1);
                 i
             }
+            LbPolicy::Random => rand::random_range(0..endpoints.len()),
             LbPolicy::LeastRequest if endpoints.len() == 1 => 0,
             LbPolicy::LeastRequest => {
                 let a = rand::random_range(0..endpoints.len());

@@ -60,6 +60,16 @@ pub enum ProxyError {
     /// The waypoint has no certificate to present (503, `UF`).
     #[error("no certificate: {0}")]
     NoCertificate(String),
+    /// A fault injection aborted the request (`FI`; its HTTP status, or for a gRPC abort
+    /// HTTP 200 with its `grpc-status`).
+    #[error("fault injected: {0:?}")]
+    FaultAbort(crate::fault::AbortError),
+    /// The backend service's connection pool limits are reached (`UO`, 503).
+    #[error("upstream overflow: connection pool of {0} is full")]
+    Overflow(String),
+    /// The client's request body failed before it could be kept for retries (`DPE`, 400).
+    #[error("request body: {0}")]
+    DownstreamBody(String),
 }
 
 impl ProxyError {
@@ -70,7 +80,13 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            ProxyError::NoHealthyUpstream(_)
+            ProxyError::DownstreamBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::FaultAbort(crate::fault::AbortError::Http(code)) => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProxyError::FaultAbort(crate::fault::AbortError::Grpc(_)) => StatusCode::OK,
+            ProxyError::Overflow(_)
+            | ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamReset { .. }
@@ -88,6 +104,9 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::UpstreamTimeout(_) => "UT",
             ProxyError::Denied(_) => "RBAC",
+            ProxyError::FaultAbort(_) => "FI",
+            ProxyError::Overflow(_) => "UO",
+            ProxyError::DownstreamBody(_) => "DPE",
             // Envoy sets no flag for a JWT refusal (only its details say so).
             ProxyError::Unauthenticated { .. } => "-",
         }
@@ -96,9 +115,11 @@ impl ProxyError {
     /// Who caused it.
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute(_) | ProxyError::Denied(_) | ProxyError::Unauthenticated { .. } => {
-                Blame::Client
-            }
+            ProxyError::NoRoute(_)
+            | ProxyError::Denied(_)
+            | ProxyError::Unauthenticated { .. }
+            | ProxyError::DownstreamBody(_) => Blame::Client,
+            ProxyError::FaultAbort(_) | ProxyError::Overflow(_) => Blame::Internal,
             ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::NoCertificate(_) => Blame::Internal,
@@ -119,7 +140,10 @@ impl ProxyError {
 
     /// The gRPC status a gRPC client gets for this error (as Envoy maps HTTP statuses).
     pub fn grpc_status(&self) -> u8 {
-        grpc_status_for(self.status())
+        match self {
+            ProxyError::FaultAbort(crate::fault::AbortError::Grpc(code)) => *code,
+            _ => grpc_status_for(self.status()),
+        }
     }
 }
 

@@ -3,12 +3,15 @@
 //!
 //! 1. **request filter** ([`HttpProxy::request_filter`]): trace context, request id, and the
 //!    authorization hook ([`crate::authz::authorize`], called from here only);
-//! 2. **route** ([`HttpProxy::route`]): the [`crate::route::RouteTable`] picks a backend
-//!    service, the balancer an endpoint of it;
-//! 3. **upstream request** ([`HttpProxy::upstream_request`]): hop-by-hop headers out, sent on
-//!    a reused upstream connection over HBONE, within the route's timeout;
+//! 2. **route** ([`HttpProxy::route`]): the [`crate::route::RouteTable`] picks a rule and a
+//!    backend service; the rule's request filters run ([`crate::filters`]: header modifier,
+//!    URL rewrite, redirect answered here) and its faults ([`crate::fault`]);
+//! 3. **upstream request** ([`HttpProxy::upstream_request`]): hop-by-hop headers out, then
+//!    [`crate::forward`]: mirrors, and tries (endpoint from the balancer skipping ejected
+//!    outliers, connection pool limits, per-try timeout, retries) over reused upstream
+//!    connections over HBONE, all within the route's request timeout;
 //! 4. **upstream response** ([`HttpProxy::upstream_response`]): status and gRPC status noted,
-//!    hop-by-hop headers out, body streamed back;
+//!    hop-by-hop headers out, response header modifiers, body streamed back;
 //! 5. **logging** ([`logging`]): when the response body has ended, metrics and one access-log
 //!    line.
 //!
@@ -38,10 +41,14 @@ use tokio::time::Instant;
 
 use crate::authz::{authorize, Decision};
 use crate::body::{BodyEnd, CountingBody, ReportingBody};
+use crate::conn_pool::Permit;
 use crate::detect::{Prefixed, Protocol};
 use crate::error::ProxyError;
+use crate::filters::Filter;
+use crate::forward::{forward, pick, Outgoing};
+use crate::reply::{local_reply, response_flags};
 use crate::route::RouteDecision;
-use crate::select::{pick_service_endpoint, pick_workload, Destination, Upstream};
+use crate::select::{pick_workload, Destination, Upstream};
 use crate::telemetry::{HttpLabels, PeerInfo, RequestRecord};
 use crate::trace::{new_request_id, TraceContext};
 use crate::upstream::Body;
@@ -116,6 +123,16 @@ pub struct RequestCtx {
     pub error: Option<String>,
     /// The client's side of a protocol upgrade (WebSocket...), when it asked for one.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The authority sent upstream (after a URL rewrite).
+    pub forward_authority: String,
+    /// Counts the request against the backend's connection pool limits until it ends.
+    pub pool_permit: Option<Permit>,
+    /// Tries sent upstream.
+    pub tries: u32,
+    /// The retry policy gave up on a retriable outcome (flag `URX`).
+    pub retries_exhausted: bool,
+    /// A fault delay was injected (flag `DI`).
+    pub delay_injected: bool,
 }
 
 impl RequestCtx {
@@ -144,6 +161,7 @@ impl RequestCtx {
                 .iter()
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>();
+        let forward_authority = authority.clone();
         RequestCtx {
             down,
             start: Instant::now(),
@@ -166,6 +184,11 @@ impl RequestCtx {
             flag: None,
             error: None,
             upgrade: None,
+            forward_authority,
+            pool_permit: None,
+            tries: 0,
+            retries_exhausted: false,
+            delay_injected: false,
         }
     }
 }
@@ -238,7 +261,11 @@ impl HttpProxy {
         let mut ctx = RequestCtx::new(self.down.clone(), &parts);
         ctx.upgrade = upgrade;
         let resp = match self.proxy(&mut ctx, &mut parts, body).await {
-            Ok(resp) => self.upstream_response(&mut ctx, resp),
+            Ok(Reply::Upstream(resp)) => self.upstream_response(&mut ctx, resp),
+            Ok(Reply::Local(resp)) => {
+                ctx.status = Some(resp.status());
+                resp
+            }
             Err(e) => local_reply(&mut ctx, e),
         };
         let (parts, body) = resp.into_parts();
@@ -258,10 +285,24 @@ impl HttpProxy {
         ctx: &mut RequestCtx,
         parts: &mut Parts,
         body: Incoming,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Reply, ProxyError> {
         self.request_filter(ctx, parts)?;
-        self.route(ctx, parts)?;
-        self.upstream_request(ctx, parts, body).await
+        if let Some(local) = self.route(ctx, parts)? {
+            return Ok(Reply::Local(local));
+        }
+        if let Some(delay) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.rule.as_ref())
+            .and_then(|r| r.fault.as_ref())
+            .and_then(|f| f.draw_delay())
+        {
+            tokio::time::sleep(delay).await;
+            ctx.delay_injected = true;
+        }
+        self.upstream_request(ctx, parts, body)
+            .await
+            .map(Reply::Upstream)
     }
 
     /// Phase 1: trace context and request id on the request, then authorization.
@@ -299,39 +340,68 @@ impl HttpProxy {
         }
     }
 
-    /// Phase 2: the backend (route table) and its endpoint (balancer).
-    pub fn route(&self, ctx: &mut RequestCtx, parts: &Parts) -> Result<(), ProxyError> {
+    /// Phase 2: the rule and backend service (route table), the rule's request filters and
+    /// faults. Returns a response when the request is answered here (a redirect); an abort is
+    /// an error (`FI`). Workload-addressed traffic goes to that workload.
+    pub fn route(
+        &self,
+        ctx: &mut RequestCtx,
+        parts: &mut Parts,
+    ) -> Result<Option<Response<Body>>, ProxyError> {
         let s = &self.shared;
-        let hbone_port = s.config.endpoint_hbone_port;
         let target = self.down.target;
-        let upstream = match &self.down.destination {
-            Destination::Workload(w) => pick_workload(&s.balancer, w, target, hbone_port)?,
-            Destination::Service(service) => {
-                let decision = s.routes().route(&service.key(), target.port(), parts)?;
-                let up = pick_service_endpoint(
-                    &s.store,
-                    &s.balancer,
-                    decision.lb_policy,
-                    &decision.service,
-                    decision.port,
-                    target,
-                    hbone_port,
-                );
-                ctx.route = Some(decision);
-                up?
+        let service = match &self.down.destination {
+            Destination::Workload(w) => {
+                let up = pick_workload(&s.balancer, w, target, s.config.endpoint_hbone_port)?;
+                ctx.upstream_http2 = upstream_speaks_h2(None, self.down.protocol);
+                ctx.upstream = Some(up);
+                return Ok(None);
             }
+            Destination::Service(service) => service,
         };
-        let declared = match (&upstream.service, &ctx.route) {
-            (Some(service), Some(route)) => service
-                .ports
-                .iter()
-                .find(|p| p.service_port == route.port)
-                .map(|p| p.app_protocol),
-            _ => None,
-        };
+        let decision = s.routes().route(&service.key(), target.port(), parts)?;
+        let backend = s
+            .store
+            .service(&decision.service)
+            .ok_or_else(|| ProxyError::NoCluster(decision.service.clone()))?;
+        let declared = backend
+            .ports
+            .iter()
+            .find(|p| p.service_port == decision.port)
+            .map(|p| p.app_protocol);
         ctx.upstream_http2 = upstream_speaks_h2(declared, self.down.protocol);
-        ctx.upstream = Some(upstream);
-        Ok(())
+        let rule = decision.rule.clone();
+        let prefix = decision.matched_prefix.clone();
+        ctx.route = Some(decision);
+        let Some(rule) = rule else { return Ok(None) };
+        for filter in &rule.filters {
+            match filter {
+                Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
+                Filter::UrlRewrite(r) => {
+                    if let Some(host) =
+                        r.apply(&mut parts.uri, &mut parts.headers, prefix.as_deref())
+                    {
+                        ctx.forward_authority = host;
+                    }
+                }
+                Filter::Redirect(r) => {
+                    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let scheme = parts.uri.scheme_str().unwrap_or("http");
+                    let location = r.location(scheme, &ctx.authority, pq, prefix.as_deref());
+                    let mut resp = Response::new(empty());
+                    *resp.status_mut() = r.status();
+                    if let Ok(v) = HeaderValue::from_str(&location) {
+                        resp.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    return Ok(Some(resp));
+                }
+                Filter::ResponseHeaders(_) | Filter::Mirror(_) => {}
+            }
+        }
+        if let Some(abort) = rule.fault.as_ref().and_then(|f| f.draw_abort()) {
+            return Err(ProxyError::FaultAbort(abort));
+        }
+        Ok(None)
     }
 
     /// Phase 3: sends the request to the chosen endpoint and waits for its response head.
@@ -340,7 +410,7 @@ impl HttpProxy {
         ctx: &mut RequestCtx,
         parts: &mut Parts,
         body: Incoming,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let upgrade = ctx
             .upgrade
             .as_ref()
@@ -357,11 +427,11 @@ impl HttpProxy {
         let mut req_parts = parts.clone();
         if http2 {
             req_parts.version = Version::HTTP_2;
-            req_parts.uri = absolute_uri(&parts.uri, &ctx.authority, self.down.target);
+            req_parts.uri = absolute_uri(&parts.uri, &ctx.forward_authority, self.down.target);
         } else {
             req_parts.version = Version::HTTP_11;
             if parts.uri.authority().is_some() && !parts.headers.contains_key(HOST) {
-                if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
+                if let Ok(v) = HeaderValue::from_str(&ctx.forward_authority) {
                     req_parts.headers.insert(HOST, v);
                 }
             }
@@ -371,8 +441,6 @@ impl HttpProxy {
                 .map(|p| Uri::from(p.clone()))
                 .unwrap_or_else(|| Uri::from_static("/"));
         }
-        let body = CountingBody::new(body, ctx.request_body_bytes.clone()).boxed();
-        let req = Request::from_parts(req_parts, body);
         let meta = ConnectMeta {
             baggage: self.down.baggage.clone(),
             forwarded_for: Some(self.down.client_addr),
@@ -380,21 +448,38 @@ impl HttpProxy {
             // The destination's ztunnel believes this only from us, the waypoint in front of it.
             origin: Some(self.down.peer.clone()),
         };
-        let Some(up) = ctx.upstream.as_ref() else {
-            return Err(ProxyError::NoHealthyUpstream(self.down.destination.name()));
-        };
-        let upstreams = &self.shared.upstreams;
+        let timeout = ctx.route.as_ref().and_then(|r| r.timeout);
+        let target = self.down.target;
         let send = async {
-            if upgrade.is_some() {
-                upstreams.send_upgrade(up, &meta, req).await
-            } else {
-                upstreams.send(up, &meta, http2, req).await
+            let out = Outgoing {
+                shared: &self.shared,
+                down: &self.down,
+                parts: req_parts,
+                http2,
+                meta,
+            };
+            if upgrade.is_none() {
+                return forward(out, ctx, body).await;
             }
-        };
-        match ctx.route.as_ref().and_then(|r| r.timeout) {
-            Some(t) => tokio::time::timeout(t, send)
+            // An upgrade is sent once, on a connection of its own.
+            if ctx.upstream.is_none() {
+                ctx.upstream = Some(pick(&out, ctx)?);
+            }
+            let Some(up) = ctx.upstream.as_ref() else {
+                return Err(ProxyError::NoHealthyUpstream(self.down.destination.name()));
+            };
+            let body = CountingBody::new(body, ctx.request_body_bytes.clone()).boxed();
+            let req = Request::from_parts(out.parts, body);
+            self.shared
+                .upstreams
+                .send_upgrade(up, &out.meta, req)
                 .await
-                .map_err(|_| ProxyError::UpstreamTimeout(up.addr))?,
+                .map(|r| r.map(|b| b.map_err(Into::into).boxed()))
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+                ProxyError::UpstreamTimeout(ctx.upstream.as_ref().map_or(target, |u| u.addr))
+            })?,
             None => send.await,
         }
     }
@@ -403,7 +488,7 @@ impl HttpProxy {
     pub fn upstream_response(
         &self,
         ctx: &mut RequestCtx,
-        mut resp: Response<Incoming>,
+        mut resp: Response<Body>,
     ) -> Response<Body> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let downstream_upgrade = ctx.upgrade.take();
@@ -445,8 +530,27 @@ impl HttpProxy {
         {
             ctx.grpc_status = Some(s.to_string());
         }
-        Response::from_parts(parts, body.map_err(Into::into).boxed())
+        if let Some(rule) = ctx.route.as_ref().and_then(|r| r.rule.as_ref()) {
+            for f in &rule.filters {
+                if let Filter::ResponseHeaders(m) = f {
+                    m.apply(&mut parts.headers);
+                }
+            }
+        }
+        Response::from_parts(parts, body)
     }
+}
+
+/// What the proxy phases produced: the upstream's response, or one the waypoint made.
+enum Reply {
+    Upstream(Response<Body>),
+    Local(Response<Body>),
+}
+
+pub(crate) fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The upstream protocol: what the backend service's port declares (`appProtocol`), else
@@ -493,55 +597,6 @@ fn apply_authentication(parts: &mut Parts, authenticated: Authenticated) {
                 }
             }
         }
-    }
-}
-
-/// The reply the waypoint sends itself when a phase fails.
-fn local_reply(ctx: &mut RequestCtx, err: ProxyError) -> Response<Body> {
-    tracing::debug!(error = %err, blame = ?err.blame(), "local reply");
-    ctx.flag = Some(err.flag());
-    ctx.error = Some(err.to_string());
-    let mut resp = if ctx.protocol == RequestProtocol::Grpc {
-        let grpc = err.grpc_status().to_string();
-        ctx.grpc_status = Some(grpc.clone());
-        let mut r = Response::new(Bytes::new());
-        let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        if let Ok(v) = HeaderValue::from_str(&grpc) {
-            h.insert("grpc-status", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(body_text(&err)) {
-            h.insert("grpc-message", v);
-        }
-        r
-    } else {
-        let mut r = Response::new(Bytes::from_static(body_text(&err).as_bytes()));
-        *r.status_mut() = err.status();
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        r
-    };
-    ctx.status = Some(resp.status());
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
-}
-
-fn body_text(err: &ProxyError) -> &'static str {
-    match err {
-        ProxyError::NoRoute(_) => "route not found",
-        ProxyError::NoHealthyUpstream(_) => "no healthy upstream",
-        ProxyError::NoCluster(_) => "cluster not found",
-        ProxyError::UpstreamConnect { .. } | ProxyError::NoCertificate(_) => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-        }
-        ProxyError::UpstreamReset { .. } => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-        }
-        ProxyError::UpstreamTimeout(_) => "upstream request timeout",
-        ProxyError::Denied(_) => mesh::l7authz::DENIED_BODY,
-        ProxyError::Unauthenticated { body, .. } => body,
     }
 }
 
@@ -641,7 +696,8 @@ pub fn logging(shared: &Shared, mut ctx: RequestCtx, response_head_bytes: u64, e
     if let Some(g) = &ctx.grpc_status {
         labels.grpc_response_status.clone_from(g);
     }
-    labels.response_flags = ctx.flag.unwrap_or("-").to_string();
+    let flags = response_flags(&ctx);
+    labels.response_flags.clone_from(&flags);
     let request_bytes = ctx.request_head_bytes + ctx.request_body_bytes.load(Ordering::Relaxed);
     shared.telemetry.record_request(&RequestRecord {
         labels,
@@ -672,7 +728,8 @@ pub fn logging(shared: &Shared, mut ctx: RequestCtx, response_head_bytes: u64, e
         destination = %ctx.down.destination.name(),
         src_identity = %ctx.down.peer,
         dst_identity = %dst_identity,
-        response_flags = ctx.flag.unwrap_or("-"),
+        response_flags = %flags,
+        tries = ctx.tries,
         trace_id = %ctx.trace.trace_id_hex(),
         request_id = %ctx.request_id,
         error = ctx.error.as_deref().unwrap_or("-"),

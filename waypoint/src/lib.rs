@@ -3,7 +3,9 @@
 //!
 //! Modules by concern: [`config`] (the one typed config), [`app`] (start-up wiring: CA, xDS,
 //! runtimes, ports), [`inbound`] (HBONE in), [`detect`] (HTTP/1.1, HTTP/2 or TCP), [`http`]
-//! (the request phases), [`route`] (route table), [`balance`] (endpoint choice),
+//! (the request phases), [`route`] (route table and matching), [`filters`], [`fault`],
+//! [`mirror`], [`retry`], [`forward`] (the tries of one request), [`outlier`],
+//! [`conn_pool`] (per-service limits), [`balance`] (endpoint choice),
 //! [`select`] (destinations and endpoints), [`upstream`] (HTTP connections over HBONE out),
 //! [`tcp`] (passthrough), [`authz`] (the L7 authorization hook), [`telemetry`] (metrics and
 //! access log), [`trace`] (W3C trace context), [`admin`] (15000/15020/15021).
@@ -30,10 +32,19 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod conn_pool;
 pub mod detect;
 pub mod error;
+pub mod fault;
+pub mod filters;
+pub mod forward;
 pub mod http;
 pub mod inbound;
+pub mod mirror;
+pub mod outlier;
+pub mod replay;
+pub mod reply;
+pub mod retry;
 pub mod route;
 pub mod select;
 pub mod tcp;
@@ -60,6 +71,10 @@ pub struct Shared {
     pub upstreams: Arc<upstream::Upstreams>,
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Outlier detection state (ejected endpoints).
+    pub outliers: outlier::Outliers,
+    /// Connection pool limit counters.
+    pub pool_limits: conn_pool::PoolLimits,
     routes: RwLock<Arc<RouteTable>>,
     /// Set once the waypoint drains: no new connections, connections asked to finish.
     drain: tokio::sync::watch::Sender<bool>,
@@ -147,6 +162,8 @@ impl Waypoint {
                 balancer: balance::Balancer::default(),
                 upstreams,
                 telemetry: Arc::new(Telemetry::default()),
+                outliers: outlier::Outliers::default(),
+                pool_limits: conn_pool::PoolLimits::default(),
                 routes: RwLock::new(Arc::new(RouteTable::new())),
                 drain: tokio::sync::watch::Sender::new(false),
                 connections: Arc::default(),
@@ -242,5 +259,13 @@ impl Waypoint {
     /// The route table in force.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.shared.routes()
+    }
+
+    /// Keeps the route table in step with the routes in the store (from xDS) until the store
+    /// is dropped; run it on the control runtime. Tables set with [`Waypoint::set_routes`] are
+    /// replaced at the next change of the store's routes.
+    pub async fn sync_routes(self) {
+        let store = self.shared.store.clone();
+        route::from_model::sync_from_store(store, |table| self.set_routes(table)).await;
     }
 }

@@ -145,11 +145,15 @@ pub struct Upstream {
     pub service: Option<Arc<Service>>,
     /// Counts this request against the endpoint until dropped.
     pub load: LoadGuard,
+    /// How many endpoints the choice was among (for outlier detection's ejection cap).
+    pub candidates: usize,
 }
 
 /// Picks an endpoint of `service` (a key) for `port`: healthy endpoints with an address of
 /// the same family as `family`, chosen by `policy`; the target port as ztunnel maps it (the
-/// endpoint's own mapping, else the service's, else the same port).
+/// endpoint's own mapping, else the service's, else the same port). Endpoints for which
+/// `skip(uid)` holds (ejected outliers) are left out, unless that leaves none.
+#[allow(clippy::too_many_arguments)]
 pub fn pick_service_endpoint(
     store: &Store,
     balancer: &Balancer,
@@ -158,6 +162,7 @@ pub fn pick_service_endpoint(
     port: u16,
     family: SocketAddr,
     hbone_port: u16,
+    skip: &dyn Fn(&str) -> bool,
 ) -> Result<Upstream, ProxyError> {
     let service = store
         .service(service_key)
@@ -168,6 +173,16 @@ pub fn pick_service_endpoint(
         .filter(|e| e.workload.status == HealthStatus::Healthy)
         .filter(|e| address_like(&e.workload, family).is_some())
         .collect();
+    let candidates = endpoints.len();
+    // Envoy's panic mode: with every endpoint ejected, ejection is ignored.
+    let endpoints: Vec<_> = if endpoints.iter().all(|e| skip(&e.workload.uid)) {
+        endpoints
+    } else {
+        endpoints
+            .into_iter()
+            .filter(|e| !skip(&e.workload.uid))
+            .collect()
+    };
     let keys: Vec<&str> = endpoints.iter().map(|e| e.workload.uid.as_str()).collect();
     let (index, load) = balancer
         .pick(policy, service_key, &keys)
@@ -199,6 +214,7 @@ pub fn pick_service_endpoint(
         up.identities = sans;
     }
     up.service = Some(service);
+    up.candidates = candidates;
     Ok(up)
 }
 
@@ -237,6 +253,7 @@ fn to_upstream(
         hbone,
         service: None,
         load,
+        candidates: 1,
     }
 }
 

@@ -81,6 +81,7 @@ fn pick(shared: &Shared, down: &Downstream) -> Result<Upstream, ProxyError> {
                 down.target.port(),
                 down.target,
                 hbone_port,
+                &|uid| shared.outliers.is_ejected(&s.key(), uid),
             )
         }
     }

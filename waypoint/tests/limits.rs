@@ -39,8 +39,9 @@ fn echo_routes(prefix: &str, timeout: Option<Duration>) -> RouteTable {
                     weight: 1,
                 }],
                 timeout,
+                ..Default::default()
             }],
-            lb_policy: Default::default(),
+            ..Default::default()
         },
     );
     t

@@ -142,10 +142,48 @@ pub struct Backend {
     pub seen: Arc<Mutex<Seen>>,
 }
 
+/// Counts requests to `/flaky` across every backend of a harness: even ones fail with 503.
+pub static FLAKY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn backend_http(
     name: String,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let echoed: Vec<(String, http::HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-t-"))
+        .map(|(k, v)| (format!("x-seen-{k}"), v.clone()))
+        .collect();
+    let mut status = 200u16;
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        let ms: u64 = ms.split('/').next().unwrap_or("0").parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code.parse().unwrap_or(500);
+    }
+    if path.strip_prefix("/fail-on/") == Some(name.as_str()) {
+        status = 500;
+    }
+    if path.starts_with("/flaky") {
+        let n = FLAKY.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n.is_multiple_of(2) {
+            status = 503;
+        }
+    }
     let header = |k: &str| {
         req.headers()
             .get(k)
@@ -167,12 +205,18 @@ async fn backend_http(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let mut resp = Response::builder()
+        .status(status)
+        .header("x-seen-path", pq)
+        .header("x-seen-host", host)
         .header("x-backend", name.as_str())
         .header("x-seen-traceparent", traceparent)
         .header("x-seen-request-id", request_id)
         .header("x-seen-version", version);
     if grpc {
         resp = resp.header("content-type", "application/grpc");
+    }
+    for (k, v) in echoed {
+        resp = resp.header(k, v);
     }
     Ok(resp.body(Full::new(body)).expect("response"))
 }
@@ -242,6 +286,34 @@ async fn serve_backend(name: String, seen: Arc<Mutex<Seen>>, req: InboundRequest
         .await;
 }
 
+/// Serves HBONE as `identity` for a pod `name` at `ip` (reached through `connector`).
+async fn spawn_backend(
+    ca: &Arc<TestCa>,
+    connector: &MapConnector,
+    name: &str,
+    ip: &str,
+    identity: &Identity,
+) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let real = listener.local_addr().expect("addr");
+    connector
+        .0
+        .lock()
+        .unwrap()
+        .insert(SocketAddr::new(ip.parse().expect("ip"), 15008), real);
+    let certs: Arc<dyn ServerCerts> = Arc::new(Arc::new(ca.issue(identity)));
+    let server = Arc::new(Server::new(H2Config::default(), certs));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (n, s) = (name.to_string(), seen.clone());
+    tokio::spawn(server.serve(listener, move |req| {
+        serve_backend(n.clone(), s.clone(), req)
+    }));
+    Backend {
+        name: name.to_string(),
+        seen,
+    }
+}
+
 pub struct Harness {
     pub ca: Arc<TestCa>,
     pub store: Store,
@@ -286,24 +358,7 @@ impl Harness {
         let mut backends = Vec::new();
         for (name, ip) in [("echo-a", "10.0.0.1"), ("echo-b", "10.0.0.2")] {
             batch.upsert_workload(workload(name, ip, echo_id.clone(), Some(ECHO_KEY)));
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let real = listener.local_addr().expect("addr");
-            connector
-                .0
-                .lock()
-                .unwrap()
-                .insert(SocketAddr::new(ip.parse().expect("ip"), 15008), real);
-            let certs: Arc<dyn ServerCerts> = Arc::new(Arc::new(ca.issue(&echo_id)));
-            let server = Arc::new(Server::new(H2Config::default(), certs));
-            let seen = Arc::new(Mutex::new(Seen::default()));
-            let (n, s) = (name.to_string(), seen.clone());
-            tokio::spawn(server.serve(listener, move |req| {
-                serve_backend(n.clone(), s.clone(), req)
-            }));
-            backends.push(Backend {
-                name: name.to_string(),
-                seen,
-            });
+            backends.push(spawn_backend(&ca, &connector, name, ip, &echo_id).await);
         }
         store.apply(batch);
 
@@ -328,6 +383,29 @@ impl Harness {
             connector,
             client_pool: Pool::new(H2Config::default(), Arc::new(TcpConnector)),
         }
+    }
+
+    /// Adds service `name` (key `default/<name>.default.svc.cluster.local`) at `vip` with a
+    /// backend pod per `(pod name, ip)`; returns the pods' indexes in `backends`.
+    pub async fn add_service(
+        &mut self,
+        name: &str,
+        vip: &str,
+        pods: &[(&str, &str)],
+    ) -> Vec<usize> {
+        let key = format!("default/{name}.default.svc.cluster.local");
+        let identity = id("default", name);
+        let mut batch = Batch::new();
+        batch.upsert_service(service(name, vip));
+        let mut indexes = Vec::new();
+        for (pod, ip) in pods {
+            batch.upsert_workload(workload(pod, ip, identity.clone(), Some(&key)));
+            let b = spawn_backend(&self.ca, &self.connector, pod, ip, &identity).await;
+            indexes.push(self.backends.len());
+            self.backends.push(b);
+        }
+        self.store.apply(batch);
+        indexes
     }
 
     /// Opens a tunnel to `target` through the waypoint, as the client ztunnel would.
