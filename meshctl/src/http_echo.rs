@@ -77,7 +77,7 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, b: &Behaviour) -> anyho
         .context("request head timed out")??;
     tokio::time::sleep(b.delay).await;
     let n = b.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let status = if b.fail_every > 0 && n % b.fail_every == 0 {
+    let status = if b.fail_every > 0 && n.is_multiple_of(b.fail_every) {
         "503 Service Unavailable"
     } else {
         "200 OK"
