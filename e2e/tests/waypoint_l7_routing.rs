@@ -1,5 +1,6 @@
 //! L7 features of the waypoint on the local cluster, from Istio users' YAML unchanged: a canary
-//! split and a header match (HTTPRoute), a route timeout, retries and fault injection
+//! split and a header match (HTTPRoute), a gRPC method and header match (GRPCRoute, a tonic
+//! client and server), a route timeout, retries and fault injection
 //! (VirtualService), L7 AuthorizationPolicy on paths and methods, a JWT-guarded path
 //! (RequestAuthentication), and none of it lost when the waypoint pod is replaced. Needs root;
 //! fails loudly without it.
@@ -11,6 +12,7 @@ mod local_cluster;
 
 use std::time::{Duration, Instant};
 
+use e2e::Topology;
 use local_cluster::{Cluster, WAIT};
 use mesh::testing::JwtIssuer;
 
@@ -35,6 +37,40 @@ fn services() -> String {
     ]
     .concat()
 }
+
+const GRPC: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: grpc, namespace: shop}
+spec:
+  selector: {app: grpc}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc-v1, namespace: shop}
+spec:
+  selector: {app: grpc, version: v1}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc-v2, namespace: shop}
+spec:
+  selector: {app: grpc, version: v2}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc, port: 9090}]
+  rules:
+  - matches:
+    - method: {service: istio.v1.auth.IstioCertificateService, method: CreateCertificate}
+      headers: [{name: x-version, value: v2}]
+    backendRefs: [{name: grpc-v2, port: 9090}]
+  - backendRefs: [{name: grpc-v1, port: 9090}]
+"#;
 
 const ROUTES: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -217,6 +253,24 @@ fn check_l7(c: &Cluster, idp: &JwtIssuer, canary: bool) {
         200
     );
 
+    // A gRPC unary call routed by GRPCRoute: the method and a header pick v2, else v1.
+    let grpc = Topology::binary("e2e-grpc").expect("e2e-grpc");
+    let grpc = grpc.to_str().unwrap();
+    let target = format!("{}:9090", vip(c, "grpc"));
+    for (metadata, want) in [
+        (Some("x-version=v2"), "answer=grpc-v2"),
+        (None, "answer=grpc-v1"),
+    ] {
+        for _ in 0..3 {
+            let mut args = vec![
+                "pod", "exec", "client", "-n", "shop", "--", grpc, "call", &target,
+            ];
+            args.extend(metadata);
+            let out = c.ok(&args);
+            assert_eq!(out.trim(), want, "{metadata:?}\n{}", c.logs());
+        }
+    }
+
     // A backend failing every other request succeeds through a retry.
     let urls: Vec<String> = (0..10).map(|i| url("flaky", &format!("/r{i}"))).collect();
     let results = curl(c, &[], &urls);
@@ -268,6 +322,17 @@ fn routing_policy_and_faults_from_istio_yaml_and_they_survive_a_waypoint_restart
     run("web-v2", "app=web,version=v2", echo("web-v2", &[]));
     run("slow", "app=slow", echo("slow", &["--delay-ms", "2000"]));
     run("flaky", "app=flaky", echo("flaky", &["--fail-every", "2"]));
+    let grpc = Topology::binary("e2e-grpc").expect("e2e-grpc");
+    for v in ["v1", "v2"] {
+        let name = format!("grpc-{v}");
+        let cmd = vec![
+            grpc.display().to_string(),
+            "serve".into(),
+            "9090".into(),
+            name.clone(),
+        ];
+        run(&name, &format!("app=grpc,version={v}"), cmd);
+    }
     c.pod_run(
         "client",
         "shop",
@@ -277,7 +342,10 @@ fn routing_policy_and_faults_from_istio_yaml_and_they_survive_a_waypoint_restart
     );
     apply(&c, "services.yaml", &services());
     c.ok(&["label", "ns", "shop", "istio.io/dataplane-mode=ambient"]);
-    for pod in ["client", "web-v1", "web-v2", "slow", "flaky"] {
+    apply(&c, "grpc.yaml", GRPC);
+    for pod in [
+        "client", "web-v1", "web-v2", "slow", "flaky", "grpc-v1", "grpc-v2",
+    ] {
         c.wait_captured(pod, "shop", true);
     }
     c.ok(&[
