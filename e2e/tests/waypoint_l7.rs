@@ -220,7 +220,7 @@ fn a_waypoint_carries_its_services_traffic_and_cannot_be_bypassed() {
                 "response_code=\"200\"",
                 "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
             ],
-        ) >= before + 10.0
+        ) == before + 10.0
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", waypoint_metrics(&c, &wp_pod)));
 
