@@ -434,6 +434,12 @@ pub fn normalize_path(raw: &str) -> String {
                 out.extend(hex.to_ascii_uppercase().bytes());
                 i += 3;
             }
+            // A `%` that starts no escape is written as one (`%25`): left bare, the characters
+            // decoded after it could form an escape the next normalisation would read.
+            None if b == b'%' => {
+                out.extend_from_slice(b"%25");
+                i += 1;
+            }
             None => {
                 out.push(if b == b'\\' { b'/' } else { b });
                 i += 1;
