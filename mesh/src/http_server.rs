@@ -116,3 +116,49 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
         });
     }
 }
+
+/// One of a proxy's own HTTP endpoints (admin, metrics, readiness): where, what, and its name
+/// for logs and errors.
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// What answers.
+    pub handler: Handler,
+    /// `admin`, `metrics`, ...
+    pub name: &'static str,
+}
+
+/// An endpoint could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the {name} endpoint on {addr}: {source}")]
+pub struct EndpointError {
+    /// The endpoint's name.
+    pub name: &'static str,
+    /// Where it was to listen.
+    pub addr: std::net::SocketAddr,
+    /// Why it could not.
+    pub source: std::io::Error,
+}
+
+/// Binds every endpoint and serves each on `runtime` (the control runtime: its reactor then owns
+/// the sockets, and no request to them ever takes a data-plane thread).
+pub async fn serve_endpoints(
+    runtime: &tokio::runtime::Handle,
+    endpoints: Vec<Endpoint>,
+) -> Result<(), EndpointError> {
+    for Endpoint {
+        addr,
+        handler,
+        name,
+    } in endpoints
+    {
+        let bound = runtime.spawn(TcpListener::bind(addr)).await;
+        let listener = bound
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| EndpointError { name, addr, source })?;
+        tracing::info!(%addr, "{name} endpoint listening");
+        runtime.spawn(serve(listener, handler));
+    }
+    Ok(())
+}

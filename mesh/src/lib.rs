@@ -9,6 +9,7 @@
 //! - [`zds`]: the CNI agent ↔ ztunnel link that hands over pod network namespaces.
 //! - [`metrics`]: Istio-compatible `istio_tcp_*` metrics.
 //! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
+//! - [`runtime`]: a proxy's control and data-plane tokio runtimes.
 //! - [`copy`]: bidirectional byte copying: half-close on a clean end, abort on an error.
 //! - [`tcp_keepalive`]: TCP keepalive on proxied sockets.
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
@@ -34,6 +35,7 @@ pub mod l7authz;
 pub mod metrics;
 pub mod model;
 pub mod rbac;
+pub mod runtime;
 pub mod store;
 pub mod tcp_keepalive;
 #[cfg(any(test, feature = "testing"))]

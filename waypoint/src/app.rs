@@ -121,28 +121,28 @@ pub async fn run(
         log_reload,
         shutdown: shutdown.clone(),
     };
-    for (addr, handler, what) in [
-        (config.admin_addr, admin.clone().admin_handler(), "admin"),
-        (
-            config.metrics_addr,
-            admin.clone().metrics_handler(),
-            "metrics",
-        ),
-        (
-            config.readiness_addr,
-            admin.clone().readiness_handler(),
-            "readiness",
-        ),
-    ] {
-        // Bound on the control runtime so its reactor owns the socket.
-        let listener = control
-            .spawn(TcpListener::bind(addr))
-            .await
-            .context("control runtime")?
-            .with_context(|| format!("binding the {what} endpoint on {addr}"))?;
-        tracing::info!(%addr, "{what} endpoint listening");
-        control.spawn(mesh::http_server::serve(listener, handler));
-    }
+    let endpoint = |addr, handler, name| mesh::http_server::Endpoint {
+        addr,
+        handler,
+        name,
+    };
+    mesh::http_server::serve_endpoints(
+        &control,
+        vec![
+            endpoint(config.admin_addr, admin.clone().admin_handler(), "admin"),
+            endpoint(
+                config.metrics_addr,
+                admin.clone().metrics_handler(),
+                "metrics",
+            ),
+            endpoint(
+                config.readiness_addr,
+                admin.clone().readiness_handler(),
+                "readiness",
+            ),
+        ],
+    )
+    .await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -50,32 +50,10 @@ fn main() -> ExitCode {
     tracing::debug!(?config, "configuration");
     // Two runtimes, as ztunnel: a single-threaded one for control work (CA, xDS, admin) on
     // its own thread, and a multi-threaded one for the data plane.
-    let control = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let (control_handle, runtime) = match mesh::runtime::control_and_data("waypoint") {
+        Ok(runtimes) => runtimes,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the control runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let control_handle = control.handle().clone();
-    let control_thread = std::thread::Builder::new()
-        .name("waypoint-control".into())
-        .spawn(move || control.block_on(std::future::pending::<()>()));
-    if let Err(e) = control_thread {
-        tracing::error!(error = %e, "cannot start the control thread");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("waypoint-data")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
+            tracing::error!(error = %e, "cannot start the runtimes");
             return ExitCode::FAILURE;
         }
     };
