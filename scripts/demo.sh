@@ -4,7 +4,7 @@
 # client; a request in plaintext, the namespace labelled for ambient, the same request over
 # HBONE with both SPIFFE identities, the metrics that moved; then it tears everything down.
 #
-# Usage: scripts/demo.sh [--release] [-- extra meshctl demo flags, e.g. --keep]
+# Usage: scripts/demo.sh [--release] [-- extra meshctl demo flags, e.g. --keep or --waypoint]
 #
 # Needs root (network namespaces, iptables; it uses sudo otherwise). Installs what is missing
 # with apt-get: a C toolchain (jemalloc and ring build C code), iproute2, iptables, tcpdump,

@@ -205,6 +205,32 @@ fn apply(c: &Cluster, name: &str, yaml: &str) {
     c.ok(&["apply", "-f", file.to_str().unwrap()]);
 }
 
+/// Waits until the waypoint holds the routes of every service the test routes, and its policy
+/// denies /admin.
+fn wait_for_config(c: &Cluster) {
+    e2e::retry_until("routes and policies at the waypoint", WAIT, || {
+        let list: serde_json::Value =
+            serde_json::from_str(&c.ok(&["waypoint", "list", "-n", "shop", "-o", "json"]))?;
+        let pod = list[0]["pod"].as_str().unwrap_or_default().to_string();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &c.pod_netns("shop", &pod)])
+            .args(["curl", "-sS", "--max-time", "5"])
+            .arg("http://127.0.0.1:15000/config_dump")
+            .output()?;
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let routes = dump["routes"].to_string();
+        for svc in ["web", "slow", "flaky", "web-fault", "grpc"] {
+            let key = format!("\"shop/{svc}.shop.svc.cluster.local\"");
+            anyhow::ensure!(routes.contains(&key), "no routes for {svc} yet: {routes}");
+        }
+        let url = format!("http://{}/admin", vip(c, "web-v1"));
+        let r = curl(c, &[], &[url]);
+        anyhow::ensure!(r[0].0 == 403, "{r:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+}
+
 /// The L7 checks, run once with the first waypoint pod and again with its replacement.
 fn check_l7(c: &Cluster, idp: &JwtIssuer, canary: bool) {
     let url = |svc: &str, path: &str| format!("http://{}{path}", vip(c, svc));
@@ -360,14 +386,9 @@ fn routing_policy_and_faults_from_istio_yaml_and_they_survive_a_waypoint_restart
     apply(&c, "routes.yaml", ROUTES);
     apply(&c, "policies.yaml", &policies(&idp.jwks()));
 
-    // Wait until the config reached the waypoint: the header route answers from v2.
-    e2e::retry_until("routes and policies at the waypoint", WAIT, || {
-        let url = format!("http://{}/admin", vip(&c, "web-v1"));
-        let r = curl(&c, &[], &[url]);
-        anyhow::ensure!(r[0].0 == 403, "{r:?}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    // Wait until the config reached the waypoint: every route (routes and policies are
+    // separate xDS types and may arrive in either order) and the policies.
+    wait_for_config(&c);
     check_l7(&c, &idp, true);
 
     // Replace the waypoint pod: the new one gets the same config from istiod-lite.
@@ -381,13 +402,7 @@ fn routing_policy_and_faults_from_istio_yaml_and_they_survive_a_waypoint_restart
         serde_json::from_str(&c.ok(&["waypoint", "list", "-n", "shop", "-o", "json"]))
             .expect("json");
     assert_ne!(list[0]["pod"].as_str(), Some(old.as_str()), "{list}");
-    e2e::retry_until("traffic through the new waypoint", WAIT, || {
-        let url = format!("http://{}/admin", vip(&c, "web-v1"));
-        let r = curl(&c, &[], &[url]);
-        anyhow::ensure!(r[0].0 == 403, "{r:?}");
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    wait_for_config(&c);
     check_l7(&c, &idp, false);
 
     c.down_and_check();

@@ -5,7 +5,8 @@
 //! a cluster comes up, an HTTP server and a client run in namespace `demo`, a request goes
 //! across in plaintext, the namespace is labelled for ambient, the same request now crosses
 //! as HBONE with both SPIFFE identities in ztunnel's access log, and the `istio_tcp_*` metrics
-//! that moved are shown. Wire checks use tcpdump on the underlay.
+//! that moved are shown. Wire checks use tcpdump on the underlay. `--waypoint` runs the L7
+//! scenario instead ([`waypoint`]): a canary split and a 403 through a waypoint.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,13 @@ pub struct DemoArgs {
     /// Name of the demo's cluster (the prefix of its network namespaces).
     #[arg(long, default_value = "meshdemo")]
     pub name: String,
+    /// The L7 scenario instead: a waypoint, an 80/20 canary and a 403 from an
+    /// AuthorizationPolicy.
+    #[arg(long)]
+    pub waypoint: bool,
 }
+
+mod waypoint;
 
 /// Runs the demo against the cluster kept in `state_dir`; tears it down at the end (also on
 /// failure) unless `--keep`.
@@ -42,7 +49,11 @@ pub fn run(args: &DemoArgs, state_dir: &Path) -> anyhow::Result<()> {
         state_dir: state_dir.to_path_buf(),
         name: args.name.clone(),
     };
-    let result = demo.story();
+    let result = if args.waypoint {
+        waypoint::story(&demo)
+    } else {
+        demo.story()
+    };
     if args.keep && result.is_ok() {
         say(&format!(
             "\nThe cluster stays up (state in {}). Try:\n  meshctl --state-dir {} get pods\n  meshctl --state-dir {} cluster down",

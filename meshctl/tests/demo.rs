@@ -105,3 +105,51 @@ fn help_names_demo_and_the_cluster_commands() {
         assert!(stdout.contains(command), "{command}: {stdout}");
     }
 }
+
+#[test]
+fn the_waypoint_demo_shows_a_canary_split_and_a_403_then_cleans_up() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces): run as root"
+    );
+    let state = tempfile::tempdir().expect("state dir");
+    let name = format!("dw{}", std::process::id() % 100_000);
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "--state-dir",
+        state.path().to_str().expect("utf-8"),
+        "demo",
+        "--waypoint",
+        "--name",
+        &name,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the demo took {:?}",
+        started.elapsed()
+    );
+    let v1 = count_before(&stdout, "(weights 80/20)");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("web-v1 answered"))
+        .expect("the split line");
+    let v1_count: usize = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(v1 > 0, "{line}");
+    assert!((60..=95).contains(&v1_count), "{line}");
+    assert!(stdout.contains("HTTP 403: RBAC: access denied"), "{stdout}");
+    assert!(stdout.contains("HTTP 200: hello from web-v"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("istio_requests_total{reporter=\"waypoint\"")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("$ meshctl cluster down"), "{stdout}");
+}
