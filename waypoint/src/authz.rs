@@ -1,7 +1,7 @@
 //! L7 authorization and request authentication, called from exactly one place: the request
 //! filter phase ([`crate::http`]), before routing.
 //!
-//! The whole check is `mesh::l7authz::check` over the store: the RequestAuthentications in
+//! The whole check is `Store::l7_check` (`mesh::l7authz` over the store): the RequestAuthentications in
 //! scope check the request's tokens (a bad one is a 401), the principal they prove joins the
 //! request, then the L7 AuthorizationPolicies in scope decide (a denial is a 403, or gRPC
 //! status 7). Scope is this waypoint (its Gateway's name and namespace), the destination
@@ -10,7 +10,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::request::Parts;
-use mesh::l7authz::{check, Authenticated, L7Request, WaypointContext};
+use mesh::l7authz::{Authenticated, L7Request, WaypointContext};
 
 use crate::http::RequestCtx;
 use crate::select::Destination;
@@ -60,7 +60,10 @@ pub fn authorize(shared: &Shared, ctx: &RequestCtx, parts: &Parts) -> Decision {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let checked = match check(&shared.store, &at, &mut request, parts.uri.query(), now) {
+    let checked = match shared
+        .store
+        .l7_check(&at, &mut request, parts.uri.query(), now)
+    {
         Ok(checked) => checked,
         Err(e) => {
             tracing::info!(target: "authz", source = %ctx.down.peer, method = %ctx.method, path = %ctx.path, error = %e, "request with an invalid token refused");

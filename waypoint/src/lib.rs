@@ -29,6 +29,7 @@ use tracing::Instrument;
 pub mod admin;
 pub mod app;
 pub mod authz;
+pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod config;

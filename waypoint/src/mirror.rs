@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
 use mesh::hbone::ConnectMeta;
 
-use crate::route::WeightedBackend;
+use crate::backend::WeightedBackend;
 use crate::select::pick_service_endpoint;
 use crate::Shared;
 

@@ -2,7 +2,7 @@
 //! for a retry while it streams to the first try.
 //!
 //! [`TeeBody`] forwards the client's frames as they come and records them in a shared
-//! [`Recording`] up to [`crate::retry::MAX_BUFFERED_BODY`]; past that the recording is dropped
+//! [`Recording`] up to [`MAX_BUFFERED_BODY`]; past that the recording is dropped
 //! and the body can no longer be replayed. A later try may start when the recording is
 //! intact and either the body has ended or the previous try's body has been dropped (nothing
 //! else is reading the client's stream): it replays the recorded frames, then goes on reading
@@ -17,8 +17,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::retry::MAX_BUFFERED_BODY;
 use crate::upstream::BoxError;
+
+/// The largest request body kept for retries and mirroring.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 /// What has been read of the client's body, shared by the tries.
 #[derive(Debug, Default)]

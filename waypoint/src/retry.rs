@@ -21,8 +21,7 @@ use crate::error::ProxyError;
 use crate::replay::Tee;
 use crate::upstream::{Body, BoxError};
 
-/// The largest request body kept for retries and mirroring.
-pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+pub use crate::replay::MAX_BUFFERED_BODY;
 
 /// Envoy's retry conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

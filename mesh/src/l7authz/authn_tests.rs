@@ -426,13 +426,16 @@ fn check_authenticates_then_lets_policies_use_the_request_principal() {
     };
 
     let mut without = request(http::HeaderMap::new());
-    let checked =
-        super::check(&store, &at, &mut without, None, NOW).expect("no token is not an error");
+    let checked = store
+        .l7_check(&at, &mut without, None, NOW)
+        .expect("no token is not an error");
     assert!(!checked.decision.allowed, "{}", checked.decision);
     assert_eq!(checked.policies, ["shop/require-jwt"]);
 
     let mut with = request(bearer(&signer.sign("k1", &claims())));
-    let checked = super::check(&store, &at, &mut with, None, NOW).expect("valid token");
+    let checked = store
+        .l7_check(&at, &mut with, None, NOW)
+        .expect("valid token");
     assert!(checked.decision.allowed, "{}", checked.decision);
     assert_eq!(
         with.auth.map(|a| a.principal).as_deref(),
@@ -440,6 +443,8 @@ fn check_authenticates_then_lets_policies_use_the_request_principal() {
     );
 
     let mut expired = request(bearer(&signer.sign("k1", &claims())));
-    let err = super::check(&store, &at, &mut expired, None, NOW + 3600).expect_err("expired");
+    let err = store
+        .l7_check(&at, &mut expired, None, NOW + 3600)
+        .expect_err("expired");
     assert_eq!(err.response_body(), "Jwt is expired");
 }

@@ -20,7 +20,7 @@
 //!   into [`RequestAuth`] (`request.auth.*`, `requestPrincipals`).
 //! - Scope: [`L7Target::applies`] tells whether a policy or RequestAuthn applies to a request
 //!   through a given waypoint to a given service ([`WaypointContext`]);
-//!   [`Store::l7_policies_for`](crate::store::Store::l7_policies_for) gathers them.
+//!   the store's `l7_policies_for` gathers them.
 
 /// Body of the 403 answer to an HTTP request denied by policy (as Envoy's RBAC filter).
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -53,7 +53,8 @@ pub use model::{
     L7Operation, L7Policy, L7Rule, L7Scope, L7Source, L7Target, WaypointContext,
 };
 
-/// The outcome of [`check`]: the verdict and what authentication found.
+/// The outcome of the whole L7 check of a request (`Store::l7_check`): the verdict and what
+/// authentication found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     /// The keys of the L7 policies in scope, in evaluation order.
@@ -62,29 +63,4 @@ pub struct Checked {
     pub decision: L7Decision,
     /// The JWT outcome: headers to add and token locations to strip before forwarding.
     pub authenticated: Authenticated,
-}
-
-/// The whole L7 check of one request at a waypoint, as its request filter runs it: the
-/// RequestAuthns in scope at `at` check the request's tokens (a bad one is an error: answer 401
-/// with [`jwt::JwtError::response_body`]); the principal found fills `request.auth`; then the
-/// L7 policies in scope decide ([`Checked::decision`]: answer 403 with [`DENIED_BODY`], or
-/// gRPC status [`DENIED_GRPC_STATUS`], when not allowed). `query` is the request target after
-/// `?`; `now` seconds since the Unix epoch.
-pub fn check(
-    store: &crate::store::Store,
-    at: &WaypointContext<'_>,
-    request: &mut L7Request,
-    query: Option<&str>,
-    now: u64,
-) -> Result<Checked, jwt::JwtError> {
-    let authns = store.request_authns_for(at);
-    let authenticated = authenticate(&authns, &request.headers, query, now)?;
-    request.auth = authenticated.auth.clone();
-    let policies = store.l7_policies_for(at);
-    let decision = evaluate(&policies, request);
-    Ok(Checked {
-        policies: policies.iter().map(|p| p.key()).collect(),
-        decision,
-        authenticated,
-    })
 }

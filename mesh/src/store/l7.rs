@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::l7authz::{L7Policy, RequestAuthn, WaypointContext};
+use crate::l7authz::{
+    authenticate, evaluate, jwt, Checked, L7Policy, L7Request, RequestAuthn, WaypointContext,
+};
 
 /// L7 policies and RequestAuthns, by `<namespace>/<name>`.
 #[derive(Debug, Default)]
@@ -52,6 +54,33 @@ impl L7Index {
             .collect();
         out.sort_by_key(|a| a.key());
         out
+    }
+}
+
+impl super::Store {
+    /// The whole L7 check of one request at a waypoint, as its request filter runs it: the
+    /// RequestAuthns in scope at `at` check the request's tokens (a bad one is an error: answer
+    /// 401 with [`jwt::JwtError::response_body`]); the principal found fills `request.auth`;
+    /// then the L7 policies in scope decide ([`Checked::decision`]: answer 403 with
+    /// `l7authz::DENIED_BODY`, or gRPC status `l7authz::DENIED_GRPC_STATUS`, when not
+    /// allowed). `query` is the request target after `?`; `now` seconds since the Unix epoch.
+    pub fn l7_check(
+        &self,
+        at: &WaypointContext<'_>,
+        request: &mut L7Request,
+        query: Option<&str>,
+        now: u64,
+    ) -> Result<Checked, jwt::JwtError> {
+        let authns = self.request_authns_for(at);
+        let authenticated = authenticate(&authns, &request.headers, query, now)?;
+        request.auth = authenticated.auth.clone();
+        let policies = self.l7_policies_for(at);
+        let decision = evaluate(&policies, request);
+        Ok(Checked {
+            policies: policies.iter().map(|p| p.key()).collect(),
+            decision,
+            authenticated,
+        })
     }
 }
 

@@ -28,21 +28,10 @@ use crate::retry::RetryPolicy;
 pub mod from_model;
 pub mod matching;
 
+pub use crate::backend::WeightedBackend;
 pub use matching::{
     HeaderMatch, PathMatch, Pattern, Precedence, QueryMatch, RouteMatch, StringMatch,
 };
-
-/// A backend of a rule: a service, reached on `port` (the request's port when `None`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WeightedBackend {
-    /// Service key `<namespace>/<hostname>`.
-    pub service: String,
-    /// Service port; `None` keeps the port the client addressed.
-    pub port: Option<u16>,
-    /// Relative weight; 0 never chosen.
-    pub weight: u32,
-}
 
 /// Which flavour local answers of a rule take (aborts, overflow...).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
