@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::request::Parts;
 use mesh::l7authz::{Authenticated, L7Request, WaypointContext};
 
-use crate::http::RequestCtx;
+use crate::ctx::RequestCtx;
 use crate::select::Destination;
 use crate::Shared;
 

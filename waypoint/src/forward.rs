@@ -17,10 +17,10 @@ use hyper::body::Incoming;
 use mesh::hbone::ConnectMeta;
 
 use crate::body::CountingBody;
+use crate::ctx::{Downstream, RequestCtx};
 use crate::error::{Blame, ProxyError};
 use crate::fault::roll;
 use crate::filters::Filter;
-use crate::http::{Downstream, RequestCtx};
 use crate::mirror::{self, MirrorRequest, RequestMirror};
 use crate::outlier::TryOutcome;
 use crate::retry::RequestBody;

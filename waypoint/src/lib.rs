@@ -34,6 +34,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod conn_pool;
+pub mod ctx;
 pub mod detect;
 pub mod error;
 pub mod fault;

@@ -7,8 +7,8 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Full};
 
+use crate::ctx::{RequestCtx, RequestProtocol};
 use crate::error::ProxyError;
-use crate::http::{RequestCtx, RequestProtocol};
 use crate::route::RouteKind;
 use crate::upstream::Body;
 
