@@ -51,6 +51,22 @@ spec:
         principals: [\"cluster.local/ns/shop/sa/client\"]
 ";
 
+const NO_ADMIN: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-admin
+  namespace: shop
+spec:
+  targetRefs:
+  - {kind: Service, group: \"\", name: web}
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: [\"/admin*\"]
+";
+
 /// The cluster IP the local cluster gave Service `ns/name`.
 fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> String {
     let path = c
@@ -98,6 +114,47 @@ fn metric(text: &str, name: &str, needles: &[&str]) -> f64 {
         .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `meshctl authz check` through the waypoint: the L7 verdict (and deciding policy) at the
+/// waypoint, then the L4 one at each endpoint's ztunnel with the waypoint as the way in; and a
+/// direct dial of the pod refused as a bypass.
+fn authz_check_names_both_halves(c: &Cluster) {
+    let check = |extra: &[&str]| {
+        let mut args = vec!["authz", "check", "--from", "shop/client"];
+        args.extend_from_slice(extra);
+        let out = c.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&["--to", "svc/shop/web:80", "--path", "/admin/users"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains(
+            "DENIED at waypoint shop/waypoint: GET web.shop.svc.cluster.local/admin/users"
+        ) && out.contains("decided by: DENY policy shop/no-admin, rule 0"),
+        "{out}"
+    );
+    let (code, out, err) = check(&["--to", "svc/shop/web:80", "-H", "x-trace: 1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("ALLOWED at waypoint shop/waypoint: GET web.shop.svc.cluster.local/")
+            && out.contains(
+                "through waypoint shop/waypoint (spiffe://cluster.local/ns/shop/sa/waypoint)"
+            )
+            && out.contains("decided by: ALLOW policy shop/only-the-client, rule 0"),
+        "{out}"
+    );
+    let (code, out, err) = check(&["--to", "shop/web:8080"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("refused before policy: shop/web is behind waypoint shop/waypoint"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -305,6 +362,33 @@ fn a_waypoint_carries_its_services_traffic_and_cannot_be_bypassed() {
             && l.contains("via.waypoint=spiffe://cluster.local/ns/shop/sa/waypoint")),
         "the destination's access log names the client and the waypoint:\n{ztunnel_n2}"
     );
+
+    // An L7 policy at the waypoint: the request is refused there, and `meshctl authz check`
+    // says so and names the policy, as it names the L4 one at the destination.
+    let no_admin = c.scratch.path().join("no-admin.yaml");
+    std::fs::write(&no_admin, NO_ADMIN).expect("write");
+    c.ok(&["apply", "-f", no_admin.to_str().unwrap()]);
+    let admin = format!("{url}admin/users");
+    e2e::retry_until("the waypoint refuses /admin with 403", WAIT, || {
+        let (_, out) = exec(
+            &c,
+            "shop",
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &admin,
+            ],
+        );
+        anyhow::ensure!(out.trim() == "403", "{out}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    authz_check_names_both_halves(&c);
 
     // Raw TCP to a waypoint-bound service passes through the waypoint byte for byte.
     let raw_vip = cluster_ip(&c, "shop", "raw");

@@ -31,6 +31,7 @@ use crate::model::{Address, NetworkAddress, Policy, PolicyScope, PortMapping, Se
 
 mod l7;
 mod routes;
+mod waypoints;
 
 /// A set of changes applied all at once, in the order they were added.
 #[derive(Debug, Clone, Default)]

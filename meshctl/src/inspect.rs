@@ -1,20 +1,27 @@
 //! Read-only views of a running cluster: `meshctl get pods` (with whether each pod is really
-//! captured) and `meshctl authz check` (a policy decision from the destination's ztunnel).
+//! captured) and `meshctl authz check` (a policy decision from the destination's ztunnel, and
+//! from the waypoint on the way if there is one).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use crate::authz;
+use crate::authz::service::{self, ServiceRoute};
+use crate::authz::waypoint::{self as l7, Hop, HttpRequest};
+use crate::authz::{self, PodRef, SourcePeer};
 use crate::cluster::plan::{NodePlan, ZTUNNEL_ADMIN};
 use crate::cluster::state::StateDir;
 use crate::config_dir::ConfigDir;
 use crate::pod::{self, PodRuntime};
+use crate::waypoint::deploy::waypoint_of;
 use crate::{netns, sys, table};
+
+/// A waypoint's admin endpoint, inside its pod.
+const WAYPOINT_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15000);
 
 /// How long a ztunnel admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,32 +40,96 @@ pub struct AuthzCheckArgs {
     /// The client pod, `POD` or `NAMESPACE/POD`.
     #[arg(long)]
     pub from: String,
-    /// The server pod and port, `POD:PORT` or `NAMESPACE/POD:PORT`.
+    /// The server and port: a pod, `POD:PORT` or `NAMESPACE/POD:PORT`, or a Service,
+    /// `svc/NAME:PORT` or `svc/NAMESPACE/NAME:PORT`.
     #[arg(long)]
     pub to: String,
-    /// Namespace of a pod given without one.
+    /// Namespace of a pod or Service given without one.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// The request's method, for a waypoint's L7 policies.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The request's path (with a query if any), for a waypoint's L7 policies.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// The request's Host (default: the Service's host name, or the pod's address).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A request header, `NAME: VALUE`; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = HttpRequest::parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+impl AuthzCheckArgs {
+    fn request(&self) -> HttpRequest {
+        HttpRequest {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            host: self.host.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// What `--to` names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// `(namespace, pod, port)`.
+    Pod(String, String, u16),
+    /// `(namespace, service, port)`.
+    Service(String, String, u16),
+}
+
+impl Target {
+    fn parse(s: &str, default_ns: &str) -> anyhow::Result<Target> {
+        match s
+            .strip_prefix("svc/")
+            .or_else(|| s.strip_prefix("service/"))
+        {
+            Some(rest) => {
+                let (ns, name, port) = parse_pod_port(rest, default_ns).with_context(|| {
+                    format!("{s:?}: expected svc/NAME:PORT or svc/NAMESPACE/NAME:PORT")
+                })?;
+                Ok(Target::Service(ns, name, port))
+            }
+            None => {
+                let (ns, name, port) = parse_pod_port(s, default_ns)?;
+                Ok(Target::Pod(ns, name, port))
+            }
+        }
+    }
+}
+
+/// The `/config_dump` of waypoint `hop`, from one of its pods.
+fn waypoint_dump(state: &StateDir, hop: &Hop) -> anyhow::Result<serde_json::Value> {
+    let pod = pod::records(state)?
+        .into_iter()
+        .find(|p| p.namespace == hop.namespace && waypoint_of(p) == Some(hop.name.as_str()))
+        .with_context(|| format!("no pod of waypoint {hop} (see `meshctl waypoint list`)"))?;
+    let who = format!("waypoint {hop} (pod {})", pod.name);
+    admin_config_dump(&pod.netns, WAYPOINT_ADMIN, &who)
 }
 
 /// ztunnel's `/config_dump` on `node`.
 pub fn config_dump(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
-    let resp = netns::http_get(
-        &node.netns,
-        SocketAddr::V4(ZTUNNEL_ADMIN),
-        "/config_dump",
-        ADMIN_TIMEOUT,
-    )
-    .with_context(|| format!("asking ztunnel on {} (is it running?)", node.name))?;
+    let who = format!("ztunnel on {}", node.name);
+    admin_config_dump(&node.netns, ZTUNNEL_ADMIN, &who)
+}
+
+/// `/config_dump` from the admin endpoint `addr` in network namespace `netns`; `who` names
+/// the proxy in errors.
+fn admin_config_dump(
+    netns: &str,
+    addr: SocketAddrV4,
+    who: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = netns::http_get(netns, SocketAddr::V4(addr), "/config_dump", ADMIN_TIMEOUT)
+        .with_context(|| format!("asking {who} (is it running?)"))?;
     if resp.status != 200 {
-        bail!(
-            "ztunnel on {} answered /config_dump with {}",
-            node.name,
-            resp.status
-        );
+        bail!("{who} answered /config_dump with {}", resp.status);
     }
-    serde_json::from_str(&resp.body)
-        .with_context(|| format!("ztunnel on {}: /config_dump is not JSON", node.name))
+    serde_json::from_str(&resp.body).with_context(|| format!("{who}: /config_dump is not JSON"))
 }
 
 /// Whether a config dump lists `uid` among the pods ztunnel serves.
@@ -167,21 +238,110 @@ fn pod_ref(state: &StateDir, ns: &str, name: &str) -> anyhow::Result<(authz::Pod
 }
 
 /// `meshctl authz check`: exit status 0 when allowed, 1 when denied.
+///
+/// To a pod: the waypoint's L7 verdict first if the pod has one, then the L4 verdict of the
+/// pod's node's ztunnel. To a Service: the route as the client's ztunnel sees it, the
+/// Service's waypoint if any, then each endpoint's ztunnel.
 pub fn authz_check(state: &StateDir, args: &AuthzCheckArgs) -> anyhow::Result<ExitCode> {
     sys::require_root()?;
     let cluster = state.load()?;
     let (from_ns, from_name) = parse_pod(&args.from, &args.namespace)?;
-    let (to_ns, to_name, port) = parse_pod_port(&args.to, &args.namespace)?;
-    let (from, _) = pod_ref(state, &from_ns, &from_name)?;
-    let (to, to_node) = pod_ref(state, &to_ns, &to_name)?;
-    let dump = config_dump(cluster.node(&to_node)?)?;
-    let report = authz::check(&dump, &from, &to, port)?;
-    out!("{report}");
-    Ok(if report.allowed {
+    let (from, from_node) = pod_ref(state, &from_ns, &from_name)?;
+    let request = args.request();
+    let allowed = match Target::parse(&args.to, &args.namespace)? {
+        Target::Pod(ns, name, port) => {
+            let (to, to_node) = pod_ref(state, &ns, &name)?;
+            let store = authz::store_of(&config_dump(cluster.node(&to_node)?)?)?;
+            let hop = authz::pod_hop(&store, &from, &to)?;
+            let mut allowed = true;
+            if let Some(hop) = &hop {
+                let dst = SocketAddr::new(to.ip, port);
+                let report = waypoint_stage(state, &store, hop, None, &from, dst, &request)?;
+                out!("{report}");
+                allowed = report.allowed();
+            }
+            if allowed {
+                let report = authz::check(&store, &from, &to, port, hop.as_ref())?;
+                out!("{report}");
+                allowed = report.allowed;
+            }
+            allowed
+        }
+        Target::Service(ns, name, port) => {
+            let client_store = authz::store_of(&config_dump(cluster.node(&from_node)?)?)?;
+            let route = service::route(&client_store, &from, &ns, &name, port)?;
+            service_stages(state, &cluster, &client_store, &from, &route, &request)?
+        }
+    };
+    Ok(if allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The waypoint's verdict on `request` from `from` to `dst`.
+fn waypoint_stage(
+    state: &StateDir,
+    store: &mesh::store::Store,
+    hop: &Hop,
+    service: Option<(&str, &str)>,
+    from: &PodRef,
+    dst: SocketAddr,
+    request: &HttpRequest,
+) -> anyhow::Result<l7::L7Report> {
+    let client = match authz::source_peer(store, from) {
+        SourcePeer::Mesh(id) => Some(id),
+        SourcePeer::NotEnrolled | SourcePeer::Unknown => None,
+    };
+    let dump = waypoint_dump(state, hop)?;
+    l7::check(&dump, hop, service, client.as_ref(), from.ip, dst, request)
+}
+
+/// Prints the way to a Service and each stage's verdict; whether every endpoint would take
+/// the request.
+fn service_stages(
+    state: &StateDir,
+    cluster: &crate::cluster::state::ClusterState,
+    client_store: &mesh::store::Store,
+    from: &PodRef,
+    route: &ServiceRoute,
+    request: &HttpRequest,
+) -> anyhow::Result<bool> {
+    let vip = route
+        .vip
+        .map_or_else(|| "no VIP".into(), |ip| ip.to_string());
+    out!(
+        "service {} ({vip}) port {}: {} endpoint(s){}",
+        route.key,
+        route.port,
+        route.endpoints.len(),
+        route
+            .waypoint
+            .as_ref()
+            .map_or_else(String::new, |h| format!(", through waypoint {h}"))
+    );
+    if let Some(hop) = &route.waypoint {
+        let dst = SocketAddr::new(route.vip.unwrap_or(from.ip), route.port);
+        let service = Some((route.key.as_str(), route.hostname.as_str()));
+        let report = waypoint_stage(state, client_store, hop, service, from, dst, request)?;
+        out!("{report}");
+        if !report.allowed() {
+            return Ok(false);
+        }
+    }
+    if route.endpoints.is_empty() {
+        out!("DENIED: the Service has no endpoint");
+        return Ok(false);
+    }
+    let mut all = true;
+    for ep in &route.endpoints {
+        let store = authz::store_of(&config_dump(cluster.node(&ep.node)?)?)?;
+        let report = authz::check(&store, from, &ep.pod, ep.port, route.waypoint.as_ref())?;
+        out!("{report}");
+        all &= report.allowed;
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -209,6 +369,19 @@ mod tests {
             ("shop".into(), "web".into(), 8080)
         );
         assert!(parse_pod_port("demo/web", "default").is_err());
+        assert_eq!(
+            Target::parse("svc/web:80", "shop").expect("service"),
+            Target::Service("shop".into(), "web".into(), 80)
+        );
+        assert_eq!(
+            Target::parse("service/demo/web:80", "shop").expect("service"),
+            Target::Service("demo".into(), "web".into(), 80)
+        );
+        assert_eq!(
+            Target::parse("demo/web:8080", "shop").expect("pod"),
+            Target::Pod("demo".into(), "web".into(), 8080)
+        );
+        assert!(Target::parse("svc/web", "shop").is_err());
         assert!(parse_pod_port("demo/web:http", "default").is_err());
     }
 

@@ -228,6 +228,38 @@ pub fn evaluate<P: Borrow<Policy>>(policies: &[P], conn: &Connection) -> Decisio
     }
 }
 
+/// Decides on `conn` when it came through the waypoint instance `via` (`None`: straight from
+/// its client, which is [`evaluate`]).
+///
+/// Behind a waypoint `conn`'s source is the original client, and policy accepts either
+/// identity: a rule naming the client or one naming the waypoint allows it (Istio's advice for
+/// L4 policy behind a waypoint), and a DENY naming either denies it.
+pub fn evaluate_via<P: Borrow<Policy>>(
+    policies: &[P],
+    conn: &Connection,
+    via: Option<&Identity>,
+) -> Decision {
+    let as_client = evaluate(policies, conn);
+    let Some(via) = via else {
+        return as_client;
+    };
+    let as_waypoint = evaluate(
+        policies,
+        &Connection {
+            src_identity: Some(via.clone()),
+            ..conn.clone()
+        },
+    );
+    let denied_by_policy = |d: &Decision| matches!(d.reason, DecisionReason::DeniedBy { .. });
+    if denied_by_policy(&as_client) || (!denied_by_policy(&as_waypoint) && as_client.allowed) {
+        as_client
+    } else if denied_by_policy(&as_waypoint) || as_waypoint.allowed {
+        as_waypoint
+    } else {
+        as_client
+    }
+}
+
 /// The index of the first rule of `policy` that `conn` matches; `None` if none does (always
 /// `None` for a policy without rules). Ignores the action and the dry-run flag.
 pub fn matching_rule(policy: &Policy, conn: &Connection) -> Option<usize> {

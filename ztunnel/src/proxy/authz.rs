@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use mesh::model::{Policy, Workload};
-use mesh::rbac::{evaluate, Connection, Decision, DecisionReason};
+use mesh::rbac::{evaluate_via, Connection, Decision};
 use mesh::store::Store;
 use mesh::Identity;
 
@@ -56,25 +56,7 @@ pub fn check(store: &Store, dst: &Workload, inbound: &Inbound) -> Decision {
 
 /// Evaluates `inbound` against `policies` (those in scope of its destination); logs nothing.
 pub fn decide(policies: &[Arc<Policy>], inbound: &Inbound) -> Decision {
-    let as_client = evaluate(policies, &inbound.conn);
-    let Some(via) = &inbound.via else {
-        return as_client;
-    };
-    let as_waypoint = evaluate(
-        policies,
-        &Connection {
-            src_identity: Some(via.clone()),
-            ..inbound.conn.clone()
-        },
-    );
-    let denied_by_policy = |d: &Decision| matches!(d.reason, DecisionReason::DeniedBy { .. });
-    if denied_by_policy(&as_client) || (!denied_by_policy(&as_waypoint) && as_client.allowed) {
-        as_client
-    } else if denied_by_policy(&as_waypoint) || as_waypoint.allowed {
-        as_waypoint
-    } else {
-        as_client
-    }
+    evaluate_via(policies, &inbound.conn, inbound.via.as_ref())
 }
 
 /// Logs what the dry-run policies in scope would have decided for `inbound`, if there are any.
@@ -97,6 +79,7 @@ mod tests {
     use std::net::IpAddr;
 
     use mesh::model::{Clause, Match, PolicyAction, PolicyScope, Rule, StringMatch};
+    use mesh::rbac::DecisionReason;
 
     use super::*;
 

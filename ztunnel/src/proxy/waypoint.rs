@@ -12,39 +12,14 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use mesh::hbone::connect::{forwarded_for, origin_identity};
-use mesh::model::{GatewayAddress, GatewayDestination, HealthStatus, Workload};
+use mesh::model::{GatewayAddress, HealthStatus, Workload};
 use mesh::store::Store;
 use mesh::Identity;
 
-/// The workloads that serve `gw`: the pod at its address, or the endpoints of its Service.
-pub fn instances(store: &Store, gw: &GatewayAddress) -> Vec<Arc<Workload>> {
-    match &gw.destination {
-        GatewayDestination::Address(addr) => match store.workload_by_ip(&addr.network, addr.ip) {
-            Some(w) => vec![w],
-            None => store
-                .service_by_vip(&addr.network, addr.ip)
-                .map(|s| {
-                    store
-                        .endpoints_of(&s.key())
-                        .into_iter()
-                        .map(|e| e.workload)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        },
-        GatewayDestination::Hostname(h) => store
-            .services_by_hostname(&h.hostname)
-            .into_iter()
-            .filter(|s| s.namespace == h.namespace)
-            .flat_map(|s| store.endpoints_of(&s.key()))
-            .map(|e| e.workload)
-            .collect(),
-    }
-}
-
 /// The healthy instances of `gw`.
 pub fn healthy_instances(store: &Store, gw: &GatewayAddress) -> Vec<Arc<Workload>> {
-    instances(store, gw)
+    store
+        .waypoint_instances(gw)
         .into_iter()
         .filter(|w| w.status == HealthStatus::Healthy)
         .collect()
@@ -79,15 +54,10 @@ pub enum Origin {
 impl Front {
     /// The waypoints in front of `dst`, from the store.
     pub fn of(store: &Store, dst: &Workload) -> Front {
-        let mut gateways: Vec<GatewayAddress> = dst.waypoint.iter().cloned().collect();
-        for key in dst.services.keys() {
-            if let Some(gw) = store.service(key).and_then(|s| s.waypoint.clone()) {
-                gateways.push(gw);
-            }
-        }
-        let mut identities: Vec<Identity> = gateways
+        let mut identities: Vec<Identity> = store
+            .waypoints_in_front(dst)
             .iter()
-            .flat_map(|gw| instances(store, gw))
+            .flat_map(|gw| store.waypoint_instances(gw))
             .filter(|w| w.uid != dst.uid)
             .map(|w| w.identity.clone())
             .collect();

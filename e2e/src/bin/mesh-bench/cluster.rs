@@ -198,11 +198,15 @@ impl Cluster {
         name: &'static str,
         node: &'static str,
         sa: &str,
+        labels: &str,
         cmd: &[&str],
     ) -> anyhow::Result<PodRef> {
         let mut args = vec![
             "pod", "run", name, "-n", namespace, "--node", node, "--sa", sa,
         ];
+        if !labels.is_empty() {
+            args.extend_from_slice(&["--labels", labels]);
+        }
         if !cmd.is_empty() {
             args.push("--");
             args.extend_from_slice(cmd);

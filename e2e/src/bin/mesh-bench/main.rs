@@ -13,6 +13,11 @@
 //! - ztunnel cost: CPU seconds and peak RSS of the client node's ztunnel per 1000 requests,
 //!   and its RSS with 1000 idle connections open through the mesh.
 //!
+//! And the HTTP comparison (`l7`): 1 KiB HTTP/1.1 requests with no mesh, through the L4 mesh
+//! and through a waypoint (namespace `wp`, `meshctl waypoint apply -n wp --enroll-namespace`),
+//! in interleaved rounds: saturation rate, latency at a fixed rate, and the waypoint's CPU per
+//! 1000 requests and peak RSS.
+//!
 //! Needs root, `iperf3` and `curl`. Run it with `scripts/bench.sh` (release build; meshctl is
 //! found through `E2E_BIN_DIR`, and finds istiod-lite, ztunnel and cni-plugin next to itself).
 //! The cluster is taken down at the end, also on failure and on SIGINT, SIGTERM or SIGHUP. The
@@ -20,8 +25,11 @@
 //!
 //! ```text
 //! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C]  the benchmark (500 req/s, 5 s, 1000, 8)
+//!            [--http-rate R] [--rounds N] [--only tcp|http|all]    (1000 req/s, 3 rounds, all)
 //! mesh-bench serve <port>                        1 KiB request -> 1 KiB response server
-//! mesh-bench load <ip:port> <rate> <secs> <conns> fixed-rate client; prints latencies
+//! mesh-bench serve-http <port>                   the same over HTTP/1.1 (hyper, keep-alive)
+//! mesh-bench load <ip:port> <rate> <secs> <conns> client (rate 0: closed loop); prints latencies
+//! mesh-bench load-http <ip:port> <host> <rate> <secs> <conns>  the same over HTTP/1.1
 //! mesh-bench idle <ip:port> <n>                  opens n connections, holds them until stdin closes
 //! ```
 
@@ -34,6 +42,8 @@
 )]
 
 mod cluster;
+mod http;
+mod l7;
 mod workload;
 
 use std::io::{BufRead, BufReader};
@@ -43,15 +53,18 @@ use anyhow::{bail, Context as _};
 
 use cluster::{down_on_signals, require_tool, sh_quote};
 use cluster::{Cluster, PodRef};
-use workload::{idle, load, serve};
+use http::{serve_http, HttpConn};
+use workload::{idle, load, serve, RawConn};
 /// Request and response size.
 const MSG: usize = 1024;
 /// Latency server port.
 const RR_PORT: u16 = 8080;
+/// HTTP server port (the HTTP comparison, `l7`).
+const HTTP_PORT: u16 = 8081;
 /// iperf3 port.
 const IPERF_PORT: u16 = 5201;
 /// Generous bound for anything eventually true (pods captured, workloads known, servers up).
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 /// The namespace that is not enrolled.
 const PLAIN: &str = "plain";
 /// The namespace labelled `istio.io/dataplane-mode=ambient`.
@@ -62,12 +75,25 @@ fn main() {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = match a.as_slice() {
         ["serve", port] => serve(port.parse().expect("port")),
-        ["load", addr, rate, secs, conns] => load(
-            addr.parse().expect("addr"),
-            rate.parse().expect("rate"),
-            secs.parse().expect("secs"),
-            conns.parse().expect("conns"),
-        ),
+        ["serve-http", port] => serve_http(port.parse().expect("port")),
+        ["load", addr, rate, secs, conns] => {
+            let addr = addr.parse().expect("addr");
+            load(
+                || RawConn::connect(addr),
+                rate.parse().expect("rate"),
+                secs.parse().expect("secs"),
+                conns.parse().expect("conns"),
+            )
+        }
+        ["load-http", addr, host, rate, secs, conns] => {
+            let addr = addr.parse().expect("addr");
+            load(
+                || HttpConn::connect(addr, host),
+                rate.parse().expect("rate"),
+                secs.parse().expect("secs"),
+                conns.parse().expect("conns"),
+            )
+        }
         ["idle", addr, n] => idle(addr.parse().expect("addr"), n.parse().expect("n")),
         _ => bench(&a),
     };
@@ -79,11 +105,24 @@ fn main() {
 
 // ---------------------------------------------------------------- orchestration
 
-struct Cfg {
+/// Which comparisons to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Tcp,
+    Http,
+    All,
+}
+
+pub(crate) struct Cfg {
     rate: f64,
-    secs: f64,
+    pub(crate) secs: f64,
     idle: usize,
-    conns: usize,
+    pub(crate) conns: usize,
+    /// Fixed request rate of the HTTP comparison.
+    pub(crate) http_rate: f64,
+    /// Rounds of the HTTP comparison (medians are reported).
+    pub(crate) rounds: usize,
+    only: Only,
 }
 
 fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
@@ -92,6 +131,9 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
         secs: 5.0,
         idle: 1000,
         conns: 8,
+        http_rate: 1000.0,
+        rounds: 3,
+        only: Only::All,
     };
     let mut it = a.iter();
     while let Some(k) = it.next() {
@@ -103,6 +145,16 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
             "--secs" => c.secs = v.parse()?,
             "--idle" => c.idle = v.parse()?,
             "--conns" => c.conns = v.parse()?,
+            "--http-rate" => c.http_rate = v.parse()?,
+            "--rounds" => c.rounds = v.parse()?,
+            "--only" => {
+                c.only = match *v {
+                    "tcp" => Only::Tcp,
+                    "http" => Only::Http,
+                    "all" => Only::All,
+                    _ => anyhow::bail!("--only takes tcp, http or all"),
+                }
+            }
             _ => anyhow::bail!("unknown argument {k}"),
         }
     }
@@ -119,7 +171,7 @@ fn clk_tck() -> f64 {
 }
 
 /// utime+stime of `pid`, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
     let rest = &stat[stat.rfind(')').expect("stat") + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -128,7 +180,7 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// A `/proc/<pid>/status` field in MiB (`VmRSS`, `VmHWM`).
-fn status_mib(pid: u32, field: &str) -> f64 {
+pub(crate) fn status_mib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     s.lines()
         .find(|l| l.starts_with(&format!("{field}:")))
@@ -138,16 +190,18 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-#[derive(Default, Clone, Copy)]
-struct Lat {
-    count: u64,
-    errors: u64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
+/// A load generator's report (latencies in ms).
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct Lat {
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
 }
 
-fn parse_lat(out: &str) -> Lat {
+pub(crate) fn parse_lat(out: &str) -> Lat {
     let get = |k: &str| -> f64 {
         out.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
@@ -157,6 +211,7 @@ fn parse_lat(out: &str) -> Lat {
     Lat {
         count: get("count") as u64,
         errors: get("errors") as u64,
+        rps: get("rps"),
         p50: get("p50_us") / 1000.0,
         p90: get("p90_us") / 1000.0,
         p99: get("p99_us") / 1000.0,
@@ -212,7 +267,7 @@ fn run_load(
     Ok(parse_lat(&out))
 }
 
-fn ratio(mesh: f64, plain: f64) -> String {
+pub(crate) fn ratio(mesh: f64, plain: f64) -> String {
     if plain > 0.0 && mesh.is_finite() {
         format!("{:.2}x", mesh / plain)
     } else {
@@ -241,23 +296,24 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     // The same placement in both namespaces: client and a server on n1, a server on n2. A
     // server pod runs the iperf3 server and the 1 KiB request/response server.
     let server_cmd = format!(
-        "iperf3 -s -p {IPERF_PORT} --forceflush & exec {} serve {RR_PORT}",
-        sh_quote(me_str)
+        "iperf3 -s -p {IPERF_PORT} --forceflush & {me} serve-http {HTTP_PORT} & exec {me} serve {RR_PORT}",
+        me = sh_quote(me_str)
     );
     let server = ["sh", "-c", server_cmd.as_str()];
     eprintln!("pods through the CNI chain...");
-    let pc = c.pod_run(PLAIN, "client", "n1", "client", &[])?;
-    let ps_same = c.pod_run(PLAIN, "server-same", "n1", "server", &server)?;
-    let ps_cross = c.pod_run(PLAIN, "server-cross", "n2", "server", &server)?;
-    let mc = c.pod_run(MESH, "client", "n1", "client", &[])?;
-    let ms_same = c.pod_run(MESH, "server-same", "n1", "server", &server)?;
-    let ms_cross = c.pod_run(MESH, "server-cross", "n2", "server", &server)?;
+    let pc = c.pod_run(PLAIN, "client", "n1", "client", "", &[])?;
+    let ps_same = c.pod_run(PLAIN, "server-same", "n1", "server", "", &server)?;
+    let ps_cross = c.pod_run(PLAIN, "server-cross", "n2", "server", "", &server)?;
+    let mc = c.pod_run(MESH, "client", "n1", "client", "", &[])?;
+    let ms_same = c.pod_run(MESH, "server-same", "n1", "server", "", &server)?;
+    let ms_cross = c.pod_run(MESH, "server-cross", "n2", "server", "", &server)?;
     for s in [&ps_same, &ps_cross, &ms_same, &ms_cross] {
         c.wait_pod_log(
             s,
             &[
                 &format!("listening on 0.0.0.0:{RR_PORT}"),
                 &format!("Server listening on {IPERF_PORT}"),
+                &format!("http listening on 0.0.0.0:{HTTP_PORT}"),
             ],
         )?;
     }
@@ -276,20 +332,54 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     let zt_client = c.daemon_pid(&format!("ztunnel-{}", mc.node))?;
     let zt_server = c.daemon_pid(&format!("ztunnel-{}", ms_cross.node))?;
 
+    if cfg.only != Only::Http {
+        tcp(
+            &c,
+            me_str,
+            &cfg,
+            [&pc, &ps_same, &ps_cross],
+            [&mc, &ms_same, &ms_cross],
+            (zt_client, zt_server),
+        )?;
+    }
+    if cfg.only != Only::Tcp {
+        let report = l7::run(
+            &c,
+            me_str,
+            &cfg,
+            (&pc, &ps_cross),
+            (&mc, &ms_cross),
+            zt_client,
+        )?;
+        l7::print(&cfg, &report);
+    }
+    drop(c);
+    Ok(())
+}
+
+/// The TCP comparison (throughput, raw 1 KiB exchanges, idle connections) and its tables.
+fn tcp(
+    c: &Cluster,
+    me_str: &str,
+    cfg: &Cfg,
+    [pc, ps_same, ps_cross]: [&PodRef; 3],
+    [mc, ms_same, ms_cross]: [&PodRef; 3],
+    (zt_client, zt_server): (u32, u32),
+) -> anyhow::Result<()> {
     // (a) throughput
     eprintln!("throughput (iperf3 -t 5)...");
-    let tp_same = (iperf(&c, &pc, &ps_same)?, iperf(&c, &mc, &ms_same)?);
-    let tp_cross = (iperf(&c, &pc, &ps_cross)?, iperf(&c, &mc, &ms_cross)?);
+    let tp_same = (iperf(c, pc, ps_same)?, iperf(c, mc, ms_same)?);
+    let tp_cross = (iperf(c, pc, ps_cross)?, iperf(c, mc, ms_cross)?);
 
     // (b) latency, (c) CPU per 1000 requests during the mesh runs
     eprintln!("latency ({} req/s for {} s)...", cfg.rate, cfg.secs);
-    let lat_same_plain = run_load(&c, me_str, &cfg, &pc, &ps_same)?;
+    let lat_same_plain = run_load(c, me_str, cfg, pc, ps_same)?;
     let c0 = cpu_secs(zt_client);
-    let lat_same_mesh = run_load(&c, me_str, &cfg, &mc, &ms_same)?;
+    let lat_same_mesh = run_load(c, me_str, cfg, mc, ms_same)?;
     let cpu_same = cpu_secs(zt_client) - c0;
-    let lat_cross_plain = run_load(&c, me_str, &cfg, &pc, &ps_cross)?;
+    let lat_cross_plain = run_load(c, me_str, cfg, pc, ps_cross)?;
     let (c0, s0) = (cpu_secs(zt_client), cpu_secs(zt_server));
-    let lat_cross_mesh = run_load(&c, me_str, &cfg, &mc, &ms_cross)?;
+    let lat_cross_mesh = run_load(c, me_str, cfg, mc, ms_cross)?;
     let cpu_cross = cpu_secs(zt_client) - c0;
     let cpu_cross_server = cpu_secs(zt_server) - s0;
     let hwm_client = status_mib(zt_client, "VmHWM");
@@ -302,7 +392,7 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         status_mib(zt_server, "VmRSS"),
     );
     let mut idle_proc = c.exec_spawn(
-        &mc,
+        mc,
         &[
             me_str,
             "idle",
@@ -398,6 +488,5 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
             "failed".into()
         }
     );
-    drop(c);
     Ok(())
 }

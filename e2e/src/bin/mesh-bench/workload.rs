@@ -1,5 +1,5 @@
-//! The in-pod side of the benchmark: the 1 KiB request/response server, the fixed-rate load
-//! generator (and the parser of its report), and the idle-connection holder.
+//! The in-pod side of the benchmark: the 1 KiB request/response server, the load generator
+//! (fixed rate or closed loop, over raw TCP or HTTP/1.1), and the idle-connection holder.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::http::HttpConn;
 use crate::MSG;
 
 pub(crate) fn serve(port: u16) -> anyhow::Result<()> {
@@ -30,48 +31,95 @@ pub(crate) fn serve(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Open-loop fixed-rate client: request `i` is due at `t0 + i/rate`; connection `i % conns`
-/// sends it (persistent connections, opened before `t0`). Latency is measured from the due
-/// time, so a stalled connection's backlog counts (no coordinated omission).
-pub(crate) fn load(addr: SocketAddr, rate: f64, secs: f64, conns: usize) -> anyhow::Result<()> {
-    let total = (rate * secs) as u64;
-    let mut streams = Vec::new();
-    for _ in 0..conns {
+/// What a load connection does once per request.
+pub(crate) trait Exchange: Send + 'static {
+    /// One request and its whole response.
+    fn exchange(&mut self) -> std::io::Result<()>;
+}
+
+/// A raw TCP connection: `MSG` bytes out, `MSG` bytes back.
+pub(crate) struct RawConn(TcpStream);
+
+impl RawConn {
+    pub(crate) fn connect(addr: SocketAddr) -> std::io::Result<RawConn> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        streams.push(s);
+        Ok(RawConn(s))
     }
-    // Warm each connection (the mesh opens its HBONE connection lazily).
-    for s in &mut streams {
-        s.write_all(&[b'q'; MSG])?;
+}
+
+impl Exchange for RawConn {
+    fn exchange(&mut self) -> std::io::Result<()> {
+        self.0.write_all(&[b'q'; MSG])?;
         let mut buf = [0u8; MSG];
-        s.read_exact(&mut buf)?;
+        self.0.read_exact(&mut buf)
     }
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+}
+
+impl Exchange for HttpConn {
+    fn exchange(&mut self) -> std::io::Result<()> {
+        HttpConn::exchange(self)
+    }
+}
+
+/// The load generator on `conns` persistent connections (opened and warmed with one exchange
+/// first: the mesh opens its HBONE connection lazily), for `secs`.
+///
+/// With `rate > 0` it is open loop: request `i` is due at `t0 + i/rate` and connection
+/// `i % conns` sends it; latency counts from the due time, so a stalled connection's backlog
+/// counts (no coordinated omission). With `rate == 0` it is closed loop: every connection sends
+/// its next request as soon as the last is answered (the saturation rate). Prints
+/// `count= errors= wall_s= rps= p50_us= p90_us= p99_us= max_us=`.
+pub(crate) fn load<C: Exchange>(
+    connect: impl Fn() -> std::io::Result<C>,
+    rate: f64,
+    secs: f64,
+    conns: usize,
+) -> anyhow::Result<()> {
+    let total = if rate > 0.0 {
+        (rate * secs) as u64
+    } else {
+        u64::MAX
+    };
+    let mut streams = Vec::new();
+    for _ in 0..conns {
+        let mut c = connect()?;
+        c.exchange()?;
+        streams.push(c);
+    }
+    let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now() + Duration::from_millis(50);
-    let period = 1.0 / rate;
+    let end = t0 + Duration::from_secs_f64(secs);
+    let period = if rate > 0.0 { 1.0 / rate } else { 0.0 };
     let mut handles = Vec::new();
     for (k, mut s) in streams.into_iter().enumerate() {
         let lat = lat.clone();
         let errors = errors.clone();
         handles.push(std::thread::spawn(move || {
             let mut mine = Vec::new();
-            let mut buf = [0u8; MSG];
-            let req = [b'q'; MSG];
             let mut i = k as u64;
             while i < total {
-                let due = t0 + Duration::from_secs_f64(i as f64 * period);
+                let due = if rate > 0.0 {
+                    t0 + Duration::from_secs_f64(i as f64 * period)
+                } else {
+                    Instant::now().max(t0)
+                };
+                if rate <= 0.0 && due >= end {
+                    break;
+                }
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
                 }
-                if s.write_all(&req).is_err() || s.read_exact(&mut buf).is_err() {
-                    errors.fetch_add(
-                        total.saturating_sub(i).div_ceil(conns as u64),
-                        Ordering::Relaxed,
-                    );
+                if s.exchange().is_err() {
+                    let left = if rate > 0.0 {
+                        total.saturating_sub(i).div_ceil(conns as u64)
+                    } else {
+                        1
+                    };
+                    errors.fetch_add(left, Ordering::Relaxed);
                     break;
                 }
                 mine.push(due.elapsed().as_micros() as u64);
@@ -94,9 +142,10 @@ pub(crate) fn load(addr: SocketAddr, rate: f64, secs: f64, conns: usize) -> anyh
         }
     };
     println!(
-        "count={} errors={} wall_s={wall:.3} p50_us={} p90_us={} p99_us={} max_us={}",
+        "count={} errors={} wall_s={wall:.3} rps={:.1} p50_us={} p90_us={} p99_us={} max_us={}",
         lat.len(),
         errors.load(Ordering::Relaxed),
+        lat.len() as f64 / wall,
         p(0.50),
         p(0.90),
         p(0.99),
