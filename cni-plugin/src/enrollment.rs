@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use resources::{Kind, Object};
 
 /// The label that enrols a namespace or pod.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
@@ -61,56 +62,6 @@ pub trait Enrollment: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct DirEnrollment {
     dir: PathBuf,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Doc {
-    #[serde(default)]
-    metadata: Meta,
-    #[serde(default)]
-    spec: Option<PodSpec>,
-    #[serde(default)]
-    status: Option<PodStatus>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Meta {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-    #[serde(default, rename = "deletionTimestamp")]
-    deletion_timestamp: Option<serde_yaml::Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpec {
-    #[serde(default)]
-    service_account_name: Option<String>,
-    #[serde(default)]
-    node_name: Option<String>,
-    #[serde(default)]
-    host_network: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default)]
-    phase: Option<String>,
-    #[serde(default, rename = "podIP")]
-    pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs")]
-    pod_ips: Option<Vec<PodIp>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PodIp {
-    #[serde(default)]
-    ip: String,
 }
 
 /// Labels of an object.
@@ -166,64 +117,73 @@ fn pod_ips(status: &PodStatus) -> Vec<IpAddr> {
     raw.iter().filter_map(|ip| ip.trim().parse().ok()).collect()
 }
 
+/// What the agent needs of a Pod object.
+fn pod_object(pod: Pod) -> PodObject {
+    let meta = pod.metadata;
+    let spec = pod.spec.unwrap_or_default();
+    let status = pod.status.unwrap_or_default();
+    PodObject {
+        labels: meta.labels.unwrap_or_default(),
+        service_account: spec.service_account_name,
+        node_name: spec.node_name.filter(|n| !n.is_empty()),
+        host_network: spec.host_network.unwrap_or(false),
+        deleting: meta.deletion_timestamp.is_some(),
+        ips: pod_ips(&status),
+        phase: status.phase,
+    }
+}
+
 impl Snapshot {
     /// Adds the Namespaces and Pods of one YAML file, also those inside a `kind: List` (other
     /// kinds are istiod-lite's business).
     pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), EnrollmentError> {
-        for de in serde_yaml::Deserializer::from_str(text) {
-            let value = serde_yaml::Value::deserialize(de).map_err(|e| EnrollmentError::Parse {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            let items = match value.get("kind").and_then(serde_yaml::Value::as_str) {
+        let parse_error = |reason: String| EnrollmentError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for document in resources::yaml_documents(text) {
+            let value = document.map_err(|e| parse_error(e.to_string()))?;
+            let items = match value.get("kind").and_then(serde_json::Value::as_str) {
                 Some("List") => value
                     .get("items")
-                    .and_then(serde_yaml::Value::as_sequence)
+                    .and_then(serde_json::Value::as_array)
                     .cloned()
                     .unwrap_or_default(),
                 _ => vec![value],
             };
             for item in items {
-                self.add_object(item)
-                    .map_err(|reason| EnrollmentError::Parse {
-                        path: path.to_path_buf(),
-                        reason,
-                    })?;
+                self.add_object(item).map_err(parse_error)?;
             }
         }
         Ok(())
     }
 
-    fn add_object(&mut self, value: serde_yaml::Value) -> Result<(), String> {
-        let kind = match value.get("kind").and_then(serde_yaml::Value::as_str) {
-            Some(k @ ("Namespace" | "Pod")) => k.to_string(),
+    fn add_object(&mut self, value: serde_json::Value) -> Result<(), String> {
+        let kind = match value.get("kind").and_then(serde_json::Value::as_str) {
+            Some("Namespace") => Kind::Namespace,
+            Some("Pod") => Kind::Pod,
             _ => return Ok(()),
         };
         // A Namespace or Pod we cannot read is an error, not a skip: skipping it would make
         // its pods look un-enrolled (or gone) and release them.
-        let doc = serde_yaml::from_value::<Doc>(value).map_err(|e| format!("{kind}: {e}"))?;
-        let labels = doc.metadata.labels.unwrap_or_default();
-        let deleting = doc
-            .metadata
-            .deletion_timestamp
-            .is_some_and(|t| !t.is_null());
-        if kind == "Namespace" {
-            self.namespaces.insert(doc.metadata.name, labels);
-            return Ok(());
+        match resources::decode(kind, value)? {
+            Object::Namespace(ns) => {
+                let name = ns.metadata.name.unwrap_or_default();
+                self.namespaces
+                    .insert(name, ns.metadata.labels.unwrap_or_default());
+            }
+            Object::Pod(pod) => {
+                let ns = pod
+                    .metadata
+                    .namespace
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "default".into());
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                self.pods.insert((ns, name), pod_object(pod));
+            }
+            _ => {}
         }
-        let ns = doc.metadata.namespace.unwrap_or_else(|| "default".into());
-        let spec = doc.spec.unwrap_or_default();
-        let status = doc.status.unwrap_or_default();
-        let pod = PodObject {
-            labels,
-            service_account: spec.service_account_name,
-            node_name: spec.node_name.filter(|n| !n.is_empty()),
-            host_network: spec.host_network.unwrap_or(false),
-            deleting,
-            ips: pod_ips(&status),
-            phase: status.phase,
-        };
-        self.pods.insert((ns, doc.metadata.name), pod);
         Ok(())
     }
 

@@ -104,10 +104,11 @@ impl Tokens {
 
     /// Parses the tokens file's contents; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, TokensError> {
-        let file: TokensFile = serde_yaml::from_str(text).map_err(|e| TokensError::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let file: TokensFile = serde_saphyr::from_str_with_options(text, resources::yaml_options())
+            .map_err(|e| TokensError::Parse {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         let mut known: Vec<Known> = Vec::with_capacity(file.tokens.len());
         for (index, entry) in file.tokens.into_iter().enumerate() {
             let bad = |reason: &str| TokensError::Entry {

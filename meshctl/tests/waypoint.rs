@@ -222,7 +222,7 @@ fn a_waypoint_is_deployed_listed_kept_and_removed_like_istio_s_deployer_does() {
         .is_file());
     let service = std::fs::read_to_string(cluster.config("objects/service/shop/waypoint.yaml"))
         .expect("the Service is stored");
-    let service: serde_yaml::Value = serde_yaml::from_str(&service).expect("yaml");
+    let service: serde_json::Value = resources::yaml_parse(&service).expect("yaml");
     let vip = service["spec"]["clusterIP"]
         .as_str()
         .expect("a cluster IP")

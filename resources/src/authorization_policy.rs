@@ -1,35 +1,28 @@
 //! `security.istio.io/v1` AuthorizationPolicy, typed completely and validated as Istio's
 //! admission webhook would, since a misread policy could widen access.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{namespaced_resource, null_as_default, PolicyTargetReference, WorkloadSelector};
+use super::{null_as_default, PolicyTargetReference, WorkloadSelector};
 
 /// Annotation that makes a policy evaluate-and-log only (`"true"`).
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
-/// An Istio AuthorizationPolicy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
-    /// Standard object metadata (name, namespace, labels, annotations).
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The policy.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: AuthorizationPolicySpec,
-}
-
-namespaced_resource!(
-    AuthorizationPolicy,
-    group = "security.istio.io",
-    kind = "AuthorizationPolicy",
-    plural = "authorizationpolicies"
-);
-
 /// What an AuthorizationPolicy applies to and does.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    plural = "authorizationpolicies",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "An Istio AuthorizationPolicy."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Pods the policy applies to; absent: the whole namespace (the mesh, in the root
@@ -54,7 +47,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// The action of an AuthorizationPolicy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthorizationAction {
     /// Allow matching requests (and, once any ALLOW applies, only those).
@@ -81,7 +74,7 @@ impl AuthorizationAction {
 }
 
 /// The external authorizer of a CUSTOM policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtensionProvider {
     /// Name of a provider in the mesh config.
@@ -91,7 +84,7 @@ pub struct ExtensionProvider {
 
 /// One rule: all of its `from`, `to` and `when` parts must match (each part matches when any
 /// of its entries does; an absent part matches everything).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     /// Who sends the request.
@@ -106,7 +99,7 @@ pub struct PolicyRule {
 }
 
 /// An entry of `from`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleFrom {
     /// The source; required.
@@ -116,7 +109,7 @@ pub struct RuleFrom {
 
 /// Conditions on the source of a request; the fields set are AND-ed, the values of one field
 /// OR-ed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// Peer identities without the scheme, e.g. `cluster.local/ns/default/sa/sleep`.
@@ -158,7 +151,7 @@ pub struct Source {
 }
 
 /// An entry of `to`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleTo {
     /// The operation; required.
@@ -167,7 +160,7 @@ pub struct RuleTo {
 }
 
 /// Conditions on what a request is for; the fields set are AND-ed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     /// HTTP hosts: L7.
@@ -197,7 +190,7 @@ pub struct Operation {
 }
 
 /// A `when` condition on a request attribute.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     /// The attribute, e.g. `source.ip` or `request.headers[x-token]`.
@@ -424,7 +417,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> AuthorizationPolicy {
-        serde_yaml::from_str(yaml).expect("parses")
+        crate::from_yaml(yaml).expect("parses")
     }
 
     #[test]
@@ -468,13 +461,13 @@ spec:
     #[test]
     fn unknown_fields_and_actions_are_refused() {
         let typo = "spec: {rules: [{from: [{source: {principal: [a]}}]}]}";
-        let err = serde_yaml::from_str::<AuthorizationPolicy>(typo).expect_err("typo");
+        let err = crate::from_yaml::<AuthorizationPolicy>(typo).expect_err("typo");
         assert!(
             err.to_string().contains("unknown field `principal`"),
             "{err}"
         );
         let action = "spec: {action: REJECT}";
-        assert!(serde_yaml::from_str::<AuthorizationPolicy>(action).is_err());
+        assert!(crate::from_yaml::<AuthorizationPolicy>(action).is_err());
         // Null lists read as empty, as Kubernetes does.
         let p = policy("spec: {rules: }\n");
         assert!(p.spec.rules.is_empty());

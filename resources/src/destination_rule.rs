@@ -4,36 +4,26 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::null_as_default;
 use super::validate::{Check, ValidationError};
-use super::{namespaced_resource, null_as_default};
-
-/// An Istio DestinationRule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DestinationRule {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The policy.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: DestinationRuleSpec,
-    /// Status (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    DestinationRule,
-    group = "networking.istio.io",
-    kind = "DestinationRule",
-    plural = "destinationrules"
-);
 
 /// What a DestinationRule sets for a host.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "DestinationRule",
+    plural = "destinationrules",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "An Istio DestinationRule."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     /// The service (short name or FQDN).
@@ -44,17 +34,20 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     /// Subsets (refused: not supported).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(schema_with = "crate::schema::opaque_list")]
     pub subsets: Vec<serde_json::Value>,
     /// Visibility (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub export_to: Option<serde_json::Value>,
     /// Workload selector (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub workload_selector: Option<serde_json::Value>,
 }
 
 /// Traffic policy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Endpoint choice.
@@ -68,20 +61,24 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// Accepted, not applied (the mesh always uses mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tls: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub port_level_settings: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tunnel: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub proxy_protocol: Option<serde_json::Value>,
 }
 
 /// `loadBalancer`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     /// `ROUND_ROBIN`, `LEAST_REQUEST` (or `LEAST_CONN`), `RANDOM` or `UNSPECIFIED`.
@@ -89,20 +86,24 @@ pub struct LoadBalancerSettings {
     pub simple: Option<String>,
     /// Not supported (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub consistent_hash: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub locality_lb_setting: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub warmup_duration_secs: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub warmup: Option<serde_json::Value>,
 }
 
 /// `connectionPool`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
     /// TCP limits.
@@ -114,7 +115,7 @@ pub struct ConnectionPoolSettings {
 }
 
 /// `connectionPool.tcp`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     /// Connections per endpoint.
@@ -125,17 +126,20 @@ pub struct TcpSettings {
     pub connect_timeout: Option<String>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tcp_keepalive: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub max_connection_duration: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub idle_timeout: Option<serde_json::Value>,
 }
 
 /// `connectionPool.http`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     /// Requests waiting for a connection.
@@ -155,17 +159,20 @@ pub struct HttpSettings {
     pub idle_timeout: Option<String>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub h2_upgrade_policy: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub use_client_protocol: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub max_concurrent_streams: Option<serde_json::Value>,
 }
 
 /// `outlierDetection`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// 5xx answers in a row that eject.
@@ -176,6 +183,7 @@ pub struct OutlierDetection {
     pub consecutive_gateway_errors: Option<i64>,
     /// Deprecated alias of consecutive5xxErrors... for gateway errors (accepted, not applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub consecutive_errors: Option<serde_json::Value>,
     /// How often ejections are reconsidered.
     #[serde(default)]
@@ -188,12 +196,15 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i64>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub min_health_percent: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub split_external_local_origin_errors: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub consecutive_local_origin_failures: Option<serde_json::Value>,
 }
 

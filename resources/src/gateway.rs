@@ -2,35 +2,25 @@
 //! waypoint is a Gateway of class `istio-waypoint`) and loose elsewhere, and the
 //! `ParentReference` routes attach with.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{namespaced_resource, null_as_default};
-
-/// A Gateway API Gateway (a waypoint when its class is `istio-waypoint`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Gateway {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The gateway.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: GatewaySpec,
-    /// Status as written by a controller (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    Gateway,
-    group = "gateway.networking.k8s.io",
-    kind = "Gateway",
-    plural = "gateways"
-);
+use super::null_as_default;
 
 /// What a Gateway is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "Gateway",
+    plural = "gateways",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A Gateway API Gateway (a waypoint when its class is `istio-waypoint`)."
+)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
     /// The class, e.g. `istio-waypoint`.
@@ -41,14 +31,41 @@ pub struct GatewaySpec {
     pub listeners: Vec<GatewayListener>,
     /// Requested addresses (kept, not read).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(schema_with = "crate::schema::opaque_list")]
     pub addresses: Vec<serde_json::Value>,
     /// Infrastructure settings (kept, not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub infrastructure: Option<serde_json::Value>,
 }
 
+/// What a GatewayClass is: the controller that implements Gateways of the class.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GatewayClass",
+    plural = "gatewayclasses",
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A Gateway API GatewayClass (cluster-scoped); `istio-waypoint` is the waypoints' class."
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayClassSpec {
+    /// The controller, e.g. `istio.io/mesh-controller`.
+    pub controller_name: String,
+    /// Controller-specific parameters (kept, not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
+    pub parameters_ref: Option<serde_json::Value>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
 /// One listener of a Gateway.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayListener {
     /// Listener name, e.g. `mesh`.
@@ -65,14 +82,16 @@ pub struct GatewayListener {
     pub protocol: String,
     /// TLS settings (kept, not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tls: Option<serde_json::Value>,
     /// Which routes may attach (kept, not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub allowed_routes: Option<serde_json::Value>,
 }
 
 /// A route's parent: a Gateway, or a Service for mesh (waypoint) routing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
     /// API group; `gateway.networking.k8s.io` when absent.
@@ -112,7 +131,7 @@ mod tests {
 
     #[test]
     fn parses_a_waypoint_keeping_unread_parts() {
-        let gw: Gateway = serde_yaml::from_str(
+        let gw: Gateway = crate::from_yaml(
             r#"
 metadata: {name: waypoint, namespace: apps, labels: {istio.io/waypoint-for: service}}
 spec:
@@ -127,6 +146,6 @@ status: {addresses: [{value: 10.96.0.9}]}
         assert_eq!(gw.name(), "waypoint");
         assert!(gw.status.is_some());
 
-        assert!(serde_yaml::from_str::<Gateway>("spec: {listeners: [{port: 99999}]}").is_err());
+        assert!(crate::from_yaml::<Gateway>("spec: {listeners: [{port: 99999}]}").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Gateway API `gateway.networking.k8s.io/v1` GRPCRoute, typed completely, with its checks.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::http_route::validate::{
@@ -8,34 +9,23 @@ use super::http_route::validate::{
 };
 use super::validate::{Check, ValidationError};
 use super::{
-    namespaced_resource, null_as_default, BackendRef, HeaderMatch, HeaderModifier, ParentReference,
-    RequestMirror,
+    null_as_default, BackendRef, HeaderMatch, HeaderModifier, ParentReference, RequestMirror,
 };
 
-/// A Gateway API GRPCRoute.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GrpcRoute {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The route.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: GrpcRouteSpec,
-    /// Status as written by a controller (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    GrpcRoute,
-    group = "gateway.networking.k8s.io",
-    kind = "GRPCRoute",
-    plural = "grpcroutes"
-);
-
 /// What a GRPCRoute attaches to and does.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    plural = "grpcroutes",
+    namespaced,
+    root = "GrpcRoute",
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A Gateway API GRPCRoute."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {
     /// The Gateways or Services the route attaches to.
@@ -50,7 +40,7 @@ pub struct GrpcRouteSpec {
 }
 
 /// One rule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteRule {
     /// The rule's name.
@@ -67,11 +57,12 @@ pub struct GrpcRouteRule {
     pub backend_refs: Vec<BackendRef>,
     /// Session persistence (accepted, not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub session_persistence: Option<serde_json::Value>,
 }
 
 /// Conditions that must all hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteMatch {
     /// The service and method called.
@@ -83,7 +74,7 @@ pub struct GrpcRouteMatch {
 }
 
 /// A gRPC method condition: `/<service>/<method>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcMethodMatch {
     /// `Exact` (default) or `RegularExpression`.
@@ -105,7 +96,7 @@ impl GrpcMethodMatch {
 }
 
 /// One filter.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror` or `ExtensionRef`.
@@ -122,6 +113,7 @@ pub struct GrpcRouteFilter {
     pub request_mirror: Option<RequestMirror>,
     /// For `ExtensionRef` (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub extension_ref: Option<serde_json::Value>,
 }
 

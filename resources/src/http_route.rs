@@ -2,35 +2,26 @@
 //! refused, so a typo is an error, not a silently ignored rule), and the parts GRPCRoute shares
 //! with it (header modifiers, mirrors, backend references, header matches).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{namespaced_resource, null_as_default, ParentReference};
-
-/// A Gateway API HTTPRoute.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRoute {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The route.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: HttpRouteSpec,
-    /// Status as written by a controller (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    HttpRoute,
-    group = "gateway.networking.k8s.io",
-    kind = "HTTPRoute",
-    plural = "httproutes"
-);
+use super::{null_as_default, ParentReference};
 
 /// What an HTTPRoute attaches to and does.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    plural = "httproutes",
+    namespaced,
+    root = "HttpRoute",
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "A Gateway API HTTPRoute."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
     /// The Gateways or Services (GAMMA: mesh routing at the waypoint) the route attaches to.
@@ -45,7 +36,7 @@ pub struct HttpRouteSpec {
 }
 
 /// One rule: matches, filters, backends, timeouts, retries.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRule {
     /// The rule's name, unique in the route.
@@ -68,11 +59,12 @@ pub struct HttpRouteRule {
     pub retry: Option<HttpRouteRetry>,
     /// Session persistence (accepted, not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub session_persistence: Option<serde_json::Value>,
 }
 
 /// Conditions that must all hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
     /// The path condition; absent: prefix `/`.
@@ -90,7 +82,7 @@ pub struct HttpRouteMatch {
 }
 
 /// A path condition.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPathMatch {
     /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
@@ -114,7 +106,7 @@ impl HttpPathMatch {
 }
 
 /// A header (or query parameter) condition.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderMatch {
     /// `Exact` (default) or `RegularExpression`.
@@ -134,7 +126,7 @@ impl HeaderMatch {
 }
 
 /// One filter: `type` says which of the other fields is set.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `RequestRedirect`,
@@ -158,11 +150,12 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<UrlRewrite>,
     /// For `ExtensionRef` (refused: no extensions exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub extension_ref: Option<serde_json::Value>,
 }
 
 /// Header edits.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderModifier {
     /// Replace (or add) these.
@@ -177,7 +170,7 @@ pub struct HeaderModifier {
 }
 
 /// A header name and value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeader {
     /// The name.
@@ -187,7 +180,7 @@ pub struct HttpHeader {
 }
 
 /// Copies requests to another backend.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMirror {
     /// Where copies go.
@@ -201,7 +194,7 @@ pub struct RequestMirror {
 }
 
 /// `numerator / denominator`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fraction {
     /// Numerator.
@@ -212,7 +205,7 @@ pub struct Fraction {
 }
 
 /// Answers with a redirect.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestRedirect {
     /// `http` or `https`.
@@ -233,7 +226,7 @@ pub struct RequestRedirect {
 }
 
 /// Rewrites host and path before forwarding.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UrlRewrite {
     /// New host.
@@ -245,7 +238,7 @@ pub struct UrlRewrite {
 }
 
 /// A path replacement.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathModifier {
     /// `ReplaceFullPath` or `ReplacePrefixMatch`.
@@ -260,7 +253,7 @@ pub struct PathModifier {
 }
 
 /// A backend (a Service in the core group, by default) with its weight.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     /// API group; core (`""`) when absent.
@@ -282,6 +275,7 @@ pub struct BackendRef {
     pub weight: Option<i64>,
     /// Per-backend filters (accepted, not implemented).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(schema_with = "crate::schema::opaque_list")]
     pub filters: Vec<serde_json::Value>,
 }
 
@@ -294,7 +288,7 @@ impl BackendRef {
 }
 
 /// Timeouts of a rule (Gateway API durations; `0s` disables).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteTimeouts {
     /// The whole request, retries included.
@@ -306,7 +300,7 @@ pub struct HttpRouteTimeouts {
 }
 
 /// Retries of a rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRetry {
     /// Status codes retried (400-599).

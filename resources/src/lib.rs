@@ -1,17 +1,16 @@
-//! Our serde types for the Kubernetes kinds that `k8s-openapi` does not have: Istio's
-//! `security.istio.io` AuthorizationPolicy, PeerAuthentication and RequestAuthentication,
-//! Istio's `networking.istio.io` VirtualService and DestinationRule (the subsets a waypoint
-//! applies), and Gateway API's `gateway.networking.k8s.io` Gateway, HTTPRoute and GRPCRoute.
+//! The Kubernetes kinds the mesh reads, one library for every reader: istiod-lite (its
+//! directory source, and the Kubernetes watches), `meshctl apply` and the CNI node agent.
 //!
-//! This crate is shared by istiod-lite (which reads these kinds from its config source) and
-//! meshctl (which refuses invalid objects at `apply`), so both judge an object the same way. It
-//! depends on serde and k8s-openapi only.
-//!
-//! Each kind is `{metadata, spec}` with `k8s-openapi`'s [`ObjectMeta`] and implements
-//! [`k8s_openapi::Resource`] and [`k8s_openapi::Metadata`], so a later Kubernetes watcher can
-//! list and watch them like the core kinds. `apiVersion` and `kind` are checked by the config
-//! source before a document reaches these types, so the types accept both the `v1` and
-//! `v1beta1` versions (their schemas are the same for the fields read here).
+//! - [`Kind`]: the table of kinds (group, versions, scope); [`classify`] reads a document's
+//!   header, [`read`] its typed form ([`Object`]), with errors naming the field path.
+//! - The core kinds are `k8s-openapi`'s. Istio's `security.istio.io` AuthorizationPolicy,
+//!   PeerAuthentication and RequestAuthentication, Istio's `networking.istio.io`
+//!   VirtualService and DestinationRule (the subsets a waypoint applies), and Gateway API's
+//!   `gateway.networking.k8s.io` Gateway, GatewayClass, HTTPRoute and GRPCRoute are kube
+//!   `CustomResource`s defined here, each with one `validate()`; [`crd`] generates their
+//!   CustomResourceDefinitions, which `manifests/crds/` ships (a test keeps the two equal).
+//! - YAML is read with `serde-saphyr` (YAML 1.2 core: only `true`/`false` are booleans):
+//!   [`yaml_documents`], [`from_yaml`].
 //!
 //! Typing policy: the fields translation reads are typed; the security kinds (whose silent
 //! misreading could widen access) are typed completely and refuse unknown fields, and
@@ -20,35 +19,46 @@
 //! and their `validate()` ([`HttpRoute::validate`], [`GrpcRoute::validate`],
 //! [`VirtualService::validate`], [`DestinationRule::validate`]) returns a [`ValidationError`]
 //! naming each bad field by its path (`spec.rules[0].matches[1].path.value: ...`). Fields the
-//! mesh accepts but does not apply stay [`serde_json::Value`].
-//!
-//! [`ObjectMeta`]: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
+//! mesh accepts but does not apply stay [`serde_json::Value`] (in the CRDs:
+//! `x-kubernetes-preserve-unknown-fields`). The types accept every served version (`v1`,
+//! `v1beta1`, ...): their schemas are the same for the fields read here.
 
 #![forbid(unsafe_code)]
 
 mod authorization_policy;
+pub mod crd;
+mod decode;
 mod destination_rule;
 mod gateway;
 mod grpc_route;
 mod http_route;
+mod kind;
+mod object;
 mod peer_authentication;
 mod request_authentication;
+pub mod schema;
 mod validate;
 mod virtual_service;
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use authorization_policy::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationPolicySpec, Condition,
     ExtensionProvider, Operation, PolicyRule, RuleFrom, RuleTo, Source, DRY_RUN_ANNOTATION,
 };
+pub use decode::{
+    from_value, from_yaml, yaml_documents, yaml_options, yaml_parse, yaml_value, DecodeError,
+};
 pub use destination_rule::{
     ConnectionPoolSettings, DestinationRule, DestinationRuleSpec, HttpSettings,
     LoadBalancerSettings, OutlierDetection, TcpSettings, TrafficPolicy, LB_SIMPLE,
 };
-pub use gateway::{Gateway, GatewayListener, GatewaySpec, ParentReference};
+pub use gateway::{
+    Gateway, GatewayClass, GatewayClassSpec, GatewayListener, GatewaySpec, ParentReference,
+};
 pub use grpc_route::{
     GrpcMethodMatch, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec,
 };
@@ -57,6 +67,8 @@ pub use http_route::{
     HttpRouteFilter, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpRouteSpec,
     HttpRouteTimeouts, PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
 };
+pub use kind::{Kind, NameError, NameRule};
+pub use object::{classify, decode, read, Document, Header, Object};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{
     ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
@@ -79,7 +91,7 @@ pub(crate) use validate::is_cidr;
 
 /// Istio's `WorkloadSelector`: the pods (in the policy's namespace) whose labels include all
 /// of `matchLabels`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     /// Labels a pod must carry (all of them, with these values).
@@ -98,7 +110,7 @@ impl WorkloadSelector {
 
 /// Istio's `PolicyTargetReference`: the object (Gateway, Service, ...) a policy binds to
 /// instead of a selector. Such policies are enforced by a waypoint, not by ztunnel.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetReference {
     /// API group of the target (empty for the core group).
@@ -123,32 +135,20 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Implements `k8s_openapi::Resource` and `Metadata` (with `ObjectMeta`) for a namespaced kind.
-macro_rules! namespaced_resource {
-    ($ty:ty, group = $group:expr, kind = $kind:literal, plural = $plural:literal) => {
-        impl k8s_openapi::Resource for $ty {
-            const API_VERSION: &'static str = concat!($group, "/v1");
-            const GROUP: &'static str = $group;
-            const KIND: &'static str = $kind;
-            const VERSION: &'static str = "v1";
-            const URL_PATH_SEGMENT: &'static str = $plural;
-            type Scope = k8s_openapi::NamespaceResourceScope;
-        }
+/// A status as a controller writes it: kept as it is, never read by the mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ObjectStatus(pub serde_json::Value);
 
-        impl k8s_openapi::Metadata for $ty {
-            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+impl JsonSchema for ObjectStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ObjectStatus".into()
+    }
 
-            fn metadata(&self) -> &Self::Ty {
-                &self.metadata
-            }
-
-            fn metadata_mut(&mut self) -> &mut Self::Ty {
-                &mut self.metadata
-            }
-        }
-    };
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schema::opaque(generator)
+    }
 }
-pub(crate) use namespaced_resource;
 
 #[cfg(test)]
 mod route_tests;

@@ -2,32 +2,27 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{namespaced_resource, null_as_default, WorkloadSelector};
-
-/// An Istio PeerAuthentication.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerAuthentication {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The policy.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: PeerAuthenticationSpec,
-}
-
-namespaced_resource!(
-    PeerAuthentication,
-    group = "security.istio.io",
-    kind = "PeerAuthentication",
-    plural = "peerauthentications"
-);
+use super::{null_as_default, WorkloadSelector};
 
 /// Which workloads a PeerAuthentication applies to and what it requires.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema,
+)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    plural = "peerauthentications",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "An Istio PeerAuthentication."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     /// Pods it applies to; absent: the namespace (the mesh, in the root namespace).
@@ -46,7 +41,7 @@ pub struct PeerAuthenticationSpec {
 }
 
 /// A mutual TLS setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MutualTls {
     /// The mode.
@@ -55,7 +50,7 @@ pub struct MutualTls {
 }
 
 /// Whether plaintext is accepted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent scope (PERMISSIVE at the top).
@@ -141,7 +136,7 @@ mod tests {
 
     #[test]
     fn parses_modes_and_port_level_overrides() {
-        let pa: PeerAuthentication = serde_yaml::from_str(
+        let pa: PeerAuthentication = crate::from_yaml(
             "metadata: {name: p}\nspec:\n  selector: {matchLabels: {app: a}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n    \"9090\": {mode: PERMISSIVE}\n",
         )
         .expect("parses");
@@ -155,7 +150,7 @@ mod tests {
             pa.spec.port_level_mtls.get(&9090).map(|m| m.mode),
             Some(MtlsMode::Permissive)
         );
-        let unset: PeerAuthentication = serde_yaml::from_str("spec: {}").expect("parses");
+        let unset: PeerAuthentication = crate::from_yaml("spec: {}").expect("parses");
         assert_eq!(unset.mode(), MtlsMode::Unset);
     }
 
@@ -169,7 +164,7 @@ mod tests {
             "spec: {mtls: {mode: STRICT, extra: 1}}",
         ] {
             assert!(
-                serde_yaml::from_str::<PeerAuthentication>(bad).is_err(),
+                crate::from_yaml::<PeerAuthentication>(bad).is_err(),
                 "{bad}"
             );
         }

@@ -2,32 +2,27 @@
 //! completely and validated, like the AuthorizationPolicy; keys must be given inline
 //! (`jwks`): this control plane fetches nothing, so `jwksUri` is refused.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{namespaced_resource, null_as_default, PolicyTargetReference, WorkloadSelector};
-
-/// An Istio RequestAuthentication.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestAuthentication {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The rules.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: RequestAuthenticationSpec,
-}
-
-namespaced_resource!(
-    RequestAuthentication,
-    group = "security.istio.io",
-    kind = "RequestAuthentication",
-    plural = "requestauthentications"
-);
+use super::{null_as_default, PolicyTargetReference, WorkloadSelector};
 
 /// What a RequestAuthentication applies to and the JWT rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema,
+)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "RequestAuthentication",
+    plural = "requestauthentications",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "An Istio RequestAuthentication."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthenticationSpec {
     /// Pods it applies to (sidecar-era; a waypoint reads `targetRefs`).
@@ -45,7 +40,7 @@ pub struct RequestAuthenticationSpec {
 }
 
 /// How tokens of one issuer are found and checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtRule {
     /// The `iss` the tokens carry; required.
@@ -84,7 +79,7 @@ pub struct JwtRule {
 }
 
 /// A header that may hold a token.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtHeader {
     /// The header name.
@@ -95,7 +90,7 @@ pub struct JwtHeader {
 }
 
 /// A claim copied into a header.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimToHeader {
     /// The header to set.
@@ -219,7 +214,7 @@ mod tests {
     const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
 
     fn parse(yaml: &str) -> RequestAuthentication {
-        serde_yaml::from_str(yaml).expect("parses")
+        crate::from_yaml(yaml).expect("parses")
     }
 
     #[test]
@@ -285,6 +280,6 @@ spec:
             assert!(err.contains(want), "{yaml}: {err}");
         }
         let typo = "spec: {jwtRule: []}";
-        assert!(serde_yaml::from_str::<RequestAuthentication>(typo).is_err());
+        assert!(crate::from_yaml::<RequestAuthentication>(typo).is_err());
     }
 }

@@ -7,7 +7,7 @@ fn problems<T>(yaml: &str, validate: impl Fn(&T) -> Result<(), ValidationError>)
 where
     T: serde::de::DeserializeOwned,
 {
-    let object: T = serde_yaml::from_str(yaml).expect("parses");
+    let object: T = crate::from_yaml(yaml).expect("parses");
     validate(&object)
         .err()
         .map(|e| e.problems)
@@ -40,7 +40,7 @@ spec:
 
 #[test]
 fn a_full_gamma_httproute_parses_and_validates() {
-    let route: HttpRoute = serde_yaml::from_str(CANARY).expect("parses");
+    let route: HttpRoute = crate::from_yaml(CANARY).expect("parses");
     route.validate().expect("valid");
     let rule = &route.spec.rules[0];
     assert_eq!(rule.backend_refs[1].weight, Some(20));
@@ -116,7 +116,7 @@ spec:
 #[test]
 fn unknown_route_fields_are_refused_with_their_path() {
     let typo = "spec:\n  rules:\n  - backendRef: [{name: a, port: 80}]\n";
-    let err = serde_yaml::from_str::<HttpRoute>(typo).expect_err("typo");
+    let err = crate::from_yaml::<HttpRoute>(typo).expect_err("typo");
     assert!(
         err.to_string().contains("unknown field `backendRef`"),
         "{err}"
@@ -212,7 +212,7 @@ spec:
       http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10}
     outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 3m, maxEjectionPercent: 50}
 "#;
-    let dr: DestinationRule = serde_yaml::from_str(ok).expect("parses");
+    let dr: DestinationRule = crate::from_yaml(ok).expect("parses");
     dr.validate().expect("valid");
     let od = dr
         .spec
@@ -223,7 +223,7 @@ spec:
     let bad = ok
         .replace("ROUND_ROBIN", "PASSTHROUGH")
         .replace("maxConnections: 100", "maxConnections: 0")
-        .replace("interval: 10s", "interval: 10")
+        .replace("interval: 10s", "interval: ten")
         .replace("maxEjectionPercent: 50", "maxEjectionPercent: 150");
     let found = problems(&bad, DestinationRule::validate);
     for field in [

@@ -5,36 +5,26 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::null_as_default;
 use super::validate::{Check, ValidationError};
-use super::{namespaced_resource, null_as_default};
-
-/// An Istio VirtualService.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VirtualService {
-    /// Standard object metadata.
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// The routing.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub spec: VirtualServiceSpec,
-    /// Status (kept, not read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-namespaced_resource!(
-    VirtualService,
-    group = "networking.istio.io",
-    kind = "VirtualService",
-    plural = "virtualservices"
-);
 
 /// What a VirtualService routes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "VirtualService",
+    plural = "virtualservices",
+    namespaced,
+    status = "crate::ObjectStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "An Istio VirtualService."
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     /// The hosts the rules apply to (service short names, FQDNs).
@@ -48,17 +38,20 @@ pub struct VirtualServiceSpec {
     pub http: Vec<VsHttpRoute>,
     /// TCP routes (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tcp: Option<serde_json::Value>,
     /// TLS routes (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub tls: Option<serde_json::Value>,
     /// Visibility (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub export_to: Option<serde_json::Value>,
 }
 
 /// One HTTP route of a VirtualService.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsHttpRoute {
     /// The route's name.
@@ -81,38 +74,48 @@ pub struct VsHttpRoute {
     pub fault: Option<VsFault>,
     /// Accepted, not applied by the waypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub redirect: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub direct_response: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub delegate: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub rewrite: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub mirror: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub mirrors: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub mirror_percentage: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub mirror_percent: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub cors_policy: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub headers: Option<serde_json::Value>,
 }
 
 /// Conditions of a VirtualService route (all must hold).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsMatch {
     /// The match's name.
@@ -132,32 +135,40 @@ pub struct VsMatch {
     pub query_params: BTreeMap<String, IstioStringMatch>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub scheme: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub authority: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub port: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub ignore_uri_case: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub without_headers: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub source_labels: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub source_namespace: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub gateways: Option<serde_json::Value>,
 }
 
 /// Istio's string match: exactly one of the three.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioStringMatch {
     /// Equal.
@@ -172,7 +183,7 @@ pub struct IstioStringMatch {
 }
 
 /// A destination and its weight.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsDestinationWeight {
     /// Where.
@@ -182,11 +193,12 @@ pub struct VsDestinationWeight {
     pub weight: Option<i64>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub headers: Option<serde_json::Value>,
 }
 
 /// A destination service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsDestination {
     /// Service short name or FQDN.
@@ -200,7 +212,7 @@ pub struct VsDestination {
 }
 
 /// `port: {number: 80}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsPort {
     /// The port.
@@ -208,7 +220,7 @@ pub struct VsPort {
 }
 
 /// Retries.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsRetries {
     /// Retries after the first try.
@@ -222,9 +234,11 @@ pub struct VsRetries {
     pub retry_on: Option<String>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub retry_remote_localities: Option<serde_json::Value>,
     /// Accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub retry_ignore_previous_hosts: Option<serde_json::Value>,
     /// Wait between tries (extension of some Istio versions).
     #[serde(default)]
@@ -232,7 +246,7 @@ pub struct VsRetries {
 }
 
 /// Fault injection.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsFault {
     /// Delay.
@@ -244,7 +258,7 @@ pub struct VsFault {
 }
 
 /// `percentage: {value: 12.5}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Percentage {
     /// 0 to 100.
@@ -253,7 +267,7 @@ pub struct Percentage {
 }
 
 /// An injected delay.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsDelay {
     /// How long.
@@ -267,11 +281,12 @@ pub struct VsDelay {
     pub percent: Option<i64>,
     /// Not supported (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub exponential_delay: Option<serde_json::Value>,
 }
 
 /// An injected error.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VsAbort {
     /// HTTP status answered.
@@ -282,6 +297,7 @@ pub struct VsAbort {
     pub grpc_status: Option<String>,
     /// Not supported (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::opaque")]
     pub http2_error: Option<serde_json::Value>,
     /// Share of requests; all when absent.
     #[serde(default)]

@@ -73,7 +73,7 @@ fn every_kind_is_read_and_namespaces_are_defaulted() {
     let keys: Vec<String> = parsed
         .objects
         .iter()
-        .map(|o| o.object.key().to_string())
+        .map(|o| key(&o.object).to_string())
         .collect();
     assert_eq!(keys[0], "/apps", "a Namespace has no namespace");
     assert_eq!(keys[1], "default/p");
@@ -184,8 +184,8 @@ spec:
         "document 4: apiVersion v2 is not read for Pod; use v1",
         "document 5: apiVersion security.istio.io/v2 is not read for AuthorizationPolicy; use security.istio.io/v1 or security.istio.io/v1beta1",
         "document 6: metadata.name is missing",
-        "document 7: not a valid Pod: spec.nodeName: invalid type: sequence, expected a string at line 30 column 13",
-        "document 8: not a valid AuthorizationPolicy: spec.rules[0].from[0].source: unknown field `principal`",
+        "document 7: not a valid Pod: spec.nodeName: invalid type: sequence, expected a string",
+        "document 8: not a valid AuthorizationPolicy: spec.rules[0].from[0].source.principal: unknown field `principal`",
         "document 9: invalid AuthorizationPolicy: spec.rules[0].to[0].operation.ports[0]: \"http\" is not a port number (0-65535)",
     ];
     assert_eq!(got.len(), expected.len(), "{got:#?}");

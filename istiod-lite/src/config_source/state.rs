@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 
-use super::parse::{inline_file, parse_file, Kind, Object};
+use super::parse::{inline_file, key as object_key, parse_file, Kind, Object};
 use super::ConfigProblem;
 use crate::resources::{
     AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
@@ -114,7 +114,7 @@ impl ClusterState {
             refused.extend(parsed.refused);
             for located in parsed.objects {
                 let kind = located.object.kind();
-                let key = located.object.key();
+                let key = object_key(&located.object);
                 let here = ConfigProblem {
                     file: path.clone(),
                     document: Some(located.document),
@@ -168,7 +168,7 @@ impl ClusterState {
     }
 
     fn insert(&mut self, object: Object) {
-        let key = object.key();
+        let key = object_key(&object);
         match object {
             Object::Namespace(o) => {
                 self.namespaces.insert(key.name, o);

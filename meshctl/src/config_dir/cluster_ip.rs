@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use serde_yaml::{Mapping, Value};
+use serde_json::{Map as Mapping, Value};
 
 /// The service CIDR's network address.
 pub const SERVICE_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
@@ -52,16 +52,16 @@ impl ClusterIps {
     /// the one it asks for, the one it has, or a free one; writes it into `spec.clusterIP`
     /// and `spec.clusterIPs` and records it. The error names the field and why.
     pub(super) fn assign(&mut self, service: &str, object: &mut Value) -> Result<(), String> {
-        let Some(root) = object.as_mapping_mut() else {
+        let Some(root) = object.as_object_mut() else {
             return Err("not a mapping".into());
         };
         let spec = root
-            .entry("spec".into())
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
+            .entry("spec")
+            .or_insert_with(|| Value::Object(Mapping::new()));
         if spec.is_null() {
-            *spec = Value::Mapping(Mapping::new());
+            *spec = Value::Object(Mapping::new());
         }
-        let Some(spec) = spec.as_mapping_mut() else {
+        let Some(spec) = spec.as_object_mut() else {
             return Err("spec must be a mapping".into());
         };
         if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
@@ -91,10 +91,7 @@ impl ClusterIps {
             (None, None) => self.free_ip(service)?.to_string(),
         };
         spec.insert("clusterIP".into(), ip.as_str().into());
-        spec.insert(
-            "clusterIPs".into(),
-            Value::Sequence(vec![ip.as_str().into()]),
-        );
+        spec.insert("clusterIPs".into(), Value::Array(vec![ip.as_str().into()]));
         self.record(service, &ip);
         Ok(())
     }
@@ -122,7 +119,7 @@ impl ClusterIps {
 
 /// The address the document asks for, if any: `clusterIP`, or `clusterIPs[0]` (both must
 /// agree when both are given).
-fn requested_ip(spec: &Mapping) -> Result<Option<String>, String> {
+fn requested_ip(spec: &Mapping<String, Value>) -> Result<Option<String>, String> {
     let single = match spec.get("clusterIP") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
@@ -131,7 +128,7 @@ fn requested_ip(spec: &Mapping) -> Result<Option<String>, String> {
     };
     let first = match spec.get("clusterIPs") {
         None | Some(Value::Null) => None,
-        Some(Value::Sequence(ips)) => match ips.first() {
+        Some(Value::Array(ips)) => match ips.first() {
             None => None,
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(_) => return Err("spec.clusterIPs[0] must be a non-empty string".into()),
@@ -175,7 +172,7 @@ mod tests {
     use super::*;
 
     fn service(spec: &str) -> Value {
-        serde_yaml::from_str(&format!(
+        resources::yaml_parse(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {spec}\n"
         ))
         .expect("yaml")
@@ -207,7 +204,7 @@ mod tests {
         );
         // A spec-less Service gets one too.
         let mut bare: Value =
-            serde_yaml::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
+            resources::yaml_parse("apiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
                 .expect("yaml");
         ips.assign("demo/b", &mut bare).expect("assigned");
         assert_ne!(cluster_ip(&bare), ip.to_string(), "unique");

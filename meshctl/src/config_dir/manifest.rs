@@ -1,10 +1,12 @@
 //! Reading `apply`/`delete` input: YAML documents → checked objects, named and normalized.
 //!
-//! Each document is read twice, as istiod-lite reads it: first as a generic value for the
-//! syntax and the header (`apiVersion`, `kind`, `metadata.name`/`namespace`), then straight
-//! from the text into a typed form of its kind, so an error names the field path and line.
-//! The typed form only checks; what is stored is the document itself, with its namespace
-//! filled in (`default` when absent) — istiod-lite reads it again anyway.
+//! Each document is read as istiod-lite reads it, with the shared `resources` crate: its header
+//! ([`resources::classify`]), then its typed form ([`resources::decode`] and
+//! [`resources::Object::validate`]), so an error names the field path. On top, `apply` refuses
+//! and warns about what the mesh enforces differently ([`super::admission`]), checks names
+//! as the API server does, and refuses `List`s and kinds the mesh does not read. The typed form
+//! only checks; what is stored is the document itself, with its namespace filled in
+//! (`default` when absent) — istiod-lite reads it again anyway.
 //!
 //! Every problem of every document is collected and reported together; one problem refuses
 //! the whole input.
@@ -12,111 +14,12 @@
 use std::fmt::Write as _;
 
 use anyhow::bail;
-use k8s_openapi::api::core::v1 as core;
-use serde::{Deserialize, Deserializer};
-use serde_yaml::Value;
+use resources::{classify, Document, NameRule};
+use serde_json::Value;
 
-use super::security;
+use super::admission;
 
-/// API group of the Gateway API kinds.
-const GATEWAY_GROUP: &str = resources::GATEWAY_API_GROUP;
-/// API group of Istio's networking kinds.
-const NETWORKING_GROUP: &str = resources::ISTIO_NETWORKING_GROUP;
-
-/// The kinds the local cluster stores (those istiod-lite reads).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Namespace,
-    Pod,
-    Service,
-    ServiceAccount,
-    AuthorizationPolicy,
-    PeerAuthentication,
-    RequestAuthentication,
-    Gateway,
-    HttpRoute,
-    GrpcRoute,
-    VirtualService,
-    DestinationRule,
-}
-
-/// Every kind, for lookups and the "supported kinds" message.
-const KINDS: [Kind; 12] = [
-    Kind::Namespace,
-    Kind::Pod,
-    Kind::Service,
-    Kind::ServiceAccount,
-    Kind::AuthorizationPolicy,
-    Kind::PeerAuthentication,
-    Kind::RequestAuthentication,
-    Kind::Gateway,
-    Kind::HttpRoute,
-    Kind::GrpcRoute,
-    Kind::VirtualService,
-    Kind::DestinationRule,
-];
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::Service => "Service",
-            Kind::ServiceAccount => "ServiceAccount",
-            Kind::AuthorizationPolicy => "AuthorizationPolicy",
-            Kind::PeerAuthentication => "PeerAuthentication",
-            Kind::RequestAuthentication => "RequestAuthentication",
-            Kind::Gateway => "Gateway",
-            Kind::HttpRoute => "HTTPRoute",
-            Kind::GrpcRoute => "GRPCRoute",
-            Kind::VirtualService => "VirtualService",
-            Kind::DestinationRule => "DestinationRule",
-        }
-    }
-
-    fn group(self) -> &'static str {
-        match self {
-            Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "",
-            Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => {
-                security::GROUP
-            }
-            Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => GATEWAY_GROUP,
-            Kind::VirtualService | Kind::DestinationRule => NETWORKING_GROUP,
-        }
-    }
-
-    fn versions(self) -> &'static [&'static str] {
-        match self.group() {
-            "" => &["v1"],
-            NETWORKING_GROUP => &["v1", "v1beta1", "v1alpha3"],
-            _ => &["v1", "v1beta1"],
-        }
-    }
-
-    fn find(group: &str, kind: &str) -> Option<Kind> {
-        KINDS
-            .into_iter()
-            .find(|k| k.group() == group && k.name() == kind)
-    }
-
-    /// `<kind>` or `<kind>.<group>`, lower case, as kubectl names resources.
-    pub(super) fn resource(self) -> String {
-        let kind = self.name().to_ascii_lowercase();
-        match self.group() {
-            "" => kind,
-            group => format!("{kind}.{group}"),
-        }
-    }
-
-    /// Namespaces, Pods and Services become DNS names (host names, SPIFFE ids) and must be
-    /// labels; other objects may use dots.
-    fn name_rule(self) -> NameRule {
-        match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => NameRule::Label,
-            _ => NameRule::Subdomain,
-        }
-    }
-}
+pub(crate) use resources::Kind;
 
 /// One object of the input.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,13 +59,12 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Manifest> {
         objects: Vec::new(),
         warnings: Vec::new(),
     };
-    let typed = serde_yaml::Deserializer::from_str(text);
-    for ((index, value), document) in values.iter().enumerate().zip(typed) {
+    for (index, value) in values.iter().enumerate() {
         let at = format!("document {} of {total}", index + 1);
         match header(value) {
             Ok(None) => {}
             Err(reason) => problems.push(format!("{at}: {reason}")),
-            Ok(Some(object)) => match check_contents(object.kind, document) {
+            Ok(Some(object)) => match check_contents(object.kind, &object.value) {
                 Ok(warnings) => {
                     let id = object.id();
                     manifest
@@ -215,14 +117,14 @@ fn refuse(problems: Vec<String>, done: &str) -> anyhow::Result<()> {
     bail!(message)
 }
 
-/// Pass one: every document as a generic value. Broken syntax stops the reading, since the
-/// documents after it cannot be told apart.
+/// Every document as a generic value. Broken syntax stops the reading, since the documents
+/// after it cannot be told apart.
 fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut values = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match Value::deserialize(document) {
+    for (index, document) in resources::yaml_documents(text).into_iter().enumerate() {
+        match document {
             Ok(value) => values.push(value),
-            Err(e) => bail!("document {}: not YAML: {e}; nothing was done", index + 1),
+            Err(e) => bail!("document {}: {e}; nothing was done", index + 1),
         }
     }
     Ok(values)
@@ -230,199 +132,52 @@ fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
 
 /// The object a document describes (`None` for an empty document), from its header only.
 fn header(value: &Value) -> Result<Option<Object>, String> {
-    if value.is_null() {
-        return Ok(None);
-    }
-    let Some(map) = value.as_mapping() else {
-        return Err("expected a mapping with apiVersion, kind and metadata".into());
-    };
-    let text = |field: &str| match map.get(field) {
-        None | Some(Value::Null) => Err(format!("{field} is missing")),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
-        Some(_) => Err(format!("{field} must be a non-empty string")),
-    };
-    let (api_version, kind_name) = (text("apiVersion")?, text("kind")?);
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    if group.is_empty() && kind_name == "List" {
-        return Err("kind List is not supported: give each object as its own document".into());
-    }
-    let Some(kind) = Kind::find(group, kind_name) else {
-        return Err(format!(
-            "kind {kind_name} of {api_version} is not supported by the mesh (supported: {})",
-            supported()
-        ));
-    };
-    if !kind.versions().contains(&version) {
-        return Err(format!(
-            "apiVersion {api_version} is not read for {kind_name}; use {}",
-            api_versions(kind).join(" or ")
-        ));
-    }
-    let meta = match map.get("metadata") {
-        Some(Value::Mapping(meta)) => meta,
-        None | Some(Value::Null) => return Err("metadata.name is missing".into()),
-        Some(_) => return Err("metadata must be a mapping".into()),
-    };
-    let name = match meta.get("name") {
-        Some(Value::String(name)) if !name.is_empty() => name.clone(),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            return Err("metadata.name is missing".into())
+    let header = match classify(value)? {
+        Document::Empty => return Ok(None),
+        Document::Object(header) => header,
+        Document::List(_) => {
+            return Err("kind List is not supported: give each object as its own document".into())
         }
-        Some(_) => return Err("metadata.name must be a string".into()),
+        Document::Unknown { kind, api_version } => {
+            return Err(format!(
+                "kind {kind} of {api_version} is not supported by the mesh (supported: {})",
+                Kind::supported()
+            ))
+        }
     };
+    let kind = header.kind;
     kind.name_rule()
-        .check(&name)
+        .check(&header.name)
         .map_err(|e| format!("metadata.name: {e}"))?;
-    let namespace = match meta.get("namespace") {
-        _ if kind == Kind::Namespace => None,
-        None | Some(Value::Null) => Some("default".to_string()),
-        Some(Value::String(ns)) if ns.is_empty() => Some("default".to_string()),
-        Some(Value::String(ns)) => {
-            NameRule::Label
-                .check(ns)
-                .map_err(|e| format!("metadata.namespace: {e}"))?;
-            Some(ns.clone())
-        }
-        Some(_) => return Err("metadata.namespace must be a string".into()),
-    };
+    if let Some(ns) = &header.namespace {
+        NameRule::Label
+            .check(ns)
+            .map_err(|e| format!("metadata.namespace: {e}"))?;
+    }
     let mut value = value.clone();
-    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_mapping_mut) {
-        match &namespace {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        match &header.namespace {
             Some(ns) => meta.insert("namespace".into(), ns.as_str().into()),
             None => meta.remove("namespace"),
         };
     }
     Ok(Some(Object {
         kind,
-        namespace,
-        name,
+        namespace: header.namespace,
+        name: header.name,
         value,
     }))
 }
 
-fn api_versions(kind: Kind) -> Vec<String> {
-    kind.versions()
-        .iter()
-        .map(|v| match kind.group() {
-            "" => v.to_string(),
-            group => format!("{group}/{v}"),
-        })
-        .collect()
-}
-
-fn supported() -> String {
-    KINDS
-        .iter()
-        .map(|k| format!("{} ({})", k.name(), api_versions(*k).join(", ")))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Pass two: decodes the document into its kind's type; returns warnings or why it is
-/// unusable. The core kinds use the same `k8s-openapi` types as istiod-lite.
-fn check_contents<'de, D>(kind: Kind, document: D) -> Result<Vec<String>, String>
-where
-    D: Deserializer<'de, Error = serde_yaml::Error>,
-{
-    let invalid = |e: serde_yaml::Error| format!("not a valid {}: {e}", kind.name());
-    match kind {
-        Kind::Namespace => core::Namespace::deserialize(document).map(drop),
-        Kind::Pod => core::Pod::deserialize(document).map(drop),
-        Kind::Service => core::Service::deserialize(document).map(drop),
-        Kind::ServiceAccount => core::ServiceAccount::deserialize(document).map(drop),
-        Kind::Gateway => resources::Gateway::deserialize(document).map(drop),
-        Kind::HttpRoute => {
-            return checked(
-                kind,
-                resources::HttpRoute::deserialize(document),
-                resources::HttpRoute::validate,
-            )
-        }
-        Kind::GrpcRoute => {
-            return checked(
-                kind,
-                resources::GrpcRoute::deserialize(document),
-                resources::GrpcRoute::validate,
-            )
-        }
-        Kind::VirtualService => {
-            return checked(
-                kind,
-                resources::VirtualService::deserialize(document),
-                resources::VirtualService::validate,
-            )
-        }
-        Kind::DestinationRule => {
-            return checked(
-                kind,
-                resources::DestinationRule::deserialize(document),
-                resources::DestinationRule::validate,
-            )
-        }
-        Kind::AuthorizationPolicy => return security::check_authorization_policy(document),
-        Kind::PeerAuthentication => return security::check_peer_authentication(document),
-        Kind::RequestAuthentication => {
-            return super::request_authn::check_request_authentication(document)
-        }
-    }
-    .map(|()| Vec::new())
-    .map_err(invalid)
-}
-
-/// A routing kind: decoded with the shared `resources` types (the ones istiod-lite reads), then
-/// its `validate()`, whose message names each bad field (`spec.rules[0]...`).
-fn checked<T>(
-    kind: Kind,
-    decoded: Result<T, serde_yaml::Error>,
-    validate: impl Fn(&T) -> Result<(), resources::ValidationError>,
-) -> Result<Vec<String>, String> {
-    let object = decoded.map_err(|e| format!("not a valid {}: {e}", kind.name()))?;
-    validate(&object).map_err(|e| format!("invalid {}: {e}", kind.name()))?;
-    Ok(Vec::new())
-}
-
-/// How an object name is spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum NameRule {
-    /// DNS-1123 label: at most 63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
-    Label,
-    /// DNS-1123 subdomain: at most 253, labels joined by dots.
-    Subdomain,
-}
-
-impl NameRule {
-    /// Whether `name` follows the rule; the error says how it does not.
-    pub(super) fn check(self, name: &str) -> anyhow::Result<()> {
-        let (max, what) = match self {
-            NameRule::Label => (63, "a DNS-1123 label"),
-            NameRule::Subdomain => (253, "a DNS-1123 subdomain"),
-        };
-        let labels_ok = match self {
-            NameRule::Label => is_label(name),
-            NameRule::Subdomain => name.split('.').all(is_label),
-        };
-        if name.is_empty() || name.len() > max || !labels_ok {
-            bail!(
-                "{name:?} is not {what} (at most {max} characters: lower-case letters, digits{}, \
-                 starting and ending with a letter or digit)",
-                if self == NameRule::Label {
-                    " and '-'"
-                } else {
-                    ", '-' and '.'"
-                }
-            );
-        }
-        Ok(())
-    }
-}
-
-fn is_label(s: &str) -> bool {
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| ok(c) || c == '-')
-        && s.starts_with(ok)
-        && s.ends_with(ok)
+/// Decodes the document into its kind's type (the types istiod-lite reads), refuses what the
+/// mesh does not do, validates; returns warnings or why it is unusable.
+fn check_contents(kind: Kind, value: &Value) -> Result<Vec<String>, String> {
+    let object = resources::decode(kind, value.clone())?;
+    admission::refuse(&object)?;
+    object
+        .validate()
+        .map_err(|e| format!("invalid {kind}: {e}"))?;
+    admission::check_and_warn(&object)
 }
 
 /// A label value or the name part of a key: at most 63 of `A-Za-z0-9-_.`, starting and

@@ -20,10 +20,9 @@
 //! commands run one at a time; two concurrent `label_namespace` calls on one namespace could
 //! lose one of the changes.
 
+mod admission;
 mod cluster_ip;
 mod manifest;
-mod request_authn;
-mod security;
 #[cfg(test)]
 mod tests;
 
@@ -38,11 +37,12 @@ use k8s_openapi::api::core::v1::{
     Container, Namespace, Pod, PodCondition, PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use cluster_ip::ClusterIps;
 pub(crate) use manifest::Kind;
-use manifest::{check_label_key, check_label_value, NameRule, Object};
+use manifest::{check_label_key, check_label_value, Object};
+use resources::NameRule;
 
 /// A pod of the local cluster, as meshctl records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl ConfigDir {
         }
         check_labels(&pod.labels).with_context(|| format!("{at}: labels"))?;
         self.ensure_namespace(&pod.namespace)?;
-        let text = serde_yaml::to_string(&pod_object(pod)).context("encoding a Pod")?;
+        let text = serde_saphyr::to_string(&pod_object(pod)).context("encoding a Pod")?;
         write_atomic(&self.pod_path(&pod.namespace, &pod.name), &text)
     }
 
@@ -143,7 +143,8 @@ impl ConfigDir {
         if path.exists() {
             return Ok(());
         }
-        let text = serde_yaml::to_string(&namespace_object(ns)).context("encoding a Namespace")?;
+        let text =
+            serde_saphyr::to_string(&namespace_object(ns)).context("encoding a Namespace")?;
         write_atomic(&path, &text)
     }
 
@@ -158,19 +159,19 @@ impl ConfigDir {
         let path = self.namespace_path(ns);
         let mut object = match read_value(&path)? {
             Some(v) => v,
-            None => serde_yaml::to_value(namespace_object(ns)).context("encoding a Namespace")?,
+            None => serde_json::to_value(namespace_object(ns)).context("encoding a Namespace")?,
         };
         let before = object.clone();
-        let Some(meta) = object.get_mut("metadata").and_then(Value::as_mapping_mut) else {
+        let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
             bail!("{}: no metadata mapping", path.display());
         };
         let labels = meta
-            .entry("labels".into())
-            .or_insert_with(|| Value::Mapping(Default::default()));
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
         if labels.is_null() {
-            *labels = Value::Mapping(Default::default());
+            *labels = Value::Object(Default::default());
         }
-        let Some(map) = labels.as_mapping_mut() else {
+        let Some(map) = labels.as_object_mut() else {
             bail!("{}: metadata.labels is not a mapping", path.display());
         };
         match value {
@@ -188,7 +189,7 @@ impl ConfigDir {
         if object == before && path.exists() {
             return Ok(());
         }
-        let text = serde_yaml::to_string(&object).context("encoding a Namespace")?;
+        let text = serde_saphyr::to_string(&object).context("encoding a Namespace")?;
         write_atomic(&path, &text)
     }
 
@@ -215,7 +216,7 @@ impl ConfigDir {
                 Some(_) => "configured",
             };
             if outcome != "unchanged" {
-                let text = serde_yaml::to_string(&object.value)
+                let text = serde_saphyr::to_string(&object.value)
                     .with_context(|| format!("encoding {}", object.id()))?;
                 write_atomic(&path, &text).with_context(|| {
                     format!("{} not stored (objects listed before it were)", object.id())
@@ -324,10 +325,10 @@ impl ConfigDir {
         Ok(value
             .get("metadata")
             .and_then(|m| m.get("labels"))
-            .and_then(Value::as_mapping)
+            .and_then(Value::as_object)
             .into_iter()
             .flatten()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
             .collect())
     }
 
@@ -470,7 +471,7 @@ fn read_pod(path: &Path) -> anyhow::Result<PodRecord> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let pod: Pod =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a Pod", path.display()))?;
+        resources::yaml_parse(&text).with_context(|| format!("{} is not a Pod", path.display()))?;
     let meta = pod.metadata;
     let spec = pod.spec.unwrap_or_default();
     let status = pod.status.unwrap_or_default();
@@ -515,7 +516,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> anyhow::Result<()> {
 /// The parsed YAML of `path`; `None` if there is no such file.
 fn read_value(path: &Path) -> anyhow::Result<Option<Value>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_yaml::from_str(&text)
+        Ok(text) => resources::yaml_parse(&text)
             .map(Some)
             .with_context(|| format!("{} is not YAML", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

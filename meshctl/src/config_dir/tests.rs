@@ -113,8 +113,8 @@ fn a_pod_round_trips_in_the_shape_istiod_lite_reads() {
     );
 
     let text = std::fs::read_to_string(root(&tmp).join("pods/demo/web.yaml")).unwrap();
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let expected: serde_yaml::Value = serde_yaml::from_str(
+    let doc: serde_json::Value = resources::yaml_parse(&text).unwrap();
+    let expected: serde_json::Value = resources::yaml_parse(
         r#"
 apiVersion: v1
 kind: Pod
@@ -182,9 +182,9 @@ fn pod_and_label_names_are_checked() {
 fn namespace_labels_are_added_and_removed() {
     let (tmp, config) = dir();
     let path = root(&tmp).join("namespaces/demo.yaml");
-    let labels = || -> serde_yaml::Value {
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let labels = || -> serde_json::Value {
+        let doc: serde_json::Value =
+            resources::yaml_parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(doc["kind"], "Namespace");
         assert_eq!(doc["apiVersion"], "v1");
         assert_eq!(doc["metadata"]["name"], "demo");
@@ -335,7 +335,7 @@ fn a_bad_second_document_writes_nothing() {
         ),
         (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {rules: [{from: [{source: {principal: [a]}}]}]}",
-            "unknown variant `principal`",
+            "spec.rules[0].from[0].source.principal: unknown field `principal`",
         ),
         (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {rules: [{to: [{operation: {ports: [http]}}]}]}",
@@ -347,7 +347,7 @@ fn a_bad_second_document_writes_nothing() {
         ),
         (
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {portLevelMtls: {http: {mode: STRICT}}}",
-            "key \"http\" is not a port",
+            "spec.portLevelMtls.http: invalid value: string \"http\", expected a port number",
         ),
         (
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mode: SOMETIMES}}",

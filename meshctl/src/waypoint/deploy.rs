@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::bail;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::gateway::{
     as_waypoint, managed_for, Waypoint, GATEWAY_NAME_LABEL, HBONE_PORT, MANAGED_LABEL,

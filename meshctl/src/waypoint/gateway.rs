@@ -5,7 +5,7 @@
 use std::fmt;
 
 use clap::ValueEnum;
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// The Gateway class of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
@@ -74,7 +74,7 @@ spec:
 "
     );
     // Names were checked by the caller; a YAML error here is a bug, and the test says so.
-    serde_yaml::from_str(&yaml).unwrap_or(Value::Null)
+    resources::yaml_parse(&yaml).unwrap_or(Value::Null)
 }
 
 /// A waypoint Gateway found in the config source.
@@ -124,16 +124,16 @@ mod tests {
     #[test]
     fn the_gateway_is_an_istio_waypoint_with_one_hbone_listener_and_its_traffic_label() {
         let gw = render("shop", "waypoint", TrafficType::Workload);
-        let text = serde_yaml::to_string(&gw).expect("yaml");
+        let text = serde_saphyr::to_string(&gw).expect("yaml");
         assert_eq!(
             text,
             "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
-  name: waypoint
-  namespace: shop
   labels:
     istio.io/waypoint-for: workload
+  name: waypoint
+  namespace: shop
 spec:
   gatewayClassName: istio-waypoint
   listeners:
@@ -154,12 +154,12 @@ spec:
 
     #[test]
     fn only_istio_waypoint_gateways_are_waypoints_and_service_is_the_default_traffic() {
-        let other: Value = serde_yaml::from_str(
+        let other: Value = resources::yaml_parse(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: in}\nspec: {gatewayClassName: istio}\n",
         )
         .expect("yaml");
         assert_eq!(as_waypoint("a", "in", &other), None);
-        let unlabelled: Value = serde_yaml::from_str(
+        let unlabelled: Value = resources::yaml_parse(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp}\nspec: {gatewayClassName: istio-waypoint}\n",
         )
         .expect("yaml");
@@ -171,13 +171,13 @@ spec:
 
     #[test]
     fn managed_objects_carry_both_labels() {
-        let mine: Value = serde_yaml::from_str(&format!(
+        let mine: Value = resources::yaml_parse(&format!(
             "metadata: {{labels: {{{GATEWAY_NAME_LABEL}: wp, {MANAGED_LABEL}: {MANAGED_VALUE}}}}}"
         ))
         .expect("yaml");
         assert!(managed_for(&mine, "wp"));
         assert!(!managed_for(&mine, "other"));
-        let users: Value = serde_yaml::from_str(&format!(
+        let users: Value = resources::yaml_parse(&format!(
             "metadata: {{labels: {{{GATEWAY_NAME_LABEL}: wp}}}}"
         ))
         .expect("yaml");

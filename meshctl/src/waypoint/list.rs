@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Serialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::deploy::{waypoint_of, waypoints};
 use super::gateway::{Waypoint, READINESS_PORT};

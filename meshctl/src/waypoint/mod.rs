@@ -117,7 +117,7 @@ fn apply(state: &StateDir, args: &ApplyArgs) -> anyhow::Result<()> {
     state.load()?;
     let config = ConfigDir::new(state.config_dir());
     let gateway = gateway::render(&args.namespace, &args.name, args.traffic_type);
-    let yaml = serde_yaml::to_string(&gateway).context("encoding the Gateway")?;
+    let yaml = serde_saphyr::to_string(&gateway).context("encoding the Gateway")?;
     for line in config.apply(&yaml)? {
         out!("{line}");
     }
