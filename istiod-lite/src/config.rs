@@ -9,6 +9,24 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// Where the cluster is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// A directory of Kubernetes YAML (the local cluster).
+    Dir,
+    /// The Kubernetes API server.
+    Kubernetes,
+}
+
+/// The config source resolved from the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// This directory.
+    Dir(PathBuf),
+    /// The API server, through this kubeconfig (`None`: the default chain).
+    Kubernetes(Option<PathBuf>),
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -37,9 +55,25 @@ pub struct Config {
 
     /// Directory of Kubernetes YAML files (multi-document), followed while running: pods say
     /// which identities run on which node (for the CA); namespaces, pods, services and
-    /// authorization policies are translated into the config pushed to proxies.
+    /// authorization policies are translated into the config pushed to proxies. Required
+    /// with `--config-source dir`.
     #[arg(long, env = "CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+
+    /// Where the cluster is read from: `dir` (the YAML directory) or `kubernetes` (the API
+    /// server, watched). Default: `dir` when `--config-dir` is given, else `kubernetes` when
+    /// running in a pod (`KUBERNETES_SERVICE_HOST` is set).
+    #[arg(long, env = "CONFIG_SOURCE", value_enum)]
+    pub config_source: Option<SourceKind>,
+
+    /// Kubeconfig for `--config-source kubernetes` outside a cluster; default: the in-cluster
+    /// service account, else `$KUBECONFIG` or `~/.kube/config`.
+    #[arg(long, env = "KUBECONFIG_FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Set by Kubernetes in every pod; only its presence is read (the default config source).
+    #[arg(long, env = "KUBERNETES_SERVICE_HOST", hide = true)]
+    pub kubernetes_service_host: Option<String>,
 
     /// Address the gRPC/TLS server listens on.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:15012")]
@@ -68,7 +102,7 @@ pub struct Config {
         long,
         env = "SERVER_NAMES",
         value_delimiter = ',',
-        default_value = "istiod-lite.istio-system.svc,localhost,127.0.0.1"
+        default_value = "istiod.istio-system.svc,istiod-lite.istio-system.svc,localhost,127.0.0.1"
     )]
     pub server_names: Vec<String>,
 
@@ -104,6 +138,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// The config source the flags ask for; see [`Config::config_source`].
+    pub fn source(&self) -> anyhow::Result<Source> {
+        let kind = match (self.config_source, &self.config_dir) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => SourceKind::Dir,
+            (None, None) if self.kubernetes_service_host.is_some() => SourceKind::Kubernetes,
+            (None, None) => anyhow::bail!(
+                "no config source: give --config-dir DIR, or --config-source kubernetes"
+            ),
+        };
+        match kind {
+            SourceKind::Dir => match &self.config_dir {
+                Some(dir) => Ok(Source::Dir(dir.clone())),
+                None => anyhow::bail!("--config-source dir needs --config-dir"),
+            },
+            SourceKind::Kubernetes => Ok(Source::Kubernetes(self.kubeconfig.clone())),
+        }
+    }
+
     /// The cap on workload certificate lifetimes.
     pub fn max_cert_ttl(&self) -> Duration {
         Duration::from_secs(self.max_cert_ttl_secs)
@@ -135,7 +188,12 @@ mod tests {
         assert_eq!(config.max_cert_ttl(), Duration::from_secs(86_400));
         assert_eq!(
             config.server_names,
-            ["istiod-lite.istio-system.svc", "localhost", "127.0.0.1"]
+            [
+                "istiod.istio-system.svc",
+                "istiod-lite.istio-system.svc",
+                "localhost",
+                "127.0.0.1"
+            ]
         );
         assert_eq!(config.log_format, LogFormat::Text);
         assert!(config.plugin_ca_dir.is_none());

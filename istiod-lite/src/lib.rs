@@ -58,7 +58,10 @@ use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
 use crate::ca_service::CaService;
 use crate::ca_store::CaStore;
 use crate::config::Config;
-use crate::config_source::{ClusterState, ConfigSource as _, DirSource, DEFAULT_POLL_INTERVAL};
+use crate::config::Source;
+use crate::config_source::{
+    ClusterState, ConfigSource, DirSource, KubeSource, DEFAULT_POLL_INTERVAL,
+};
 use crate::pods::ClusterPods;
 use crate::tokens::Tokens;
 use crate::translate::TranslateOptions;
@@ -87,7 +90,7 @@ pub struct Server {
     xds: XdsService,
     registry: Arc<Registry>,
     /// Polls the config directory; kept alive while serving.
-    config_source: DirSource,
+    config_source: Box<dyn ConfigSource>,
 }
 
 impl std::fmt::Debug for Server {
@@ -97,6 +100,33 @@ impl std::fmt::Debug for Server {
             .field("monitoring_addr", &self.monitoring_addr)
             .finish_non_exhaustive()
     }
+}
+
+/// How long the Kubernetes source may take to list the cluster at start.
+const KUBE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The config source the flags ask for, started (for Kubernetes: listed).
+async fn open_source(config: &Config) -> anyhow::Result<Box<dyn ConfigSource>> {
+    Ok(match config.source()? {
+        Source::Dir(dir) => Box::new(DirSource::open(&dir, DEFAULT_POLL_INTERVAL)?),
+        Source::Kubernetes(kubeconfig) => {
+            let client = match kubeconfig {
+                Some(path) => {
+                    let file = kube::config::Kubeconfig::read_from(&path)
+                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                    let options = kube::config::KubeConfigOptions::default();
+                    let kube_config = kube::Config::from_custom_kubeconfig(file, &options)
+                        .await
+                        .with_context(|| format!("kubeconfig {}", path.display()))?;
+                    kube::Client::try_from(kube_config)?
+                }
+                None => kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API server (in-cluster service account, or $KUBECONFIG)")?,
+            };
+            Box::new(KubeSource::start(client, KUBE_SYNC_TIMEOUT).await?)
+        }
+    })
 }
 
 impl Server {
@@ -141,7 +171,7 @@ impl Server {
         }
         // One source for both services, so the CA and the config API never disagree and the
         // files are polled once.
-        let config_source = DirSource::open(&config.config_dir, DEFAULT_POLL_INTERVAL)?;
+        let config_source = open_source(config).await?;
         let pods = ClusterPods::new(config_source.subscribe(), &config.trust_domain);
         let snapshots = match snapshots {
             Some(snapshots) => snapshots,

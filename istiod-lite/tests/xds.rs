@@ -526,3 +526,42 @@ async fn the_config_directory_is_translated_served_and_followed() {
     proxy.converges_on(&Mesh::default()).await;
     server.stop().await;
 }
+
+/// The same cluster, read from the Kubernetes API server (the fake one, real JSON) instead
+/// of a directory: objects added, changed and deleted there reach the proxy.
+#[tokio::test]
+async fn the_cluster_on_the_api_server_is_translated_served_and_followed() {
+    let api = resources::testing::FakeApiServer::start()
+        .await
+        .expect("fake API server");
+    let apply = |yaml: &str| {
+        for doc in resources::yaml_documents(yaml) {
+            let mut object = doc.expect("yaml");
+            if object.is_null() {
+                continue;
+            }
+            if object["kind"] != "Namespace" && object["metadata"]["namespace"].is_null() {
+                object["metadata"]["namespace"] = "default".into();
+            }
+            api.apply(object);
+        }
+    };
+    let cluster = cluster();
+    apply(&cluster);
+    let env = Env::new();
+    let server = env.start_from_kube(&api.url()).await;
+    let proxy = server.proxy(NODE1_TOKEN);
+    proxy.converges_on(&translated_mesh(&cluster)).await;
+
+    let grown = documents(&[&cluster, &web_pod(2)]);
+    apply(&web_pod(2));
+    proxy.converges_on(&translated_mesh(&grown)).await;
+
+    // Deleted on the API server: gone from the proxy.
+    let pod2: serde_json::Value = resources::yaml_value(&web_pod(2)).expect("yaml");
+    let ns = pod2["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = pod2["metadata"]["name"].as_str().expect("name");
+    assert!(api.delete("v1", "Pod", ns, name));
+    proxy.converges_on(&translated_mesh(&cluster)).await;
+    server.stop().await;
+}

@@ -37,6 +37,8 @@ mod object;
 mod peer_authentication;
 mod request_authentication;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 mod virtual_service;
 

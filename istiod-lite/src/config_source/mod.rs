@@ -6,11 +6,12 @@
 //! [`ClusterPods`](crate::pods::ClusterPods)) read the latest one and wait for the next. A
 //! snapshot is only ever replaced as a whole, so a consumer never sees half of a change.
 //!
-//! Today's source is [`DirSource`], a directory of Kubernetes YAML; a Kubernetes watcher will
-//! implement the same trait. The parsing ([`parse_file`]) and snapshot building
+//! Two sources: [`DirSource`], a directory of Kubernetes YAML (the local cluster), and
+//! [`KubeSource`], the Kubernetes API server followed with watchers; one state, two sources. The parsing ([`parse_file`]) and snapshot building
 //! ([`ClusterState::build`]) are pure functions, tested without a file system.
 
 mod dir;
+mod kube;
 mod parse;
 mod state;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+pub use self::kube::{KubeSource, KubeSourceError};
 pub use dir::{DirSource, DEFAULT_POLL_INTERVAL};
 pub use parse::{parse_file, Kind, Located, Object, ParsedFile, Refused};
 pub use state::{Built, ClusterState, ObjectKey};

@@ -162,6 +162,15 @@ impl ClusterState {
         }
     }
 
+    /// A snapshot of `objects` (already validated; namespaces set), as a watch source has them.
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> ClusterState {
+        let mut state = ClusterState::default();
+        for object in objects {
+            state.insert(object);
+        }
+        state
+    }
+
     /// Builds a snapshot from one YAML text (tests, tools); warnings are dropped.
     pub fn from_yaml(text: &str) -> Result<ClusterState, Vec<ConfigProblem>> {
         Self::build([(inline_file(), text.to_string())]).map(|b| b.state)

@@ -136,7 +136,10 @@ impl Env {
     pub fn config(&self, listen: SocketAddr, debounce: Duration) -> Config {
         Config {
             data_dir: self.data_dir.clone(),
-            config_dir: self.config_dir.clone(),
+            config_dir: Some(self.config_dir.clone()),
+            config_source: None,
+            kubeconfig: None,
+            kubernetes_service_host: None,
             listen,
             trust_domain: "cluster.local".into(),
             tokens_file: self.tokens_file.clone(),
@@ -181,6 +184,31 @@ impl Env {
         );
         let server = Server::bind(&config).await.expect("server starts");
         // Nobody publishes on this one: the config directory feeds the server.
+        let (snapshots, _) = watch::channel(Arc::new(XdsSnapshot::default()));
+        Self::run(server, snapshots)
+    }
+
+    /// Starts a server on a free port that reads the cluster from the Kubernetes API server
+    /// at `api_url` (the fake one), through a kubeconfig written for it.
+    pub async fn start_from_kube(&self, api_url: &str) -> Running {
+        let kubeconfig = self.config_dir.join("../kubeconfig.yaml");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{api_url}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let mut config = self.config(
+            "127.0.0.1:0".parse().expect("addr"),
+            Duration::from_millis(20),
+        );
+        config.config_dir = None;
+        config.config_source = Some(istiod_lite::config::SourceKind::Kubernetes);
+        config.kubeconfig = Some(kubeconfig);
+        let server = Server::bind(&config).await.expect("server starts");
         let (snapshots, _) = watch::channel(Arc::new(XdsSnapshot::default()));
         Self::run(server, snapshots)
     }
