@@ -29,8 +29,8 @@ use proto::ca::istio_certificate_service_server::{
 use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::Authenticator;
 use crate::pods::PodDirectory;
-use crate::tokens::Tokens;
 
 /// Largest request accepted on the wire; a CSR is under 1 KiB and is capped at 16 KiB.
 const MAX_REQUEST_LEN: usize = 64 * 1024;
@@ -41,7 +41,7 @@ pub const UNAUTHENTICATED_MESSAGE: &str = "missing or unknown bearer token";
 /// The CA service: authentication, authorization, signing.
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
-    tokens: Arc<Tokens>,
+    auth: Arc<Authenticator>,
     pods: Arc<dyn PodDirectory>,
     max_ttl: Duration,
 }
@@ -88,13 +88,13 @@ impl CaService {
     /// for identities `pods` places on their node, capping lifetimes at `max_ttl`.
     pub fn new(
         ca: Arc<CertificateAuthority>,
-        tokens: Arc<Tokens>,
+        auth: Arc<Authenticator>,
         pods: Arc<dyn PodDirectory>,
         max_ttl: Duration,
     ) -> Self {
         CaService {
             ca,
-            tokens,
+            auth,
             pods,
             max_ttl,
         }
@@ -111,9 +111,14 @@ impl CaService {
         request: IstioCertificateRequest,
     ) -> Result<Grant, Denial> {
         // (1) Who is asking.
-        let caller = authorization
-            .and_then(|h| self.tokens.authenticate_header(h))
-            .ok_or_else(|| Denial::new(Code::Unauthenticated, UNAUTHENTICATED_MESSAGE))?;
+        let authenticated = match authorization {
+            Some(header) => self.auth.authenticate_header(header).await,
+            None => Err("no authorization header".to_string()),
+        };
+        let caller = authenticated.map_err(|reason| {
+            tracing::info!(target: "audit", %reason, "caller not authenticated");
+            Denial::new(Code::Unauthenticated, UNAUTHENTICATED_MESSAGE)
+        })?;
         let with_node = |mut d: Denial| {
             d.node = Some(caller.node.clone());
             d

@@ -85,7 +85,16 @@ pub struct Config {
 
     /// YAML file of caller tokens: `tokens: [{token: "...", node: "node-1"}]`.
     #[arg(long, env = "TOKENS_FILE")]
-    pub tokens_file: PathBuf,
+    pub tokens_file: Option<PathBuf>,
+
+    /// The node tunnel's service account, `NAMESPACE/NAME`: on Kubernetes, only its
+    /// projected tokens (audience `istio-ca`, bound to a pod) speak for a node.
+    #[arg(
+        long,
+        env = "TUNNEL_SERVICE_ACCOUNT",
+        default_value = "istio-system/ztunnel"
+    )]
+    pub tunnel_service_account: String,
 
     /// Plug-in CA directory in Istio's `cacerts` layout (`ca-cert.pem`, `ca-key.pem`,
     /// `cert-chain.pem`, `root-cert.pem`); when set, used instead of a generated root.

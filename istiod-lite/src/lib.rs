@@ -9,7 +9,9 @@
 //! - [`config`]: the one typed [`Config`], from flags and environment;
 //! - [`ca_store`]: the root's lifecycle (generate and persist, reload, or plug-in CA) and
 //!   istiod-lite's own serving certificate;
-//! - [`tokens`]: caller authentication (bearer token → node), shared by both services;
+//! - [`auth`]: caller authentication (a token from the tokens file, or on Kubernetes a
+//!   projected ServiceAccount token checked with TokenReview → the caller's node), shared by
+//!   both services; [`tokens`]: the tokens file;
 //! - [`config_source`]: the cluster as snapshots, read and followed from a directory of
 //!   Kubernetes YAML; [`resources`]: the Istio and Gateway API kinds it reads;
 //! - [`pods`]: which pods run on which node, from those snapshots;
@@ -29,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod ca_service;
 pub mod ca_store;
 pub mod config;
@@ -55,6 +58,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
 
+use crate::auth::{Authenticator, TokenReviewer};
 use crate::ca_service::CaService;
 use crate::ca_store::CaStore;
 use crate::config::Config;
@@ -105,10 +109,16 @@ impl std::fmt::Debug for Server {
 /// How long the Kubernetes source may take to list the cluster at start.
 const KUBE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The config source the flags ask for, started (for Kubernetes: listed).
-async fn open_source(config: &Config) -> anyhow::Result<Box<dyn ConfigSource>> {
+/// The config source the flags ask for, started (for Kubernetes: listed), and the Kubernetes
+/// client when it is the API server.
+async fn open_source(
+    config: &Config,
+) -> anyhow::Result<(Box<dyn ConfigSource>, Option<kube::Client>)> {
     Ok(match config.source()? {
-        Source::Dir(dir) => Box::new(DirSource::open(&dir, DEFAULT_POLL_INTERVAL)?),
+        Source::Dir(dir) => (
+            Box::new(DirSource::open(&dir, DEFAULT_POLL_INTERVAL)?),
+            None,
+        ),
         Source::Kubernetes(kubeconfig) => {
             let client = match kubeconfig {
                 Some(path) => {
@@ -124,7 +134,8 @@ async fn open_source(config: &Config) -> anyhow::Result<Box<dyn ConfigSource>> {
                     .await
                     .context("connecting to the Kubernetes API server (in-cluster service account, or $KUBECONFIG)")?,
             };
-            Box::new(KubeSource::start(client, KUBE_SYNC_TIMEOUT).await?)
+            let source = KubeSource::start(client.clone(), KUBE_SYNC_TIMEOUT).await?;
+            (Box::new(source), Some(client))
         }
     })
 }
@@ -165,14 +176,33 @@ impl Server {
             &config.server_names,
         )
         .context("setting up the CA")?;
-        let tokens = Tokens::load(&config.tokens_file)?;
-        if tokens.is_empty() {
-            tracing::warn!(file = %config.tokens_file.display(), "the tokens file lists no tokens: every request will be refused");
-        }
+        let tokens = match &config.tokens_file {
+            Some(path) => Some(Tokens::load(path)?),
+            None => None,
+        };
         // One source for both services, so the CA and the config API never disagree and the
         // files are polled once.
-        let config_source = open_source(config).await?;
-        let pods = ClusterPods::new(config_source.subscribe(), &config.trust_domain);
+        let (config_source, client) = open_source(config).await?;
+        let pods = Arc::new(ClusterPods::new(
+            config_source.subscribe(),
+            &config.trust_domain,
+        ));
+        let auth = Arc::new(match client {
+            Some(client) => Authenticator::kubernetes(
+                tokens,
+                TokenReviewer::new(client, pods.clone(), &config.tunnel_service_account)?,
+            ),
+            None => {
+                let tokens =
+                    tokens.context("--tokens-file is required with --config-source dir")?;
+                if tokens.is_empty() {
+                    tracing::warn!(
+                        "the tokens file lists no tokens: every request will be refused"
+                    );
+                }
+                Authenticator::tokens(tokens)
+            }
+        });
         let snapshots = match snapshots {
             Some(snapshots) => snapshots,
             None => {
@@ -201,10 +231,9 @@ impl Server {
             .local_addr()
             .context("reading the bound monitoring address")?;
 
-        let tokens = Arc::new(tokens);
         let mut registry = Registry::default();
         let xds = XdsService::new(
-            tokens.clone(),
+            auth.clone(),
             snapshots,
             &XdsOptions {
                 push_debounce: config.push_debounce(),
@@ -217,7 +246,7 @@ impl Server {
             monitoring = %monitoring_addr,
             trust_domain = %config.trust_domain,
             ca_source = ?store.source,
-            tokens = tokens.len(),
+            tokens = auth.static_tokens(),
             pods = pods.pods().len(),
             addresses,
             authorizations,
@@ -233,12 +262,7 @@ impl Server {
             ))
             .timeout(TLS_HANDSHAKE_TIMEOUT);
         let root_cert_pem = store.ca.root_pem().to_string();
-        let service = CaService::new(
-            Arc::new(store.ca),
-            tokens,
-            Arc::new(pods),
-            config.max_cert_ttl(),
-        );
+        let service = CaService::new(Arc::new(store.ca), auth, pods, config.max_cert_ttl());
         Ok(Server {
             listener,
             local_addr,

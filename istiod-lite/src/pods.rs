@@ -115,6 +115,14 @@ impl ClusterPods {
         pod_infos(&self.snapshots.borrow(), &self.trust_domain)
     }
 
+    /// The node pod `namespace/name` is scheduled on, if it is known and scheduled.
+    pub fn node_of(&self, namespace: &str, name: &str) -> Option<String> {
+        let key = ObjectKey::new(namespace, name);
+        let state = self.snapshots.borrow();
+        let pod = state.pods.get(&key)?;
+        pod_info(&key, pod, &self.trust_domain)?.node
+    }
+
     fn placements(&self) -> Arc<Placements> {
         let state = self.snapshots.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -51,6 +51,8 @@ struct Store {
     oldest: u64,
     history: Vec<Change>,
     requests: Vec<String>,
+    /// TokenReview: token → (`status.user`, audiences the token was issued for).
+    tokens: BTreeMap<String, (Value, Vec<String>)>,
 }
 
 struct Shared {
@@ -216,6 +218,42 @@ impl FakeApiServer {
         self.shared.cut.send_modify(|n| *n += 1);
     }
 
+    /// Makes `token` a ServiceAccount token of `namespace/service_account` for `audiences`,
+    /// bound to `pod` (when given, with `node`) as a projected token is: TokenReview answers
+    /// with that user.
+    pub fn add_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        pod: Option<(&str, &str)>,
+        audiences: &[&str],
+    ) {
+        let mut extra = serde_json::Map::new();
+        if let Some((pod, node)) = pod {
+            extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod]));
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".into(),
+                json!([format!("uid-{pod}")]),
+            );
+            extra.insert(
+                "authentication.kubernetes.io/node-name".into(),
+                json!([node]),
+            );
+        }
+        let user = json!({
+            "username": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "uid": format!("uid-sa-{service_account}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "extra": extra,
+        });
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self.shared
+            .store()
+            .tokens
+            .insert(token.to_string(), (user, audiences));
+    }
+
     /// `METHOD path?query` of every request served so far.
     pub fn requests(&self) -> Vec<String> {
         self.shared.store().requests.clone()
@@ -366,6 +404,14 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             "the server could not find the requested resource",
         );
     };
+    if req.method() == hyper::Method::POST && resource.2 == "tokenreviews" {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let review: Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        return full(StatusCode::CREATED, &token_review(shared, review));
+    }
     if req.method() != hyper::Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -404,6 +450,38 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
         &json!({"apiVersion": api_version, "kind": kind,
                 "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
     )
+}
+
+/// The answer to a TokenReview: the review with its `status`.
+fn token_review(shared: &Shared, mut review: Value) -> Value {
+    let token = review["spec"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let known = shared.store().tokens.get(&token).cloned();
+    review["status"] = match known {
+        Some((user, audiences))
+            if wanted.is_empty() || wanted.iter().any(|w| audiences.contains(w)) =>
+        {
+            let matched: Vec<&String> = if wanted.is_empty() {
+                audiences.iter().collect()
+            } else {
+                wanted.iter().filter(|w| audiences.contains(w)).collect()
+            };
+            json!({"authenticated": true, "user": user, "audiences": matched})
+        }
+        Some(_) => json!({"authenticated": false, "error": "token audiences are invalid"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    review
 }
 
 fn watch_stream(

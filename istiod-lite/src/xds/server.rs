@@ -29,8 +29,9 @@ use super::metrics::TypeLabels;
 use super::snapshots::spawn_preparer;
 use super::versions::PreparedSnapshot;
 use super::{XdsMetrics, XdsOptions, XdsSnapshot};
+use crate::auth::Authenticator;
 use crate::ca_service::UNAUTHENTICATED_MESSAGE;
-use crate::tokens::{NodeCaller, Tokens};
+use crate::tokens::NodeCaller;
 
 /// Largest request accepted: a reconnecting proxy lists every resource it holds.
 const MAX_REQUEST_LEN: usize = 16 * 1024 * 1024;
@@ -48,7 +49,7 @@ pub struct XdsService {
 }
 
 struct Shared {
-    tokens: Arc<Tokens>,
+    auth: Arc<Authenticator>,
     snapshots: watch::Receiver<Arc<PreparedSnapshot>>,
     metrics: XdsMetrics,
     nonces: Arc<NonceSource>,
@@ -70,7 +71,7 @@ impl XdsService {
     /// (prepared now for the current value, then debounced by `options.push_debounce`).
     /// Must be called within a tokio runtime: it spawns the task that prepares snapshots.
     pub fn new(
-        tokens: Arc<Tokens>,
+        auth: Arc<Authenticator>,
         snapshots: watch::Receiver<Arc<XdsSnapshot>>,
         options: &XdsOptions,
         metrics: XdsMetrics,
@@ -78,7 +79,7 @@ impl XdsService {
         let prepared = spawn_preparer(snapshots, options.push_debounce, metrics.clone());
         XdsService {
             shared: Arc::new(Shared {
-                tokens,
+                auth,
                 snapshots: prepared,
                 metrics,
                 nonces: Arc::new(NonceSource::new()),
@@ -127,14 +128,21 @@ impl AggregatedDiscoveryService for XdsService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "-".to_string(), |a| a.to_string());
-        let caller = request
+        let header = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|h| self.shared.tokens.authenticate_header(h));
-        let Some(caller) = caller else {
-            tracing::warn!(peer = %peer, "xDS stream refused: {UNAUTHENTICATED_MESSAGE}");
-            return Err(Status::unauthenticated(UNAUTHENTICATED_MESSAGE));
+            .map(str::to_string);
+        let authenticated = match header {
+            Some(header) => self.shared.auth.authenticate_header(&header).await,
+            None => Err("no authorization header".to_string()),
+        };
+        let caller = match authenticated {
+            Ok(caller) => caller,
+            Err(reason) => {
+                tracing::warn!(peer = %peer, %reason, "xDS stream refused: {UNAUTHENTICATED_MESSAGE}");
+                return Err(Status::unauthenticated(UNAUTHENTICATED_MESSAGE));
+            }
         };
         if *self.shared.stop.borrow() {
             return Err(Status::unavailable(SHUTDOWN_MESSAGE));
