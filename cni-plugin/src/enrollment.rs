@@ -3,8 +3,9 @@
 //! A pod is enrolled when its own label `istio.io/dataplane-mode` is `ambient`, or when its
 //! namespace has that label and the pod does not opt out with `istio.io/dataplane-mode=none`.
 //!
-//! The source is behind the [`Enrollment`] trait. Today's implementation, [`DirEnrollment`],
-//! reads the Namespaces and Pods of the same directory of Kubernetes YAML that istiod-lite
+//! The source is behind the [`Enrollment`] trait. On Kubernetes it is
+//! [`KubeEnrollment`](crate::kube_enrollment::KubeEnrollment) (watches); on the local cluster
+//! [`DirEnrollment`], which reads the Namespaces and Pods of the same directory of Kubernetes YAML that istiod-lite
 //! reads, afresh on every question (a CNI ADD or a reconcile pass: the directory is small, so
 //! no cache can go stale). Besides labels it keeps what reconciliation needs: `spec.nodeName`,
 //! `spec.hostNetwork`, `status.phase` and `status.podIPs` (else `status.podIP`).
@@ -42,6 +43,9 @@ pub enum EnrollmentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The watches have not listed the cluster yet (just started, or the API server is away).
+    #[error("the Pods and Namespaces have not been listed from the API server yet")]
+    NotSynced,
     /// A document is not YAML, or a Namespace or Pod document has an unexpected shape.
     #[error("{path} is not valid YAML: {reason}")]
     Parse {
@@ -56,6 +60,13 @@ pub enum EnrollmentError {
 pub trait Enrollment: Send + Sync {
     /// Reads every Namespace and Pod, as of now (decisions: [`Snapshot::decide`]).
     fn snapshot(&self) -> Result<Snapshot, EnrollmentError>;
+
+    /// The agent captured pod `key` (its traffic now goes to ztunnel): say so where the
+    /// cluster can see it. Must not block.
+    fn captured(&self, _key: &PodKey) {}
+
+    /// The agent released pod `key`. Must not block.
+    fn released(&self, _key: &PodKey) {}
 }
 
 /// Enrolment from a directory of Kubernetes YAML (istiod-lite's `--config-dir`).
@@ -101,6 +112,16 @@ pub struct Snapshot {
     pods: BTreeMap<PodKey, PodObject>,
 }
 
+impl Snapshot {
+    /// A snapshot of these Namespaces' labels and Pods (a watching source builds them).
+    pub fn from_parts(
+        namespaces: BTreeMap<String, Labels>,
+        pods: BTreeMap<PodKey, PodObject>,
+    ) -> Snapshot {
+        Snapshot { namespaces, pods }
+    }
+}
+
 fn pod_ips(status: &PodStatus) -> Vec<IpAddr> {
     let listed: Vec<&str> = status
         .pod_ips
@@ -118,7 +139,7 @@ fn pod_ips(status: &PodStatus) -> Vec<IpAddr> {
 }
 
 /// What the agent needs of a Pod object.
-fn pod_object(pod: Pod) -> PodObject {
+pub fn pod_object(pod: Pod) -> PodObject {
     let meta = pod.metadata;
     let spec = pod.spec.unwrap_or_default();
     let status = pod.status.unwrap_or_default();

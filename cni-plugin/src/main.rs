@@ -14,6 +14,7 @@ mod agent_proto;
 mod cni;
 mod enrollment;
 mod install;
+mod kube_enrollment;
 mod netns;
 mod plugin;
 mod pods;
@@ -100,9 +101,10 @@ struct AgentArgs {
     cni_socket: PathBuf,
 
     /// Directory of Kubernetes YAML (the one istiod-lite reads): Namespaces and Pods decide
-    /// enrolment (label `istio.io/dataplane-mode`).
+    /// enrolment (label `istio.io/dataplane-mode`). Without it, the agent watches the
+    /// Kubernetes API server (this node's Pods and every Namespace).
     #[arg(long, env = "CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
 
     /// Cluster id used in workload uids (`<cluster>//v1/Pod/<ns>/<name>`).
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
@@ -198,11 +200,13 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         !args.cni_socket.as_os_str().is_empty(),
         "--cni-socket must not be empty"
     );
-    anyhow::ensure!(
-        args.config_dir.is_dir(),
-        "--config-dir {} is not a directory",
-        args.config_dir.display()
-    );
+    if let Some(dir) = &args.config_dir {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--config-dir {} is not a directory",
+            dir.display()
+        );
+    }
     anyhow::ensure!(!args.node_name.is_empty(), "--node-name must not be empty");
     let install = match (args.cni_conf_dir, args.cni_bin_dir) {
         (Some(conf_dir), Some(bin_dir)) => Some(agent::InstallDirs { conf_dir, bin_dir }),
@@ -219,12 +223,29 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
         install,
     };
-    let enrollment = Arc::new(enrollment::DirEnrollment::new(args.config_dir));
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(agent::run(config, enrollment))
+        .build()?;
+    runtime.block_on(async move {
+        let enrollment: Arc<dyn enrollment::Enrollment> = match args.config_dir {
+            Some(dir) => Arc::new(enrollment::DirEnrollment::new(dir)),
+            None => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "no --config-dir, and no Kubernetes API server to watch (in-cluster \
+                         service account or $KUBECONFIG): {e}"
+                    )
+                })?;
+                let timeout = Duration::from_secs(60);
+                Arc::new(
+                    kube_enrollment::KubeEnrollment::start(client, &config.node_name, timeout)
+                        .await?,
+                )
+            }
+        };
+        agent::run(config, enrollment).await
+    })
 }
 
 fn uninstall_main(args: UninstallArgs) -> anyhow::Result<()> {

@@ -142,7 +142,7 @@ impl Pods {
         if !changed {
             tracing::debug!(pod = %shown(key), "capture rules already in place");
         }
-        Ok(agent.hub.add(Enrolled {
+        let ack = agent.hub.add(Enrolled {
             uid: agent.uid(key),
             info: WorkloadInfo {
                 name: key.1.clone(),
@@ -150,7 +150,9 @@ impl Pods {
                 service_account,
             },
             netns: Arc::new(netns),
-        }))
+        });
+        agent.enrollment.captured(key);
+        Ok(ack)
     }
 
     /// Removes the rules, then tells ztunnel (in that order: traffic must stop being
@@ -165,6 +167,7 @@ impl Pods {
             .await?
             .map_err(|e| format!("removing capture rules: {e}"))?;
         agent.hub.del(&uid);
+        agent.enrollment.released(key);
         Ok(())
     }
 

@@ -187,7 +187,10 @@ async fn an_invalid_object_keeps_its_last_good_version_and_is_reported() {
     server.apply(route("api"));
     let deadline = Instant::now() + Duration::from_secs(2);
     while source.problems().is_empty() {
-        assert!(Instant::now() < deadline, "the invalid route was not reported");
+        assert!(
+            Instant::now() < deadline,
+            "the invalid route was not reported"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let kept = &source.current().http_routes[&key("shop", "web")];

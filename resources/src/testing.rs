@@ -11,6 +11,10 @@
 //! - Objects get `metadata.resourceVersion` and `uid`; the store's resourceVersion is one counter
 //!   across kinds, as etcd's is.
 //!
+//! - `GET` and `PATCH` of one object (JSON merge patch; server-side apply is merged the same
+//!   way, creating the object if absent); `POST` of a TokenReview (tokens registered with
+//!   [`FakeApiServer::add_token`]).
+//!
 //! Tests drive it with [`FakeApiServer::apply`] and [`FakeApiServer::delete`], cut every open
 //! watch with [`FakeApiServer::drop_watches`], and read what clients wrote with
 //! [`FakeApiServer::get`]. Requests it does not implement answer 404 with a `Status`, which
@@ -135,10 +139,14 @@ impl FakeApiServer {
     /// Creates or replaces `object` (with `apiVersion`, `kind`, `metadata.name`, and
     /// `metadata.namespace` when namespaced); watchers see `ADDED` or `MODIFIED`. Returns the
     /// object as stored.
-    pub fn apply(&self, mut object: Value) -> Value {
+    pub fn apply(&self, object: Value) -> Value {
         let resource = resource_of(&object);
+        Self::store_object(&self.shared, resource, object)
+    }
+
+    fn store_object(shared: &Shared, resource: Resource, mut object: Value) -> Value {
         let key = key_of(&object);
-        let mut store = self.shared.store();
+        let mut store = shared.store();
         store.rv += 1;
         let rv = store.rv;
         let objects = store.objects.entry(resource.clone()).or_default();
@@ -162,7 +170,7 @@ impl FakeApiServer {
         };
         store.history.push(change.clone());
         drop(store);
-        let _ = self.shared.changes.send(change);
+        let _ = shared.changes.send(change);
         object
     }
 
@@ -294,22 +302,26 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
-/// What a collection path names: the resource and the namespace (if namespaced).
-fn parse_path(path: &str) -> Option<(Resource, Option<String>)> {
+/// What a path names: the resource, the namespace (if namespaced) and one object's name.
+fn parse_path(path: &str) -> Option<(Resource, Option<String>, Option<String>)> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", ns, plural] => (Some(ns.to_string()), *plural),
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", ns, plural] => (Some(ns.to_string()), *plural, None),
+        ["namespaces", ns, plural, name] => (Some(ns.to_string()), *plural, Some(name.to_string())),
+        // A cluster-scoped object, e.g. /api/v1/namespaces/shop.
+        [plural, name] => (None, *plural, Some(name.to_string())),
         _ => return None,
     };
     Some((
         (group.to_string(), version.to_string(), plural.to_string()),
         namespace,
+        name,
     ))
 }
 
@@ -397,7 +409,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             .unwrap_or("/")
     );
     shared.store().requests.push(line);
-    let Some((resource, namespace)) = parse_path(req.uri().path()) else {
+    let Some((resource, namespace, name)) = parse_path(req.uri().path()) else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -411,6 +423,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         return full(StatusCode::CREATED, &token_review(shared, review));
+    }
+    if let Some(name) = name {
+        let key = (namespace.clone().unwrap_or_default(), name);
+        return object_request(shared, req, resource, key).await;
     }
     if req.method() != hyper::Method::GET {
         return status(
@@ -450,6 +466,93 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
         &json!({"apiVersion": api_version, "kind": kind,
                 "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
     )
+}
+
+/// GET or PATCH (JSON merge patch; server-side apply is merged the same way) of one object.
+async fn object_request(
+    shared: &Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+    resource: Resource,
+    key: (String, String),
+) -> Response<Body> {
+    let method = req.method().clone();
+    let current = shared
+        .store()
+        .objects
+        .get(&resource)
+        .and_then(|o| o.get(&key))
+        .cloned();
+    match method {
+        hyper::Method::GET => match current {
+            Some(object) => full(StatusCode::OK, &object),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} {:?} not found", resource.2, key.1),
+            ),
+        },
+        hyper::Method::PATCH => {
+            let apply = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let Some(patch) = body
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the patch is not JSON",
+                );
+            };
+            let mut object = match (current, apply) {
+                (Some(object), _) => object,
+                (None, true) => json!({"metadata": {"name": key.1, "namespace": key.0}}),
+                (None, false) => {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{} {:?} not found", resource.2, key.1),
+                    )
+                }
+            };
+            merge(&mut object, &patch);
+            if key.0.is_empty() {
+                if let Some(meta) = object["metadata"].as_object_mut() {
+                    meta.remove("namespace");
+                }
+            }
+            let stored = FakeApiServer::store_object(shared, resource, object);
+            full(StatusCode::OK, &stored)
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "not implemented by the fake",
+        ),
+    }
+}
+
+/// RFC 7386 JSON merge patch: `null` removes, objects merge, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Some(map) = target.as_object_mut() {
+        for (k, v) in patch {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                merge(map.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 /// The answer to a TokenReview: the review with its `status`.
@@ -597,12 +700,21 @@ mod tests {
                     "v1".into(),
                     "authorizationpolicies".into()
                 ),
-                Some("shop".into())
+                Some("shop".into()),
+                None
             ))
         );
         assert_eq!(
             parse_path("/api/v1/pods"),
-            Some((("".into(), "v1".into(), "pods".into()), None))
+            Some((("".into(), "v1".into(), "pods".into()), None, None))
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/shop/pods/web"),
+            Some((
+                ("".into(), "v1".into(), "pods".into()),
+                Some("shop".into()),
+                Some("web".into())
+            ))
         );
     }
 
