@@ -2,11 +2,12 @@
 //!
 //! Two ways to prove it, tried in this order:
 //! - a bearer token from the tokens file ([`Tokens`]: the local cluster);
-//! - on Kubernetes, a projected ServiceAccount token with audience `istio-ca`, checked with
-//!   the TokenReview API ([`TokenReviewer`]): it must belong to the node tunnel's service
-//!   account (`istio-system/ztunnel` by default) and be bound to a pod, and the caller's node
-//!   is that pod's `spec.nodeName`, as the API server has it (Istio's node authorization). A
-//!   token bound to a pod on another node cannot speak for this one.
+//! - on Kubernetes, a projected ServiceAccount token with audience `istio-ca`, bound to a pod,
+//!   checked with the TokenReview API ([`TokenReviewer`]); the caller's node is that pod's
+//!   `spec.nodeName`, as the API server has it (Istio's node authorization), so a token bound
+//!   to a pod on another node cannot speak for this one. The node tunnel's service account
+//!   (`istio-system/ztunnel` by default) speaks for its node's pods; any other workload (a
+//!   waypoint) only for itself ([`NodeCaller::only`]).
 //!
 //! Every refusal carries its reason, which the services log; the caller only hears
 //! "unauthenticated". Reviews are cached for [`REVIEW_CACHE_TTL`] by the token's SHA-256, so a
@@ -89,6 +90,7 @@ pub struct TokenReviewer {
     pods: Arc<ClusterPods>,
     /// `(namespace, name)` of the node tunnel's service account.
     tunnel: (String, String),
+    trust_domain: String,
     cache: Mutex<HashMap<[u8; 32], (NodeCaller, Instant)>>,
 }
 
@@ -107,6 +109,7 @@ impl TokenReviewer {
         client: kube::Client,
         pods: Arc<ClusterPods>,
         tunnel_account: &str,
+        trust_domain: &str,
     ) -> anyhow::Result<Self> {
         let Some((ns, sa)) = tunnel_account.split_once('/') else {
             anyhow::bail!(
@@ -117,6 +120,7 @@ impl TokenReviewer {
             client,
             pods,
             tunnel: (ns.to_string(), sa.to_string()),
+            trust_domain: trust_domain.to_string(),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -174,12 +178,7 @@ impl TokenReviewer {
             .and_then(|rest| rest.split_once(':'))
             .ok_or_else(|| format!("{username:?} is not a service account"))?;
         let (tunnel_ns, tunnel_sa) = (&self.tunnel.0, &self.tunnel.1);
-        if account != (tunnel_ns.as_str(), tunnel_sa.as_str()) {
-            return Err(format!(
-                "service account {}/{} is not the node tunnel's ({tunnel_ns}/{tunnel_sa})",
-                account.0, account.1
-            ));
-        }
+        let tunnel = account == (tunnel_ns.as_str(), tunnel_sa.as_str());
         let extra = user.extra.unwrap_or_default();
         let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
         let pod = first(POD_NAME_EXTRA).ok_or_else(|| {
@@ -199,7 +198,15 @@ impl TokenReviewer {
                 ));
             }
         }
-        Ok(NodeCaller { node })
+        // Any other workload speaks only for itself: its own identity, from its own pod.
+        let only = if tunnel {
+            None
+        } else {
+            let identity = mesh::Identity::new(&self.trust_domain, account.0, account.1)
+                .map_err(|e| format!("service account {}/{}: {e}", account.0, account.1))?;
+            Some(identity)
+        };
+        Ok(NodeCaller { node, only })
     }
 }
 

@@ -172,7 +172,17 @@ impl CaService {
             )));
         }
 
-        // (5) The node may hold it.
+        // (5) A workload speaking for itself gets its own identity only.
+        if let Some(own) = &caller.only {
+            if *own != identity {
+                return Err(with_both(Denial::new(
+                    Code::PermissionDenied,
+                    format!("a workload may obtain only its own identity ({own}), not {identity}"),
+                )));
+            }
+        }
+
+        // (6) The node may hold it.
         let Some(reason) = self.may_hold(&caller.node, &identity).await else {
             return Err(with_both(Denial::new(
                 Code::PermissionDenied,
@@ -183,7 +193,7 @@ impl CaService {
             )));
         };
 
-        // (6) Sign.
+        // (7) Sign.
         let ttl = match u64::try_from(request.validity_duration) {
             Ok(secs) if secs > 0 => Duration::from_secs(secs).min(self.max_ttl),
             _ => self.max_ttl,

@@ -190,7 +190,12 @@ impl Server {
         let auth = Arc::new(match client {
             Some(client) => Authenticator::kubernetes(
                 tokens,
-                TokenReviewer::new(client, pods.clone(), &config.tunnel_service_account)?,
+                TokenReviewer::new(
+                    client,
+                    pods.clone(),
+                    &config.tunnel_service_account,
+                    &config.trust_domain,
+                )?,
             ),
             None => {
                 let tokens =

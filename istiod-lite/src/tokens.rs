@@ -26,6 +26,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct NodeCaller {
     /// The Kubernetes node name the token was issued for.
     pub node: String,
+    /// For a workload speaking for itself (its own ServiceAccount token, e.g. a waypoint on
+    /// Kubernetes): the only identity it may obtain. `None` for a node tunnel.
+    pub only: Option<mesh::Identity>,
 }
 
 /// Why the tokens file is unusable.
@@ -164,6 +167,7 @@ impl Tokens {
         let index = usize::try_from(found).ok()?;
         self.known.get(index).map(|k| NodeCaller {
             node: k.node.clone(),
+            only: None,
         })
     }
 
@@ -207,6 +211,7 @@ tokens:
         assert_eq!(
             tokens.authenticate("node-two-token-0123456789"),
             Some(NodeCaller {
+                only: None,
                 node: "node-2".into()
             })
         );

@@ -1,7 +1,7 @@
-//! The CA on Kubernetes: callers prove they are a node's tunnel with a projected
-//! ServiceAccount token, checked by TokenReview against the fake API server (real JSON). The
-//! node is that of the token's pod, so one node's tunnel cannot get another node's pod
-//! identities, and every refusal is logged with its reason.
+//! The CA on Kubernetes: callers prove who they are with a projected ServiceAccount token,
+//! checked by TokenReview against the fake API server (real JSON). A node tunnel's node is
+//! that of the token's pod, so one node's tunnel cannot get another node's pod identities; any
+//! other workload gets only its own identity; every refusal is logged with its reason.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -121,6 +121,15 @@ async fn a_tunnel_token_gets_its_own_nodes_pods_and_nothing_else() {
         .requests()
         .iter()
         .any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews")));
+
+    // Any other workload (a waypoint, say) speaks only for itself.
+    ask(&mut ca, "web", WEB).await.expect("web's own token, its own identity");
+    let refused = ask(&mut ca, "web", DB).await.expect_err("not its own");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("a workload may obtain only its own identity"),
+        "{refused:?}"
+    );
     server.stop().await;
 }
 
@@ -138,10 +147,6 @@ async fn tokens_that_do_not_prove_a_tunnel_are_refused_with_their_reason_logged(
         (
             "tunnel-wrong-audience",
             "the API server does not accept the token: token audiences are invalid",
-        ),
-        (
-            "web",
-            "service account apps/web is not the node tunnel's (istio-system/ztunnel)",
         ),
         ("legacy-tunnel", "the token is not bound to a pod"),
         (
