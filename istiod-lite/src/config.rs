@@ -115,6 +115,31 @@ pub struct Config {
     )]
     pub server_names: Vec<String>,
 
+    /// On Kubernetes, deploy a waypoint (ServiceAccount, Deployment, Service) for each
+    /// Gateway of class `istio-waypoint`, and write the Gateways' status.
+    #[arg(long, env = "DEPLOY_WAYPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deploy_waypoints: bool,
+
+    /// The waypoint container image the deployer uses.
+    #[arg(long, env = "WAYPOINT_IMAGE",
+          default_value = concat!("ghcr.io/ambient-mesh/waypoint:", env!("CARGO_PKG_VERSION")))]
+    pub waypoint_image: String,
+
+    /// The control plane's address as waypoints dial it (and the name in its certificate is
+    /// its host).
+    #[arg(
+        long,
+        env = "WAYPOINT_XDS_ADDRESS",
+        default_value = "https://istiod.istio-system.svc:15012"
+    )]
+    pub waypoint_xds_address: String,
+
+    /// Seconds between two applies of every waypoint's objects, changed or not (repairs
+    /// edits and deletions).
+    #[arg(long, env = "DEPLOYER_RESYNC_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub deployer_resync_secs: u64,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

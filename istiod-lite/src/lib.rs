@@ -36,6 +36,7 @@ pub mod ca_service;
 pub mod ca_store;
 pub mod config;
 pub mod config_source;
+pub mod deployer;
 pub mod pods;
 pub mod tokens;
 pub mod translate;
@@ -95,6 +96,8 @@ pub struct Server {
     registry: Arc<Registry>,
     /// Polls the config directory; kept alive while serving.
     config_source: Box<dyn ConfigSource>,
+    /// The waypoint deployer (Kubernetes only); stopped with the server.
+    deployer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -103,6 +106,25 @@ impl std::fmt::Debug for Server {
             .field("local_addr", &self.local_addr)
             .field("monitoring_addr", &self.monitoring_addr)
             .finish_non_exhaustive()
+    }
+}
+
+/// The deployer's settings, from the flags.
+fn deployer_config(config: &Config, root_cert_pem: &str) -> deployer::DeployerConfig {
+    let host = config
+        .waypoint_xds_address
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(config.waypoint_xds_address.as_str(), |(host, _)| host)
+        .to_string();
+    deployer::DeployerConfig {
+        image: config.waypoint_image.clone(),
+        xds_address: config.waypoint_xds_address.clone(),
+        control_plane_name: host,
+        root_cert_pem: root_cert_pem.to_string(),
+        root_namespace: config.root_namespace.clone(),
+        trust_domain: config.trust_domain.clone(),
+        resync: std::time::Duration::from_secs(config.deployer_resync_secs),
     }
 }
 
@@ -187,6 +209,14 @@ impl Server {
             config_source.subscribe(),
             &config.trust_domain,
         ));
+        let deployer = match (&client, config.deploy_waypoints) {
+            (Some(client), true) => Some(deployer::spawn(
+                client.clone(),
+                config_source.subscribe(),
+                deployer_config(config, store.ca.root_pem()),
+            )),
+            _ => None,
+        };
         let auth = Arc::new(match client {
             Some(client) => Authenticator::kubernetes(
                 tokens,
@@ -279,6 +309,7 @@ impl Server {
             xds,
             registry: Arc::new(registry),
             config_source,
+            deployer,
         })
     }
 
@@ -331,6 +362,9 @@ impl Server {
             .context("serving gRPC");
         monitoring.abort();
         drop(config_source);
+        if let Some(deployer) = self.deployer {
+            deployer.abort();
+        }
         served?;
         tracing::info!("istiod-lite stopped");
         Ok(())

@@ -123,11 +123,15 @@ async fn a_tunnel_token_gets_its_own_nodes_pods_and_nothing_else() {
         .any(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews")));
 
     // Any other workload (a waypoint, say) speaks only for itself.
-    ask(&mut ca, "web", WEB).await.expect("web's own token, its own identity");
+    ask(&mut ca, "web", WEB)
+        .await
+        .expect("web's own token, its own identity");
     let refused = ask(&mut ca, "web", DB).await.expect_err("not its own");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(
-        refused.message().contains("a workload may obtain only its own identity"),
+        refused
+            .message()
+            .contains("a workload may obtain only its own identity"),
         "{refused:?}"
     );
     server.stop().await;

@@ -41,6 +41,7 @@ pub mod schema;
 pub mod testing;
 mod validate;
 mod virtual_service;
+pub mod waypoint;
 
 use std::collections::BTreeMap;
 

@@ -85,7 +85,9 @@ fn plural(kind: &str) -> String {
     match lower.as_str() {
         "endpoints" => lower,
         l if l.ends_with("ss") || l.ends_with("sh") => format!("{l}es"),
-        l if l.ends_with('y') => format!("{}ies", &l[..l.len() - 1]),
+        l if l.ends_with('y') && !l.ends_with("ay") && !l.ends_with("ey") && !l.ends_with("oy") => {
+            format!("{}ies", &l[..l.len() - 1])
+        }
         _ => format!("{lower}s"),
     }
 }
@@ -177,8 +179,18 @@ impl FakeApiServer {
     /// Deletes the object of `apiVersion`/`kind` at `namespace/name`; watchers see `DELETED`.
     /// Returns whether it existed.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        Self::delete_in(&self.shared, api_version, kind, namespace, name)
+    }
+
+    fn delete_in(
+        shared: &Shared,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
         let resource = resource_of(&json!({"apiVersion": api_version, "kind": kind}));
-        let mut store = self.shared.store();
+        let mut store = shared.store();
         store.rv += 1;
         let rv = store.rv;
         let Some(mut object) = store
@@ -197,7 +209,7 @@ impl FakeApiServer {
         };
         store.history.push(change.clone());
         drop(store);
-        let _ = self.shared.changes.send(change);
+        let _ = shared.changes.send(change);
         true
     }
 
@@ -313,7 +325,9 @@ fn parse_path(path: &str) -> Option<(Resource, Option<String>, Option<String>)> 
     let (namespace, plural, name) = match rest {
         [plural] => (None, *plural, None),
         ["namespaces", ns, plural] => (Some(ns.to_string()), *plural, None),
-        ["namespaces", ns, plural, name] => (Some(ns.to_string()), *plural, Some(name.to_string())),
+        ["namespaces", ns, plural, name] | ["namespaces", ns, plural, name, "status"] => {
+            (Some(ns.to_string()), *plural, Some(name.to_string()))
+        }
         // A cluster-scoped object, e.g. /api/v1/namespaces/shop.
         [plural, name] => (None, *plural, Some(name.to_string())),
         _ => return None,
@@ -491,6 +505,25 @@ async fn object_request(
                 &format!("{} {:?} not found", resource.2, key.1),
             ),
         },
+        hyper::Method::DELETE => {
+            let resource_kind = current.as_ref().and_then(|o| {
+                Some((
+                    o["apiVersion"].as_str()?.to_string(),
+                    o["kind"].as_str()?.to_string(),
+                ))
+            });
+            match (current, resource_kind) {
+                (Some(object), Some((api_version, kind))) => {
+                    FakeApiServer::delete_in(shared, &api_version, &kind, &key.0, &key.1);
+                    full(StatusCode::OK, &object)
+                }
+                _ => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{} {:?} not found", resource.2, key.1),
+                ),
+            }
+        }
         hyper::Method::PATCH => {
             let apply = req
                 .headers()
@@ -692,6 +725,7 @@ mod tests {
         assert_eq!(plural("HTTPRoute"), "httproutes");
         assert_eq!(plural("GatewayClass"), "gatewayclasses");
         assert_eq!(plural("Pod"), "pods");
+        assert_eq!(plural("Gateway"), "gateways");
         assert_eq!(
             parse_path("/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies"),
             Some((

@@ -19,18 +19,10 @@ use mesh::model::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use super::{service_hostname, TranslateOptions, Warnings};
 use crate::config_source::{ClusterState, ObjectKey};
 
-/// Label naming the waypoint to use.
-pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
-/// Label naming the namespace of the waypoint to use.
-pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
-/// Label on a waypoint Gateway saying which traffic it handles.
-pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
-/// Label Gateway implementations put on a gateway's own pods and Service.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-/// The Gateway class of waypoints.
-pub const WAYPOINT_CLASS: &str = "istio-waypoint";
-/// The HBONE port of a waypoint when its Gateway lists no HBONE listener.
-pub const DEFAULT_HBONE_PORT: u16 = 15008;
+pub use resources::waypoint::{
+    DEFAULT_HBONE_PORT, GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    WAYPOINT_CLASS, WAYPOINT_FOR_LABEL,
+};
 
 /// Who asks for a waypoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,10 +41,7 @@ use crate::pod::{self, EnvValue, PodRuntime, PodSpec};
 
 /// The waypoint binary, next to meshctl.
 pub const WAYPOINT_BINARY: &str = "waypoint";
-/// Label opting a pod out of ztunnel's capture.
-const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
-/// Label saying a pod terminates HBONE itself.
-const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
+use resources::waypoint::{DATAPLANE_MODE_LABEL, TUNNEL_LABEL};
 
 /// `<namespace>/<name>` of a waypoint.
 pub type Key = (String, String);

@@ -7,18 +7,10 @@ use std::fmt;
 use clap::ValueEnum;
 use serde_json::Value;
 
-/// The Gateway class of waypoints.
-pub const WAYPOINT_CLASS: &str = "istio-waypoint";
-/// Label on a waypoint Gateway saying which traffic it handles.
-pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
-/// Label (on a namespace, service or pod) naming the waypoint to use.
-pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
-/// Label on a gateway's own pods and Service, naming the Gateway.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-/// Label marking the objects the deployer made (and may therefore delete).
-pub const MANAGED_LABEL: &str = "gateway.istio.io/managed";
-/// Its value.
-pub const MANAGED_VALUE: &str = "istio.io-mesh-controller";
+pub use resources::waypoint::{
+    GATEWAY_NAME_LABEL, MANAGED_LABEL, MANAGED_VALUE, USE_WAYPOINT_LABEL, WAYPOINT_CLASS,
+    WAYPOINT_FOR_LABEL,
+};
 /// The HBONE port of a waypoint.
 pub const HBONE_PORT: u16 = 15008;
 /// The waypoint's readiness port (`/healthz/ready`).
