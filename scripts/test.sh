@@ -3,7 +3,8 @@
 #
 # Usage: scripts/test.sh
 #
-# Installs what it needs when missing: rustfmt and clippy, a C toolchain, and the tools of the
+# Installs what it needs when missing: rustfmt and clippy, a C toolchain, kubernetes-validate
+# (PyPI, for the manifests), and the tools of the
 # end-to-end tests (iproute2, iptables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins,
 # prometheus) with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests
 # need root (network namespaces) and fail without it.
@@ -101,6 +102,13 @@ else
     step tests timeout 45m cargo test --workspace --locked --features "$features" --no-fail-fast
 fi
 step doctests cargo test --workspace --locked --features "$features" --doc
+# Every manifest against the real schemas: Kubernetes kinds with kubernetes-validate (strict),
+# the mesh's custom resources with their own CRDs.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    log "installing kubernetes-validate"
+    python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+step manifests python3 scripts/validate-manifests.py
 
 if [ "$fuzz_seconds" -gt 0 ] && [ -f scripts/fuzz.sh ]; then
     step fuzz bash scripts/fuzz.sh "$fuzz_seconds"
@@ -111,5 +119,5 @@ fi
 trap - EXIT
 printf '\n'
 for t in "${timings[@]}"; do printf '  %s\n' "$t"; done
-printf 'test.sh: PASSED (fmt, clippy, build, tests, doctests, fuzz %ss/target) in %s\n' \
+printf 'test.sh: PASSED (fmt, clippy, build, tests, doctests, manifests, fuzz %ss/target) in %s\n' \
     "$fuzz_seconds" "$(elapsed "$start")"

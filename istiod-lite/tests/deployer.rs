@@ -145,7 +145,11 @@ async fn a_waypoint_gateway_is_deployed_kept_reported_and_removed() {
     };
     let before = status_writes();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(status_writes(), before, "the status was written again unchanged");
+    assert_eq!(
+        status_writes(),
+        before,
+        "the status was written again unchanged"
+    );
 
     // Deleted by hand: the next pass puts it back.
     assert!(api.delete("apps/v1", "Deployment", "shop", "waypoint"));
