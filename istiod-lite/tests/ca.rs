@@ -52,6 +52,7 @@ impl Running {
             root_cert_pem: root_pem.to_string(),
             server_name: server_name.to_string(),
             token: token.map(str::to_string),
+            token_file: None,
             ttl: Duration::from_secs(7 * 24 * 3600),
             impersonate,
         })

@@ -50,6 +50,9 @@ pub struct CaClientConfig {
     pub server_name: String,
     /// Bearer token sent as `authorization: Bearer <token>`, if any.
     pub token: Option<String>,
+    /// A file holding the token, read afresh for every request (projected ServiceAccount
+    /// tokens rotate); takes precedence over `token`.
+    pub token_file: Option<std::path::PathBuf>,
     /// Requested certificate lifetime (the CA may cap it).
     pub ttl: Duration,
     /// Set for a node tunnel asking on behalf of pods: each request names the identity in the
@@ -96,6 +99,7 @@ pub enum CaClientError {
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    token_file: Option<std::path::PathBuf>,
     ttl: Duration,
     impersonate: bool,
     request_timeout: Duration,
@@ -110,6 +114,15 @@ impl std::fmt::Debug for CaClient {
             .field("impersonate", &self.impersonate)
             .finish_non_exhaustive()
     }
+}
+
+/// `Bearer <token>` as a header value, if the token can be one.
+fn bearer(token: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+    let valid = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return None;
+    }
+    format!("Bearer {token}").parse().ok()
 }
 
 impl CaClient {
@@ -129,17 +142,7 @@ impl CaClient {
         parse_pem_certs(&config.root_cert_pem).map_err(|e| CaClientError::Root(e.to_string()))?;
         let authorization = match &config.token {
             None => None,
-            Some(token) => {
-                let valid = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
-                if !valid {
-                    return Err(CaClientError::Token);
-                }
-                Some(
-                    format!("Bearer {token}")
-                        .parse()
-                        .map_err(|_| CaClientError::Token)?,
-                )
-            }
+            Some(token) => Some(bearer(token).ok_or(CaClientError::Token)?),
         };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&config.root_cert_pem))
@@ -155,6 +158,7 @@ impl CaClient {
         Ok(CaClient {
             client,
             authorization,
+            token_file: config.token_file,
             ttl: config.ttl,
             impersonate: config.impersonate,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -191,8 +195,25 @@ impl CaClient {
             metadata,
         });
         request.set_timeout(self.request_timeout);
-        if let Some(auth) = &self.authorization {
-            request.metadata_mut().insert("authorization", auth.clone());
+        let authorization = match &self.token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    FetchError::Unavailable(format!(
+                        "reading the token file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(bearer(token.trim()).ok_or_else(|| {
+                    FetchError::Unavailable(format!(
+                        "the token in {} is not usable: it must be non-empty visible ASCII",
+                        path.display()
+                    ))
+                })?)
+            }
+            None => self.authorization.clone(),
+        };
+        if let Some(auth) = authorization {
+            request.metadata_mut().insert("authorization", auth);
         }
         let mut client = self.client.clone();
         let response =
@@ -267,12 +288,34 @@ mod tests {
     use super::*;
     use crate::ca::CertificateAuthority;
 
+    #[tokio::test]
+    async fn a_token_file_is_read_for_each_request() {
+        let ca = CertificateAuthority::generate_root("cluster.local").expect("ca");
+        let path = std::env::temp_dir().join(format!("istio-token-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut cfg = config("https://127.0.0.1:9", ca.root_pem(), None);
+        cfg.token_file = Some(path.clone());
+        let client = CaClient::new(cfg)
+            .expect("client")
+            .with_request_timeout(Duration::from_millis(300));
+        let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().expect("id");
+        // No file yet: said plainly, before any connection.
+        let err = client.fetch_certificate(&id).await.expect_err("no token");
+        assert!(err.to_string().contains("reading the token file"), "{err}");
+        // Written (as the kubelet rotates it): the next request gets past the token.
+        std::fs::write(&path, "rotated-token\n").expect("write");
+        let err = client.fetch_certificate(&id).await.expect_err("no server");
+        let _ = std::fs::remove_file(&path);
+        assert!(!err.to_string().contains("token"), "{err}");
+    }
+
     fn config(address: &str, root: &str, token: Option<&str>) -> CaClientConfig {
         CaClientConfig {
             address: address.into(),
             root_cert_pem: root.into(),
             server_name: "istiod-lite.istio-system.svc".into(),
             token: token.map(String::from),
+            token_file: None,
             ttl: Duration::from_secs(3600),
             impersonate: false,
         }

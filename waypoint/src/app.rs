@@ -71,6 +71,7 @@ pub async fn run(
         root_cert_pem: root_cert_pem.clone(),
         server_name: config.control_plane_name.clone(),
         token: token.clone(),
+        token_file: config.token_file.clone(),
         ttl: config.cert_ttl(),
         impersonate: false,
     })

@@ -47,7 +47,9 @@ pub async fn run(
         address: config.ca_address().to_string(),
         root_cert_pem: root_cert_pem.clone(),
         server_name: config.control_plane_name.clone(),
-        token: token.clone(),
+        // Read afresh for every request: a projected token rotates.
+        token: None,
+        token_file: config.token_file.clone(),
         ttl: config.cert_ttl(),
         impersonate: true,
     })

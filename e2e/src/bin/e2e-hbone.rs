@@ -27,6 +27,7 @@ async fn run(args: &[String]) -> Result<String, String> {
         root_cert_pem: read(root)?,
         server_name: "istiod-lite.istio-system.svc".into(),
         token: Some(read(token)?.trim().to_string()),
+        token_file: None,
         ttl: Duration::from_secs(3600),
         impersonate: true,
     })
