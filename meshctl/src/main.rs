@@ -30,6 +30,7 @@ mod config_dir;
 mod demo;
 mod http_echo;
 mod inspect;
+mod install;
 mod netns;
 mod pod;
 mod process;
@@ -98,6 +99,11 @@ enum Command {
     /// The mesh in five minutes: a 2-node cluster, a request before and after enrolment, the
     /// identities and metrics it produced; then tear down (or `--keep`).
     Demo(demo::DemoArgs),
+    /// Install the mesh on a Kubernetes cluster (server-side apply through the kubeconfig),
+    /// or print its manifests (`--dry-run`).
+    Install(install::InstallArgs),
+    /// Remove the mesh from a Kubernetes cluster (the CRDs stay unless `--purge`).
+    Uninstall(install::UninstallArgs),
     /// A tiny HTTP/1.1 server answering with the caller's address and the request head (the
     /// demo's workload; needs no image).
     HttpEcho(http_echo::HttpEchoArgs),
@@ -159,6 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Authz(AuthzCommand::Check(args)) => inspect::authz_check(&state, &args),
         Command::Waypoint(cmd) => done(waypoint::run(&state, &cmd)),
         Command::Demo(args) => done(demo::run(&args, &cli.state_dir)),
+        Command::Install(args) => done(install::install(&args)),
+        Command::Uninstall(args) => done(install::uninstall(&args)),
         Command::HttpEcho(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
