@@ -13,7 +13,6 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use mesh::ca::{CaError, CertificateAuthority};
 
@@ -25,9 +24,6 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 pub const PLUGIN_CA_CERT_FILE: &str = "ca-cert.pem";
 /// File name of the plug-in chain from the signing certificate to the root.
 pub const PLUGIN_CHAIN_FILE: &str = "cert-chain.pem";
-
-/// Lifetime of istiod-lite's own serving certificate, issued afresh at each start.
-pub const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why the CA material could not be loaded, generated or saved.
 #[derive(Debug, thiserror::Error)]
@@ -76,27 +72,21 @@ pub enum CaSource {
     PlugIn,
 }
 
-/// The CA, where it came from, and istiod-lite's own serving certificate.
+/// The CA and where it came from.
 #[derive(Debug)]
 pub struct CaStore {
     /// The signing authority.
     pub ca: CertificateAuthority,
     /// Where the CA came from.
     pub source: CaSource,
-    /// Serving certificate chain, PEM, leaf first (root included).
-    pub serving_chain_pem: String,
-    /// Serving certificate key, PEM PKCS#8.
-    pub serving_key_pem: String,
 }
 
 impl CaStore {
-    /// Loads or generates the CA, publishes the root and issues the serving certificate for
-    /// `server_names`.
+    /// Loads or generates the CA and publishes the root.
     pub fn open(
         data_dir: &Path,
         plugin_ca_dir: Option<&Path>,
         trust_domain: &str,
-        server_names: &[String],
     ) -> Result<Self, StoreError> {
         fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
         let (ca, source) = match plugin_ca_dir {
@@ -107,15 +97,7 @@ impl CaStore {
             }
             None => load_or_generate(data_dir, trust_domain)?,
         };
-        let (chain, key) = ca
-            .issue_server_cert(server_names, SERVING_CERT_TTL)
-            .map_err(StoreError::Generate)?;
-        Ok(CaStore {
-            ca,
-            source,
-            serving_chain_pem: chain.concat(),
-            serving_key_pem: key,
-        })
+        Ok(CaStore { ca, source })
     }
 }
 
@@ -227,21 +209,17 @@ pub fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), St
 mod tests {
     use super::*;
 
-    fn names() -> Vec<String> {
-        vec!["localhost".into(), "127.0.0.1".into()]
-    }
-
     #[test]
     fn generates_once_then_reloads_with_a_private_key_file() {
         let dir = tempfile::tempdir().unwrap();
-        let first = CaStore::open(dir.path(), None, "cluster.local", &names()).unwrap();
+        let first = CaStore::open(dir.path(), None, "cluster.local").unwrap();
         assert_eq!(first.source, CaSource::Generated);
         let mode = fs::metadata(dir.path().join(CA_KEY_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let second = CaStore::open(dir.path(), None, "cluster.local", &names()).unwrap();
+        let second = CaStore::open(dir.path(), None, "cluster.local").unwrap();
         assert_eq!(second.source, CaSource::Loaded);
         assert_eq!(first.ca.root_pem(), second.ca.root_pem());
         let leftovers: Vec<_> = fs::read_dir(dir.path())
@@ -256,7 +234,7 @@ mod tests {
     fn half_a_root_is_refused_with_advice() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(CA_KEY_FILE), "x").unwrap();
-        let err = CaStore::open(dir.path(), None, "cluster.local", &names()).unwrap_err();
+        let err = CaStore::open(dir.path(), None, "cluster.local").unwrap_err();
         assert!(matches!(err, StoreError::Incomplete { .. }), "{err}");
         assert!(err.to_string().contains(ROOT_CERT_FILE), "{err}");
     }
@@ -265,8 +243,7 @@ mod tests {
     fn missing_plugin_file_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let plugin = tempfile::tempdir().unwrap();
-        let err =
-            CaStore::open(dir.path(), Some(plugin.path()), "cluster.local", &names()).unwrap_err();
+        let err = CaStore::open(dir.path(), Some(plugin.path()), "cluster.local").unwrap_err();
         assert!(err.to_string().contains(PLUGIN_CA_CERT_FILE), "{err}");
     }
 }

@@ -140,6 +140,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub deployer_resync_secs: u64,
 
+    /// This pod's IP (from the downward API): named in the serving certificate, so a client
+    /// that dials it and checks the name is served.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+
+    /// Lifetime of istiod-lite's own serving certificate, in seconds; it is renewed after two
+    /// thirds of it.
+    #[arg(long, env = "SERVING_CERT_TTL_SECS", default_value_t = 30 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(3..))]
+    pub serving_cert_ttl_secs: u64,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -189,6 +200,11 @@ impl Config {
             },
             SourceKind::Kubernetes => Ok(Source::Kubernetes(self.kubeconfig.clone())),
         }
+    }
+
+    /// The lifetime of the serving certificate.
+    pub fn serving_cert_ttl(&self) -> Duration {
+        Duration::from_secs(self.serving_cert_ttl_secs)
     }
 
     /// The cap on workload certificate lifetimes.

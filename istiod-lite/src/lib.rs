@@ -38,6 +38,7 @@ pub mod config;
 pub mod config_source;
 pub mod deployer;
 pub mod pods;
+pub mod serving;
 pub mod tokens;
 pub mod translate;
 pub mod xds;
@@ -56,8 +57,7 @@ use mesh::http_server::{Call, Handler, Reply};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{Authenticator, TokenReviewer};
 use crate::ca_service::CaService;
@@ -68,6 +68,7 @@ use crate::config_source::{
     ClusterState, ConfigSource, DirSource, KubeSource, DEFAULT_POLL_INTERVAL,
 };
 use crate::pods::ClusterPods;
+use crate::serving::ServingCert;
 use crate::tokens::Tokens;
 use crate::translate::TranslateOptions;
 use crate::xds::{XdsMetrics, XdsOptions, XdsService, XdsSnapshot};
@@ -90,7 +91,9 @@ pub struct Server {
     monitoring: TcpListener,
     monitoring_addr: SocketAddr,
     root_cert_pem: String,
-    tls: ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
+    /// Renews the serving certificate; stopped with the server.
+    renewal: tokio::task::JoinHandle<()>,
     service: CaService,
     xds: XdsService,
     registry: Arc<Registry>,
@@ -195,7 +198,6 @@ impl Server {
             &config.data_dir,
             config.plugin_ca_dir.as_deref(),
             &config.trust_domain,
-            &config.server_names,
         )
         .context("setting up the CA")?;
         let tokens = match &config.tokens_file {
@@ -290,14 +292,13 @@ impl Server {
             push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"
         );
-        let tls = ServerTlsConfig::new()
-            .identity(TlsIdentity::from_pem(
-                &store.serving_chain_pem,
-                &store.serving_key_pem,
-            ))
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
         let root_cert_pem = store.ca.root_pem().to_string();
-        let service = CaService::new(Arc::new(store.ca), auth, pods, config.max_cert_ttl());
+        let ca = Arc::new(store.ca);
+        let names = serving::server_names(&config.server_names, config.pod_ip, local_addr);
+        let (serving_cert, renewal) =
+            ServingCert::start(ca.clone(), names, config.serving_cert_ttl())?;
+        let tls = serving::server_config(serving_cert)?;
+        let service = CaService::new(ca, auth, pods, config.max_cert_ttl());
         Ok(Server {
             listener,
             local_addr,
@@ -305,6 +306,7 @@ impl Server {
             monitoring_addr,
             root_cert_pem,
             tls,
+            renewal,
             service,
             xds,
             registry: Arc::new(registry),
@@ -347,10 +349,13 @@ impl Server {
             // Config streams never end on their own: end them so the drain below completes.
             xds.stop_streams();
         };
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = ReceiverStream::new(serving::accept(
+            self.listener,
+            self.tls,
+            TLS_HANDSHAKE_TIMEOUT,
+        ));
+        let renewal = self.renewal;
         let served = tonic::transport::Server::builder()
-            .tls_config(self.tls)
-            .context("configuring server TLS")?
             .timeout(REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -362,6 +367,7 @@ impl Server {
             .context("serving gRPC");
         monitoring.abort();
         drop(config_source);
+        renewal.abort();
         if let Some(deployer) = self.deployer {
             deployer.abort();
         }

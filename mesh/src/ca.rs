@@ -284,7 +284,8 @@ impl CertificateAuthority {
                 Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
             })
             .collect::<Result<Vec<_>, rcgen::Error>>()?;
-        let params = leaf_params(sans, SystemTime::now() - BACKDATE, ttl);
+        // Backdated for clock skew, and lasting `ttl` from now, as workload certificates do.
+        let params = leaf_params(sans, SystemTime::now() - BACKDATE, ttl + BACKDATE);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((self.chain_for(cert.pem()), key.serialize_pem()))
     }

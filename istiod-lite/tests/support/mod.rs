@@ -148,6 +148,8 @@ impl Env {
             waypoint_image: "waypoint:test".into(),
             waypoint_xds_address: "https://istiod.istio-system.svc:15012".into(),
             deployer_resync_secs: 1,
+            pod_ip: None,
+            serving_cert_ttl_secs: 3600,
             plugin_ca_dir: self.plugin_ca_dir.clone(),
             max_cert_ttl_secs: MAX_TTL.as_secs(),
             server_names: vec![SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
