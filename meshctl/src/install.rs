@@ -8,14 +8,12 @@
 //! across restarts. `uninstall` deletes the objects in reverse order and keeps the CRDs (and
 //! with them every user's policies and routes) unless `--purge`.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use clap::Args;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-};
+use kube::api::Api;
 use serde_json::{json, Value};
+
+use crate::kube_api::{apply, client, delete, runtime};
 
 /// The install's manifests, in apply order.
 const MANIFESTS: [(&str, &str); 14] = [
@@ -71,8 +69,6 @@ const MANIFESTS: [(&str, &str); 14] = [
 /// The registry and tag the manifests name.
 const SHIPPED_REGISTRY: &str = "ghcr.io/ambient-mesh";
 const SHIPPED_TAG: &str = "0.1.0";
-/// The field manager of what meshctl applies.
-const FIELD_MANAGER: &str = "meshctl";
 /// The mesh's namespace.
 const NAMESPACE: &str = "istio-system";
 
@@ -207,105 +203,6 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<()> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
-async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no cluster: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a pod")?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// The API of `object`'s kind, in its namespace if it has one.
-fn api_for(client: &kube::Client, object: &Value) -> anyhow::Result<(Api<DynamicObject>, String)> {
-    let api_version = object["apiVersion"]
-        .as_str()
-        .context("an object without apiVersion")?;
-    let kind = object["kind"].as_str().context("an object without kind")?;
-    let name = object["metadata"]["name"]
-        .as_str()
-        .context("an object without a name")?;
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural(kind));
-    let api = match object["metadata"]["namespace"].as_str() {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    Ok((api, name.to_string()))
-}
-
-/// The plural resource name of `kind`, as the API serves it.
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with("ss") {
-        format!("{lower}es")
-    } else if lower.ends_with('y') && !lower.ends_with("ay") {
-        format!("{}ies", &lower[..lower.len() - 1])
-    } else {
-        format!("{lower}s")
-    }
-}
-
-fn shown(object: &Value) -> String {
-    let kind = object["kind"].as_str().unwrap_or("?");
-    match object["metadata"]["namespace"].as_str() {
-        Some(ns) => format!(
-            "{kind} {ns}/{}",
-            object["metadata"]["name"].as_str().unwrap_or("?")
-        ),
-        None => format!(
-            "{kind} {}",
-            object["metadata"]["name"].as_str().unwrap_or("?")
-        ),
-    }
-}
-
-/// Server-side apply of `object`; a kind whose CRD was just created may take a moment to be
-/// served, so "not found" is retried for a few seconds.
-async fn apply(client: &kube::Client, object: &Value) -> anyhow::Result<()> {
-    let (api, name) = api_for(client, object)?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut attempt = 0;
-    loop {
-        match api.patch(&name, &params, &Patch::Apply(object)).await {
-            Ok(_) => {
-                progress!("applied {}", shown(object));
-                return Ok(());
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 && attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("applying {}", shown(object))),
-        }
-    }
-}
-
-async fn delete(client: &kube::Client, object: &Value) -> anyhow::Result<()> {
-    let (api, name) = api_for(client, object)?;
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => progress!("deleted {}", shown(object)),
-        Err(kube::Error::Api(e)) if e.code == 404 => progress!("{} was not there", shown(object)),
-        Err(e) => return Err(e).with_context(|| format!("deleting {}", shown(object))),
-    }
-    Ok(())
-}
-
 /// Creates Secret `istio-system/cacerts` with a fresh root for `trust_domain`, unless there is
 /// one: the plug-in CA istiod-lite loads, so its root survives restarts.
 async fn ensure_ca_secret(client: &kube::Client, trust_domain: &str) -> anyhow::Result<()> {
@@ -361,17 +258,5 @@ mod tests {
         );
         assert_eq!(kinds.last(), Some(&"GatewayClass"));
         assert!(kinds.contains(&"DaemonSet") && kinds.contains(&"Deployment"));
-    }
-
-    #[test]
-    fn plurals_are_the_apis() {
-        assert_eq!(
-            plural("CustomResourceDefinition"),
-            "customresourcedefinitions"
-        );
-        assert_eq!(plural("GatewayClass"), "gatewayclasses");
-        assert_eq!(plural("PodDisruptionBudget"), "poddisruptionbudgets");
-        assert_eq!(plural("ClusterRoleBinding"), "clusterrolebindings");
-        assert_eq!(plural("Gateway"), "gateways");
     }
 }

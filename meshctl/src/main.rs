@@ -31,6 +31,7 @@ mod demo;
 mod http_echo;
 mod inspect;
 mod install;
+mod kube_api;
 mod netns;
 mod pod;
 mod process;

@@ -27,6 +27,9 @@ pub struct LabelNsArgs {
     /// `key=value` to set, `key-` to remove.
     #[arg(required = true)]
     pub labels: Vec<String>,
+    /// A Kubernetes cluster instead of the local one.
+    #[command(flatten)]
+    pub target: crate::kube_api::Target,
 }
 
 /// A label change.
@@ -93,6 +96,21 @@ pub fn label_ns(state: &StateDir, args: &LabelNsArgs) -> anyhow::Result<()> {
         .iter()
         .map(|l| parse_label_change(l))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(kubeconfig) = args.target.kube() {
+        let labels: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|c| match c {
+                LabelChange::Set(k, v) => (k.clone(), Some(v.clone())),
+                LabelChange::Remove(k) => (k.clone(), None),
+            })
+            .collect();
+        crate::kube_api::runtime()?.block_on(async {
+            let client = crate::kube_api::client(kubeconfig).await?;
+            crate::kube_api::label_namespace(&client, &args.namespace, &labels).await
+        })?;
+        out!("namespace/{} labeled", args.namespace);
+        return Ok(());
+    }
     let config = config(state)?;
     for change in changes {
         match &change {

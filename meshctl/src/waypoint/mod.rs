@@ -11,6 +11,7 @@
 pub mod deploy;
 pub mod drain;
 pub mod gateway;
+pub mod kube;
 pub mod list;
 
 use std::time::{Duration, Instant};
@@ -58,6 +59,9 @@ pub struct ApplyArgs {
     /// Wait (up to 30 s) until the waypoint is ready.
     #[arg(long)]
     pub wait: bool,
+    /// A Kubernetes cluster instead of the local one.
+    #[command(flatten)]
+    pub target: crate::kube_api::Target,
 }
 
 /// Flags of `meshctl waypoint list`.
@@ -72,6 +76,9 @@ pub struct ListArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = list::Output::Table)]
     pub output: list::Output,
+    /// A Kubernetes cluster instead of the local one.
+    #[command(flatten)]
+    pub target: crate::kube_api::Target,
 }
 
 /// Flags of `meshctl waypoint delete`.
@@ -83,12 +90,30 @@ pub struct DeleteArgs {
     /// Name of the waypoint.
     #[arg(long, default_value = "waypoint")]
     pub name: String,
+    /// A Kubernetes cluster instead of the local one.
+    #[command(flatten)]
+    pub target: crate::kube_api::Target,
 }
 
 /// Runs a `meshctl waypoint` subcommand.
 pub fn run(state: &StateDir, command: &WaypointCommand) -> anyhow::Result<()> {
     match command {
-        WaypointCommand::Apply(args) => apply(state, args),
+        WaypointCommand::Apply(args) => match args.target.kube() {
+            Some(kubeconfig) => kube::apply(kubeconfig, args),
+            None => apply(state, args),
+        },
+        WaypointCommand::List(args) if args.target.kube().is_some() => {
+            let rows = kube::list(args.target.kube().flatten(), args)?;
+            if rows.is_empty() && args.output == list::Output::Table {
+                progress!("no waypoints");
+                return Ok(());
+            }
+            out!("{}", kube::render(&rows, args.output)?.trim_end());
+            Ok(())
+        }
+        WaypointCommand::Delete(args) if args.target.kube().is_some() => {
+            kube::delete(args.target.kube().flatten(), args)
+        }
         WaypointCommand::List(args) => {
             if let Some(ns) = &args.namespace {
                 check_k8s_name("namespace", ns)?;
