@@ -5,6 +5,9 @@ use std::fmt;
 
 use crate::{GATEWAY_API_GROUP, ISTIO_NETWORKING_GROUP, ISTIO_SECURITY_GROUP};
 
+/// API group of EndpointSlices.
+pub const DISCOVERY_GROUP: &str = "discovery.k8s.io";
+
 /// A kind the mesh reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -16,6 +19,8 @@ pub enum Kind {
     Service,
     /// `v1` ServiceAccount.
     ServiceAccount,
+    /// `discovery.k8s.io/v1` EndpointSlice (the endpoints of a Service without a selector).
+    EndpointSlice,
     /// `security.istio.io/{v1,v1beta1}` AuthorizationPolicy.
     AuthorizationPolicy,
     /// `security.istio.io/{v1,v1beta1}` PeerAuthentication.
@@ -36,11 +41,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::ServiceAccount,
+        Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
@@ -65,6 +71,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -80,6 +87,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "",
+            Kind::EndpointSlice => DISCOVERY_GROUP,
             Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication => {
                 ISTIO_SECURITY_GROUP
             }
@@ -91,7 +99,7 @@ impl Kind {
     /// The API versions read (their schemas are the same for the fields the mesh reads).
     pub fn versions(self) -> &'static [&'static str] {
         match self.group() {
-            "" => &["v1"],
+            "" | DISCOVERY_GROUP => &["v1"],
             ISTIO_NETWORKING_GROUP => &["v1", "v1beta1", "v1alpha3"],
             _ => &["v1", "v1beta1"],
         }

@@ -5,6 +5,7 @@
 //! documents with these; the watch source gets typed objects from the API server.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
@@ -116,6 +117,8 @@ pub enum Object {
     Service(Service),
     /// A ServiceAccount.
     ServiceAccount(ServiceAccount),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
     /// An AuthorizationPolicy.
     AuthorizationPolicy(AuthorizationPolicy),
     /// A PeerAuthentication.
@@ -142,6 +145,7 @@ macro_rules! each {
             Object::Pod($o) => $f,
             Object::Service($o) => $f,
             Object::ServiceAccount($o) => $f,
+            Object::EndpointSlice($o) => $f,
             Object::AuthorizationPolicy($o) => $f,
             Object::PeerAuthentication($o) => $f,
             Object::RequestAuthentication($o) => $f,
@@ -162,6 +166,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
             Object::ServiceAccount(_) => Kind::ServiceAccount,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
@@ -205,6 +210,7 @@ pub fn decode(kind: Kind, value: Value) -> Result<Object, String> {
         Kind::Pod => exact(value).map(Object::Pod),
         Kind::Service => exact(value).map(Object::Service),
         Kind::ServiceAccount => exact(value).map(Object::ServiceAccount),
+        Kind::EndpointSlice => exact(value).map(Object::EndpointSlice),
         Kind::AuthorizationPolicy => from_value(value).map(Object::AuthorizationPolicy),
         Kind::PeerAuthentication => from_value(value).map(Object::PeerAuthentication),
         Kind::RequestAuthentication => from_value(value).map(Object::RequestAuthentication),

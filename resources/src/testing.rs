@@ -680,9 +680,12 @@ fn watch_stream(
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut bookmark_rv = current.max(last);
         loop {
+            // Biased: a cut (drop_watches) wins over changes made after it, so those changes
+            // are seen only by the client's next watch or list, as after a real disconnect.
             tokio::select! {
-                () = &mut deadline => return,
+                biased;
                 _ = cut.changed() => return,
+                () = &mut deadline => return,
                 _ = tick.tick(), if bookmarks => {
                     let event = json!({"type": "BOOKMARK", "object": {"kind": "Bookmark",
                         "apiVersion": "v1", "metadata": {"resourceVersion": bookmark_rv.to_string()}}});

@@ -1,8 +1,8 @@
 //! [`KubeSource`]: the cluster as the Kubernetes API server has it, followed with kube-rs
 //! watchers, feeding the same [`ClusterState`] snapshots as the directory source.
 //!
-//! One watcher per kind ([`Kind::ALL`]: Namespaces, Pods, Services, ServiceAccounts and the
-//! Istio and Gateway API custom resources), cluster-wide. Each keeps its kind's objects; a
+//! One watcher per kind ([`Kind::ALL`]: Namespaces, Pods, Services, ServiceAccounts,
+//! EndpointSlices and the Istio and Gateway API custom resources), cluster-wide. Each keeps its kind's objects; a
 //! change to any of them builds a new snapshot from all of them and publishes it if it differs
 //! (so a change reaches connected proxies as fast as the xDS debounce allows).
 //!
@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
@@ -112,6 +113,7 @@ impl KubeSource {
                 Kind::ServiceAccount,
                 Object::ServiceAccount,
             ),
+            spawn::<EndpointSlice>(&client, &shared, Kind::EndpointSlice, Object::EndpointSlice),
             spawn::<AuthorizationPolicy>(
                 &client,
                 &shared,

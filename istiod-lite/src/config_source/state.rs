@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::parse::{inline_file, key as object_key, parse_file, Kind, Object};
 use super::ConfigProblem;
@@ -51,6 +52,8 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Service>,
     /// Service accounts.
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccount>,
+    /// EndpointSlices (the endpoints of Services without a selector).
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// Istio AuthorizationPolicies.
     pub authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     /// Istio PeerAuthentications.
@@ -191,6 +194,9 @@ impl ClusterState {
             Object::ServiceAccount(o) => {
                 self.service_accounts.insert(key, o);
             }
+            Object::EndpointSlice(o) => {
+                self.endpoint_slices.insert(key, o);
+            }
             Object::AuthorizationPolicy(o) => {
                 self.authorization_policies.insert(key, o);
             }
@@ -251,6 +257,7 @@ impl ClusterState {
             + self.pods.len()
             + self.services.len()
             + self.service_accounts.len()
+            + self.endpoint_slices.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
             + self.request_authentications.len()

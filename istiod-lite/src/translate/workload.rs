@@ -20,7 +20,8 @@
 //!   or, when the Job is named `<cronjob>-<8 to 10 digits>`, to the CronJob; other owners
 //!   (StatefulSet, DaemonSet, ...) give their name with type POD; no owner: the pod itself;
 //! - status HEALTHY when Running, not being deleted, and (if it has conditions) Ready=True;
-//! - services: every Service of the pod's namespace with a non-empty selector matching the
+//! - services: every Service of the pod's namespace whose EndpointSlices list the pod, when
+//!   it has no selector; otherwise every one with a non-empty selector matching the
 //!   pod's labels, with ports resolved for this pod ([`super::service::workload_ports`]);
 //! - authorization_policies: the WORKLOAD_SELECTOR policies of its namespace, and of the root
 //!   namespace, whose selector matches the pod's labels, then the policy its
@@ -82,6 +83,33 @@ pub fn enrolled(
 }
 
 /// The pod's IP addresses, as `status.podIPs` (else `status.podIP`) lists them, unparsed.
+/// Whether an EndpointSlice of Service `svc` (label `kubernetes.io/service-name`, same
+/// namespace) lists pod `pod_name`, by its `targetRef` or one of its addresses.
+fn listed_in_slices(state: &ClusterState, svc: &ObjectKey, pod_name: &str, ips: &[&str]) -> bool {
+    state
+        .endpoint_slices
+        .range(ObjectKey::new(svc.namespace.as_str(), "")..)
+        .take_while(|(k, _)| k.namespace == svc.namespace)
+        .filter(|(_, slice)| {
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&svc.name)
+        })
+        .flat_map(|(_, slice)| slice.endpoints.iter().flatten())
+        .any(|endpoint| {
+            let by_ref = endpoint.target_ref.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("Pod") && r.name.as_deref() == Some(pod_name)
+            });
+            by_ref || endpoint.addresses.iter().any(|a| ips.contains(&a.as_str()))
+        })
+}
+
+/// The label an EndpointSlice names its Service with.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 pub(crate) fn pod_ips(pod: &Pod) -> Vec<&str> {
     let Some(status) = pod.status.as_ref() else {
         return Vec::new();
@@ -184,10 +212,16 @@ fn workload(
         if svc_key.namespace != key.namespace {
             break;
         }
-        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
-        let selects = selector.is_some_and(|sel| {
-            !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
-        });
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|sel| !sel.is_empty());
+        let selects = match selector {
+            Some(sel) => sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            // No selector: its endpoints are whatever its EndpointSlices list.
+            None => listed_in_slices(state, svc_key, &key.name, &pod_ips(pod)),
+        };
         if selects && is_translated(svc) {
             let hostname = service_hostname(&svc_key.name, &svc_key.namespace, options);
             services.insert(

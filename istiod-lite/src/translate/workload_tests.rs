@@ -318,6 +318,46 @@ spec: {type: ExternalName, externalName: x.example, selector: {app: web}}
 }
 
 #[test]
+fn a_service_without_a_selector_is_backed_by_the_pods_its_endpoint_slices_list() {
+    let objects = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: a}
+spec: {clusterIP: 10.96.0.7, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-abc, namespace: a, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.0.0.1], targetRef: {kind: Pod, name: web-1, namespace: a}}
+- {addresses: [10.0.0.2]}
+ports: [{name: http, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other-xyz, namespace: a, labels: {kubernetes.io/service-name: other}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.3]}]
+"#;
+    let t = run(&[
+        pod("a", "web-1", "app: web", "10.0.0.1"),
+        pod("a", "web-2", "app: web", "10.0.0.2"),
+        pod("a", "web-3", "app: web", "10.0.0.3"),
+        objects.to_string(),
+    ]
+    .concat());
+    let legacy = "a/legacy.a.svc.cluster.local";
+    // Listed by its targetRef, and by its address.
+    assert!(find(&t, "web-1").services.contains_key(legacy));
+    assert!(find(&t, "web-2").services.contains_key(legacy));
+    // Listed only in another Service's slice.
+    assert!(!find(&t, "web-3").services.contains_key(legacy));
+    assert_eq!(find(&t, "web-1").services[legacy][0].target_port, 8080);
+}
+
+#[test]
 fn selector_policies_of_its_namespace_and_the_root_namespace_are_attached() {
     let policy = |ns: &str, name: &str, spec: &str| {
         format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
