@@ -19,12 +19,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh::capture::CaptureOptions;
 use mesh::zds::SeqPacketListener;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -32,8 +30,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::agent_proto::{AgentCommand, AgentReply, AgentRequest};
-use crate::enrollment::{Enrollment, PodKey};
+use crate::enrollment::Enrollment;
 use crate::install;
+use crate::node::NodeCtx;
 use crate::pods::{self, Added, Pass, Pods};
 use crate::ztunnel::Hub;
 
@@ -46,54 +45,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long ztunnel may take to ack an add before the plugin call fails.
 const ZDS_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where to install the plugin (both given, or no install).
-#[derive(Debug, Clone)]
-pub struct InstallDirs {
-    /// The CNI network config directory (`*.conflist`).
-    pub conf_dir: PathBuf,
-    /// The CNI plugin binary directory.
-    pub bin_dir: PathBuf,
-}
+pub use crate::node::{AgentConfig, InstallDirs};
 
-/// The agent's settings.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    /// Where ztunnel connects (ZDS).
-    pub zds_socket: PathBuf,
-    /// Where the plugin connects.
-    pub cni_socket: PathBuf,
-    /// The cluster id in workload uids (`<cluster>//v1/Pod/<ns>/<name>`).
-    pub cluster_id: String,
-    /// Capture options (DNS).
-    pub capture: CaptureOptions,
-    /// This node's name: the pods whose `spec.nodeName` it is are the agent's.
-    pub node_name: String,
-    /// Pause between reconcile passes.
-    pub reconcile_interval: Duration,
-    /// Install into the CNI config, when set.
-    pub install: Option<InstallDirs>,
-}
-
-/// The running agent's shared parts.
+/// The running agent: what every part needs ([`NodeCtx`], through `Deref`) and the pods it
+/// manages, under one lock (every enrol and release happens under it, one at a time).
 pub(crate) struct Agent {
-    pub(crate) config: AgentConfig,
-    pub(crate) enrollment: Arc<dyn Enrollment>,
-    pub(crate) hub: Arc<Hub>,
-    /// Every enrol and release happens under this lock, one at a time.
+    ctx: NodeCtx,
     pub(crate) pods: tokio::sync::Mutex<Pods>,
-    /// The start pass read the config source (ztunnel connections are accepted from then).
-    started: AtomicBool,
 }
 
-impl Agent {
-    /// The workload uid of a pod.
-    pub(crate) fn uid(&self, key: &PodKey) -> String {
-        format!("{}//v1/Pod/{}/{}", self.config.cluster_id, key.0, key.1)
-    }
+impl std::ops::Deref for Agent {
+    type Target = NodeCtx;
 
-    /// Whether the start pass has read the config source.
-    pub(crate) fn started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+    fn deref(&self) -> &NodeCtx {
+        &self.ctx
     }
 }
 
@@ -110,15 +75,6 @@ fn bind_private<L>(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     Ok(listener)
-}
-
-/// Runs `f` on the blocking pool.
-pub(crate) async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("internal: {e}"))
 }
 
 /// Starts (see the module docs), then serves until SIGTERM or SIGINT.
@@ -145,11 +101,8 @@ pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow
     let cni = bind_private(&config.cni_socket, "CNI", |p| UnixListener::bind(p))?;
     let zds = bind_private(&config.zds_socket, "ZDS", SeqPacketListener::bind)?;
     let agent = Arc::new(Agent {
-        config,
-        enrollment,
-        hub: Arc::new(Hub::default()),
+        ctx: NodeCtx::new(config, enrollment, Arc::new(Hub::default())),
         pods: tokio::sync::Mutex::new(Pods::default()),
-        started: AtomicBool::new(false),
     });
     let mut tasks = JoinSet::new();
     // Served from the start: DEL works, and ADD says why it fails while the agent starts.
@@ -178,7 +131,7 @@ async fn start(
 ) {
     let interval = agent.config.reconcile_interval;
     loop {
-        let pass = pods::reconcile(&agent, Pass::Start)
+        let pass = pods::reconcile(&agent, &agent.pods, Pass::Start)
             .instrument(tracing::info_span!("start pass"))
             .await;
         match pass {
@@ -192,7 +145,7 @@ async fn start(
         }
         tokio::time::sleep(interval).await;
     }
-    agent.started.store(true, Ordering::Release);
+    agent.mark_started();
     // From here on ztunnel's first snapshot holds every enrolled pod.
     tasks.spawn(zds_loop(agent.clone(), zds));
     tasks.spawn(reconcile_loop(agent.clone()));
@@ -249,7 +202,7 @@ async fn reconcile_loop(agent: Arc<Agent>) {
     let mut source_error: Option<String> = None;
     loop {
         tick.tick().await;
-        let pass = pods::reconcile(&agent, Pass::Periodic)
+        let pass = pods::reconcile(&agent, &agent.pods, Pass::Periodic)
             .instrument(tracing::info_span!("reconcile"))
             .await;
         match pass {

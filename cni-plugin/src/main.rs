@@ -16,6 +16,7 @@ mod enrollment;
 mod install;
 mod kube_enrollment;
 mod netns;
+mod node;
 mod plugin;
 mod pods;
 mod reconcile;

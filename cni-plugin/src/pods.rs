@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use proto::zds::WorkloadInfo;
 
-use crate::agent::{blocking, Agent};
 use crate::agent_proto::AgentRequest;
 use crate::enrollment::{PodKey, Snapshot};
+use crate::node::{blocking, NodeCtx};
 use crate::reconcile::{self, Change, Held};
 use crate::resolve::{self, shown, Miss, NetnsRef, Owners, Purpose, Resolved, Wanted};
 use crate::scan::{self, NsId, Scanner};
@@ -130,7 +130,7 @@ impl Pods {
     /// Installs the rules in `netns` and hands the pod to ztunnel.
     async fn capture(
         &self,
-        agent: &Agent,
+        agent: &NodeCtx,
         key: &PodKey,
         service_account: String,
         netns: File,
@@ -158,7 +158,7 @@ impl Pods {
     /// Removes the rules, then tells ztunnel (in that order: traffic must stop being
     /// redirected before ztunnel stops serving the namespace). A failure keeps the pod
     /// enrolled (the next pass retries). Not enrolled: nothing to do.
-    async fn release(&self, agent: &Agent, key: &PodKey) -> Result<(), String> {
+    async fn release(&self, agent: &NodeCtx, key: &PodKey) -> Result<(), String> {
         let uid = agent.uid(key);
         let Some(pod) = agent.hub.get(&uid) else {
             return Ok(());
@@ -175,7 +175,7 @@ impl Pods {
     /// Not enrolled → record the pod by its namespace path, for a later label change. A pod
     /// that would be enrolled by its namespace but whose Pod object is not in the source yet
     /// is refused (the source lags: its identity is unknown), so the runtime retries.
-    pub async fn add(&mut self, agent: &Agent, req: &AgentRequest) -> Result<Added, String> {
+    pub async fn add(&mut self, agent: &NodeCtx, req: &AgentRequest) -> Result<Added, String> {
         let key: PodKey = (req.pod_namespace.clone(), req.pod_name.clone());
         let enrollment = agent.enrollment.clone();
         let snapshot = blocking(move || enrollment.snapshot())
@@ -256,7 +256,7 @@ impl Pods {
 
     /// CNI DEL: forget the pod, tell ztunnel, remove the rules. `Ok(false)`: it was not
     /// enrolled, or the DEL is not for the sandbox held (module docs) and was ignored.
-    pub async fn del(&mut self, agent: &Agent, req: &AgentRequest) -> Result<bool, String> {
+    pub async fn del(&mut self, agent: &NodeCtx, req: &AgentRequest) -> Result<bool, String> {
         let key = if req.pod_namespace.is_empty() || req.pod_name.is_empty() {
             self.records
                 .iter()
@@ -317,7 +317,7 @@ impl Pods {
     }
 
     /// The held pods as the plan sees them.
-    fn held(&self, agent: &Agent) -> BTreeMap<PodKey, Held> {
+    fn held(&self, agent: &NodeCtx) -> BTreeMap<PodKey, Held> {
         self.records
             .iter()
             .map(|(key, r)| {
@@ -336,7 +336,7 @@ impl Pods {
     }
 
     /// What `snapshot` asks for now ([`reconcile::plan`]); notes which held pods are listed.
-    fn plan(&mut self, agent: &Agent, snapshot: &Snapshot, pass: Pass) -> Plan {
+    fn plan(&mut self, agent: &NodeCtx, snapshot: &Snapshot, pass: Pass) -> Plan {
         for (key, record) in &mut self.records {
             record.listed |= snapshot.pod(key).is_some();
         }
@@ -352,7 +352,7 @@ impl Pods {
     }
 
     /// The pods of `plan` whose namespace must be found.
-    fn wants(&self, agent: &Agent, plan: &Plan, snapshot: &Snapshot) -> Vec<Wanted> {
+    fn wants(&self, agent: &NodeCtx, plan: &Plan, snapshot: &Snapshot) -> Vec<Wanted> {
         let shared = reconcile::shared_addresses(&agent.config.node_name, snapshot);
         let enrols = plan.changes.iter().filter_map(|c| match c {
             Change::Enrol { key, ips, .. } => {
@@ -384,7 +384,7 @@ impl Pods {
     }
 
     /// Which pod holds which namespace: the records, and the pods enrolled with ztunnel.
-    fn owners(&self, agent: &Agent) -> Owners {
+    fn owners(&self, agent: &NodeCtx) -> Owners {
         let mut owners: Owners = self
             .records
             .iter()
@@ -406,7 +406,7 @@ impl Pods {
     }
 
     /// Checks again, under the lock, that each namespace found is still free.
-    fn recheck(&mut self, agent: &Agent, resolved: Resolved) -> Resolved {
+    fn recheck(&mut self, agent: &NodeCtx, resolved: Resolved) -> Resolved {
         let owners = self.owners(agent);
         let deleted = self.tombstones();
         resolved
@@ -422,7 +422,7 @@ impl Pods {
 
     async fn apply_plan(
         &mut self,
-        agent: &Agent,
+        agent: &NodeCtx,
         snapshot: &Snapshot,
         plan: Plan,
         mut resolved: Resolved,
@@ -456,7 +456,7 @@ impl Pods {
 
     async fn apply(
         &mut self,
-        agent: &Agent,
+        agent: &NodeCtx,
         snapshot: &Snapshot,
         change: Change,
         resolved: &mut Resolved,
@@ -521,13 +521,17 @@ impl Pods {
 /// One reconcile pass (module docs): read the config dir, plan ([`reconcile::plan`]), find
 /// namespaces without the lock, apply under it. `Err`: the config dir could not be read, and
 /// nothing changed.
-pub async fn reconcile(agent: &Agent, pass: Pass) -> Result<(), String> {
+pub async fn reconcile(
+    agent: &NodeCtx,
+    pods_lock: &tokio::sync::Mutex<Pods>,
+    pass: Pass,
+) -> Result<(), String> {
     let enrollment = agent.enrollment.clone();
     let snapshot = blocking(move || enrollment.snapshot())
         .await?
         .map_err(|e| e.to_string())?;
     let (wants, owners, deleted, scanner) = {
-        let mut pods = agent.pods.lock().await;
+        let mut pods = pods_lock.lock().await;
         let plan = pods.plan(agent, &snapshot, pass);
         if plan.changes.is_empty() && plan.leftovers.is_empty() {
             return Ok(());
@@ -551,7 +555,7 @@ pub async fn reconcile(agent: &Agent, pass: Pass) -> Result<(), String> {
                 return Ok(());
             }
         };
-    let mut pods = agent.pods.lock().await;
+    let mut pods = pods_lock.lock().await;
     let plan = pods.plan(agent, &snapshot, pass);
     let resolved = pods.recheck(agent, resolved);
     pods.apply_plan(agent, &snapshot, plan, resolved).await;

@@ -3,28 +3,21 @@
 //! from the waypoint on the way if there is one).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
+use crate::admin::{admin_config_dump, config_dump, WAYPOINT_ADMIN};
 use crate::authz::service::{self, ServiceRoute};
 use crate::authz::waypoint::{self as l7, Hop, HttpRequest};
 use crate::authz::{self, PodRef, SourcePeer};
-use crate::cluster::plan::{NodePlan, ZTUNNEL_ADMIN};
 use crate::cluster::state::StateDir;
 use crate::config_dir::ConfigDir;
 use crate::pod::{self, PodRuntime};
 use crate::waypoint::deploy::waypoint_of;
-use crate::{netns, sys, table};
-
-/// A waypoint's admin endpoint, inside its pod.
-const WAYPOINT_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15000);
-
-/// How long a ztunnel admin request may take.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::{sys, table};
 
 /// Flags of `meshctl get pods`.
 #[derive(Debug, Args)]
@@ -109,27 +102,6 @@ fn waypoint_dump(state: &StateDir, hop: &Hop) -> anyhow::Result<serde_json::Valu
         .with_context(|| format!("no pod of waypoint {hop} (see `meshctl waypoint list`)"))?;
     let who = format!("waypoint {hop} (pod {})", pod.name);
     admin_config_dump(&pod.netns, WAYPOINT_ADMIN, &who)
-}
-
-/// ztunnel's `/config_dump` on `node`.
-pub fn config_dump(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
-    let who = format!("ztunnel on {}", node.name);
-    admin_config_dump(&node.netns, ZTUNNEL_ADMIN, &who)
-}
-
-/// `/config_dump` from the admin endpoint `addr` in network namespace `netns`; `who` names
-/// the proxy in errors.
-fn admin_config_dump(
-    netns: &str,
-    addr: SocketAddrV4,
-    who: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let resp = netns::http_get(netns, SocketAddr::V4(addr), "/config_dump", ADMIN_TIMEOUT)
-        .with_context(|| format!("asking {who} (is it running?)"))?;
-    if resp.status != 200 {
-        bail!("{who} answered /config_dump with {}", resp.status);
-    }
-    serde_json::from_str(&resp.body).with_context(|| format!("{who}: /config_dump is not JSON"))
 }
 
 /// Whether a config dump lists `uid` among the pods ztunnel serves.

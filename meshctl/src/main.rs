@@ -23,6 +23,7 @@ macro_rules! progress {
     }};
 }
 
+mod admin;
 mod authz;
 mod cluster;
 mod cni_runtime;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use mesh::model::{GatewayAddress, GatewayDestination};
 use mesh::store::StoreSnapshot;
 
+use crate::admin;
 use crate::cluster::state::ClusterState;
-use crate::inspect;
 
 /// The longest wait; after it the pod goes anyway (a ztunnel that is behind, or down).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +45,7 @@ pub fn wait_unbound(cluster: &ClusterState, namespace: &str, name: &str) -> bool
     loop {
         let bound = cluster.nodes.iter().any(|node| {
             // A ztunnel that does not answer sends nothing anywhere.
-            let Ok(dump) = inspect::config_dump(node) else {
+            let Ok(dump) = admin::config_dump(node) else {
                 return false;
             };
             dump.get("config")
