@@ -6,7 +6,7 @@
   own CRD in manifests/crds/ (the one the API server would check), with jsonschema.
 - The CRDs themselves: kubernetes-validate (CustomResourceDefinition is a Kubernetes kind).
 
-Usage: scripts/validate-manifests.py [KUBERNETES_VERSION]   (default 1.34.0)
+Usage: scripts/validate-manifests.py [KUBERNETES_VERSION]   (default 1.37.0, the newest kubernetes-validate knows)
 Exit status 0 when everything passes; each failure is printed with its file and object.
 """
 import glob
@@ -18,7 +18,7 @@ import kubernetes_validate
 import yaml
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "manifests")
-VERSION = sys.argv[1] if len(sys.argv) > 1 else "1.34.0"
+VERSION = sys.argv[1] if len(sys.argv) > 1 else "1.37.0"
 
 
 def documents(path):
