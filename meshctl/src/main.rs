@@ -28,6 +28,7 @@ mod authz;
 mod cluster;
 mod cni_runtime;
 mod config_dir;
+mod debug;
 mod demo;
 mod http_echo;
 mod inspect;
@@ -101,6 +102,11 @@ enum Command {
     /// The mesh in five minutes: a 2-node cluster, a request before and after enrolment, the
     /// identities and metrics it produced; then tear down (or `--keep`).
     Demo(demo::DemoArgs),
+    /// What a node's ztunnel holds: workloads, services, policies, certificates.
+    #[command(name = "ztunnel-config", subcommand)]
+    ZtunnelConfig(debug::ZtunnelConfig),
+    /// A component's log: istiod-lite, ztunnel, cni (`--node`), waypoint (`-n`); `-f` follows.
+    Logs(debug::LogsArgs),
     /// Install the mesh on a Kubernetes cluster (server-side apply through the kubeconfig),
     /// or print its manifests (`--dry-run`).
     Install(install::InstallArgs),
@@ -167,6 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Authz(AuthzCommand::Check(args)) => inspect::authz_check(&state, &args),
         Command::Waypoint(cmd) => done(waypoint::run(&state, &cmd)),
         Command::Demo(args) => done(demo::run(&args, &cli.state_dir)),
+        Command::ZtunnelConfig(what) => done(debug::ztunnel_config(&state, &what)),
+        Command::Logs(args) => done(debug::logs(&state, &args)),
         Command::Install(args) => done(install::install(&args)),
         Command::Uninstall(args) => done(install::uninstall(&args)),
         Command::HttpEcho(args) => {

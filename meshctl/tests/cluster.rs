@@ -197,6 +197,31 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     ]);
     assert_eq!(code.status.code(), Some(7));
 
+    // The debug verbs: what n1's ztunnel holds, and the components' logs.
+    let workloads = parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
+    assert!(
+        workloads
+            .iter()
+            .any(|w| w["NAME"] == "a" && w["IP"] == ip_a),
+        "{workloads:?}"
+    );
+    let json = cluster.ok(&["ztunnel-config", "workloads", "--node", "n2", "-o", "json"]);
+    assert!(json.trim_start().starts_with('['), "{json}");
+    let certs = cluster.ok(&["ztunnel-config", "certificates", "--node", "n1"]);
+    assert!(certs.starts_with("IDENTITY"), "{certs}");
+    let missing = cluster.run(&["ztunnel-config", "services", "--node", "n9"]);
+    assert!(
+        !missing.status.success()
+            && String::from_utf8_lossy(&missing.stderr).contains("no node \"n9\""),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let log = cluster.ok(&["logs", "ztunnel", "--node", "n1"]);
+    assert!(!log.trim().is_empty(), "an empty ztunnel log");
+    assert!(!cluster.ok(&["logs", "istiod-lite"]).trim().is_empty());
+    let bad = cluster.run(&["logs", "envoy"]);
+    assert!(!bad.status.success());
+
     // Everything that runs, before `down`.
     let namespaces = netns_with_prefix(&prefix);
     assert_eq!(namespaces.len(), 5, "{namespaces:?}"); // underlay, 2 nodes, 2 pods
