@@ -382,6 +382,31 @@ mod tests {
     }
 
     #[test]
+    fn server_certificates_last_their_ttl_and_have_distinct_serials() {
+        let ca = CertificateAuthority::generate_root("cluster.local").expect("root");
+        let names = vec![
+            "istiod.istio-system.svc".to_string(),
+            "10.0.0.1".to_string(),
+        ];
+        let ttl = Duration::from_secs(600);
+        let (a, _) = ca.issue_server_cert(&names, ttl).expect("issued");
+        let (b, _) = ca.issue_server_cert(&names, ttl).expect("issued");
+        let der = |pem: &str| parse_pem_certs(pem).expect("pem").remove(0);
+        let (_, not_after) = crate::cert::validity_of(&der(&a[0])).expect("validity");
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .expect("not expired");
+        assert!(
+            left > ttl - Duration::from_secs(5),
+            "{left:?}: backdating ate the TTL"
+        );
+        let serial = |pem: &str| crate::cert::serial_of(&der(pem)).expect("serial");
+        assert!(!serial(&a[0]).is_empty());
+        assert!(serial(&a[0]).chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(serial(&a[0]), serial(&b[0]));
+    }
+
+    #[test]
     fn signs_a_csr_into_a_chain_that_names_the_identity() {
         let ca = CertificateAuthority::generate_root("cluster.local").expect("root");
         let who = id("spiffe://cluster.local/ns/default/sa/sleep");

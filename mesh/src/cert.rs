@@ -105,6 +105,16 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, CertError> {
     }
 }
 
+/// Serial number of a DER certificate, lower-case hex.
+pub fn serial_of(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::X509(e.to_string()))?;
+    Ok(cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Validity window of a DER certificate.
 pub fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::X509(e.to_string()))?;

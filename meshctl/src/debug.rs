@@ -36,7 +36,7 @@ pub enum ZtunnelConfig {
     Services(ZtunnelConfigArgs),
     /// Authorization policies: NAMESPACE NAME SCOPE ACTION RULES.
     Policies(ZtunnelConfigArgs),
-    /// Certificates: IDENTITY STATE EXPIRES-IN RENEWS-IN.
+    /// Certificates: IDENTITY STATE SERIAL NOT-AFTER EXPIRES-IN ROTATION.
     Certificates(ZtunnelConfigArgs),
 }
 
@@ -210,14 +210,33 @@ fn policy_rows(s: &StoreSnapshot) -> Vec<Vec<String>> {
 }
 
 fn certificate_rows(dump: &Value) -> Vec<Vec<String>> {
-    let mut rows = vec![header(&["IDENTITY", "STATE", "EXPIRES-IN", "RENEWS-IN"])];
+    let mut rows = vec![header(&[
+        "IDENTITY",
+        "STATE",
+        "SERIAL",
+        "NOT-AFTER",
+        "EXPIRES-IN",
+        "ROTATION",
+    ])];
     for c in dump["certificates"].as_array().into_iter().flatten() {
-        let secs = |k: &str| c[k].as_u64().map_or("-".to_string(), |s| format!("{s}s"));
+        let not_after = c["not_after_unix"]
+            .as_i64()
+            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+            .map_or("-".to_string(), |t| t.to_string());
+        let rotation = match c["renews_in_s"].as_i64() {
+            Some(s) if s <= 0 => "due".to_string(),
+            Some(s) => format!("in {s}s"),
+            None => "-".to_string(),
+        };
         rows.push(vec![
             c["identity"].as_str().unwrap_or("?").to_string(),
             c["state"].as_str().unwrap_or("?").to_string(),
-            secs("expires_in_s"),
-            secs("renews_in_s"),
+            c["serial"].as_str().unwrap_or("-").to_string(),
+            not_after,
+            c["expires_in_s"]
+                .as_i64()
+                .map_or("-".to_string(), |s| format!("{s}s")),
+            rotation,
         ]);
     }
     rows
@@ -315,7 +334,10 @@ mod tests {
             "config": store.snapshot(),
             "certificates": [
                 {"identity": "spiffe://cluster.local/ns/a/sa/b", "state": "available",
+                 "serial": "0a1b", "not_after_unix": 1800000000,
                  "expires_in_s": 86000, "renews_in_s": 43000, "chain_len": 2},
+                {"identity": "spiffe://cluster.local/ns/a/sa/d", "state": "available",
+                 "expires_in_s": 10, "renews_in_s": -5, "chain_len": 2},
                 {"identity": "spiffe://cluster.local/ns/a/sa/c", "state": "pending"}
             ],
         })
@@ -334,11 +356,16 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("IDENTITY"), "{text}");
         assert!(
-            lines[1].contains("available") && lines[1].contains("86000s"),
+            lines[1].contains("available")
+                && lines[1].contains("0a1b")
+                && lines[1].contains("2027-01-15T08:00:00Z")
+                && lines[1].contains("86000s")
+                && lines[1].contains("in 43000s"),
             "{text}"
         );
+        assert!(lines[2].trim_end().ends_with("due"), "rotation due: {text}");
         assert!(
-            lines[2].contains("pending") && lines[2].ends_with('-'),
+            lines[3].contains("pending") && lines[3].ends_with('-'),
             "{text}"
         );
         let json = render(&ZtunnelConfig::Certificates(args()), &dump(), Output::Json).unwrap();

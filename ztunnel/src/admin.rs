@@ -62,6 +62,8 @@ impl AdminState {
                 Some(c) => json!({
                     "identity": id.to_string(),
                     "state": "available",
+                    "serial": c.chain().first().and_then(|der| mesh::cert::serial_of(der).ok()),
+                    "not_after_unix": c.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "expires_in_s": seconds_until(c.not_after()),
                     "renews_in_s": seconds_until(c.half_life()),
                     "chain_len": c.chain().len(),
