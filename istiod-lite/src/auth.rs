@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::Api;
-use ring::digest::{digest, SHA256};
 
 use crate::pods::ClusterPods;
-use crate::tokens::{NodeCaller, Tokens};
+use crate::tokens::{sha256, NodeCaller, Tokens};
 
 /// The audience projected tokens for the mesh carry (Istio's).
 pub const AUDIENCE: &str = "istio-ca";
@@ -208,10 +207,4 @@ impl TokenReviewer {
         };
         Ok(NodeCaller { node, only })
     }
-}
-
-fn sha256(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
-    out
 }

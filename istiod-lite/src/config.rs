@@ -41,8 +41,9 @@ pub enum LogFormat {
 /// istiod-lite signs workload certificates for node tunnels (ztunnel) over
 /// `istio.v1.auth.IstioCertificateService/CreateCertificate`, and serves workloads, services
 /// and authorization policies over delta ADS (`DeltaAggregatedResources`), both gRPC over TLS
-/// on port 15012. Callers authenticate with a bearer token from the tokens file; a node may only obtain the
-/// identities of pods scheduled on it (read from the Kubernetes YAML in the config directory),
+/// on port 15012. Callers authenticate with a bearer token from the tokens file or, on
+/// Kubernetes, a projected ServiceAccount token checked with TokenReview; a node may only obtain
+/// the identities of pods scheduled on it (read from the config directory or the API server),
 /// never a node-wide one such as `ns/istio-system/sa/ztunnel`. The root CA is generated on first start and kept in the data
 /// directory, or loaded from a plug-in CA directory.
 #[derive(Debug, Clone, Parser)]
@@ -83,7 +84,8 @@ pub struct Config {
     #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 
-    /// YAML file of caller tokens: `tokens: [{token: "...", node: "node-1"}]`.
+    /// YAML file of caller tokens: `tokens: [{token: "...", node: "node-1"}]`. Required with
+    /// the directory source; optional on Kubernetes (TokenReview is used too).
     #[arg(long, env = "TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 

@@ -7,19 +7,22 @@
 //! pushing workloads, services and authorization policies to node tunnels:
 //!
 //! - [`config`]: the one typed [`Config`], from flags and environment;
-//! - [`ca_store`]: the root's lifecycle (generate and persist, reload, or plug-in CA) and
-//!   istiod-lite's own serving certificate;
+//! - [`ca_store`]: the root's lifecycle (generate and persist, reload, or plug-in CA);
+//! - [`serving`]: istiod-lite's own serving certificate (renewed while running) and TLS accept
+//!   loop;
 //! - [`auth`]: caller authentication (a token from the tokens file, or on Kubernetes a
 //!   projected ServiceAccount token checked with TokenReview → the caller's node), shared by
 //!   both services; [`tokens`]: the tokens file;
 //! - [`config_source`]: the cluster as snapshots, read and followed from a directory of
-//!   Kubernetes YAML; [`resources`]: the Istio and Gateway API kinds it reads;
+//!   Kubernetes YAML or watched on the API server; [`resources`]: the kinds it reads;
+//! - [`deployer`]: on Kubernetes, the waypoints of `istio-waypoint` Gateways, and their status;
 //! - [`pods`]: which pods run on which node, from those snapshots;
 //! - [`ca_service`]: the gRPC service: authentication, authorization, signing, audit lines;
 //! - [`translate`]: cluster snapshot → workloads, services, L4 policies (pure);
 //! - [`xds`]: the config API: snapshots in, debounced per-proxy deltas out, metrics.
 //!
-//! [`Server::bind`] does all start-up work (CA, tokens, config directory, listening sockets)
+//! [`Server::bind`] does all start-up work (CA, callers' authentication, config source,
+//! listening sockets)
 //! and reports the bound addresses; [`Server::serve`] answers requests until the
 //! shutdown future completes, then ends the config streams and drains in-flight requests.
 //! Integration tests run it in-process on `127.0.0.1:0`, feeding config snapshots through
@@ -97,7 +100,7 @@ pub struct Server {
     service: CaService,
     xds: XdsService,
     registry: Arc<Registry>,
-    /// Polls the config directory; kept alive while serving.
+    /// The config source (directory or API server); kept alive while serving.
     config_source: Box<dyn ConfigSource>,
     /// The waypoint deployer (Kubernetes only); stopped with the server.
     deployer: Option<tokio::task::JoinHandle<()>>,
@@ -166,9 +169,11 @@ async fn open_source(
 }
 
 impl Server {
-    /// Loads or generates the CA, issues the serving certificate, reads the tokens, reads the
-    /// config directory (and keeps following it: its pods answer the CA's placement checks,
-    /// its translation is the config pushed to proxies), and binds `config.listen` and
+    /// Loads or generates the CA, issues the serving certificate, sets up callers'
+    /// authentication (tokens file, TokenReview on Kubernetes), reads the config source (and
+    /// keeps following it: its pods answer the CA's placement checks, its translation is the
+    /// config pushed to proxies; on Kubernetes the waypoint deployer follows it too), and binds
+    /// `config.listen` and
     /// `config.monitoring_addr`. Installs ring as the process's default rustls crypto provider
     /// if none is installed yet.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
@@ -176,8 +181,8 @@ impl Server {
     }
 
     /// As [`Server::bind`], but the config API serves the snapshots published on `snapshots`
-    /// instead of the config directory's translation (the CA still reads its pods from the
-    /// directory). Each change is pushed after `config.push_debounce_ms`.
+    /// instead of the config source's translation (the CA still reads its pods from the
+    /// source). Each change is pushed after `config.push_debounce_ms`.
     pub async fn bind_with_snapshots(
         config: &Config,
         snapshots: watch::Receiver<Arc<XdsSnapshot>>,

@@ -181,7 +181,8 @@ impl Tokens {
     }
 }
 
-fn sha256(s: &str) -> [u8; 32] {
+/// SHA-256 of a token: what is kept and compared instead of the token itself.
+pub(crate) fn sha256(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, s.as_bytes()).as_ref());
     out

@@ -86,24 +86,12 @@ pub fn api_for(
         .context("an object without a name")?;
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural(kind));
+    let resource = ApiResource::from_gvk_with_plural(&gvk, &resources::plural(kind));
     let api = match object["metadata"]["namespace"].as_str() {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     };
     Ok((api, name.to_string()))
-}
-
-/// The plural resource name of `kind`, as the API serves it.
-pub fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with("ss") {
-        format!("{lower}es")
-    } else if lower.ends_with('y') && !lower.ends_with("ay") {
-        format!("{}ies", &lower[..lower.len() - 1])
-    } else {
-        format!("{lower}s")
-    }
 }
 
 pub fn shown(object: &Value) -> String {
@@ -149,21 +137,4 @@ pub async fn delete(client: &kube::Client, object: &Value) -> anyhow::Result<()>
         Err(e) => return Err(e).with_context(|| format!("deleting {}", shown(object))),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plurals_are_the_apis() {
-        assert_eq!(
-            plural("CustomResourceDefinition"),
-            "customresourcedefinitions"
-        );
-        assert_eq!(plural("GatewayClass"), "gatewayclasses");
-        assert_eq!(plural("PodDisruptionBudget"), "poddisruptionbudgets");
-        assert_eq!(plural("ClusterRoleBinding"), "clusterrolebindings");
-        assert_eq!(plural("Gateway"), "gateways");
-    }
 }

@@ -164,6 +164,22 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The plural resource name the API serves kind `kind` under (`AuthorizationPolicy` →
+/// `authorizationpolicies`, `Gateway` → `gateways`, `GatewayClass` → `gatewayclasses`).
+pub fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    let vowel_y = ["ay", "ey", "oy", "uy"].iter().any(|e| lower.ends_with(e));
+    if lower == "endpoints" {
+        lower
+    } else if lower.ends_with("ss") || lower.ends_with("sh") {
+        format!("{lower}es")
+    } else if lower.ends_with('y') && !vowel_y {
+        format!("{}ies", &lower[..lower.len() - 1])
+    } else {
+        format!("{lower}s")
+    }
+}
+
 /// How an object name is spelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameRule {
@@ -241,6 +257,22 @@ mod tests {
                 "networking.istio.io/v1alpha3"
             ]
         );
+    }
+
+    #[test]
+    fn plurals_are_the_apis() {
+        for (kind, plural_) in [
+            ("AuthorizationPolicy", "authorizationpolicies"),
+            ("HTTPRoute", "httproutes"),
+            ("Gateway", "gateways"),
+            ("GatewayClass", "gatewayclasses"),
+            ("CustomResourceDefinition", "customresourcedefinitions"),
+            ("PodDisruptionBudget", "poddisruptionbudgets"),
+            ("Endpoints", "endpoints"),
+            ("Pod", "pods"),
+        ] {
+            assert_eq!(plural(kind), plural_, "{kind}");
+        }
     }
 
     #[test]

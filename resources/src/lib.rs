@@ -70,7 +70,7 @@ pub use http_route::{
     HttpRouteFilter, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpRouteSpec,
     HttpRouteTimeouts, PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
 };
-pub use kind::{Kind, NameError, NameRule};
+pub use kind::{plural, Kind, NameError, NameRule};
 pub use object::{classify, decode, read, Document, Header, Object};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
 pub use request_authentication::{

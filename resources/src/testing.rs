@@ -32,6 +32,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
+
+use crate::plural;
 use tokio::sync::{broadcast, watch};
 
 /// A resource collection: `(group, version, plural)`; group `""` for the core API.
@@ -76,19 +78,6 @@ pub struct FakeApiServer {
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// The plural of a kind, as the API names its collection.
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    match lower.as_str() {
-        "endpoints" => lower,
-        l if l.ends_with("ss") || l.ends_with("sh") => format!("{l}es"),
-        l if l.ends_with('y') && !l.ends_with("ay") && !l.ends_with("ey") && !l.ends_with("oy") => {
-            format!("{}ies", &l[..l.len() - 1])
-        }
-        _ => format!("{lower}s"),
     }
 }
 
@@ -723,12 +712,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plurals_and_paths_follow_the_api() {
-        assert_eq!(plural("AuthorizationPolicy"), "authorizationpolicies");
-        assert_eq!(plural("HTTPRoute"), "httproutes");
-        assert_eq!(plural("GatewayClass"), "gatewayclasses");
-        assert_eq!(plural("Pod"), "pods");
-        assert_eq!(plural("Gateway"), "gateways");
+    fn paths_follow_the_api() {
         assert_eq!(
             parse_path("/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies"),
             Some((

@@ -2,9 +2,10 @@
 //! watchers, feeding the same [`ClusterState`] snapshots as the directory source.
 //!
 //! One watcher per kind ([`Kind::ALL`]: Namespaces, Pods, Services, ServiceAccounts,
-//! EndpointSlices and the Istio and Gateway API custom resources), cluster-wide. Each keeps its kind's objects; a
-//! change to any of them builds a new snapshot from all of them and publishes it if it differs
-//! (so a change reaches connected proxies as fast as the xDS debounce allows).
+//! EndpointSlices and the Istio and Gateway API custom resources), cluster-wide. Each keeps its
+//! kind's objects; after a burst of changes (20 ms of quiet gathering, so a re-list or a rollout
+//! costs one rebuild, not one per object) a publisher task builds a new snapshot from all of them
+//! and publishes it if it differs.
 //!
 //! - **Start:** [`KubeSource::start`] returns only once every watcher has finished its initial
 //!   list, so proxies never see a half-empty cluster; it fails after the given timeout, naming
@@ -71,6 +72,8 @@ impl Debug for KubeSource {
 struct Shared {
     snapshots: watch::Sender<Arc<ClusterState>>,
     synced: watch::Sender<usize>,
+    /// Something changed since the last snapshot: the publisher builds the next one.
+    dirty: tokio::sync::Notify,
     state: Mutex<State>,
 }
 
@@ -101,6 +104,7 @@ impl KubeSource {
         let shared = Arc::new(Shared {
             snapshots,
             synced,
+            dirty: tokio::sync::Notify::new(),
             state: Mutex::new(State::default()),
         });
         let tasks = vec![
@@ -148,6 +152,8 @@ impl KubeSource {
                 Object::DestinationRule,
             ),
         ];
+        let mut tasks = tasks;
+        tasks.push(tokio::spawn(publisher(shared.clone())));
         let source = KubeSource { shared, tasks };
         let mut synced = source.shared.synced.subscribe();
         let all = Kind::ALL.len();
@@ -161,13 +167,12 @@ impl KubeSource {
                 .collect();
             return Err(KubeSourceError::NotSynced { missing, timeout });
         }
-        let objects = source
-            .shared
-            .state()
-            .kinds
-            .values()
-            .map(|k| k.objects.len())
-            .sum::<usize>();
+        // The first snapshot is in force before anyone subscribes.
+        let objects = {
+            let mut state = source.shared.state();
+            source.shared.publish(&mut state);
+            state.kinds.values().map(|k| k.objects.len()).sum::<usize>()
+        };
         tracing::info!(objects, "cluster listed; following it");
         Ok(source)
     }
@@ -230,6 +235,21 @@ where
     })
 }
 
+/// How long the publisher lets changes gather before it builds a snapshot: a burst of events
+/// (a re-list, a rollout) costs one rebuild, not one per object.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// Builds a snapshot after each burst of changes (every object is validated and the cluster
+/// state rebuilt, so this is kept off the per-event path).
+async fn publisher(shared: Arc<Shared>) {
+    loop {
+        shared.dirty.notified().await;
+        tokio::time::sleep(COALESCE).await;
+        let mut state = shared.state();
+        shared.publish(&mut state);
+    }
+}
+
 /// The event with its object wrapped.
 fn wrapped<K>(event: Event<K>, wrap: fn(K) -> Object) -> Event<Object> {
     match event {
@@ -280,7 +300,7 @@ impl Shared {
             .iter()
             .all(|k| state.kinds.get(k).is_some_and(|o| o.synced));
         if changed && all_synced {
-            self.publish(&mut state);
+            self.dirty.notify_one();
         }
     }
 
