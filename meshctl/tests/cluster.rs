@@ -198,13 +198,23 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     assert_eq!(code.status.code(), Some(7));
 
     // The debug verbs: what n1's ztunnel holds, and the components' logs.
-    let workloads = parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
-    assert!(
-        workloads
+    // The pod reaches n1's ztunnel by an xDS push, which may still be in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let workloads =
+            parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
+        if workloads
             .iter()
-            .any(|w| w["NAME"] == "a" && w["IP"] == ip_a),
-        "{workloads:?}"
-    );
+            .any(|w| w["NAME"] == "a" && w["IP"] == ip_a)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod a never reached n1's ztunnel: {workloads:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let json = cluster.ok(&["ztunnel-config", "workloads", "--node", "n2", "-o", "json"]);
     assert!(json.trim_start().starts_with('['), "{json}");
     let certs = cluster.ok(&["ztunnel-config", "certificates", "--node", "n1"]);
