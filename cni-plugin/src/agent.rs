@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use mesh::logging::LogReload;
 use mesh::zds::SeqPacketListener;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -32,6 +33,7 @@ use tracing::Instrument;
 use crate::agent_proto::{AgentCommand, AgentReply, AgentRequest};
 use crate::enrollment::Enrollment;
 use crate::install;
+use crate::metrics::AgentMetrics;
 use crate::node::NodeCtx;
 use crate::pods::{self, Added, Pass, Pods};
 use crate::ztunnel::Hub;
@@ -77,8 +79,26 @@ fn bind_private<L>(
     Ok(listener)
 }
 
-/// Starts (see the module docs), then serves until SIGTERM or SIGINT.
-pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow::Result<()> {
+/// Binds `addr` for the `what` HTTP server, when one is configured.
+async fn bind_http(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} ({what})"))?;
+    tracing::info!(%addr, "serving {what}");
+    Ok(Some(listener))
+}
+
+/// Starts (see the module docs), then serves until SIGTERM or SIGINT. `log_reload` backs the
+/// admin endpoint's `/logging`.
+pub async fn run(
+    config: AgentConfig,
+    enrollment: Arc<dyn Enrollment>,
+    log_reload: LogReload,
+) -> anyhow::Result<()> {
     for path in [&config.cni_socket, &config.zds_socket] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -100,11 +120,23 @@ pub async fn run(config: AgentConfig, enrollment: Arc<dyn Enrollment>) -> anyhow
     }
     let cni = bind_private(&config.cni_socket, "CNI", |p| UnixListener::bind(p))?;
     let zds = bind_private(&config.zds_socket, "ZDS", SeqPacketListener::bind)?;
+    let monitoring = bind_http(config.monitoring_addr, "monitoring").await?;
+    let admin = bind_http(config.admin_addr, "admin").await?;
+    let metrics = Arc::new(AgentMetrics::default());
+    let hub = Arc::new(Hub::default());
     let agent = Arc::new(Agent {
-        ctx: NodeCtx::new(config, enrollment, Arc::new(Hub::default())),
+        ctx: NodeCtx::new(config, enrollment, hub.clone(), metrics.clone()),
         pods: tokio::sync::Mutex::new(Pods::default()),
     });
     let mut tasks = JoinSet::new();
+    if let Some(listener) = monitoring {
+        let handler = crate::metrics::metrics_handler(metrics, hub);
+        tasks.spawn(async move { mesh::http_server::serve(listener, handler).await });
+    }
+    if let Some(listener) = admin {
+        let handler = crate::metrics::admin_handler(log_reload);
+        tasks.spawn(async move { mesh::http_server::serve(listener, handler).await });
+    }
     // Served from the start: DEL works, and ADD says why it fails while the agent starts.
     tasks.spawn(cni_loop(agent.clone(), cni));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -15,6 +15,7 @@ mod cni;
 mod enrollment;
 mod install;
 mod kube_enrollment;
+mod metrics;
 mod netns;
 mod node;
 mod plugin;
@@ -25,25 +26,18 @@ mod rules;
 mod scan;
 mod ztunnel;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use mesh::logging::{LogFormat, LogReload};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// cni-plugin, the CNI plugin and node agent of the ambient mesh (Istio ambient compatible).
 ///
@@ -54,14 +48,9 @@ enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cni-plugin", version)]
 struct Cli {
-    /// Log line format; the level comes from RUST_LOG (default `info`).
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
+    /// Log line format, `text` or `json`; the level comes from RUST_LOG (default `info`) and
+    /// can be changed at run time on the agent's admin port (`POST /logging?level=`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -130,24 +119,19 @@ struct AgentArgs {
     #[arg(long, env = "CNI_CONF_DIR", requires = "cni_bin_dir")]
     cni_conf_dir: Option<PathBuf>,
 
+    /// Serve `GET /metrics` (Prometheus) here, e.g. `0.0.0.0:15014` in the DaemonSet.
+    #[arg(long, env = "MONITORING_ADDR")]
+    monitoring_addr: Option<SocketAddr>,
+
+    /// Serve the admin endpoint (`GET|POST /logging`) here; keep it on loopback
+    /// (`127.0.0.1:9877` in the DaemonSet).
+    #[arg(long, env = "ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+
     /// Copy the running binary into this CNI plugin directory as `ambient-mesh-cni`. Needs
     /// --cni-conf-dir.
     #[arg(long, env = "CNI_BIN_DIR", requires = "cni_conf_dir")]
     cni_bin_dir: Option<PathBuf>,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files (DaemonSet logs, tests) stay greppable.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn main() -> ExitCode {
@@ -155,10 +139,11 @@ fn main() -> ExitCode {
         return plugin_main();
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Kept until main returns: dropping it flushes buffered log lines.
+    let logging = mesh::logging::init("cni-agent", cli.log_format);
     tracing::debug!(?cli, "configuration");
     let result = match cli.command {
-        Sub::Agent(args) => agent_main(args),
+        Sub::Agent(args) => agent_main(args, logging.reload.clone()),
         Sub::Uninstall(args) => uninstall_main(args),
     };
     match result {
@@ -176,7 +161,8 @@ fn main() -> ExitCode {
 
 /// CNI plugin mode: stdout carries only the result (or error) JSON; logs go to stderr.
 fn plugin_main() -> ExitCode {
-    init_tracing(LogFormat::Text);
+    // Logs go to stderr: stdout is the CNI result. Kept until the plugin returns.
+    let _logging = mesh::logging::init("cni-plugin", LogFormat::Text);
     let mut stdin = Vec::new();
     let stdin = std::io::stdin().read_to_end(&mut stdin).map(|_| stdin);
     let outcome = plugin::run(|k| std::env::var(k).ok(), stdin, agent_proto::REPLY_TIMEOUT);
@@ -192,7 +178,7 @@ fn plugin_main() -> ExitCode {
     }
 }
 
-fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
+fn agent_main(args: AgentArgs, log_reload: LogReload) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.zds_socket.as_os_str().is_empty(),
         "--zds-socket must not be empty"
@@ -223,6 +209,8 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
         install,
+        monitoring_addr: args.monitoring_addr,
+        admin_addr: args.admin_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -245,7 +233,7 @@ fn agent_main(args: AgentArgs) -> anyhow::Result<()> {
                 )
             }
         };
-        agent::run(config, enrollment).await
+        agent::run(config, enrollment, log_reload).await
     })
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesh::capture::CaptureOptions;
 
 use crate::enrollment::{Enrollment, PodKey};
+use crate::metrics::AgentMetrics;
 use crate::ztunnel::Hub;
 
 /// Where to install the plugin (both given, or no install).
@@ -37,6 +38,10 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Install into the CNI config, when set.
     pub install: Option<InstallDirs>,
+    /// Where to serve `GET /metrics`, when set.
+    pub monitoring_addr: Option<std::net::SocketAddr>,
+    /// Where to serve the admin endpoint (`/logging`), when set.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// The agent's shared parts, but for the pods it manages.
@@ -44,17 +49,24 @@ pub(crate) struct NodeCtx {
     pub(crate) config: AgentConfig,
     pub(crate) enrollment: Arc<dyn Enrollment>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<AgentMetrics>,
     /// The start pass read the config source (ztunnel connections are accepted from then).
     started: AtomicBool,
 }
 
 impl NodeCtx {
     /// A context that has not started yet.
-    pub(crate) fn new(config: AgentConfig, enrollment: Arc<dyn Enrollment>, hub: Arc<Hub>) -> Self {
+    pub(crate) fn new(
+        config: AgentConfig,
+        enrollment: Arc<dyn Enrollment>,
+        hub: Arc<Hub>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
         NodeCtx {
             config,
             enrollment,
             hub,
+            metrics,
             started: AtomicBool::new(false),
         }
     }

@@ -34,6 +34,7 @@ use proto::zds::WorkloadInfo;
 
 use crate::agent_proto::AgentRequest;
 use crate::enrollment::{PodKey, Snapshot};
+use crate::metrics::InstallReason;
 use crate::node::{blocking, NodeCtx};
 use crate::reconcile::{self, Change, Held};
 use crate::resolve::{self, shown, Miss, NetnsRef, Owners, Purpose, Resolved, Wanted};
@@ -86,8 +87,10 @@ pub struct Pods {
 }
 
 /// What one pass would change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Plan {
+    /// The pass it is for.
+    pass: Pass,
     changes: Vec<Change>,
     /// Pods of this node, not held, that should not be captured (start pass only).
     leftovers: Vec<(PodKey, Vec<IpAddr>)>,
@@ -134,12 +137,16 @@ impl Pods {
         key: &PodKey,
         service_account: String,
         netns: File,
+        reason: InstallReason,
     ) -> Result<Option<Ack>, String> {
         let opts = agent.config.capture.clone();
-        let (netns, changed) = blocking(move || rules::install(&netns, &opts).map(|c| (netns, c)))
+        let installed = blocking(move || rules::install(&netns, &opts).map(|c| (netns, c)))
             .await?
-            .map_err(|e| format!("installing capture rules: {e}"))?;
-        if !changed {
+            .map_err(|e| format!("installing capture rules: {e}"));
+        let (netns, changed) = installed.inspect_err(|_| agent.metrics.install_failed())?;
+        if changed {
+            agent.metrics.installed(reason);
+        } else {
             tracing::debug!(pod = %shown(key), "capture rules already in place");
         }
         let ack = agent.hub.add(Enrolled {
@@ -236,7 +243,13 @@ impl Pods {
         .await?;
         let (file, id) = netns?;
         let ack = self
-            .capture(agent, &key, decision.service_account, file)
+            .capture(
+                agent,
+                &key,
+                decision.service_account,
+                file,
+                InstallReason::new,
+            )
             .await?;
         // Recorded whatever ztunnel says: a later snapshot retries it, and the DEL that
         // follows a failed ADD removes it with its rules.
@@ -343,6 +356,7 @@ impl Pods {
         let held = self.held(agent);
         let node = agent.config.node_name.as_str();
         Plan {
+            pass,
             changes: reconcile::plan(node, snapshot, &held),
             leftovers: match pass {
                 Pass::Start => reconcile::unheld_outside(node, snapshot, &held),
@@ -428,7 +442,8 @@ impl Pods {
         mut resolved: Resolved,
     ) {
         for change in plan.changes {
-            self.apply(agent, snapshot, change, &mut resolved).await;
+            self.apply(agent, snapshot, change, plan.pass, &mut resolved)
+                .await;
         }
         for (key, _) in plan.leftovers {
             let file = match resolved.remove(&key) {
@@ -459,6 +474,7 @@ impl Pods {
         agent: &NodeCtx,
         snapshot: &Snapshot,
         change: Change,
+        pass: Pass,
         resolved: &mut Resolved,
     ) {
         match change {
@@ -475,7 +491,14 @@ impl Pods {
                     Ok(f) => f,
                     Err(e) => return self.failed(&key, format!("cannot enrol: {e}")),
                 };
-                if let Err(e) = self.capture(agent, &key, service_account, file).await {
+                let reason = match pass {
+                    Pass::Start => InstallReason::restart,
+                    Pass::Periodic => InstallReason::new,
+                };
+                if let Err(e) = self
+                    .capture(agent, &key, service_account, file, reason)
+                    .await
+                {
                     return self.failed(&key, e);
                 }
                 tracing::info!(pod = %shown(&key), netns = %netns.path.display(), "pod enrolled");

@@ -118,6 +118,14 @@ impl Hub {
         true
     }
 
+    /// Whether a ztunnel is connected now.
+    pub fn ztunnel_connected(&self) -> bool {
+        self.state()
+            .ztunnel
+            .as_ref()
+            .is_some_and(|(_, tx)| !tx.is_closed())
+    }
+
     /// How many pods are enrolled.
     pub fn enrolled_count(&self) -> usize {
         self.state().pods.len()

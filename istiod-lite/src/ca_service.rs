@@ -30,6 +30,7 @@ use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tonic::{Code, Request, Response, Status};
 
 use crate::auth::Authenticator;
+use crate::ca_metrics::CaMetrics;
 use crate::pods::PodDirectory;
 
 /// Largest request accepted on the wire; a CSR is under 1 KiB and is capped at 16 KiB.
@@ -44,6 +45,7 @@ pub struct CaService {
     auth: Arc<Authenticator>,
     pods: Arc<dyn PodDirectory>,
     max_ttl: Duration,
+    metrics: CaMetrics,
 }
 
 impl std::fmt::Debug for CaService {
@@ -85,18 +87,21 @@ impl Denial {
 
 impl CaService {
     /// A service signing with `ca` (whose trust domain is ours), for callers in `tokens`,
-    /// for identities `pods` places on their node, capping lifetimes at `max_ttl`.
+    /// for identities `pods` places on their node, capping lifetimes at `max_ttl`, counting
+    /// outcomes in `metrics`.
     pub fn new(
         ca: Arc<CertificateAuthority>,
         auth: Arc<Authenticator>,
         pods: Arc<dyn PodDirectory>,
         max_ttl: Duration,
+        metrics: CaMetrics,
     ) -> Self {
         CaService {
             ca,
             auth,
             pods,
             max_ttl,
+            metrics,
         }
     }
 
@@ -247,6 +252,7 @@ impl IstioCertificateService for CaService {
             .await
         {
             Ok(grant) => {
+                self.metrics.signed();
                 tracing::info!(
                     target: "audit",
                     node = %grant.node,
@@ -262,6 +268,7 @@ impl IstioCertificateService for CaService {
                 }))
             }
             Err(denial) => {
+                self.metrics.refused(denial.code);
                 tracing::info!(
                     target: "audit",
                     node = denial.node.as_deref().unwrap_or("-"),

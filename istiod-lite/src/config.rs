@@ -27,14 +27,8 @@ pub enum Source {
     Kubernetes(Option<PathBuf>),
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// How log lines are written (the schema of JSON lines: `mesh::logging::json`).
+pub use mesh::logging::LogFormat;
 
 /// The mesh control plane: certificate authority and config server.
 ///
@@ -153,8 +147,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(3..))]
     pub serving_cert_ttl_secs: u64,
 
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    /// Log line format, `text` or `json`; the level comes from RUST_LOG (default `info`) and
+    /// can be changed at run time on the admin port (`POST /logging?level=`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
     /// The cluster's name: the `<cluster>` in workload uids and `cluster_id` of workloads.
@@ -172,6 +167,11 @@ pub struct Config {
     /// Address of the plain HTTP server for `GET /metrics` (Prometheus).
     #[arg(long, env = "MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+
+    /// Address of the admin server (`GET|POST /logging`): loopback, because it changes the
+    /// process. 9876 is istiod's introspection (ControlZ) port.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9876")]
+    pub admin_addr: SocketAddr,
 
     /// Config changes closer together than this many milliseconds are pushed to proxies as
     /// one (waiting at most ten times this after the first change of a burst); 0 pushes each

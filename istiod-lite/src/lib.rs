@@ -18,6 +18,7 @@
 //! - [`deployer`]: on Kubernetes, the waypoints of `istio-waypoint` Gateways, and their status;
 //! - [`pods`]: which pods run on which node, from those snapshots;
 //! - [`ca_service`]: the gRPC service: authentication, authorization, signing, audit lines;
+//!   [`ca_metrics`]: its counts, and the config source's health, on the monitoring port;
 //! - [`translate`]: cluster snapshot → workloads, services, L4 policies (pure);
 //! - [`xds`]: the config API: snapshots in, debounced per-proxy deltas out, metrics.
 //!
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod ca_metrics;
 pub mod ca_service;
 pub mod ca_store;
 pub mod config;
@@ -57,12 +59,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http::StatusCode;
 use mesh::http_server::{Call, Handler, Reply};
+use mesh::logging::LogReload;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{Authenticator, TokenReviewer};
+use crate::ca_metrics::{CaMetrics, ConfigMetrics};
 use crate::ca_service::CaService;
 use crate::ca_store::CaStore;
 use crate::config::Config;
@@ -93,6 +97,11 @@ pub struct Server {
     local_addr: SocketAddr,
     monitoring: TcpListener,
     monitoring_addr: SocketAddr,
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    /// Changes the log filter (`/logging` on the admin port); `None` when the embedder owns
+    /// logging (tests).
+    log_reload: Option<LogReload>,
     root_cert_pem: String,
     tls: Arc<rustls::ServerConfig>,
     /// Renews the serving certificate; stopped with the server.
@@ -101,7 +110,8 @@ pub struct Server {
     xds: XdsService,
     registry: Arc<Registry>,
     /// The config source (directory or API server); kept alive while serving.
-    config_source: Box<dyn ConfigSource>,
+    config_source: Arc<dyn ConfigSource>,
+    config_metrics: ConfigMetrics,
     /// The waypoint deployer (Kubernetes only); stopped with the server.
     deployer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -111,6 +121,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
             .field("monitoring_addr", &self.monitoring_addr)
+            .field("admin_addr", &self.admin_addr)
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +223,7 @@ impl Server {
         // One source for both services, so the CA and the config API never disagree and the
         // files are polled once.
         let (config_source, client) = open_source(config).await?;
+        let config_source: Arc<dyn ConfigSource> = Arc::from(config_source);
         let pods = Arc::new(ClusterPods::new(
             config_source.subscribe(),
             &config.trust_domain,
@@ -272,6 +284,12 @@ impl Server {
         let monitoring_addr = monitoring
             .local_addr()
             .context("reading the bound monitoring address")?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding {} (admin)", config.admin_addr))?;
+        let admin_addr = admin
+            .local_addr()
+            .context("reading the bound admin address")?;
 
         let mut registry = Registry::default();
         let xds = XdsService::new(
@@ -286,6 +304,7 @@ impl Server {
         tracing::info!(
             listen = %local_addr,
             monitoring = %monitoring_addr,
+            admin = %admin_addr,
             trust_domain = %config.trust_domain,
             ca_source = ?store.source,
             tokens = auth.static_tokens(),
@@ -303,12 +322,22 @@ impl Server {
         let (serving_cert, renewal) =
             ServingCert::start(ca.clone(), names, config.serving_cert_ttl())?;
         let tls = serving::server_config(serving_cert)?;
-        let service = CaService::new(ca, auth, pods, config.max_cert_ttl());
+        let config_metrics = ConfigMetrics::register(&mut registry, config_source.clone());
+        let service = CaService::new(
+            ca,
+            auth,
+            pods,
+            config.max_cert_ttl(),
+            CaMetrics::register(&mut registry),
+        );
         Ok(Server {
             listener,
             local_addr,
             monitoring,
             monitoring_addr,
+            admin,
+            admin_addr,
+            log_reload: None,
             root_cert_pem,
             tls,
             renewal,
@@ -316,6 +345,7 @@ impl Server {
             xds,
             registry: Arc::new(registry),
             config_source,
+            config_metrics,
             deployer,
         })
     }
@@ -328,6 +358,17 @@ impl Server {
     /// The address of the monitoring server (`GET /metrics`).
     pub fn monitoring_addr(&self) -> SocketAddr {
         self.monitoring_addr
+    }
+
+    /// The address of the admin server (`/logging`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Lets the admin server's `/logging` read and change the process's log filter.
+    pub fn with_log_reload(mut self, reload: LogReload) -> Self {
+        self.log_reload = Some(reload);
+        self
     }
 
     /// The root certificate every issued chain ends with, PEM.
@@ -346,7 +387,11 @@ impl Server {
         let config_source = self.config_source;
         let monitoring = tokio::spawn(mesh::http_server::serve(
             self.monitoring,
-            metrics_handler(self.registry),
+            metrics_handler(self.registry, self.config_metrics),
+        ));
+        let admin = tokio::spawn(mesh::http_server::serve(
+            self.admin,
+            admin_handler(self.log_reload),
         ));
         let xds = self.xds.clone();
         let shutdown = async move {
@@ -371,6 +416,7 @@ impl Server {
             .await
             .context("serving gRPC");
         monitoring.abort();
+        admin.abort();
         drop(config_source);
         renewal.abort();
         if let Some(deployer) = self.deployer {
@@ -408,18 +454,37 @@ fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot
 }
 
 /// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format.
-fn metrics_handler(registry: Arc<Registry>) -> Handler {
+fn metrics_handler(registry: Arc<Registry>, config: ConfigMetrics) -> Handler {
     Arc::new(move |call: &Call<'_>| match call.path {
-        "/metrics" => Reply {
-            status: StatusCode::OK,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: mesh::metrics::encode(&registry),
-        },
+        "/metrics" => {
+            config.refresh();
+            Reply {
+                status: StatusCode::OK,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: mesh::metrics::encode(&registry),
+            }
+        }
         _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics\n"),
     })
 }
 
-/// Binds and serves `config` until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Server::bind(&config).await?.serve(shutdown).await
+/// `GET|POST /logging`: the log filter (see [`mesh::logging::reply`]).
+fn admin_handler(log_reload: Option<LogReload>) -> Handler {
+    Arc::new(move |call: &Call<'_>| match (call.path, &log_reload) {
+        ("/logging", Some(reload)) => mesh::logging::reply(reload, call),
+        _ => Reply::status(StatusCode::NOT_FOUND, "endpoints: GET|POST /logging\n"),
+    })
+}
+
+/// Binds and serves `config` until `shutdown` completes; `log_reload` backs `/logging`.
+pub async fn run(
+    config: Config,
+    log_reload: LogReload,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Server::bind(&config)
+        .await?
+        .with_log_reload(log_reload)
+        .serve(shutdown)
+        .await
 }

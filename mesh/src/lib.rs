@@ -8,6 +8,7 @@
 //! - [`capture`]: the in-pod traffic capture rules (iptables and policy routing).
 //! - [`zds`]: the CNI agent ↔ ztunnel link that hands over pod network namespaces.
 //! - [`metrics`]: Istio-compatible `istio_tcp_*` metrics.
+//! - [`logging`]: every daemon's log set-up, JSON line schema and run-time filter (`/logging`).
 //! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
 //! - [`runtime`]: a proxy's control and data-plane tokio runtimes.
 //! - [`copy`]: bidirectional byte copying: half-close on a clean end, abort on an error.
@@ -19,7 +20,7 @@
 //! - [`xds`]: the delta ADS client that keeps the store in sync with the control plane.
 //!
 //! Everything here is async on tokio and free of process-wide state other than the crypto
-//! provider choice.
+//! provider choice and, when a daemon calls [`logging::init`], its log subscriber.
 
 pub mod ca;
 pub mod ca_client;
@@ -32,6 +33,7 @@ pub mod hbone;
 pub mod http_server;
 pub mod identity;
 pub mod l7authz;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod rbac;

@@ -16,7 +16,7 @@ use crate::proxy::live::LiveConnections;
 use crate::telemetry::Telemetry;
 
 /// Changes the log filter at run time.
-pub type LogReload = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+pub use mesh::logging::LogReload;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -116,18 +116,7 @@ impl AdminState {
             (&Method::GET, "/config_dump") => {
                 Reply::json(serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default())
             }
-            (_, "/logging") => match call.param("level") {
-                Some(level) if call.method == Method::POST => match (self.log_reload)(level) {
-                    Ok(now) => Reply::text(format!("log filter now: {now}\n")),
-                    Err(e) => Reply::status(StatusCode::BAD_REQUEST, format!("{e}\n")),
-                },
-                _ => match (self.log_reload)("") {
-                    Ok(now) => Reply::text(format!(
-                        "log filter: {now}\nset with POST /logging?level=<filter>\n"
-                    )),
-                    Err(e) => Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e),
-                },
-            },
+            (_, "/logging") => mesh::logging::reply(&self.log_reload, call),
             (&Method::POST, "/quitquitquit") => {
                 self.shutdown.notify_one();
                 Reply::text("shutting down\n")

@@ -5,17 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use mesh::tcp_keepalive::TcpKeepalive;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// How log lines are written (the schema of JSON lines: `mesh::logging::json`).
+pub use mesh::logging::LogFormat;
 
 /// ztunnel, the per-node tunnel of the ambient mesh (Istio ambient compatible).
 ///
@@ -123,8 +117,9 @@ pub struct Config {
     #[arg(long, env = "CERT_RELEASE_GRACE_SECS", default_value_t = 30)]
     pub cert_release_grace_secs: u64,
 
-    /// Log line format; the level comes from RUST_LOG (default `info`).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    /// Log line format, `text` or `json`; the level comes from RUST_LOG (default `info`) and
+    /// can be changed at run time on the admin port (`POST /logging?level=`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 

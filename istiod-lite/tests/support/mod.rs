@@ -158,6 +158,7 @@ impl Env {
             domain_suffix: "cluster.local".into(),
             root_namespace: "istio-system".into(),
             monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_addr: "127.0.0.1:0".parse().expect("addr"),
             push_debounce_ms: u64::try_from(debounce.as_millis()).expect("ms"),
         }
     }

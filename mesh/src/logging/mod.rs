@@ -1,0 +1,178 @@
+//! Logging for every daemon of the mesh: one set-up, one JSON line schema, and a log filter that
+//! can be changed at run time on the admin port (`GET|POST /logging?level=<filter>`).
+//!
+//! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying.
+//! The level comes from `RUST_LOG` (an `EnvFilter` directive, default `info`).
+//!
+//! In the JSON format every line is one object with the keys of [`json`]'s schema: `timestamp`,
+//! `level`, `component`, `target`, `message`, then the fields of the enclosing spans and of the
+//! event itself, at the top level.
+
+pub mod json;
+
+use std::fmt;
+use std::io::IsTerminal as _;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter};
+
+use crate::http_server::{Call, Reply};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, in the schema of [`json::JsonLines`].
+    Json,
+}
+
+impl LogFormat {
+    /// The names accepted on the command line.
+    pub const NAMES: [&'static str; 2] = ["text", "json"];
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (text or json)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Reads (with `""`) or replaces the log filter; answers the filter now in force.
+pub type LogReload = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// What [`init`] leaves running: the filter control and the writer's guard (dropping the guard
+/// flushes the lines still buffered, so keep it until `main` returns).
+pub struct Logging {
+    /// Changes the filter at run time.
+    pub reload: LogReload,
+    /// Flushes buffered lines when dropped.
+    pub guard: WorkerGuard,
+}
+
+impl fmt::Debug for Logging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logging").finish_non_exhaustive()
+    }
+}
+
+/// Installs the global subscriber for `component` (the value of the `component` key of JSON
+/// lines). Call once, first thing in `main`.
+pub fn init(component: &'static str, format: LogFormat) -> Logging {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(json::JsonLines::new(component))
+                    .with_writer(writer),
+            )
+            .init(),
+    }
+    let reload: LogReload = Arc::new(move |level: &str| {
+        if !level.is_empty() {
+            let new =
+                EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+            handle.reload(new).map_err(|e| e.to_string())?;
+            tracing::info!(filter = level, "log filter changed");
+        }
+        handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| e.to_string())
+    });
+    Logging { reload, guard }
+}
+
+/// The admin endpoint `/logging`: `GET` shows the filter, `POST /logging?level=<filter>` sets
+/// it (an `EnvFilter` directive such as `debug` or `info,ztunnel::proxy=trace`).
+pub fn reply(reload: &LogReload, call: &Call<'_>) -> Reply {
+    match call.param("level") {
+        Some(level) if call.method == Method::POST => match reload(level) {
+            Ok(now) => Reply::text(format!("log filter now: {now}\n")),
+            Err(e) => Reply::status(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+        _ => match reload("") {
+            Ok(now) => Reply::text(format!(
+                "log filter: {now}\nset with POST /logging?level=<filter>\n"
+            )),
+            Err(e) => Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_names_parse_and_print_back() {
+        for name in LogFormat::NAMES {
+            assert_eq!(
+                name.parse::<LogFormat>().expect("test value").to_string(),
+                name
+            );
+        }
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn post_sets_the_filter_and_get_only_reads_it() {
+        let current = Arc::new(std::sync::Mutex::new("info".to_string()));
+        let c = current.clone();
+        let reload: LogReload = Arc::new(move |level: &str| {
+            let mut now = c.lock().expect("lock");
+            if level == "bogus[" {
+                return Err("bad filter".into());
+            }
+            if !level.is_empty() {
+                *now = level.to_string();
+            }
+            Ok(now.clone())
+        });
+        let call = |method: &'static Method, query: &'static str| Call {
+            method,
+            path: "/logging",
+            query: Some(query),
+        };
+        let get = reply(&reload, &call(&Method::GET, "level=debug"));
+        assert!(get.body.contains("log filter: info"), "{}", get.body);
+        let post = reply(&reload, &call(&Method::POST, "level=debug,mesh=trace"));
+        assert_eq!(post.status, StatusCode::OK);
+        assert_eq!(*current.lock().expect("lock"), "debug,mesh=trace");
+        let bad = reply(&reload, &call(&Method::POST, "level=bogus["));
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(*current.lock().expect("lock"), "debug,mesh=trace");
+    }
+}
