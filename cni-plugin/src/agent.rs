@@ -13,7 +13,8 @@
 //! config), "node agent ready" is logged, and the install is re-checked in the background.
 //!
 //! Tasks (one tokio runtime): the CNI listener (one task per plugin call), the ZDS listener
-//! (one task per ztunnel connection), the reconcile loop, the install check. Every enrol and
+//! (one task per ztunnel connection), the reconcile loop, the rule check
+//! ([`crate::repair`]), the install check. Every enrol and
 //! release (CNI add/del, reconcile) runs under one async mutex. Rule changes and scans run on
 //! the blocking pool, each namespace entered on a thread of its own ([`crate::netns`]).
 
@@ -181,6 +182,10 @@ async fn start(
     // From here on ztunnel's first snapshot holds every enrolled pod.
     tasks.spawn(zds_loop(agent.clone(), zds));
     tasks.spawn(reconcile_loop(agent.clone()));
+    if let Some(interval) = agent.config.rule_check_interval {
+        let agent = agent.clone();
+        tasks.spawn(async move { crate::repair::run(&agent, &agent.pods, interval).await });
+    }
     if let Some(dirs) = &agent.config.install {
         let mut keeper = install::Keeper::new(dirs.conf_dir.clone(), agent_socket);
         keeper.until_installed().await;

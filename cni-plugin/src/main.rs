@@ -21,6 +21,7 @@ mod node;
 mod plugin;
 mod pods;
 mod reconcile;
+mod repair;
 mod resolve;
 mod rules;
 mod scan;
@@ -60,7 +61,7 @@ struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 enum Sub {
     /// Run the node agent: serve the plugin's events, capture enrolled pods, serve ZDS.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Remove what the agent installed: its entry from every `*.conflist` of the conf dir and
     /// its binary from the bin dir.
     Uninstall(UninstallArgs),
@@ -114,6 +115,11 @@ struct AgentArgs {
           value_parser = clap::value_parser!(u64).range(10..))]
     reconcile_interval_ms: u64,
 
+    /// Milliseconds between checks of every enrolled pod's capture rules: rules removed by
+    /// a reboot or another tool are rewritten without restarting the pod. 0 turns it off.
+    #[arg(long, env = "RULE_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    rule_check_interval_ms: u64,
+
     /// Install into this CNI network config directory: add the plugin to its first
     /// `*.conflist` (waiting for one to appear). Needs --cni-bin-dir.
     #[arg(long, env = "CNI_CONF_DIR", requires = "cni_bin_dir")]
@@ -143,7 +149,7 @@ fn main() -> ExitCode {
     let logging = mesh::logging::init("cni-agent", cli.log_format);
     tracing::debug!(?cli, "configuration");
     let result = match cli.command {
-        Sub::Agent(args) => agent_main(args, logging.reload.clone()),
+        Sub::Agent(args) => agent_main(*args, logging.reload.clone()),
         Sub::Uninstall(args) => uninstall_main(args),
     };
     match result {
@@ -208,6 +214,8 @@ fn agent_main(args: AgentArgs, log_reload: LogReload) -> anyhow::Result<()> {
         },
         node_name: args.node_name,
         reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
+        rule_check_interval: (args.rule_check_interval_ms > 0)
+            .then(|| Duration::from_millis(args.rule_check_interval_ms)),
         install,
         monitoring_addr: args.monitoring_addr,
         admin_addr: args.admin_addr,

@@ -4,7 +4,7 @@
 //! | name | kind | labels | what |
 //! | --- | --- | --- | --- |
 //! | `cni_agent_enrolled_pods` | gauge | | pods captured and handed to ztunnel now |
-//! | `cni_agent_rule_installs_total` | counter | `reason` | capture rules written into a pod (`new`: a pod enrolled by CNI ADD or a label change; `restart`: rules rewritten by the start pass) |
+//! | `cni_agent_rule_installs_total` | counter | `reason` | capture rules written into a pod (`new`: a pod enrolled by CNI ADD or a label change; `restart`: rules rewritten by the start pass; `repair`: rules found missing or changed on an enrolled pod and rewritten) |
 //! | `cni_agent_rule_install_failures_total` | counter | | rule installs that failed (retried every pass) |
 //! | `cni_agent_ztunnel_connected` | gauge | | 1 while the node's ztunnel is connected over ZDS |
 //!
@@ -31,6 +31,8 @@ pub enum InstallReason {
     new,
     /// The start pass of a (re)started agent.
     restart,
+    /// Rules found missing or changed on an enrolled pod ([`crate::repair`]).
+    repair,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Pause between reconcile passes.
     pub reconcile_interval: Duration,
+    /// Pause between checks of enrolled pods' capture rules ([`crate::repair`]); `None`
+    /// turns the checks off.
+    pub rule_check_interval: Option<Duration>,
     /// Install into the CNI config, when set.
     pub install: Option<InstallDirs>,
     /// Where to serve `GET /metrics`, when set.
