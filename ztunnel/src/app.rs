@@ -14,7 +14,7 @@ use crate::inpod::{self, Pods};
 use crate::netns::Netns;
 use crate::proxy::live::LiveConnections;
 use crate::proxy::ProxyInputs;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PodStates, Telemetry};
 
 /// Runs ztunnel until SIGTERM, ctrl-c or `/quitquitquit`, on the data-plane runtime; the CA
 /// client, the xDS client, policy re-checks and the admin endpoints run on `control`, so config
@@ -93,11 +93,25 @@ pub async fn run(
     .context("xDS client")?;
     drop(enter);
     let xds_status = xds.status();
+    let xds_metrics = xds.metrics();
     control.spawn(xds.run());
 
-    let telemetry = Arc::new(Telemetry::default());
+    let telemetry = Arc::new(Telemetry::with_store(store.clone()));
     let pods = Arc::new(Pods::default());
     let live = Arc::new(LiveConnections::default());
+    telemetry.with_registry(|registry| {
+        let runtimes = [
+            ("data", tokio::runtime::Handle::current()),
+            ("control", control.clone()),
+        ];
+        mesh::metrics::register_process(registry, "ztunnel", &runtimes);
+        mesh::metrics::register_xds(registry, &xds_metrics);
+        mesh::metrics::register_certificates(registry, &certs);
+        registry.register_collector(Box::new(PodStates {
+            pods: pods.clone(),
+            live: live.clone(),
+        }));
+    });
     control.spawn(live.clone().watch(store.clone()));
     let pool_stats = mesh::hbone::PoolStats::new();
     let inputs = ProxyInputs {
