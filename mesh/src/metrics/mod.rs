@@ -62,10 +62,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Registers what every process exports: `process_*`, `tokio_*` for each named runtime, and
 /// `mesh_build_info{component}`.
 ///
-/// ```no_run
-/// # let (control, data): (tokio::runtime::Handle, tokio::runtime::Handle) = todo!();
+/// ```
+/// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
 /// let mut registry = prometheus_client::registry::Registry::default();
-/// mesh::metrics::register_process(&mut registry, "ztunnel", &[("data", data), ("control", control)]);
+/// mesh::metrics::register_process(&mut registry, "cni-agent", &[("main", runtime.handle().clone())]);
+/// let text = mesh::metrics::encode(&registry);
+/// assert!(text.contains("mesh_build_info{component=\"cni-agent\""));
+/// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn register_process(
     registry: &mut Registry,

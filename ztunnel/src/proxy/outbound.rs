@@ -241,12 +241,13 @@ async fn handle(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    // Registered before any await: the pod's removal either refuses it or drains it.
+    // Refused before a record exists: counted, with no access-log line (as before).
     let failed = || {
         inputs
             .telemetry
             .failure(Direction::outbound, FailureReason::other)
     };
+    // Registered before any await: the pod's removal either refuses it or drains it.
     let Some(guard) = inputs.live.register(&pod.key(), Kind::Outbound) else {
         tracing::debug!("connection accepted as the pod left the mesh; dropped");
         return failed();
