@@ -123,7 +123,7 @@ pub async fn run(
     let zds = bind_private(&config.zds_socket, "ZDS", SeqPacketListener::bind)?;
     let monitoring = bind_http(config.monitoring_addr, "monitoring").await?;
     let admin = bind_http(config.admin_addr, "admin").await?;
-    let metrics = Arc::new(AgentMetrics::default());
+    let metrics = Arc::new(AgentMetrics::default().with_process(tokio::runtime::Handle::current()));
     let hub = Arc::new(Hub::default());
     let agent = Arc::new(Agent {
         ctx: NodeCtx::new(config, enrollment, hub.clone(), metrics.clone()),

@@ -88,6 +88,12 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Adds the process metrics (`process_*`, the runtime's `tokio_*`, `mesh_build_info`).
+    pub fn with_process(mut self, runtime: tokio::runtime::Handle) -> Self {
+        mesh::metrics::register_process(&mut self.registry, "cni-agent", &[("main", runtime)]);
+        self
+    }
+
     /// Counts rules written into a pod.
     pub fn installed(&self, reason: InstallReason) {
         self.installs.get_or_create(&ReasonLabels { reason }).inc();

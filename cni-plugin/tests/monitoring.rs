@@ -57,6 +57,9 @@ fn the_agent_logs_json_serves_metrics_and_takes_a_new_log_level_at_run_time() {
         "cni_agent_enrolled_pods 0",
         "cni_agent_ztunnel_connected 0",
         "cni_agent_rule_install_failures_total 0",
+        "process_resident_memory_bytes ",
+        "tokio_workers{runtime=\"main\"} 2",
+        "mesh_build_info{component=\"cni-agent\"",
     ] {
         assert!(metrics.contains(want), "{want} missing:\n{metrics}");
     }

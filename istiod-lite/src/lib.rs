@@ -292,6 +292,11 @@ impl Server {
             .context("reading the bound admin address")?;
 
         let mut registry = Registry::default();
+        mesh::metrics::register_process(
+            &mut registry,
+            "istiod-lite",
+            &[("main", tokio::runtime::Handle::current())],
+        );
         let xds = XdsService::new(
             auth.clone(),
             snapshots,

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::cert::{CertError, WorkloadCertificate};
 use crate::identity::Identity;
+use crate::metrics::CertMetrics;
 
 /// A boxed future, as returned by [`CertificateProvider::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -130,6 +131,8 @@ pub struct CertManager {
     next_release: AtomicU64,
     /// Itself, for release timers that must not keep it alive.
     this: Weak<CertManager>,
+    /// Rotations and failed requests, counted by the workers.
+    metrics: CertMetrics,
 }
 
 /// Keeps an identity's certificate renewed while held (see [`CertManager::lease`]). Dropping
@@ -187,6 +190,7 @@ impl CertManager {
             runtime,
             next_release: AtomicU64::new(0),
             this: this.clone(),
+            metrics: CertMetrics::default(),
         })
     }
 
@@ -311,6 +315,12 @@ impl CertManager {
         tracing::info!(identity = %identity, grace_secs = self.config.release_grace.as_secs_f64(), "no workload of the identity came back within the grace; certificate renewal stopped");
     }
 
+    /// The counters its workers update, to register with
+    /// [`crate::metrics::register_certificates`].
+    pub fn metrics(&self) -> CertMetrics {
+        self.metrics.clone()
+    }
+
     /// How many identities have a certificate worker (for `/config_dump` counts).
     pub fn workers(&self) -> usize {
         lock(&self.entries).len()
@@ -339,6 +349,7 @@ impl CertManager {
             identity.clone(),
             tx,
             nudge.clone(),
+            self.metrics.clone(),
         );
         let task = match &self.runtime {
             Some(runtime) => runtime.spawn(work),
@@ -403,11 +414,14 @@ async fn renew_loop(
     identity: Identity,
     tx: watch::Sender<Option<Result<Arc<WorkloadCertificate>, FetchError>>>,
     nudge: Arc<Notify>,
+    metrics: CertMetrics,
 ) {
     let mut backoff = config.initial_backoff;
     // When the certificate being served expires, on tokio's clock; `None` while none is.
     let mut serving_until: Option<tokio::time::Instant> = None;
     let mut last_nudged: Option<tokio::time::Instant> = None;
+    // Whether this worker has issued one before: the next one is a rotation.
+    let mut issued = false;
     loop {
         let fetch = provider.fetch(&identity);
         tokio::pin!(fetch);
@@ -437,6 +451,9 @@ async fn renew_loop(
                 let now = SystemTime::now();
                 let wait = renew_in(&cert, now, config.jitter_fraction);
                 tracing::info!(identity = %identity, renew_in_s = wait.as_secs(), "certificate issued");
+                if std::mem::replace(&mut issued, true) {
+                    metrics.rotated();
+                }
                 let valid_for = cert.not_after().duration_since(now).unwrap_or_default();
                 serving_until = Some(tokio::time::Instant::now() + valid_for);
                 tx.send_replace(Some(Ok(Arc::new(cert))));
@@ -444,6 +461,7 @@ async fn renew_loop(
             }
             Err(e) => {
                 tracing::warn!(identity = %identity, error = %e, retry_in_ms = backoff.as_millis() as u64, "certificate fetch failed");
+                metrics.failed(&e);
                 if serving_until.is_none() {
                     tx.send_replace(Some(Err(e)));
                 }

@@ -7,7 +7,8 @@
 //! - [`hbone`]: the HBONE tunnel (HTTP/2 CONNECT over mutual TLS), client pool and server.
 //! - [`capture`]: the in-pod traffic capture rules (iptables and policy routing).
 //! - [`zds`]: the CNI agent ↔ ztunnel link that hands over pod network namespaces.
-//! - [`metrics`]: Istio-compatible `istio_tcp_*` metrics.
+//! - [`metrics`]: Prometheus metrics: Istio-compatible `istio_tcp_*`, `process_*`, `tokio_*`,
+//!   and the xDS client's and certificate manager's `mesh_*`.
 //! - [`logging`]: every daemon's log set-up, JSON line schema and run-time filter (`/logging`).
 //! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
 //! - [`runtime`]: a proxy's control and data-plane tokio runtimes.

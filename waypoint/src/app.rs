@@ -6,13 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use mesh::ca_client::{CaClient, CaClientConfig};
 use mesh::cert_manager::{CertManager, RenewalConfig};
+use mesh::metrics::XdsMetrics;
 use mesh::store::Store;
 use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsTls, XdsTransport};
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, LogReload};
 use crate::config::Config;
-use crate::Waypoint;
+use crate::{Telemetry, Waypoint};
 
 /// The node info a waypoint sends: id `waypoint~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`
 /// and metadata `NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, `SERVICE_ACCOUNT`.
@@ -34,6 +35,21 @@ pub fn node_info(config: &Config) -> NodeInfo {
             ),
         ]),
     }
+}
+
+/// Adds what every process exports (`process_*`, `tokio_*` of `runtimes`, `mesh_build_info`)
+/// and the xDS client's and certificate manager's metrics to the waypoint's registry.
+pub fn register_metrics(
+    telemetry: &Telemetry,
+    runtimes: &[(&str, tokio::runtime::Handle)],
+    xds: &XdsMetrics,
+    certs: &Arc<CertManager>,
+) {
+    telemetry.with_registry(|registry| {
+        mesh::metrics::register_process(registry, "waypoint", runtimes);
+        mesh::metrics::register_xds(registry, xds);
+        mesh::metrics::register_certificates(registry, certs);
+    });
 }
 
 /// Runs the waypoint until SIGTERM, ctrl-c or `/quitquitquit`. The data plane runs on the
@@ -103,9 +119,15 @@ pub async fn run(
     .context("xDS client")?;
     drop(enter);
     let xds_status = xds.status();
+    let xds_metrics = xds.metrics();
     control.spawn(xds.run());
 
-    let waypoint = Waypoint::new(store, certs, proxy_config);
+    let waypoint = Waypoint::new(store, certs.clone(), proxy_config);
+    let runtimes = [
+        ("data", tokio::runtime::Handle::current()),
+        ("control", control.clone()),
+    ];
+    register_metrics(waypoint.telemetry(), &runtimes, &xds_metrics, &certs);
     // Route tables are rebuilt on the control runtime when xDS changes the routes.
     control.spawn(waypoint.clone().sync_routes());
     let hbone = TcpListener::bind(config.hbone_addr)
@@ -184,5 +206,31 @@ mod tests {
             "waypoint~10.1.2.3~waypoint-abc.shop~shop.svc.cluster.local"
         );
         assert_eq!(n.metadata["NAMESPACE"], "shop");
+    }
+
+    #[tokio::test]
+    async fn the_registry_holds_process_runtime_xds_and_certificate_metrics() {
+        let telemetry = Telemetry::default();
+        let certs = CertManager::new(
+            mesh::testing::TestCa::new("cluster.local", std::time::Duration::from_secs(3600)),
+            RenewalConfig::default(),
+        );
+        let runtimes = [("main", tokio::runtime::Handle::current())];
+        register_metrics(&telemetry, &runtimes, &XdsMetrics::default(), &certs);
+        let text = telemetry.encode();
+        let version = mesh::metrics::VERSION;
+        for series in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "tokio_workers{runtime=\"main\"} 1",
+            "tokio_worker_busy_seconds_total{runtime=\"main\"} ",
+            &format!("mesh_build_info{{component=\"waypoint\",version=\"{version}\"}} 1"),
+            "mesh_xds_connected 0",
+            "mesh_xds_last_nack_timestamp_seconds 0",
+            "mesh_certificates{state=\"available\"} 0",
+            "mesh_certificate_rotations_total 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -301,6 +301,13 @@ impl Telemetry {
         mesh::metrics::encode(&registry)
     }
 
+    /// Runs `f` with the registry, to register more metrics (the process's, xDS and
+    /// certificates: see [`mesh::metrics`]).
+    pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut registry);
+    }
+
     /// Counts one finished request.
     pub fn record_request(&self, r: &RequestRecord) {
         self.requests.get_or_create(&r.labels).inc();

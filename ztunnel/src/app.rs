@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mesh::ca_client::{CaClient, CaClientConfig};
 use mesh::cert_manager::{CertManager, RenewalConfig};
+use mesh::metrics::XdsMetrics;
 use mesh::store::Store;
 use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsTls, XdsTransport};
 
@@ -14,7 +15,24 @@ use crate::inpod::{self, Pods};
 use crate::netns::Netns;
 use crate::proxy::live::LiveConnections;
 use crate::proxy::ProxyInputs;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PodStates, Telemetry};
+
+/// Adds what every process exports (`process_*`, `tokio_*` of `runtimes`, `mesh_build_info`),
+/// the xDS client's and certificate manager's metrics, and `ztunnel_pods` to the registry.
+pub fn register_metrics(
+    telemetry: &Telemetry,
+    runtimes: &[(&str, tokio::runtime::Handle)],
+    xds: &XdsMetrics,
+    certs: &Arc<CertManager>,
+    pods: PodStates,
+) {
+    telemetry.with_registry(|registry| {
+        mesh::metrics::register_process(registry, "ztunnel", runtimes);
+        mesh::metrics::register_xds(registry, xds);
+        mesh::metrics::register_certificates(registry, certs);
+        registry.register_collector(Box::new(pods));
+    });
+}
 
 /// Runs ztunnel until SIGTERM, ctrl-c or `/quitquitquit`, on the data-plane runtime; the CA
 /// client, the xDS client, policy re-checks and the admin endpoints run on `control`, so config
@@ -93,11 +111,26 @@ pub async fn run(
     .context("xDS client")?;
     drop(enter);
     let xds_status = xds.status();
+    let xds_metrics = xds.metrics();
     control.spawn(xds.run());
 
-    let telemetry = Arc::new(Telemetry::default());
+    let telemetry = Arc::new(Telemetry::with_store(store.clone()));
     let pods = Arc::new(Pods::default());
     let live = Arc::new(LiveConnections::default());
+    let runtimes = [
+        ("data", tokio::runtime::Handle::current()),
+        ("control", control.clone()),
+    ];
+    register_metrics(
+        &telemetry,
+        &runtimes,
+        &xds_metrics,
+        &certs,
+        PodStates {
+            pods: pods.clone(),
+            live: live.clone(),
+        },
+    );
     control.spawn(live.clone().watch(store.clone()));
     let pool_stats = mesh::hbone::PoolStats::new();
     let inputs = ProxyInputs {
@@ -155,4 +188,39 @@ pub async fn run(
         () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_registry_holds_process_runtime_xds_certificate_and_pod_metrics() {
+        let telemetry = Telemetry::default();
+        let certs = CertManager::new(
+            mesh::testing::TestCa::new("cluster.local", std::time::Duration::from_secs(3600)),
+            RenewalConfig::default(),
+        );
+        let runtimes = [("main", tokio::runtime::Handle::current())];
+        let pods = PodStates {
+            pods: Arc::new(Pods::default()),
+            live: Arc::new(LiveConnections::default()),
+        };
+        register_metrics(&telemetry, &runtimes, &XdsMetrics::default(), &certs, pods);
+        let text = telemetry.encode();
+        let version = mesh::metrics::VERSION;
+        for series in [
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "tokio_workers{runtime=\"main\"} 1",
+            "tokio_alive_tasks{runtime=\"main\"} ",
+            &format!("mesh_build_info{{component=\"ztunnel\",version=\"{version}\"}} 1"),
+            "mesh_xds_connected 0",
+            "mesh_certificates{state=\"pending\"} 0",
+            "ztunnel_pods{state=\"serving\"} 0",
+            "ztunnel_connection_failures_total{direction=\"outbound\",reason=\"timeout\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
 }

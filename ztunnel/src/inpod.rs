@@ -173,6 +173,7 @@ fn add(
     // never released.
     let cert = inputs.certs.lease(&identity);
     let pod = PodContext {
+        metrics: inputs.telemetry.pod(&uid, info.as_ref()),
         uid: uid.clone(),
         identity,
         netns,

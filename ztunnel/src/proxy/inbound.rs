@@ -21,7 +21,7 @@ use super::authz::{self, Inbound};
 use super::live::{copy_until_closed, finish, Kind, LiveConnections, PodKey};
 use super::waypoint::{self, Front, Origin};
 use super::{stopped, PodContext, ProxyInputs};
-use crate::telemetry::{ConnectionRecord, Peer};
+use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
 /// Why an inbound request is refused before reaching the application.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +175,8 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         dst,
         None,
         true,
-    );
+    )
+    .for_pod(&pod.metrics);
     if let Some(via) = &via {
         record.set_via(via.clone());
     }
@@ -184,14 +185,14 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         tracing::info!(peer = %peer_id, %target, "HBONE request for another pod refused");
         req.reject(err.status());
         record.set_flags("NR");
-        return record.close(0, 0, Some(&err));
+        return record.fail(FailureReason::unknown_destination, &err);
     };
     if origin == Origin::Bypass {
         let err = InboundError::BypassesWaypoint;
         tracing::info!(target: "authz", peer = %peer_id, %target, "HBONE connection that bypasses the destination's waypoint refused");
         req.reject(err.status());
         record.set_flags("DENY");
-        return record.close(0, 0, Some(&err));
+        return record.fail(FailureReason::denied, &err);
     }
     let inbound = Inbound {
         conn: Connection {
@@ -212,15 +213,18 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         let err = InboundError::NotServed(pod.uid.clone());
         req.reject(err.status());
         record.set_flags("NR");
-        return record.close(0, 0, Some(&err));
+        return record.fail(FailureReason::other, &err);
     };
     let decision = authz::check(store, &dst_workload, &inbound);
+    inputs
+        .telemetry
+        .authorization(dst_workload.namespace(), &decision);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
         tracing::info!(target: "authz", connection = %inbound, reason = %decision.reason, "HBONE connection denied");
         req.reject(StatusCode::UNAUTHORIZED);
         record.set_flags("DENY");
-        return record.close(0, 0, Some(&decision.reason));
+        return record.fail(FailureReason::denied, &decision.reason);
     }
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match pod.connect(&inputs.home, target, spoof).await {
@@ -229,16 +233,17 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
             Err(e) => {
                 // The client went away before the answer: the app must not see a clean end.
                 app.abort();
-                record.close(0, 0, Some(&e));
+                record.fail(FailureReason::hbone, &e);
             }
         },
         Err(source) => {
+            let reason = FailureReason::of_io(&source);
             let err = InboundError::Upstream {
                 addr: target,
                 source,
             };
             req.reject(err.status());
-            record.close(0, 0, Some(&err));
+            record.fail(reason, &err);
         }
     }
 }
@@ -264,6 +269,16 @@ impl PlaintextRefusal {
         match self {
             PlaintextRefusal::TunnelPort | PlaintextRefusal::UnknownWorkload => "DENY",
             PlaintextRefusal::NotThisPod(_) => "NR",
+        }
+    }
+
+    /// The `reason` of `ztunnel_connection_failures_total`.
+    fn failure(&self) -> FailureReason {
+        match self {
+            PlaintextRefusal::TunnelPort => FailureReason::denied,
+            PlaintextRefusal::UnknownWorkload | PlaintextRefusal::NotThisPod(_) => {
+                FailureReason::unknown_destination
+            }
         }
     }
 }
@@ -321,6 +336,9 @@ async fn handle_plaintext(
         .and_then(|a| a.as_socket())
     else {
         tracing::warn!("no original destination on an inbound connection");
+        inputs
+            .telemetry
+            .failure(Direction::inbound, FailureReason::other);
         return;
     };
     let store = &inputs.store;
@@ -341,7 +359,8 @@ async fn handle_plaintext(
         dst,
         None,
         false,
-    );
+    )
+    .for_pod(&pod.metrics);
     let dst_workload = match plaintext_destination(pod.workload(store), orig_dst) {
         Ok(w) => w,
         Err(refusal) => {
@@ -355,7 +374,7 @@ async fn handle_plaintext(
                 PlaintextRefusal::UnknownWorkload => {}
             }
             record.set_flags(refusal.flags());
-            return record.close(0, 0, Some(&refusal));
+            return record.fail(refusal.failure(), &refusal);
         }
     };
     let conn = Connection {
@@ -372,23 +391,27 @@ async fn handle_plaintext(
     else {
         // Accepted just as the pod left the mesh.
         record.set_flags("NR");
-        return record.close(0, 0, Some(&InboundError::NotServed(pod.uid.clone())));
+        let err = InboundError::NotServed(pod.uid.clone());
+        return record.fail(FailureReason::other, &err);
     };
     let decision = authz::check(store, &dst_workload, &inbound);
+    inputs
+        .telemetry
+        .authorization(dst_workload.namespace(), &decision);
     record.set_policy(decision.reason.to_string());
     if !decision.allowed {
         tracing::info!(target: "authz", connection = %inbound, reason = %decision.reason, "plaintext connection denied");
         record.set_flags("DENY");
         // As a denied HBONE client's app is reset, so is a denied plaintext client.
         stream.abort();
-        return record.close(0, 0, Some(&decision.reason));
+        return record.fail(FailureReason::denied, &decision.reason);
     }
     match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
         Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
         Err(e) => {
             // The application refused: the client sees the reset it would have seen directly.
             stream.abort();
-            record.close(0, 0, Some(&e));
+            record.fail(FailureReason::of_io(&e), &e);
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::netns::Netns;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PodConnections, Telemetry};
 
 pub mod authz;
 pub mod inbound;
@@ -66,6 +66,8 @@ pub struct PodContext {
     pub netns: Netns,
     /// TCP keepalive for every socket opened for it (`None`: off).
     pub keepalive: Option<TcpKeepalive>,
+    /// Its connection counts (`ztunnel_connections_*`), resolved once for the pod.
+    pub metrics: Arc<PodConnections>,
 }
 
 impl PodContext {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::live::{copy_until_closed, finish, Kind};
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
-use crate::telemetry::{ConnectionRecord, Peer};
+use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone)]
@@ -241,25 +241,31 @@ async fn handle(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    // Refused before a record exists: counted, with no access-log line (as before).
+    let failed = || {
+        inputs
+            .telemetry
+            .failure(Direction::outbound, FailureReason::other)
+    };
     // Registered before any await: the pod's removal either refuses it or drains it.
     let Some(guard) = inputs.live.register(&pod.key(), Kind::Outbound) else {
         tracing::debug!("connection accepted as the pod left the mesh; dropped");
-        return;
+        return failed();
     };
     let orig_dst = match socket2::SockRef::from(&stream).original_dst_v4() {
         Ok(addr) => match addr.as_socket() {
             Some(a) => a,
-            None => return,
+            None => return failed(),
         },
         Err(e) => {
             tracing::warn!(error = %e, "no original destination on a captured connection");
-            return;
+            return failed();
         }
     };
     if orig_dst.port() == mesh::capture::OUTBOUND_PORT && is_local(&stream, orig_dst.ip()) {
         // Somebody connected to 15001 directly: there is nowhere to send it.
         tracing::info!(%orig_dst, "refusing a direct connection to the outbound port");
-        return;
+        return failed();
     }
     let store = &inputs.store;
     let src_workload = pod.workload(store);
@@ -281,11 +287,12 @@ async fn handle(
                 },
                 None,
                 false,
-            );
+            )
+            .for_pod(&pod.metrics);
             // The app's connect() succeeded against our listener: a reset is how it learns
             // that the destination cannot be reached.
             stream.abort();
-            record.close(0, 0, Some(&why));
+            record.fail(FailureReason::no_healthy_upstream, &why);
         }
         Route::Passthrough {
             addr,
@@ -304,12 +311,13 @@ async fn handle(
                 dst,
                 service.as_deref(),
                 false,
-            );
+            )
+            .for_pod(&pod.metrics);
             match pod.connect(&inputs.home, addr, None).await {
                 Ok(upstream) => finish(record, copy_until_closed(stream, upstream, guard).await),
                 Err(e) => {
                     stream.abort();
-                    record.close(0, 0, Some(&e));
+                    record.fail(FailureReason::of_io(&e), &e);
                 }
             }
         }
@@ -333,12 +341,14 @@ async fn handle(
                 dst,
                 service.as_deref(),
                 true,
-            );
+            )
+            .for_pod(&pod.metrics);
             let cert = match inputs.certs.get(&pod.identity).await {
                 Ok(c) => c,
                 Err(e) => {
                     stream.abort();
-                    return record.close(0, 0, Some(&e));
+                    // No certificate to present: mutual TLS cannot be set up.
+                    return record.fail(FailureReason::tls_handshake, &e);
                 }
             };
             let src_ip = src_workload
@@ -359,7 +369,7 @@ async fn handle(
                     // succeeded: a reset, never a clean close the app could mistake for an
                     // empty answer.
                     stream.abort();
-                    record.close(0, 0, Some(&e));
+                    record.fail(FailureReason::of_hbone(&e), &e);
                 }
             }
         }

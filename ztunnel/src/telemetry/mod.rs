@@ -2,21 +2,51 @@
 //!
 //! A [`ConnectionRecord`] is created when a connection is accepted (counting it as opened) and
 //! finished when it closes (counting bytes and the close, and writing one access-log line on
-//! target `access`).
+//! target `access`); [`ConnectionRecord::fail`] finishes one that could not be set up.
+//!
+//! ztunnel's own metrics, beside Istio's `istio_tcp_*` and the shared ones of
+//! [`mesh::metrics`] (`process_*`, `tokio_*`, `mesh_build_info`, `mesh_xds_*`,
+//! `mesh_certificate*`):
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `ztunnel_connections_active` | gauge | `direction`, `namespace`, `workload`, `pod` | connections open now for the captured pod |
+//! | `ztunnel_connections_total` | counter | `direction`, `namespace`, `workload`, `pod` | connections opened for the captured pod |
+//! | `ztunnel_connection_failures_total` | counter | `direction`, `reason` | connections that could not be set up |
+//! | `ztunnel_authorization_decisions_total` | counter | `namespace`, `policy`, `decision` | L4 authorization decisions on new inbound connections |
+//! | `ztunnel_pods` | gauge | `state` | pods `serving`, and removed pods `draining` their connections |
+//!
+//! `direction` is `inbound` or `outbound`; `namespace`, `workload` and `pod` name the captured
+//! pod (its series go when it has left and its last connection closed). `reason` is one of
+//! [`FailureReason`]: `denied`, `upstream_connect`, `no_healthy_upstream`, `tls_handshake`,
+//! `hbone`, `unknown_destination`, `timeout`, `other`. `policy` is the deciding policy
+//! `<namespace>/<name>`, or `default` when none decided; `namespace` there is the destination
+//! workload's; `decision` is `allow` or `deny`.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mesh::metrics::{set_label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
 use mesh::model::{Service, Workload};
+use mesh::rbac::Decision;
+use mesh::store::Store;
 use mesh::Identity;
 use prometheus_client::registry::Registry;
+
+mod outcomes;
+mod pods;
+
+pub use outcomes::{Direction, FailureReason};
+pub use pods::{ActiveConnection, PodConnections, PodStates};
 
 /// The process's metrics registry and the L4 counters in it.
 pub struct Telemetry {
     registry: Mutex<Registry>,
     tcp: TcpMetrics,
+    failures: outcomes::Failures,
+    decisions: outcomes::Decisions,
+    pods: Arc<pods::PodRegistry>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -26,17 +56,50 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Default for Telemetry {
+    /// Telemetry that names pods from what the CNI agent says only.
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let tcp = TcpMetrics::register(&mut registry);
-        Telemetry {
-            registry: Mutex::new(registry),
-            tcp,
-        }
+        Telemetry::build(None)
     }
 }
 
 impl Telemetry {
+    /// Telemetry that names pods from `store` when the control plane describes them.
+    pub fn with_store(store: Store) -> Self {
+        Telemetry::build(Some(store))
+    }
+
+    fn build(store: Option<Store>) -> Self {
+        let mut registry = Registry::default();
+        let tcp = TcpMetrics::register(&mut registry);
+        let failures = outcomes::Failures::register(&mut registry);
+        let decisions = outcomes::Decisions::register(&mut registry);
+        let pods = Arc::new(pods::PodRegistry::new(store));
+        registry.register_collector(Box::new(pods.clone()));
+        Telemetry {
+            registry: Mutex::new(registry),
+            tcp,
+            failures,
+            decisions,
+            pods,
+        }
+    }
+
+    /// The connection counts of pod `uid` (named by `info` until the control plane describes
+    /// it), for its [`crate::proxy::PodContext`].
+    pub fn pod(&self, uid: &str, info: Option<&proto::zds::WorkloadInfo>) -> Arc<PodConnections> {
+        self.pods.pod(uid, info)
+    }
+
+    /// Counts a connection that failed before a [`ConnectionRecord`] was opened for it.
+    pub fn failure(&self, direction: Direction, reason: FailureReason) {
+        self.failures.record(direction, reason);
+    }
+
+    /// Counts an authorization decision on a connection to a workload in `namespace`.
+    pub fn authorization(&self, namespace: &str, decision: &Decision) {
+        self.decisions.record(namespace, decision);
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,6 +133,8 @@ pub struct ConnectionRecord<'a> {
     start: Instant,
     policy: Option<String>,
     via: Option<Identity>,
+    /// Counts the connection in its pod's active connections until the record is finished.
+    active: Option<ActiveConnection>,
 }
 
 /// Workload labels as Istio derives them: `app`/`version` are the canonical service and
@@ -144,7 +209,23 @@ impl<'a> ConnectionRecord<'a> {
             start: Instant::now(),
             policy: None,
             via: None,
+            active: None,
         }
+    }
+
+    /// Counts the connection in `pod`'s `ztunnel_connections_total` and, until it is
+    /// finished, `ztunnel_connections_active` (direction from the reporter).
+    pub fn for_pod(mut self, pod: &Arc<PodConnections>) -> Self {
+        self.active = Some(pod.open(Direction::of(self.labels.reporter)));
+        self
+    }
+
+    /// Finishes a connection that could not be set up: counts the failure by `reason`, then
+    /// closes it as [`ConnectionRecord::close`] does with `error` and no bytes.
+    pub fn fail(self, reason: FailureReason, error: &dyn std::fmt::Display) {
+        let direction = Direction::of(self.labels.reporter);
+        self.telemetry.failures.record(direction, reason);
+        self.close(0, 0, Some(error));
     }
 
     /// Sets the `response_flags` label (e.g. `DENY`, `UF` for upstream connect failure).
@@ -210,3 +291,6 @@ impl<'a> ConnectionRecord<'a> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

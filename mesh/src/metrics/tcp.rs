@@ -167,17 +167,10 @@ impl TcpMetrics {
     }
 }
 
-/// Encodes a registry in the Prometheus text format.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::encode;
 
     #[test]
     fn exports_istio_names_and_unknown_defaults() {
