@@ -150,21 +150,28 @@ fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Re
                 plan.ztunnel_readiness().to_string(),
             ]
         }
-        Daemon::Agent(node) => vec![
-            "agent".into(),
-            "--node-name".into(),
-            node.clone(),
-            "--config-dir".into(),
-            s(state.config_dir()),
-            "--zds-socket".into(),
-            s(state.ztunnel_socket(node)),
-            "--cni-socket".into(),
-            s(state.cni_socket(node)),
-            "--cni-conf-dir".into(),
-            s(state.cni_conf_dir(node)),
-            "--cni-bin-dir".into(),
-            s(state.cni_bin_dir(node)),
-        ],
+        Daemon::Agent(node) => {
+            let mut argv: Vec<String> = vec![
+                "agent".into(),
+                "--node-name".into(),
+                node.clone(),
+                "--config-dir".into(),
+                s(state.config_dir()),
+                "--zds-socket".into(),
+                s(state.ztunnel_socket(node)),
+                "--cni-socket".into(),
+                s(state.cni_socket(node)),
+                "--cni-conf-dir".into(),
+                s(state.cni_conf_dir(node)),
+                "--cni-bin-dir".into(),
+                s(state.cni_bin_dir(node)),
+            ];
+            if plan::AGENT_SERVES_METRICS {
+                argv.push("--monitoring-addr".into());
+                argv.push(cluster.node(node)?.agent_monitoring().to_string());
+            }
+            argv
+        }
     })
 }
 
