@@ -201,8 +201,7 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     // The pod reaches n1's ztunnel by an xDS push, which may still be in flight.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let workloads =
-            parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
+        let workloads = parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
         if workloads
             .iter()
             .any(|w| w["NAME"] == "a" && w["IP"] == ip_a)

@@ -213,7 +213,7 @@ pub fn start(
         "{KEY}: started (pid {}) in {node}, waiting until ready",
         record.pid
     );
-    wait(record, &state.log(KEY), || {
+    wait(KEY, record, &state.log(KEY), || {
         crate::netns::http_get(
             &node,
             SocketAddr::V4(INNER_ADDR),
@@ -233,15 +233,11 @@ pub fn start(
         "--port".into(),
         port.to_string(),
     ];
-    // An empty namespace: the host's, where the UI port must be.
-    let record = spawn(
-        "",
-        &argv_owned,
-        &[("RUST_LOG", "info")],
-        &state.log(SIDECAR_KEY),
-    )?;
+    // An empty namespace: the host's, where the UI port must be. A plain-text log.
+    let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+    let record = spawn("", &argv_owned, &env, &state.log(SIDECAR_KEY))?;
     cluster.daemons.insert(SIDECAR_KEY.into(), record);
-    wait(record, &state.log(SIDECAR_KEY), || {
+    wait(SIDECAR_KEY, record, &state.log(SIDECAR_KEY), || {
         get_local(port, "/-/ready").is_ok_and(|body| body.contains("Ready"))
     })?;
     progress!("{KEY}: ready at {url}");
@@ -265,17 +261,27 @@ fn spawn(
 
 /// Waits until `ready`; on failure the error carries the end of the log (the caller's
 /// teardown stops the process).
-fn wait(record: ProcRecord, log: &Path, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+fn wait(
+    key: &str,
+    record: ProcRecord,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while !ready() {
-        if !record.is_alive() || Instant::now() >= deadline {
-            bail!(
-                "{} was not ready within {READY_TIMEOUT:?}; the end of its log:\n{}",
-                log.display(),
-                super::components::log_tail(log, 25)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        let why = if !record.is_alive() {
+            "exited before it was ready".to_string()
+        } else if Instant::now() >= deadline {
+            format!("was not ready within {READY_TIMEOUT:?}")
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        bail!(
+            "{key} {why}; the end of {}:\n{}",
+            log.display(),
+            super::components::log_tail(log, 25)
+        );
     }
     Ok(())
 }
