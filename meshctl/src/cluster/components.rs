@@ -107,7 +107,7 @@ pub fn check_binaries(daemons: &[Daemon]) -> anyhow::Result<()> {
 /// The command line of a daemon (after the binary).
 fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Result<Vec<String>> {
     let s = |p: PathBuf| p.display().to_string();
-    Ok(match daemon {
+    let mut argv = match daemon {
         Daemon::Istiod => vec![
             "--config-dir".into(),
             s(state.config_dir()),
@@ -150,29 +150,27 @@ fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Re
                 plan.ztunnel_readiness().to_string(),
             ]
         }
-        Daemon::Agent(node) => {
-            let mut argv: Vec<String> = vec![
-                "agent".into(),
-                "--node-name".into(),
-                node.clone(),
-                "--config-dir".into(),
-                s(state.config_dir()),
-                "--zds-socket".into(),
-                s(state.ztunnel_socket(node)),
-                "--cni-socket".into(),
-                s(state.cni_socket(node)),
-                "--cni-conf-dir".into(),
-                s(state.cni_conf_dir(node)),
-                "--cni-bin-dir".into(),
-                s(state.cni_bin_dir(node)),
-            ];
-            if plan::AGENT_SERVES_METRICS {
-                argv.push("--monitoring-addr".into());
-                argv.push(cluster.node(node)?.agent_monitoring().to_string());
-            }
-            argv
-        }
-    })
+        Daemon::Agent(node) => vec![
+            "agent".into(),
+            "--node-name".into(),
+            node.clone(),
+            "--config-dir".into(),
+            s(state.config_dir()),
+            "--zds-socket".into(),
+            s(state.ztunnel_socket(node)),
+            "--cni-socket".into(),
+            s(state.cni_socket(node)),
+            "--cni-conf-dir".into(),
+            s(state.cni_conf_dir(node)),
+            "--cni-bin-dir".into(),
+            s(state.cni_bin_dir(node)),
+        ],
+    };
+    if let (Daemon::Agent(node), true) = (daemon, plan::AGENT_SERVES_METRICS) {
+        argv.push("--monitoring-addr".into());
+        argv.push(cluster.node(node)?.agent_monitoring().to_string());
+    }
+    Ok(argv)
 }
 
 fn env(daemon: &Daemon) -> &'static [(&'static str, &'static str)] {
