@@ -103,7 +103,8 @@ else
 fi
 step doctests cargo test --workspace --locked --features "$features" --doc
 # Every manifest against the real schemas: Kubernetes kinds with kubernetes-validate (strict),
-# the mesh's custom resources with their own CRDs.
+# the mesh's custom resources with their own CRDs; the Prometheus configs, rules, rule unit
+# tests and dashboard queries with promtool (Debian's prometheus package, installed above).
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     log "installing kubernetes-validate"
     python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'

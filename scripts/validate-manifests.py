@@ -5,13 +5,21 @@
 - The mesh's custom resources (the examples, the GatewayClass): the openAPIV3Schema of their
   own CRD in manifests/crds/ (the one the API server would check), with jsonschema.
 - The CRDs themselves: kubernetes-validate (CustomResourceDefinition is a Kubernetes kind).
+- Prometheus (manifests/prometheus/): `promtool check config` on both scrape configs,
+  `promtool check rules` and the alert rules' unit tests (`promtool test rules`); the Grafana
+  dashboards (manifests/dashboards/): up to date with scripts/dashboards.py, and every panel
+  query parses as PromQL (promtool, with the template variables filled in).
 
 Usage: scripts/validate-manifests.py [KUBERNETES_VERSION]   (default 1.37.0, the newest kubernetes-validate knows)
 Exit status 0 when everything passes; each failure is printed with its file and object.
 """
 import glob
+import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import jsonschema
 import kubernetes_validate
@@ -49,6 +57,74 @@ def crd_schemas():
     return schemas
 
 
+def promtool(*args):
+    """Runs promtool; a failure message, or None."""
+    try:
+        out = subprocess.run(["promtool", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        return "promtool not found: install the Debian package prometheus"
+    if out.returncode != 0:
+        return f"promtool {' '.join(args)}:\n{out.stdout}{out.stderr}"
+    return None
+
+
+def expand(expr):
+    """A dashboard query as Prometheus receives it from Grafana, variables filled in."""
+    expr = expr.replace("$__rate_interval", "1m")
+    return re.sub(r"\$\{?(node|namespace|workload)\}?", ".*", expr)
+
+
+def observability():
+    """Failure messages of the Prometheus and dashboard checks."""
+    prom = os.path.join(ROOT, "prometheus")
+    failures = []
+    checks = [
+        ("check", "config", os.path.join(prom, "prometheus.yml")),
+        ("check", "rules", os.path.join(prom, "recording-rules.yml"), os.path.join(prom, "alert-rules.yml")),
+        ("test", "rules", os.path.join(prom, "alert-rules.test.yml")),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        # Debian's Prometheus is built without Kubernetes discovery: everything else of the
+        # Kubernetes config (relabelling, rule files) is checked with a static target instead.
+        with open(os.path.join(prom, "prometheus-kubernetes.yml")) as f:
+            text = f.read()
+        sd = "  kubernetes_sd_configs:\n  - role: pod\n"
+        if sd not in text:
+            failures.append("prometheus-kubernetes.yml: no `kubernetes_sd_configs: [role: pod]`")
+        k8s = os.path.join(tmp, "prometheus-kubernetes.yml")
+        with open(k8s, "w") as f:
+            f.write(text.replace(sd, "  static_configs:\n  - targets: ['pod:15020']\n"))
+        for rules in ("recording-rules.yml", "alert-rules.yml"):
+            with open(os.path.join(prom, rules)) as src, open(os.path.join(tmp, rules), "w") as dst:
+                dst.write(src.read())
+        checks.append(("check", "config", k8s))
+        # Every dashboard query, as a recording rule: promtool parses it.
+        rules = []
+        for path in sorted(glob.glob(os.path.join(ROOT, "dashboards", "*.json"))):
+            with open(path) as f:
+                dashboard = json.load(f)
+            for panel in dashboard["panels"]:
+                for target in panel.get("targets", []):
+                    rules.append({"record": f"dashboard:query:{len(rules)}", "expr": expand(target["expr"])})
+        queries = os.path.join(tmp, "dashboard-queries.yml")
+        with open(queries, "w") as f:
+            json.dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f)
+        checks.append(("check", "rules", queries))
+        for args in checks:
+            failure = promtool(*args)
+            if failure:
+                failures.append(failure.replace(tmp, "<tmp>"))
+    dashboards = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards.py"), "--check"],
+        capture_output=True, text=True,
+    )
+    if dashboards.returncode != 0:
+        failures.append(dashboards.stdout + dashboards.stderr)
+    print(f"prometheus configs, rules, rule tests and {len(rules)} dashboard queries checked with promtool: "
+          f"{len(failures)} failed")
+    return failures
+
+
 def main():
     schemas = crd_schemas()
     files = sorted(
@@ -71,6 +147,7 @@ def main():
             except Exception as e:  # each failure is reported, none stops the others
                 message = getattr(e, "message", str(e))
                 failures.append(f"{name}: {message}")
+    failures.extend(observability())
     for f in failures:
         print(f"FAIL {f}")
     print(f"{checked} objects in {len(files)} files checked against Kubernetes {VERSION} and the mesh's CRDs: {len(failures)} failed")

@@ -32,7 +32,7 @@ pub struct ProcRecord {
 /// What to start.
 #[derive(Debug)]
 pub struct Spawn<'a> {
-    /// Network namespace to run in.
+    /// Network namespace to run in; empty: meshctl's own (the host's).
     pub netns: &'a str,
     /// Program and arguments.
     pub argv: &'a [&'a OsStr],
@@ -52,7 +52,12 @@ pub fn spawn_detached(spec: &Spawn<'_>) -> anyhow::Result<ProcRecord> {
         .open(spec.log)
         .with_context(|| format!("opening {}", spec.log.display()))?;
     let log_err = log.try_clone().context("duplicating the log handle")?;
-    let child = crate::netns::command_in(spec.netns, program)?
+    let mut command = if spec.netns.is_empty() {
+        std::process::Command::new(program)
+    } else {
+        crate::netns::command_in(spec.netns, program)?
+    };
+    let child = command
         .args(args)
         .envs(spec.env.iter().copied())
         .stdin(Stdio::null())

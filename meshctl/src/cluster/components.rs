@@ -107,7 +107,7 @@ pub fn check_binaries(daemons: &[Daemon]) -> anyhow::Result<()> {
 /// The command line of a daemon (after the binary).
 fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Result<Vec<String>> {
     let s = |p: PathBuf| p.display().to_string();
-    Ok(match daemon {
+    let mut argv = match daemon {
         Daemon::Istiod => vec![
             "--config-dir".into(),
             s(state.config_dir()),
@@ -165,7 +165,12 @@ fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Re
             "--cni-bin-dir".into(),
             s(state.cni_bin_dir(node)),
         ],
-    })
+    };
+    if let (Daemon::Agent(node), true) = (daemon, plan::AGENT_SERVES_METRICS) {
+        argv.push("--monitoring-addr".into());
+        argv.push(cluster.node(node)?.agent_monitoring().to_string());
+    }
+    Ok(argv)
 }
 
 fn env(daemon: &Daemon) -> &'static [(&'static str, &'static str)] {

@@ -4,11 +4,13 @@
 //!
 //! All state lives in one directory ([`state`]); the names and addresses are planned before
 //! anything is created ([`plan`]); [`network`] builds the namespaces and links;
-//! [`components`] starts, checks and stops the daemons.
+//! [`components`] starts, checks and stops the daemons; [`prometheus`] runs a Prometheus
+//! scraping them (`up --prometheus`).
 
 pub mod components;
 pub mod network;
 pub mod plan;
+pub mod prometheus;
 pub mod state;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -36,6 +38,18 @@ pub enum ClusterCommand {
     Stop(ComponentArgs),
     /// Stop, then start a component.
     Restart(ComponentArgs),
+    /// Internal (started by `up --prometheus`): forwards the host's Prometheus port into node
+    /// n1 and keeps the scrape target files current.
+    #[command(hide = true)]
+    PrometheusSidecar(SidecarArgs),
+}
+
+/// Flags of the hidden `meshctl cluster prometheus-sidecar`.
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// The host port to serve Prometheus on (127.0.0.1).
+    #[arg(long)]
+    pub port: u16,
 }
 
 /// Flags of `meshctl cluster up`.
@@ -52,6 +66,17 @@ pub struct UpArgs {
     /// Cluster name, the prefix of its network namespaces (letters and digits).
     #[arg(long, default_value = "mesh")]
     pub name: String,
+    /// Also run Prometheus (Debian's `prometheus`) with the shipped config and rules
+    /// (manifests/prometheus/), scraping every ztunnel, istiod-lite and waypoint; its UI on
+    /// http://127.0.0.1:<--prometheus-port>.
+    #[arg(long)]
+    pub prometheus: bool,
+    /// The host port of Prometheus' UI and API (0: any free port).
+    #[arg(long, default_value_t = prometheus::DEFAULT_PORT, requires = "prometheus")]
+    pub prometheus_port: u16,
+    /// Scrape and rule evaluation interval instead of the shipped 15s (e.g. 1s for tests).
+    #[arg(long, requires = "prometheus")]
+    pub prometheus_interval: Option<String>,
 }
 
 /// Flags of `meshctl cluster down`.
@@ -99,6 +124,7 @@ pub fn run(state: &StateDir, command: &ClusterCommand) -> anyhow::Result<()> {
             stop(state, args)?;
             start(state, args)
         }
+        ClusterCommand::PrometheusSidecar(args) => prometheus::run_sidecar(state, args.port),
     }
 }
 
@@ -141,6 +167,10 @@ fn up(state: &StateDir, args: &UpArgs) -> anyhow::Result<()> {
     if !args.no_mesh {
         components::check_binaries(&daemons)?;
     }
+    if args.prometheus {
+        sys::tool("prometheus")?;
+        prometheus::config(args.prometheus_interval.as_deref())?;
+    }
     let lock = state.lock()?;
     refuse_existing()?;
     std::fs::create_dir_all(state.config_dir()).context("creating the config directory")?;
@@ -160,6 +190,16 @@ fn up(state: &StateDir, args: &UpArgs) -> anyhow::Result<()> {
                 state.save(&cluster)?;
                 started?;
             }
+        }
+        if args.prometheus {
+            let started = prometheus::start(
+                state,
+                &mut cluster,
+                args.prometheus_port,
+                args.prometheus_interval.as_deref(),
+            );
+            state.save(&cluster)?;
+            started?;
         }
         anyhow::Ok(())
     })();
@@ -187,6 +227,9 @@ fn up(state: &StateDir, args: &UpArgs) -> anyhow::Result<()> {
             format!("istiod-lite at {}", cluster.istiod_addr)
         }
     );
+    if let Some(url) = prometheus::url(state, &cluster) {
+        out!("prometheus: {url}");
+    }
     Ok(())
 }
 
@@ -451,6 +494,17 @@ fn status(state: &StateDir) -> anyhow::Result<()> {
         cluster.istiod_addr,
         show(&Daemon::Istiod)
     );
+    if let Some(url) = prometheus::url(state, &cluster) {
+        let show_key = |key: &str| match cluster.daemons.get(key).filter(|r| r.is_alive()) {
+            Some(r) => format!("running:{}", r.pid),
+            None => "stopped".to_string(),
+        };
+        out!(
+            "prometheus {url} (in node n1)  {}  sidecar {}",
+            show_key(prometheus::KEY),
+            show_key(prometheus::SIDECAR_KEY)
+        );
+    }
     let mut rows = vec![[
         "NODE",
         "NETNS",

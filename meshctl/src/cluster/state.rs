@@ -8,6 +8,7 @@
 //! <state>/logs/<component>.log    istiod, ztunnel-<node>, agent-<node>, pod-<ns>-<name>
 //! <state>/nodes/<node>/           token, ztunnel.sock, cni.sock, cni/net.d/, cni/bin/, ipam/
 //! <state>/pods/<ns>/<name>.json   a pod's runtime record (see crate::pod)
+//! <state>/prometheus/             `up --prometheus`: config, rules, targets, TSDB (see super::prometheus)
 //! ```
 
 use std::collections::BTreeMap;
@@ -128,6 +129,7 @@ impl StateDir {
             "logs",
             "nodes",
             "pods",
+            "prometheus",
         ]
         .iter()
         .map(|e| self.root.join(e))
