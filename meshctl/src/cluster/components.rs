@@ -166,9 +166,12 @@ fn args(daemon: &Daemon, state: &StateDir, cluster: &ClusterState) -> anyhow::Re
             s(state.cni_bin_dir(node)),
         ],
     };
-    if let (Daemon::Agent(node), true) = (daemon, plan::AGENT_SERVES_METRICS) {
+    if let Daemon::Agent(node) = daemon {
         argv.push("--monitoring-addr".into());
         argv.push(cluster.node(node)?.agent_monitoring().to_string());
+        // Loopback of the node's namespace, beside ztunnel's 15000 and istiod-lite's 9876.
+        argv.push("--admin-addr".into());
+        argv.push(plan::AGENT_ADMIN.to_string());
     }
     Ok(argv)
 }

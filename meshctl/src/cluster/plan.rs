@@ -25,14 +25,11 @@ pub const ISTIOD_PORT: u16 = 15012;
 pub const ISTIOD_MONITORING_PORT: u16 = 15014;
 /// ztunnel's admin address inside its node (never reachable from outside it).
 pub const ZTUNNEL_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15000);
+/// The CNI node agent's admin endpoint (`/logging`), in each node's namespace.
+pub const AGENT_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9877);
 /// The CNI node agent's monitoring port on its node's underlay address (not 15014 as on
 /// Kubernetes: istiod-lite holds n1's underlay 15014).
 pub const AGENT_MONITORING_PORT: u16 = 15015;
-/// Whether the node agent serves `/metrics` (its `--monitoring-addr`), so the cluster passes
-/// the flag and Prometheus scrapes it.
-// TODO(issue 13): true once `cni-plugin agent --monitoring-addr` exists (being added on the
-// metrics branch); until then no cni-agent target is written.
-pub const AGENT_SERVES_METRICS: bool = false;
 /// Name of the CNI network list every node uses.
 pub const NETWORK_NAME: &str = "meshnet";
 /// File name of that list in each node's `cni/net.d`.

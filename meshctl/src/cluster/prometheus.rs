@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 
-use super::plan;
 use super::state::{write_atomic, ClusterState, StateDir};
 use crate::process::{self, ProcRecord};
 
@@ -129,15 +128,11 @@ pub fn targets(
         "istiod",
         json!([group(cluster.istiod_monitoring_addr.to_string(), control)]),
     );
-    let agents: Vec<Value> = if plan::AGENT_SERVES_METRICS {
-        cluster
-            .nodes
-            .iter()
-            .map(|n| group(n.agent_monitoring().to_string(), &n.name))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let agents: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .map(|n| group(n.agent_monitoring().to_string(), &n.name))
+        .collect();
     files.insert("cni-agent", Value::Array(agents));
     let mut waypoints: Vec<(String, String)> = pods
         .iter()
@@ -419,10 +414,7 @@ mod tests {
             files["waypoint"],
             json!([{"targets": ["10.244.2.3:15020"], "labels": {"node": "n2"}}])
         );
-        assert_eq!(
-            files["cni-agent"].as_array().map(Vec::len),
-            Some(if plan::AGENT_SERVES_METRICS { 2 } else { 0 })
-        );
+        assert_eq!(files["cni-agent"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]
