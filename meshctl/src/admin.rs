@@ -21,6 +21,17 @@ pub fn config_dump(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
     admin_config_dump(&node.netns, ZTUNNEL_ADMIN, &who)
 }
 
+/// ztunnel's `/connections` (live proxied connections) on `node`.
+pub fn connections(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
+    let who = format!("ztunnel on {}", node.name);
+    get_json(
+        &node.netns,
+        SocketAddr::V4(ZTUNNEL_ADMIN),
+        "/connections",
+        &who,
+    )
+}
+
 /// `/config_dump` from the admin endpoint `addr` in network namespace `netns`; `who` names
 /// the proxy in errors.
 pub fn admin_config_dump(
@@ -28,10 +39,21 @@ pub fn admin_config_dump(
     addr: SocketAddrV4,
     who: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let resp = netns::http_get(netns, SocketAddr::V4(addr), "/config_dump", ADMIN_TIMEOUT)
+    get_json(netns, SocketAddr::V4(addr), "/config_dump", who)
+}
+
+/// `GET path` as JSON from `addr` in network namespace `netns`; `who` names the server in
+/// errors.
+pub fn get_json(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    who: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = netns::http_get(netns, addr, path, ADMIN_TIMEOUT)
         .with_context(|| format!("asking {who} (is it running?)"))?;
     if resp.status != 200 {
-        bail!("{who} answered /config_dump with {}", resp.status);
+        bail!("{who} answered {path} with {}", resp.status);
     }
-    serde_json::from_str(&resp.body).with_context(|| format!("{who}: /config_dump is not JSON"))
+    serde_json::from_str(&resp.body).with_context(|| format!("{who}: {path} is not JSON"))
 }
