@@ -346,7 +346,7 @@ impl Server {
         let config_source = self.config_source;
         let monitoring = tokio::spawn(mesh::http_server::serve(
             self.monitoring,
-            metrics_handler(self.registry),
+            metrics_handler(self.registry, self.xds.clone()),
         ));
         let xds = self.xds.clone();
         let shutdown = async move {
@@ -407,15 +407,19 @@ fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot
     }
 }
 
-/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format.
-fn metrics_handler(registry: Arc<Registry>) -> Handler {
+/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format;
+/// `GET /debug/syncz`: every connected proxy's xDS sync state (JSON, see [`xds::syncz`]).
+fn metrics_handler(registry: Arc<Registry>, xds: XdsService) -> Handler {
     Arc::new(move |call: &Call<'_>| match call.path {
         "/metrics" => Reply {
             status: StatusCode::OK,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body: mesh::metrics::encode(&registry),
         },
-        _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics\n"),
+        "/debug/syncz" => {
+            Reply::json(serde_json::to_string_pretty(&xds.syncz()).unwrap_or_default())
+        }
+        _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics, GET /debug/syncz\n"),
     })
 }
 

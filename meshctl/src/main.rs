@@ -37,6 +37,7 @@ mod kube_api;
 mod netns;
 mod pod;
 mod process;
+mod proxy_status;
 mod resources;
 mod sys;
 mod table;
@@ -105,6 +106,9 @@ enum Command {
     /// What a node's ztunnel holds: workloads, services, policies, certificates.
     #[command(name = "ztunnel-config", subcommand)]
     ZtunnelConfig(debug::ZtunnelConfig),
+    /// Every proxy connected to istiod-lite, and per resource type whether it is SYNCED,
+    /// STALE or NACKed (with the error).
+    ProxyStatus(proxy_status::ProxyStatusArgs),
     /// A component's log: istiod-lite, ztunnel, cni (`--node`), waypoint (`-n`); `-f` follows.
     Logs(debug::LogsArgs),
     /// Install the mesh on a Kubernetes cluster (server-side apply through the kubeconfig),
@@ -175,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => done(demo::run(&args, &cli.state_dir)),
         Command::ZtunnelConfig(what) => done(debug::ztunnel_config(&state, &what)),
         Command::Logs(args) => done(debug::logs(&state, &args)),
+        Command::ProxyStatus(args) => done(proxy_status::run(&state, &args)),
         Command::Install(args) => done(install::install(&args)),
         Command::Uninstall(args) => done(install::uninstall(&args)),
         Command::HttpEcho(args) => {

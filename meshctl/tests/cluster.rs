@@ -151,6 +151,7 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     cluster.ok(&["cluster", "up", "--nodes", "2", "--name", &cluster.name]);
     let status = cluster.ok(&["cluster", "status"]);
     assert_eq!(status.matches("running:").count(), 5, "{status}");
+    let synced_before = proxies_synced(&cluster, None);
 
     // Pods fill the nodes evenly; each prints its IP.
     let ip_a = cluster.ok(&["pod", "run", "a", "-n", "plain", "--", "sleep", "infinity"]);
@@ -214,6 +215,8 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The pods changed the addresses: both ztunnels are brought to the new version.
+    proxies_synced(&cluster, Some(&synced_before));
     let json = cluster.ok(&["ztunnel-config", "workloads", "--node", "n2", "-o", "json"]);
     assert!(json.trim_start().starts_with('['), "{json}");
     let certs = cluster.ok(&["ztunnel-config", "certificates", "--node", "n1"]);
@@ -263,6 +266,45 @@ fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, 
         assert!(std::time::Instant::now() < deadline, "{what}: {value:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// `proxy-status`: waits until both nodes' ztunnels are listed with addresses and
+/// authorizations SYNCED (and, given the address version seen `before`, at another version);
+/// returns the address version they hold.
+fn proxies_synced(cluster: &Cluster, before: Option<&str>) -> String {
+    let syncz = eventually("two ztunnels synced", || {
+        let table = parse_table(&cluster.ok(&["proxy-status"]));
+        let nodes: Vec<&str> = table.iter().map(|p| p["NODE"].as_str()).collect();
+        let synced = table.iter().all(|p| {
+            p["TYPE"] == "ztunnel" && p["ADDRESS"] == "SYNCED" && p["AUTHORIZATION"] == "SYNCED"
+        });
+        let json: serde_json::Value =
+            serde_json::from_str(&cluster.ok(&["proxy-status", "-o", "json"])).expect("JSON");
+        let versions: Vec<(String, String)> = json
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| {
+                let address = &p["xds"][0];
+                assert_eq!(address["type"], "address");
+                (
+                    address["acked_version"].as_str().unwrap_or("-").to_string(),
+                    address["istiod_version"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let current = versions
+            .iter()
+            .all(|(acked, istiod)| acked == istiod && Some(acked.as_str()) != before);
+        (
+            synced && current && nodes.len() == 2 && nodes.contains(&"n1") && nodes.contains(&"n2"),
+            (table, versions),
+        )
+    });
+    syncz.1[0].0.clone()
 }
 
 /// `ztunnel-config connections`: a connection from pod a (n1) to an echo server on n2 shows
