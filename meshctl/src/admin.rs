@@ -21,17 +21,6 @@ pub fn config_dump(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
     admin_config_dump(&node.netns, ZTUNNEL_ADMIN, &who)
 }
 
-/// ztunnel's `/connections` (live proxied connections) on `node`.
-pub fn connections(node: &NodePlan) -> anyhow::Result<serde_json::Value> {
-    let who = format!("ztunnel on {}", node.name);
-    get_json(
-        &node.netns,
-        SocketAddr::V4(ZTUNNEL_ADMIN),
-        "/connections",
-        &who,
-    )
-}
-
 /// `/config_dump` from the admin endpoint `addr` in network namespace `netns`; `who` names
 /// the proxy in errors.
 pub fn admin_config_dump(

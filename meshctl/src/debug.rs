@@ -12,8 +12,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use mesh::store::StoreSnapshot;
 use serde_json::Value;
 
-use crate::admin::{config_dump, connections};
 use crate::cluster::state::StateDir;
+use crate::kube_api::Target;
+use crate::reach::Reach;
 use crate::table;
 
 /// Output format.
@@ -73,6 +74,9 @@ pub struct ZtunnelConfigArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The local cluster, or Kubernetes with `--kubeconfig`.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// Flags of `logs`.
@@ -97,25 +101,7 @@ pub struct LogsArgs {
 /// `meshctl ztunnel-config ...`.
 pub fn ztunnel_config(state: &StateDir, what: &ZtunnelConfig) -> anyhow::Result<()> {
     let args = what.args();
-    let cluster = state
-        .load()
-        .context("no local cluster here (start one with `meshctl cluster up`)")?;
-    let node = cluster.node(&args.node).with_context(|| {
-        format!(
-            "no node {:?}: see `meshctl cluster status` for the nodes",
-            args.node
-        )
-    })?;
-    let fetched = match what {
-        ZtunnelConfig::Connections(_) => connections(node),
-        _ => config_dump(node),
-    };
-    let dump = fetched.with_context(|| {
-        format!(
-            "is ztunnel-{} running? `meshctl cluster start ztunnel-{}`",
-            args.node, args.node
-        )
-    })?;
+    let dump = Reach::new(state, &args.target)?.ztunnel_admin(&args.node, what.admin_path())?;
     out!("{}", render(what, &dump, args.output)?.trim_end());
     Ok(())
 }
@@ -453,6 +439,7 @@ mod tests {
         ZtunnelConfigArgs {
             node: "n1".into(),
             output: Output::Table,
+            target: Target::default(),
         }
     }
 

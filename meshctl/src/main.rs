@@ -38,6 +38,7 @@ mod netns;
 mod pod;
 mod process;
 mod proxy_status;
+mod reach;
 mod resources;
 mod sys;
 mod table;

@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
-use crate::admin;
 use crate::cluster::state::StateDir;
 use crate::debug::{age, format_output, Output};
+use crate::kube_api::Target;
+use crate::reach::Reach;
 
 /// The types' columns, in `/debug/syncz` order.
 const TYPES: [(&str, &str); 5] = [
@@ -27,21 +28,14 @@ pub struct ProxyStatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The local cluster, or Kubernetes with `--kubeconfig`.
+    #[command(flatten)]
+    pub target: Target,
 }
 
-/// `meshctl proxy-status` on the local cluster.
+/// `meshctl proxy-status`.
 pub fn run(state: &StateDir, args: &ProxyStatusArgs) -> anyhow::Result<()> {
-    let cluster = state
-        .load()
-        .context("no local cluster here (start one with `meshctl cluster up`)")?;
-    let node = cluster.control_node()?;
-    let syncz = admin::get_json(
-        &node.netns,
-        std::net::SocketAddr::V4(cluster.istiod_monitoring_addr),
-        "/debug/syncz",
-        "istiod-lite",
-    )
-    .context("is istiod-lite running? `meshctl cluster start istiod`")?;
+    let syncz = Reach::new(state, &args.target)?.istiod("/debug/syncz")?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
