@@ -367,7 +367,5 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
     )
 }
 
-/// GET or PATCH (JSON merge patch; server-side apply is merged the same way) of one object.
-
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
+/// GET or PATCH (JSON merge patch; server-side apply is merged the same way) of one object.
 pub(super) async fn object_request(
     shared: &Arc<Shared>,
     req: Request<hyper::body::Incoming>,
