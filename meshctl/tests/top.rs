@@ -1,6 +1,7 @@
 //! `meshctl top` on a local cluster with traffic, as a person sees it: inside tmux (a 160x40
-//! pane), the node rows and the workload rows appear, `q` quits with status 0; and
-//! `-o json` prints one snapshot whose rates are real (two scrapes).
+//! pane), the node rows and the workload rows appear (the server's with requests and
+//! latencies from its waypoint), `s` re-sorts, `q` quits with status 0; and `-o json` prints
+//! one snapshot whose rates are real (two scrapes).
 //!
 //! Needs root, tmux and curl, and the mesh's binaries next to meshctl
 //! (`cargo build -p istiod-lite -p ztunnel -p cni-plugin` first).
@@ -76,7 +77,8 @@ fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, 
     }
 }
 
-/// A two-node cluster with an enrolled client (n1) calling an echo server (n2) in a loop.
+/// A two-node cluster with an enrolled client (n1) calling an echo server (n2) in a loop,
+/// through its Service, whose waypoint is in the path.
 fn cluster_with_traffic(name: &str) -> Cluster {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root");
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -88,7 +90,7 @@ fn cluster_with_traffic(name: &str) -> Cluster {
     };
     cluster.ok(&["cluster", "up", "--nodes", "2", "--name", name]);
     cluster.ok(&["label", "ns", "demo", "istio.io/dataplane-mode=ambient"]);
-    let server = cluster.ok(&[
+    cluster.ok(&[
         "pod",
         "run",
         "server",
@@ -96,6 +98,8 @@ fn cluster_with_traffic(name: &str) -> Cluster {
         "demo",
         "--sa",
         "server",
+        "--labels",
+        "app=server",
         "--node",
         "n2",
         "--",
@@ -106,13 +110,35 @@ fn cluster_with_traffic(name: &str) -> Cluster {
         "pod", "run", "client", "-n", "demo", "--sa", "client", "--node", "n1", "--", "sleep",
         "infinity",
     ]);
-    let server = server.trim().to_string();
-    eventually("the server known to n1's ztunnel", || {
-        let w = cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]);
-        (w.contains(&server) && w.contains("client"), w)
-    });
-    let script =
-        format!("while true; do curl -s -m 2 -o /dev/null http://{server}:8080/; sleep 0.1; done");
+    let service = cluster.state.parent().unwrap().join("service.yaml");
+    std::fs::write(
+        &service,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\n\
+         spec:\n  selector: {app: server}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    cluster.ok(&["apply", "-f", service.to_str().unwrap()]);
+    cluster.ok(&[
+        "waypoint",
+        "apply",
+        "-n",
+        "demo",
+        "--enroll-namespace",
+        "--wait",
+    ]);
+    // The Service's VIP, once n1's ztunnel sends it through the waypoint.
+    let vip = eventually("the server's Service with its waypoint on n1", || {
+        let table = cluster.ok(&["ztunnel-config", "services", "--node", "n1"]);
+        let vip = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|r| r.len() == 6 && r[1] == "server" && r[5].starts_with("waypoint."))
+            .map(|r| r[2].to_string());
+        (vip.is_some(), (vip, table))
+    })
+    .0
+    .unwrap();
+    let script = format!("while true; do curl -s -m 2 -o /dev/null http://{vip}/; sleep 0.1; done");
     cluster.traffic = Some(
         Command::new(MESHCTL)
             .arg("--state-dir")
@@ -134,18 +160,39 @@ fn top_shows_nodes_and_workloads_under_tmux_and_quits_on_q_and_prints_json() {
     let mut cluster = cluster_with_traffic(&name);
 
     // -o json: one snapshot from two scrapes a second apart.
-    let snapshot = eventually("a JSON snapshot with the server's connections", || {
-        let json = cluster.ok(&["top", "-o", "json", "--interval", "1"]);
-        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-        let server_rate = v["workloads"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|w| w["namespace"] == "demo" && w["workload"] == "server")
-            .and_then(|w| w["connections_per_s"].as_f64())
-            .unwrap_or(0.0);
-        (server_rate > 0.0, v)
-    });
+    let snapshot = eventually(
+        "a JSON snapshot with the server's connections and requests",
+        || {
+            let json = cluster.ok(&["top", "-o", "json", "--interval", "1"]);
+            let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+            let server = v["workloads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|w| w["namespace"] == "demo" && w["workload"] == "server")
+                .cloned()
+                .unwrap_or_default();
+            let rate = |k: &str| server[k].as_f64().unwrap_or(0.0);
+            (
+                rate("connections_per_s") > 0.0 && rate("requests_per_s") > 0.0,
+                v,
+            )
+        },
+    );
+    let server = snapshot["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == "server")
+        .unwrap();
+    // Every request is answered 200 by the echo server; the waypoint's histogram gives
+    // latencies.
+    assert_eq!(server["success_rate"].as_f64(), Some(1.0), "{snapshot}");
+    let (p50, p99) = (
+        server["p50_ms"].as_f64().unwrap(),
+        server["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{snapshot}");
     let nodes: Vec<&str> = snapshot["nodes"]
         .as_array()
         .unwrap()
@@ -211,9 +258,12 @@ fn top_shows_nodes_and_workloads_under_tmux_and_quits_on_q_and_prints_json() {
     });
     let server_row = screen
         .lines()
-        .find(|l| l.contains("demo") && l.contains("server"))
+        .find(|l| l.contains("demo") && l.contains(" server "))
         .expect("a server row");
-    assert!(server_row.contains("/s"), "{screen}");
+    assert!(
+        server_row.contains("/s") && server_row.contains("ms"),
+        "{screen}"
+    );
     // `s` changes the sort, and the screen says so.
     Command::new("tmux")
         .args(["send-keys", "-t", &session, "s"])
