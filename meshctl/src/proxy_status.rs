@@ -55,7 +55,7 @@ pub fn render(syncz: &Value, output: Output, now: u64) -> anyhow::Result<String>
     let mut rows = vec![header];
     let mut nacks = Vec::new();
     for p in proxies {
-        let name = p["proxy"].as_str().unwrap_or("-").to_string();
+        let name = short_name(p["proxy"].as_str().unwrap_or("-"));
         let mut row = vec![
             name.clone(),
             p["kind"].as_str().unwrap_or("-").to_string(),
@@ -86,6 +86,15 @@ pub fn render(syncz: &Value, output: Output, now: u64) -> anyhow::Result<String>
         }
     }
     Ok(text)
+}
+
+/// A proxy id as istioctl shows it: `<pod>.<namespace>` out of Istio's
+/// `<type>~<ip>~<pod>.<namespace>~<domain>`; any other id as it is.
+fn short_name(id: &str) -> String {
+    match id.split('~').collect::<Vec<_>>()[..] {
+        [_, _, name, _] if !name.is_empty() => name.to_string(),
+        _ => id.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +166,14 @@ mod tests {
         let json = render(&syncz, Output::Json, 1130).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), syncz);
         assert!(render(&serde_json::json!({}), Output::Table, 0).is_err());
+    }
+
+    #[test]
+    fn istio_proxy_ids_show_as_pod_dot_namespace() {
+        assert_eq!(
+            short_name("ztunnel~127.0.0.1~ztunnel-n1.istio-system~istio-system.svc.cluster.local"),
+            "ztunnel-n1.istio-system"
+        );
+        assert_eq!(short_name("ztunnel~n1"), "ztunnel~n1");
     }
 }
