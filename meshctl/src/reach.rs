@@ -45,7 +45,15 @@ impl Reach {
             return Ok(Reach::Local(state.clone()));
         };
         let runtime = kube_api::runtime()?;
-        let client = runtime.block_on(kube_api::client(kubeconfig))?;
+        let mut config = runtime.block_on(kube_api::config(kubeconfig))?;
+        // A pod that does not answer makes the API server say 503; kube's default retries
+        // of 503 (15, backing off for minutes) would hang the command instead of saying so.
+        config.default_retry = false;
+        let client = {
+            // The client spawns its buffer task on the runtime.
+            let _inside = runtime.enter();
+            kube::Client::try_from(config)?
+        };
         Ok(Reach::Kube { runtime, client })
     }
 
@@ -152,8 +160,18 @@ async fn proxy_get(
 ) -> anyhow::Result<Value> {
     let url = format!("/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{pod}:{port}/proxy{path}");
     let request = http::Request::get(&url).body(Vec::new())?;
-    let text = client.request_text(request).await.with_context(|| {
-        format!("GET {path} of pod {SYSTEM_NAMESPACE}/{pod} port {port} through the API server")
-    })?;
+    let what =
+        format!("GET {path} of pod {SYSTEM_NAMESPACE}/{pod} port {port} through the API server");
+    let text = match client.request_text(request).await {
+        Ok(text) => text,
+        // ztunnel's admin endpoint listens on its pod's loopback by default (ADMIN_ADDR),
+        // which the pod proxy cannot reach: say how to get there instead.
+        Err(e) if port == ZTUNNEL_ADMIN_PORT => bail!(
+            "{what}: {e}; ztunnel's admin endpoint listens on 127.0.0.1 in its pod by default: \
+             `kubectl port-forward -n {SYSTEM_NAMESPACE} pod/{pod} 15000` and \
+             `curl localhost:15000{path}` reach it"
+        ),
+        Err(e) => return Err(e).context(what),
+    };
     serde_json::from_str(&text).with_context(|| format!("{pod}: {path} is not JSON"))
 }

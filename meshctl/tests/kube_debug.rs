@@ -1,7 +1,8 @@
 //! The debug verbs on Kubernetes (`--kubeconfig`), against the fake API server: `ztunnel-config`
 //! reaches the ztunnel pod of the node asked for (by `spec.nodeName` and `app=ztunnel`) and
 //! `proxy-status` istiod's pod, both through the pod proxy subresource; a node without a
-//! ztunnel pod is named in the error.
+//! ztunnel pod is named in the error; a ztunnel that does not answer (503, not retried for
+//! minutes) gets the port-forward hint.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -163,5 +164,23 @@ async fn debug_verbs_reach_the_node_s_ztunnel_and_istiod_through_the_pod_proxy()
     assert!(
         !requests.iter().any(|r| r.contains("ztunnel-aaaaa")),
         "only node-2's ztunnel is asked: {requests:?}"
+    );
+
+    // node-1's ztunnel does not answer through the pod proxy (its admin endpoint is on its
+    // loopback): the error says how to reach it.
+    let out = meshctl(&[
+        "ztunnel-config",
+        "workloads",
+        "--node",
+        "node-1",
+        "--kubeconfig",
+        k,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("kubectl port-forward -n istio-system pod/ztunnel-aaaaa 15000"),
+        "{stderr}"
     );
 }
