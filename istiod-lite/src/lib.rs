@@ -392,7 +392,7 @@ impl Server {
         let config_source = self.config_source;
         let monitoring = tokio::spawn(mesh::http_server::serve(
             self.monitoring,
-            metrics_handler(self.registry, self.config_metrics),
+            metrics_handler(self.registry, self.config_metrics, self.xds.clone()),
         ));
         let admin = tokio::spawn(mesh::http_server::serve(
             self.admin,
@@ -458,8 +458,9 @@ fn xds_snapshot(state: &ClusterState, options: &TranslateOptions) -> XdsSnapshot
     }
 }
 
-/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format.
-fn metrics_handler(registry: Arc<Registry>, config: ConfigMetrics) -> Handler {
+/// `GET /metrics`: every metric in the Prometheus (OpenMetrics) text format;
+/// `GET /debug/syncz`: every connected proxy's xDS sync state (JSON, see [`xds::syncz`]).
+fn metrics_handler(registry: Arc<Registry>, config: ConfigMetrics, xds: XdsService) -> Handler {
     Arc::new(move |call: &Call<'_>| match call.path {
         "/metrics" => {
             config.refresh();
@@ -469,7 +470,10 @@ fn metrics_handler(registry: Arc<Registry>, config: ConfigMetrics) -> Handler {
                 body: mesh::metrics::encode(&registry),
             }
         }
-        _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics\n"),
+        "/debug/syncz" => {
+            Reply::json(serde_json::to_string_pretty(&xds.syncz()).unwrap_or_default())
+        }
+        _ => Reply::status(StatusCode::NOT_FOUND, "GET /metrics, GET /debug/syncz\n"),
     })
 }
 

@@ -28,10 +28,21 @@ pub fn admin_config_dump(
     addr: SocketAddrV4,
     who: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let resp = netns::http_get(netns, SocketAddr::V4(addr), "/config_dump", ADMIN_TIMEOUT)
+    get_json(netns, SocketAddr::V4(addr), "/config_dump", who)
+}
+
+/// `GET path` as JSON from `addr` in network namespace `netns`; `who` names the server in
+/// errors.
+pub fn get_json(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    who: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = netns::http_get(netns, addr, path, ADMIN_TIMEOUT)
         .with_context(|| format!("asking {who} (is it running?)"))?;
     if resp.status != 200 {
-        bail!("{who} answered /config_dump with {}", resp.status);
+        bail!("{who} answered {path} with {}", resp.status);
     }
-    serde_json::from_str(&resp.body).with_context(|| format!("{who}: /config_dump is not JSON"))
+    serde_json::from_str(&resp.body).with_context(|| format!("{who}: {path} is not JSON"))
 }

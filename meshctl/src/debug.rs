@@ -12,8 +12,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use mesh::store::StoreSnapshot;
 use serde_json::Value;
 
-use crate::admin::config_dump;
 use crate::cluster::state::StateDir;
+use crate::kube_api::Target;
+use crate::reach::Reach;
 use crate::table;
 
 /// Output format.
@@ -38,6 +39,30 @@ pub enum ZtunnelConfig {
     Policies(ZtunnelConfigArgs),
     /// Certificates: IDENTITY STATE SERIAL NOT-AFTER EXPIRES-IN ROTATION.
     Certificates(ZtunnelConfigArgs),
+    /// Live proxied connections: NAMESPACE POD DIRECTION SOURCE DESTINATION SOURCE-IDENTITY
+    /// DESTINATION-IDENTITY WAYPOINT SENT RECEIVED AGE STATE.
+    Connections(ZtunnelConfigArgs),
+}
+
+impl ZtunnelConfig {
+    /// The flags, whichever view.
+    pub fn args(&self) -> &ZtunnelConfigArgs {
+        match self {
+            ZtunnelConfig::Workloads(a)
+            | ZtunnelConfig::Services(a)
+            | ZtunnelConfig::Policies(a)
+            | ZtunnelConfig::Certificates(a)
+            | ZtunnelConfig::Connections(a) => a,
+        }
+    }
+
+    /// The admin path whose JSON [`render`] reads.
+    pub fn admin_path(&self) -> &'static str {
+        match self {
+            ZtunnelConfig::Connections(_) => "/connections",
+            _ => "/config_dump",
+        }
+    }
 }
 
 /// Flags of `ztunnel-config`.
@@ -49,6 +74,9 @@ pub struct ZtunnelConfigArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The local cluster, or Kubernetes with `--kubeconfig`.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// Flags of `logs`.
@@ -72,33 +100,19 @@ pub struct LogsArgs {
 
 /// `meshctl ztunnel-config ...`.
 pub fn ztunnel_config(state: &StateDir, what: &ZtunnelConfig) -> anyhow::Result<()> {
-    let args = match what {
-        ZtunnelConfig::Workloads(a)
-        | ZtunnelConfig::Services(a)
-        | ZtunnelConfig::Policies(a)
-        | ZtunnelConfig::Certificates(a) => a,
-    };
-    let cluster = state
-        .load()
-        .context("no local cluster here (start one with `meshctl cluster up`)")?;
-    let node = cluster.node(&args.node).with_context(|| {
-        format!(
-            "no node {:?}: see `meshctl cluster status` for the nodes",
-            args.node
-        )
-    })?;
-    let dump = config_dump(node).with_context(|| {
-        format!(
-            "is ztunnel-{} running? `meshctl cluster start ztunnel-{}`",
-            args.node, args.node
-        )
-    })?;
+    let args = what.args();
+    let dump = Reach::new(state, &args.target)?.ztunnel_admin(&args.node, what.admin_path())?;
     out!("{}", render(what, &dump, args.output)?.trim_end());
     Ok(())
 }
 
-/// The view of `dump` (a ztunnel's `/config_dump`) that `what` asks for.
+/// The view of `dump` (a ztunnel's `/config_dump`, or its `/connections` for
+/// `connections`) that `what` asks for.
 pub fn render(what: &ZtunnelConfig, dump: &Value, output: Output) -> anyhow::Result<String> {
+    if let ZtunnelConfig::Connections(_) = what {
+        let rows = connection_rows(dump)?;
+        return format_output(dump, rows, output);
+    }
     let snapshot: StoreSnapshot = serde_json::from_value(dump["config"].clone())
         .context("not a ztunnel /config_dump of this mesh version")?;
     let (value, rows) = match what {
@@ -115,12 +129,90 @@ pub fn render(what: &ZtunnelConfig, dump: &Value, output: Output) -> anyhow::Res
             policy_rows(&snapshot),
         ),
         ZtunnelConfig::Certificates(_) => (dump["certificates"].clone(), certificate_rows(dump)),
+        ZtunnelConfig::Connections(_) => unreachable!("handled above"),
     };
+    format_output(&value, rows, output)
+}
+
+/// `value` as JSON or YAML, or `rows` as a table.
+pub fn format_output(
+    value: &Value,
+    rows: Vec<Vec<String>>,
+    output: Output,
+) -> anyhow::Result<String> {
     Ok(match output {
-        Output::Json => serde_json::to_string_pretty(&value)?,
-        Output::Yaml => serde_saphyr::to_string(&value).context("encoding YAML")?,
+        Output::Json => serde_json::to_string_pretty(value)?,
+        Output::Yaml => serde_saphyr::to_string(value).context("encoding YAML")?,
         Output::Table => table::format(&rows),
     })
+}
+
+fn connection_rows(conns: &Value) -> anyhow::Result<Vec<Vec<String>>> {
+    let list = conns
+        .as_array()
+        .context("not a ztunnel /connections answer of this mesh version")?;
+    let mut rows = vec![header(&[
+        "NAMESPACE",
+        "POD",
+        "DIRECTION",
+        "SOURCE",
+        "DESTINATION",
+        "SOURCE-IDENTITY",
+        "DESTINATION-IDENTITY",
+        "WAYPOINT",
+        "SENT",
+        "RECEIVED",
+        "AGE",
+        "STATE",
+    ])];
+    let text = |v: &Value| {
+        v.as_str()
+            .map_or("-".to_string(), |s| or_dash(s.to_string()))
+    };
+    for c in list {
+        rows.push(vec![
+            text(&c["pod_namespace"]),
+            text(&c["pod_name"]),
+            text(&c["direction"]),
+            text(&c["src"]),
+            text(&c["dst"]),
+            text(&c["src_identity"]),
+            text(&c["dst_identity"]),
+            text(&c["waypoint"]),
+            bytes(c["bytes_sent"].as_u64().unwrap_or(0)),
+            bytes(c["bytes_received"].as_u64().unwrap_or(0)),
+            age(c["age_ms"].as_u64().unwrap_or(0)),
+            text(&c["state"]),
+        ]);
+    }
+    Ok(rows)
+}
+
+/// A byte count the way `kubectl top` rounds: B, KiB, MiB, GiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// An age the way kubectl prints one: 42s, 3m12s, 5h3m, 2d4h.
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
 }
 
 fn workload_rows(s: &StoreSnapshot) -> Vec<Vec<String>> {
@@ -347,6 +439,7 @@ mod tests {
         ZtunnelConfigArgs {
             node: "n1".into(),
             output: Output::Table,
+            target: Target::default(),
         }
     }
 
@@ -382,6 +475,44 @@ mod tests {
             Output::Table
         )
         .is_err());
+    }
+
+    #[test]
+    fn connections_show_both_ends_identities_bytes_and_age() {
+        let conns = serde_json::json!([{
+            "pod_uid": "Kubernetes//v1/Pod/demo/a", "pod_namespace": "demo", "pod_name": "a",
+            "direction": "outbound", "src": "10.244.1.2:40000", "dst": "10.244.2.2:8080",
+            "src_identity": "spiffe://cluster.local/ns/demo/sa/a",
+            "dst_identity": "spiffe://cluster.local/ns/demo/sa/b", "waypoint": null,
+            "bytes_sent": 2048, "bytes_received": 5, "age_ms": 75000, "state": "open"
+        }]);
+        let what = ZtunnelConfig::Connections(args());
+        let text = render(&what, &conns, Output::Table).unwrap();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][0..3], ["NAMESPACE", "POD", "DIRECTION"]);
+        assert_eq!(
+            lines[1],
+            [
+                "demo",
+                "a",
+                "outbound",
+                "10.244.1.2:40000",
+                "10.244.2.2:8080",
+                "spiffe://cluster.local/ns/demo/sa/a",
+                "spiffe://cluster.local/ns/demo/sa/b",
+                "-",
+                "2.0KiB",
+                "5B",
+                "1m15s",
+                "open"
+            ]
+        );
+        let json = render(&what, &conns, Output::Json).unwrap();
+        assert!(json.contains("\"bytes_sent\": 2048"), "{json}");
+        assert!(render(&what, &serde_json::json!({}), Output::Table).is_err());
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+}
+
+/// The client configuration from the kubeconfig (or the default chain).
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -69,7 +74,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
             .await
             .context("no cluster: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a pod")?,
     };
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
 }
 
 /// The API of `object`'s kind, in its namespace if it has one.

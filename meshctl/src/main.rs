@@ -37,9 +37,12 @@ mod kube_api;
 mod netns;
 mod pod;
 mod process;
+mod proxy_status;
+mod reach;
 mod resources;
 mod sys;
 mod table;
+mod top;
 mod waypoint;
 
 use std::path::PathBuf;
@@ -105,6 +108,12 @@ enum Command {
     /// What a node's ztunnel holds: workloads, services, policies, certificates.
     #[command(name = "ztunnel-config", subcommand)]
     ZtunnelConfig(debug::ZtunnelConfig),
+    /// Every proxy connected to istiod-lite, and per resource type whether it is SYNCED,
+    /// STALE or NACKed (with the error).
+    ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// A live view of the mesh's traffic per node (and `-w` per workload), from the
+    /// components' metrics; `-o json` prints one snapshot.
+    Top(top::TopArgs),
     /// A component's log: istiod-lite, ztunnel, cni (`--node`), waypoint (`-n`); `-f` follows.
     Logs(debug::LogsArgs),
     /// Install the mesh on a Kubernetes cluster (server-side apply through the kubeconfig),
@@ -175,6 +184,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => done(demo::run(&args, &cli.state_dir)),
         Command::ZtunnelConfig(what) => done(debug::ztunnel_config(&state, &what)),
         Command::Logs(args) => done(debug::logs(&state, &args)),
+        Command::ProxyStatus(args) => done(proxy_status::run(&state, &args)),
+        Command::Top(args) => done(top::run(&state, &args)),
         Command::Install(args) => done(install::install(&args)),
         Command::Uninstall(args) => done(install::uninstall(&args)),
         Command::HttpEcho(args) => {

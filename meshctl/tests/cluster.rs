@@ -151,6 +151,7 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     cluster.ok(&["cluster", "up", "--nodes", "2", "--name", &cluster.name]);
     let status = cluster.ok(&["cluster", "status"]);
     assert_eq!(status.matches("running:").count(), 5, "{status}");
+    let synced_before = proxies_synced(&cluster, None);
 
     // Pods fill the nodes evenly; each prints its IP.
     let ip_a = cluster.ok(&["pod", "run", "a", "-n", "plain", "--", "sleep", "infinity"]);
@@ -214,6 +215,8 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The pods changed the addresses: both ztunnels are brought to the new version.
+    proxies_synced(&cluster, Some(&synced_before));
     let json = cluster.ok(&["ztunnel-config", "workloads", "--node", "n2", "-o", "json"]);
     assert!(json.trim_start().starts_with('['), "{json}");
     let certs = cluster.ok(&["ztunnel-config", "certificates", "--node", "n1"]);
@@ -231,11 +234,13 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     let bad = cluster.run(&["logs", "envoy"]);
     assert!(!bad.status.success());
 
+    held_open_connections_are_listed_until_closed(&cluster, ip_a);
+
     // Everything that runs, before `down`.
     let namespaces = netns_with_prefix(&prefix);
-    assert_eq!(namespaces.len(), 5, "{namespaces:?}"); // underlay, 2 nodes, 2 pods
+    assert_eq!(namespaces.len(), 6, "{namespaces:?}"); // underlay, 2 nodes, 3 pods
     let pids: Vec<i32> = namespaces.iter().flat_map(|n| netns_pids(n)).collect();
-    assert!(pids.len() >= 9, "daemons and pod processes: {pids:?}");
+    assert!(pids.len() >= 10, "daemons and pod processes: {pids:?}");
 
     let down = cluster.ok(&["cluster", "down"]);
     assert!(down.contains("is down"), "{down}");
@@ -248,6 +253,141 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     );
     // A second `down` is harmless.
     cluster.ok(&["cluster", "down"]);
+}
+
+/// Polls `check` every 100 ms for up to 15 s; panics with `what` and the last value.
+fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (done, value) = check();
+        if done {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {value:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `proxy-status`: waits until both nodes' ztunnels are listed with addresses and
+/// authorizations SYNCED (and, given the address version seen `before`, at another version);
+/// returns the address version they hold.
+fn proxies_synced(cluster: &Cluster, before: Option<&str>) -> String {
+    let syncz = eventually("two ztunnels synced", || {
+        let table = parse_table(&cluster.ok(&["proxy-status"]));
+        let nodes: Vec<&str> = table.iter().map(|p| p["NODE"].as_str()).collect();
+        let synced = table.iter().all(|p| {
+            p["TYPE"] == "ztunnel" && p["ADDRESS"] == "SYNCED" && p["AUTHORIZATION"] == "SYNCED"
+        });
+        let json: serde_json::Value =
+            serde_json::from_str(&cluster.ok(&["proxy-status", "-o", "json"])).expect("JSON");
+        let versions: Vec<(String, String)> = json
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| {
+                let address = &p["xds"][0];
+                assert_eq!(address["type"], "address");
+                (
+                    address["acked_version"].as_str().unwrap_or("-").to_string(),
+                    address["istiod_version"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let current = versions
+            .iter()
+            .all(|(acked, istiod)| acked == istiod && Some(acked.as_str()) != before);
+        (
+            synced && current && nodes.len() == 2 && nodes.contains(&"n1") && nodes.contains(&"n2"),
+            (table, versions),
+        )
+    });
+    syncz.1[0].0.clone()
+}
+
+/// `ztunnel-config connections`: a connection from pod a (n1) to an echo server on n2 shows
+/// on both nodes' ztunnels while it is held open (outbound on n1, inbound on n2, both ends
+/// and identities, the bytes sent so far), and is gone once the client closes it.
+fn held_open_connections_are_listed_until_closed(cluster: &Cluster, ip_a: &str) {
+    cluster.ok(&["label", "ns", "plain", "istio.io/dataplane-mode=ambient"]);
+    let ip_echo = cluster.ok(&[
+        "pod",
+        "run",
+        "echo",
+        "-n",
+        "plain",
+        "--node",
+        "n2",
+        "--",
+        MESHCTL,
+        "http-echo",
+    ]);
+    let ip_echo = ip_echo.trim().to_string();
+    eventually("pods a and echo captured and known to n1's ztunnel", || {
+        let pods = parse_table(&cluster.ok(&["get", "pods"]));
+        let captured = ["a", "echo"].iter().all(|n| {
+            pods.iter()
+                .any(|p| p["NAME"] == *n && p["CAPTURED"] == "yes")
+        });
+        let known = cluster
+            .ok(&["ztunnel-config", "workloads", "--node", "n1"])
+            .contains(&ip_echo);
+        (captured && known, pods)
+    });
+    // An unfinished request head: the server waits for the rest (up to 10 s).
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip_echo}/8080 && printf 'GET / HTTP/1.1\\r\\n' >&3 && echo open && {{ read _ || true; }}"
+    );
+    let mut client = Command::new(MESHCTL)
+        .arg("--state-dir")
+        .arg(&cluster.state)
+        .args([
+            "pod", "exec", "a", "-n", "plain", "--", "bash", "-c", &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client starts");
+    let listed = |node: &str, direction: &str| {
+        let table = parse_table(&cluster.ok(&["ztunnel-config", "connections", "--node", node]));
+        let found = table.iter().any(|c| {
+            c["DIRECTION"] == direction
+                && c["POD"] == if direction == "outbound" { "a" } else { "echo" }
+                && c["SOURCE"].starts_with(ip_a)
+                && c["DESTINATION"] == format!("{ip_echo}:8080")
+                && c["SOURCE-IDENTITY"] == "spiffe://cluster.local/ns/plain/sa/default"
+                && c["SENT"] == "16B"
+                && c["STATE"] == "open"
+        });
+        (found, table)
+    };
+    eventually("the held-open connection is outbound on n1", || {
+        listed("n1", "outbound")
+    });
+    eventually("the held-open connection is inbound on n2", || {
+        listed("n2", "inbound")
+    });
+    let json = cluster.ok(&[
+        "ztunnel-config",
+        "connections",
+        "--node",
+        "n1",
+        "-o",
+        "json",
+    ]);
+    assert!(json.contains("\"bytes_sent\": 16"), "{json}");
+
+    drop(client.stdin.take()); // `read` ends: the client closes the connection
+    let status = client.wait().expect("client ends");
+    assert!(status.success(), "client: {status}");
+    for node in ["n1", "n2"] {
+        eventually("the closed connection is gone", || {
+            let table = cluster.ok(&["ztunnel-config", "connections", "--node", node]);
+            (table.trim().lines().count() == 1, table)
+        });
+    }
 }
 
 #[test]

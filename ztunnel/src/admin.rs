@@ -110,11 +110,46 @@ impl AdminState {
         })
     }
 
+    /// `/connections`: every live proxied connection (oldest first) with the namespace and
+    /// name of its pod (`-` when the control plane does not know it yet); inbound ones get
+    /// the pod's identity as their destination identity.
+    pub fn connections(&self) -> serde_json::Value {
+        let identities: std::collections::HashMap<String, String> = self
+            .pods
+            .dump()
+            .into_iter()
+            .map(|p| (p.uid, p.identity))
+            .collect();
+        let conns: Vec<serde_json::Value> = self
+            .live
+            .connections()
+            .into_iter()
+            .map(|mut c| {
+                let (namespace, name) = self.store.workload(&c.pod_uid).map_or_else(
+                    || ("-".to_string(), "-".to_string()),
+                    |w| (w.namespace().to_string(), w.name.clone()),
+                );
+                if c.direction == "inbound" && c.ends.dst_identity.is_none() {
+                    c.ends.dst_identity = identities.get(&c.pod_uid).cloned();
+                }
+                let mut v = json!(c);
+                v["pod_namespace"] = json!(namespace);
+                v["pod_name"] = json!(name);
+                v
+            })
+            .collect();
+        json!(conns)
+    }
+
     /// The admin handler.
     pub fn admin_handler(self) -> Handler {
-        Arc::new(move |call: &Call<'_>| match (call.method, call.path) {
+        Arc::new(move |call: &Call<'_>| {
+            match (call.method, call.path) {
             (&Method::GET, "/config_dump") => {
                 Reply::json(serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default())
+            }
+            (&Method::GET, "/connections") => {
+                Reply::json(serde_json::to_string_pretty(&self.connections()).unwrap_or_default())
             }
             (_, "/logging") => mesh::logging::reply(&self.log_reload, call),
             (&Method::POST, "/quitquitquit") => {
@@ -123,8 +158,9 @@ impl AdminState {
             }
             _ => Reply::status(
                 StatusCode::NOT_FOUND,
-                "endpoints: GET /config_dump, GET|POST /logging, POST /quitquitquit\n",
+                "endpoints: GET /config_dump, GET /connections, GET|POST /logging, POST /quitquitquit\n",
             ),
+        }
         })
     }
 

@@ -132,11 +132,55 @@ struct TypeState {
     in_flight: Option<InFlight>,
     /// When the earliest change not yet sent arrived.
     pending_since: Option<Instant>,
+    /// The last response sent, and the last one ACKed (`/debug/syncz`).
+    sent: Option<Sent>,
+    acked: Option<Sent>,
+    /// The last NACK's nonce and message; cleared by the next ACK.
+    nack: Option<(String, String)>,
+}
+
+/// A response's `system_version_info` and nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The type's version when it was sent.
+    pub version: String,
+    /// Its nonce.
+    pub nonce: String,
+}
+
+/// Whether a proxy holds the current resources of a type (`/debug/syncz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SyncStatus {
+    /// It never asked for this type.
+    NotSent,
+    /// It ACKed everything it was sent and holds the current resources.
+    Synced,
+    /// A response awaits its ACK, or a change is not sent yet.
+    Stale,
+    /// It refused the last response of this type (Istio's syncz calls this `ERROR`).
+    Nack,
+}
+
+/// Where one proxy stands on one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeSync {
+    /// Synced, stale, NACKed or never asked.
+    pub status: SyncStatus,
+    /// The last response sent.
+    pub sent: Option<Sent>,
+    /// The last response ACKed.
+    pub acked: Option<Sent>,
+    /// The proxy's words in the last NACK, until a later ACK.
+    pub error: Option<String>,
+    /// Resources it holds.
+    pub resources: usize,
 }
 
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
+    version: String,
     upserts: Vec<(String, String)>,
     removes: Vec<String>,
 }
@@ -191,8 +235,13 @@ impl Connection {
                 return (Received::Stale { kind, nonce }, None);
             }
         };
+        let sent = Sent {
+            version: flight.version.clone(),
+            nonce: nonce.clone(),
+        };
         let received = match request.error_detail {
             Some(status) => {
+                state.nack = Some((nonce.clone(), status.message.clone()));
                 for (name, version) in flight.upserts {
                     state.refused.insert(name, Some(version));
                 }
@@ -215,6 +264,8 @@ impl Connection {
                     state.refused.remove(&name);
                     state.held.remove(&name);
                 }
+                state.acked = Some(sent);
+                state.nack = None;
                 Received::Ack { kind, nonce }
             }
         };
@@ -255,6 +306,41 @@ impl Connection {
         self.types[kind.index()].in_flight.is_some()
     }
 
+    /// Where the proxy stands on `kind`: NACK while its last refusal is not followed by an
+    /// ACK; stale while a response is in flight or the current snapshot has changes for it;
+    /// else synced.
+    pub fn sync(&self, kind: ResourceType) -> TypeSync {
+        let state = &self.types[kind.index()];
+        let status = if !state.subscribed {
+            SyncStatus::NotSent
+        } else if state.in_flight.is_some() {
+            SyncStatus::Stale
+        } else if state.nack.is_some() {
+            SyncStatus::Nack
+        } else if diff(&state.held, &state.refused, self.snapshot.of(kind)).is_empty() {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::Stale
+        };
+        TypeSync {
+            status,
+            sent: state.sent.clone(),
+            acked: state.acked.clone(),
+            error: state.nack.as_ref().map(|(_, message)| message.clone()),
+            resources: state.held.len(),
+        }
+    }
+
+    /// Whether the proxy ever asked for `kind`.
+    pub fn subscribed(&self, kind: ResourceType) -> bool {
+        self.types[kind.index()].subscribed
+    }
+
+    /// The snapshot the stream is being brought to.
+    pub fn snapshot(&self) -> &PreparedSnapshot {
+        &self.snapshot
+    }
+
     /// Name → version the proxy holds, as far as we know.
     pub fn held(&self, kind: ResourceType) -> &BTreeMap<String, String> {
         &self.types[kind.index()].held
@@ -277,8 +363,13 @@ impl Connection {
             }
         }
         let nonce = self.nonces.next();
+        state.sent = Some(Sent {
+            version: current.system_version().to_string(),
+            nonce: nonce.clone(),
+        });
         state.in_flight = Some(InFlight {
             nonce: nonce.clone(),
+            version: current.system_version().to_string(),
             upserts: delta
                 .upserts
                 .iter()
@@ -500,6 +591,47 @@ mod tests {
             c.on_request(ack(&out)),
             (Received::Ack { .. }, None)
         ));
+    }
+
+    #[test]
+    fn sync_status_follows_sends_acks_and_nacks() {
+        let mut c = Connection::new(prepared(&[("w1", &["a"])], 0), Arc::default());
+        assert_eq!(c.sync(A).status, SyncStatus::NotSent);
+        let (_, out) = c.on_request(subscribe(A, &[]));
+        let out = out.unwrap();
+        let sync = c.sync(A);
+        assert_eq!(sync.status, SyncStatus::Stale, "in flight");
+        assert_eq!(sync.sent.as_ref().unwrap().nonce, out.response.nonce);
+        assert_eq!(sync.acked, None);
+        c.on_request(ack(&out));
+        let sync = c.sync(A);
+        assert_eq!(sync.status, SyncStatus::Synced);
+        assert_eq!(sync.acked, sync.sent);
+        assert_eq!(
+            sync.acked.unwrap().version,
+            out.response.system_version_info
+        );
+        assert_eq!(sync.resources, 1);
+
+        let bad = c.on_snapshot(prepared(&[("w1", &["bad"])], 1)).remove(0);
+        c.on_request(nack(&bad));
+        let sync = c.sync(A);
+        assert_eq!(sync.status, SyncStatus::Nack);
+        assert_eq!(sync.error.as_deref(), Some("bad"));
+        assert_eq!(
+            sync.acked.unwrap().nonce,
+            out.response.nonce,
+            "still the old ACK"
+        );
+
+        let good = c.on_snapshot(prepared(&[("w1", &["good"])], 2)).remove(0);
+        c.on_request(ack(&good));
+        let sync = c.sync(A);
+        assert_eq!((sync.status, sync.error), (SyncStatus::Synced, None));
+        assert_eq!(
+            sync.acked.unwrap().version,
+            good.response.system_version_info
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod connection;
 pub mod metrics;
 pub mod server;
 pub mod snapshots;
+pub mod syncz;
 pub mod versions;
 
 use std::collections::BTreeMap;

@@ -27,6 +27,7 @@ use tracing::Instrument;
 use super::connection::{Connection, NonceSource, Outgoing, Received};
 use super::metrics::TypeLabels;
 use super::snapshots::spawn_preparer;
+use super::syncz::{self, ProxyStatus, SharedConnection, Streams};
 use super::versions::PreparedSnapshot;
 use super::{XdsMetrics, XdsOptions, XdsSnapshot};
 use crate::auth::Authenticator;
@@ -55,6 +56,7 @@ struct Shared {
     nonces: Arc<NonceSource>,
     stop: watch::Sender<bool>,
     next_stream: AtomicU64,
+    streams: Arc<Streams>,
 }
 
 impl std::fmt::Debug for XdsService {
@@ -85,6 +87,7 @@ impl XdsService {
                 nonces: Arc::new(NonceSource::new()),
                 stop: watch::Sender::new(false),
                 next_stream: AtomicU64::new(1),
+                streams: Arc::default(),
             }),
         }
     }
@@ -98,6 +101,11 @@ impl XdsService {
     /// shutdown does not wait for proxies that never hang up.
     pub fn stop_streams(&self) {
         self.shared.stop.send_replace(true);
+    }
+
+    /// Every connected proxy and where it stands per type (`/debug/syncz`).
+    pub fn syncz(&self) -> Vec<ProxyStatus> {
+        self.shared.streams.status()
     }
 
     /// The generation of the snapshot streams are being brought to (0 = the first).
@@ -150,9 +158,14 @@ impl AggregatedDiscoveryService for XdsService {
         let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("xds_stream", id, node = %caller.node, peer = %peer);
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        tokio::spawn(
-            run_stream(self.shared.clone(), caller, request.into_inner(), tx).instrument(span),
-        );
+        let stream = Stream {
+            id,
+            peer,
+            caller,
+            requests: request.into_inner(),
+            tx,
+        };
+        tokio::spawn(run_stream(self.shared.clone(), stream).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -175,19 +188,35 @@ impl Drop for Connected {
 
 type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-/// Serves one stream until either side ends it.
-async fn run_stream(
-    shared: Arc<Shared>,
+/// One accepted stream.
+struct Stream {
+    id: u64,
+    peer: String,
     caller: NodeCaller,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     tx: ResponseSender,
-) {
+}
+
+/// Serves one stream until either side ends it.
+async fn run_stream(shared: Arc<Shared>, stream: Stream) {
+    let Stream {
+        id,
+        peer,
+        caller,
+        mut requests,
+        tx,
+    } = stream;
     let _connected = Connected::new(&shared.metrics.connected_proxies);
     let started = tokio::time::Instant::now();
     let mut snapshots = shared.snapshots.clone();
     let mut stop = shared.stop.subscribe();
-    let mut connection =
-        Connection::new(snapshots.borrow_and_update().clone(), shared.nonces.clone());
+    let connection: SharedConnection = Arc::new(std::sync::Mutex::new(Connection::new(
+        snapshots.borrow_and_update().clone(),
+        shared.nonces.clone(),
+    )));
+    let registration = shared
+        .streams
+        .register(id, &caller.node, &peer, connection.clone());
     let mut proxy = String::from("-");
     let mut snapshots_open = true;
     tracing::info!("xDS stream opened");
@@ -203,10 +232,11 @@ async fn run_stream(
                     if let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
                         if proxy != node.id {
                             proxy.clone_from(&node.id);
+                            registration.set_proxy(&proxy);
                             tracing::info!(proxy = %proxy, "proxy identified itself");
                         }
                     }
-                    let (received, out) = connection.on_request(request);
+                    let (received, out) = syncz::lock(&connection).on_request(request);
                     log_received(&shared.metrics, &caller, &proxy, received);
                     out.into_iter().collect()
                 }
@@ -214,7 +244,7 @@ async fn run_stream(
                 Err(status) => break format!("the stream failed: {:?}: {}", status.code(), status.message()),
             },
             changed = snapshots.changed(), if snapshots_open => match changed {
-                Ok(()) => connection.on_snapshot(snapshots.borrow_and_update().clone()),
+                Ok(()) => syncz::lock(&connection).on_snapshot(snapshots.borrow_and_update().clone()),
                 Err(_) => {
                     snapshots_open = false;
                     Vec::new()

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+// Tokio's clock: connection ages follow paused time in tests.
+use tokio::time::Instant;
 
 use crate::telemetry::ConnectionRecord;
 
@@ -105,6 +108,46 @@ struct Live {
     /// Evaluated by a re-check since it was registered (its admission check may have read the
     /// store just before a change whose re-check did not see it yet).
     rechecked: bool,
+    /// For `/connections`: when it was registered, its ends, its bytes so far.
+    since: Instant,
+    ends: Option<Ends>,
+    counts: Arc<Counts>,
+}
+
+/// The two ends of a proxied connection, as the admin endpoint shows them. Inbound ones are
+/// known from their [`Kind`]; outbound ones are described once routed ([`LiveGuard::describe`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ends {
+    /// The source (the client; for inbound through HBONE, its address without a port).
+    pub src: Option<String>,
+    /// The destination (a workload or service address and port).
+    pub dst: Option<SocketAddr>,
+    /// The source's identity, when known.
+    pub src_identity: Option<String>,
+    /// The destination's identity, when known (expected for outbound HBONE).
+    pub dst_identity: Option<String>,
+    /// The waypoint in the path, if any.
+    pub waypoint: Option<String>,
+}
+
+/// One live proxied connection, for `/connections` (read-only; HBONE tunnels are not listed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionInfo {
+    /// The uid of the pod it belongs to.
+    pub pod_uid: String,
+    /// `inbound` (to the pod) or `outbound` (from it).
+    pub direction: &'static str,
+    /// Its ends, as far as known yet.
+    #[serde(flatten)]
+    pub ends: Ends,
+    /// Bytes from the source to the destination so far.
+    pub bytes_sent: u64,
+    /// Bytes from the destination to the source so far.
+    pub bytes_received: u64,
+    /// Milliseconds since it was accepted.
+    pub age_ms: u64,
+    /// `open`; `draining` (its pod left the mesh); `closing` (ztunnel is closing it).
+    pub state: &'static str,
 }
 
 enum PodState {
@@ -197,9 +240,17 @@ pub struct LiveGuard {
     id: u64,
     registry: Arc<LiveConnections>,
     rx: watch::Receiver<Option<CloseReason>>,
+    counts: Arc<Counts>,
 }
 
 impl LiveGuard {
+    /// Records the connection's ends for the admin endpoint (outbound: once routed).
+    pub fn describe(&self, ends: Ends) {
+        if let Some(l) = self.registry.lock().conns.get_mut(&self.id) {
+            l.ends = Some(ends);
+        }
+    }
+
     /// Resolves when the connection must be closed, with the reason.
     pub async fn closed(&mut self) -> CloseReason {
         loop {
@@ -288,6 +339,7 @@ impl LiveConnections {
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (close, rx) = watch::channel(None);
+        let counts = Arc::new(Counts::default());
         inner.conns.insert(
             id,
             Live {
@@ -295,12 +347,16 @@ impl LiveConnections {
                 kind,
                 close,
                 rechecked: false,
+                since: Instant::now(),
+                ends: None,
+                counts: counts.clone(),
             },
         );
         Some(LiveGuard {
             id,
             registry: self.clone(),
             rx,
+            counts,
         })
     }
 
@@ -326,6 +382,51 @@ impl LiveConnections {
     /// Whether none is live.
     pub fn is_empty(&self) -> bool {
         self.lock().conns.is_empty()
+    }
+
+    /// Every live proxied connection (not the HBONE tunnels), oldest first.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let inner = self.lock();
+        let mut out: Vec<((Instant, u64), ConnectionInfo)> = inner
+            .conns
+            .iter()
+            .filter_map(|(id, l)| {
+                let (direction, derived) = match &l.kind {
+                    Kind::Tunnel => return None,
+                    Kind::Outbound => ("outbound", Ends::default()),
+                    Kind::Inbound(i) => (
+                        "inbound",
+                        Ends {
+                            src: Some(i.conn.src_ip.to_string()),
+                            dst: Some(SocketAddr::new(i.conn.dst_ip, i.conn.dst_port)),
+                            src_identity: i.conn.src_identity.as_ref().map(ToString::to_string),
+                            dst_identity: None,
+                            waypoint: i.via.as_ref().map(ToString::to_string),
+                        },
+                    ),
+                };
+                let state = if l.close.borrow().is_some() {
+                    "closing"
+                } else if matches!(inner.pods.get(&l.pod), Some(PodState::Draining { .. })) {
+                    "draining"
+                } else {
+                    "open"
+                };
+                let t = l.counts.get();
+                let info = ConnectionInfo {
+                    pod_uid: l.pod.uid.clone(),
+                    direction,
+                    ends: l.ends.clone().unwrap_or(derived),
+                    bytes_sent: t.a_to_b,
+                    bytes_received: t.b_to_a,
+                    age_ms: u64::try_from(l.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    state,
+                };
+                Some(((l.since, *id), info))
+            })
+            .collect();
+        out.sort_by_key(|(order, _)| *order);
+        out.into_iter().map(|(_, info)| info).collect()
     }
 
     /// Removed pods whose connections are still draining.
@@ -379,7 +480,8 @@ where
     A: AsyncRead + AsyncWrite + Abort + Unpin,
     B: AsyncRead + AsyncWrite + Abort + Unpin,
 {
-    let counts = Counts::default();
+    // The guard's counters: the admin endpoint reads them while the copy runs.
+    let counts = guard.counts.clone();
     let mut a = Counted {
         inner: a,
         counts: &counts,

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::live::{copy_until_closed, finish, Kind};
+use super::live::{copy_until_closed, finish, Ends, Kind};
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
@@ -270,6 +270,7 @@ async fn handle(
     let store = &inputs.store;
     let src_workload = pod.workload(store);
     let route = resolve(store, src_workload.as_deref(), orig_dst);
+    guard.describe(ends(&route, &pod, peer, orig_dst));
     let src = Peer {
         workload: src_workload.clone(),
         identity: Some(pod.identity.clone()),
@@ -373,6 +374,35 @@ async fn handle(
                 }
             }
         }
+    }
+}
+
+/// The connection's ends as the admin endpoint's `/connections` shows them.
+fn ends(route: &Route, pod: &PodContext, peer: SocketAddr, orig_dst: SocketAddr) -> Ends {
+    let (dst_identity, waypoint) = match route {
+        Route::Hbone {
+            expected,
+            workload,
+            endpoint,
+            via_waypoint: true,
+            ..
+        } => (
+            workload.as_ref().map(|w| w.identity.to_string()),
+            Some(
+                expected
+                    .first()
+                    .map_or(endpoint.ip().to_string(), ToString::to_string),
+            ),
+        ),
+        Route::Hbone { expected, .. } => (expected.first().map(ToString::to_string), None),
+        Route::Passthrough { .. } | Route::Unreachable(_) => (None, None),
+    };
+    Ends {
+        src: Some(peer.to_string()),
+        dst: Some(orig_dst),
+        src_identity: Some(pod.identity.to_string()),
+        dst_identity,
+        waypoint,
     }
 }
 

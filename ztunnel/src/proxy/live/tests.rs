@@ -444,3 +444,66 @@ async fn a_connection_that_already_ended_is_neither_closed_nor_counted_by_a_rech
     assert!(closed(&kept).is_some());
     assert_eq!(live.counts().connections, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_dump_lists_live_connections_with_ends_bytes_and_state() {
+    let pod = key(1);
+    let live = served(&pod);
+    let inbound_guard = live.register(&pod, inbound()).expect("served");
+    let _tunnel = live.register(&pod, Kind::Tunnel).expect("served");
+    let outbound = live.register(&pod, Kind::Outbound).expect("served");
+    outbound.describe(Ends {
+        src: Some("10.12.0.2:40000".into()),
+        dst: Some("10.96.0.5:80".parse().expect("addr")),
+        src_identity: Some("spiffe://cluster.local/ns/demo/sa/b".into()),
+        dst_identity: Some("spiffe://cluster.local/ns/demo/sa/web".into()),
+        waypoint: None,
+    });
+    let (mut client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, mut server) = tokio::io::duplex(1024);
+    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, outbound));
+    client.write_all(b"hello").await.expect("write");
+    server
+        .read_exact(&mut [0u8; 5])
+        .await
+        .expect("server reads");
+    server.write_all(b"hi").await.expect("reply");
+    client
+        .read_exact(&mut [0u8; 2])
+        .await
+        .expect("client reads");
+    sleep(Duration::from_secs(3)).await;
+
+    let dump = live.connections();
+    assert_eq!(dump.len(), 2, "the HBONE tunnel is not listed: {dump:?}");
+    let (first, second) = (&dump[0], &dump[1]);
+    assert_eq!(
+        (first.direction, first.ends.src.as_deref(), first.ends.dst),
+        (
+            "inbound",
+            Some("10.11.0.2"),
+            Some("10.12.0.2:7000".parse().expect("addr"))
+        )
+    );
+    assert_eq!(first.state, "open");
+    assert_eq!(second.direction, "outbound");
+    assert_eq!(second.pod_uid, UID);
+    assert_eq!((second.bytes_sent, second.bytes_received), (5, 2));
+    assert!(second.age_ms >= 3000, "{second:?}");
+    assert_eq!(
+        second.ends.dst_identity.as_deref(),
+        Some("spiffe://cluster.local/ns/demo/sa/web")
+    );
+
+    live.pod_removed(&pod, DRAIN);
+    assert!(live.connections().iter().all(|c| c.state == "draining"));
+    drop(inbound_guard);
+    client.shutdown().await.expect("client done");
+    server.shutdown().await.expect("server done");
+    copy.await.expect("join").expect("clean end");
+    assert_eq!(
+        live.connections(),
+        Vec::new(),
+        "closed connections are gone"
+    );
+}
