@@ -318,12 +318,14 @@ pub(crate) fn ratio(mesh: f64, plain: f64) -> String {
 
 /// Raises the descriptor limit (inherited by meshctl, the daemons, upstream and the pods'
 /// commands) so that `idle` connections fit in every process they pass through: the client
-/// holds them, each ztunnel holds one or two descriptors per connection, the server one.
-/// Returns how many idle connections to open: fewer, with a message, when the limit cannot
-/// be raised that far.
+/// and the server hold one descriptor per connection, and so does each ztunnel (the client
+/// node's accepted it, the server node's opened one to the server; HBONE is pooled), plus a
+/// margin for everything else. Returns how many idle connections to open: fewer, with a
+/// message, when the limit cannot be raised that far.
 fn raise_fd_limit(idle: usize) -> anyhow::Result<usize> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = 2 * idle as u64 + 4096;
+    const MARGIN: u64 = 4096;
+    let want = idle as u64 + MARGIN;
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     // Root may raise the hard limit (up to fs.nr_open).
     if setrlimit(Resource::RLIMIT_NOFILE, want.max(hard), want.max(hard)).is_err() {
@@ -333,7 +335,7 @@ fn raise_fd_limit(idle: usize) -> anyhow::Result<usize> {
     if soft >= want {
         return Ok(idle);
     }
-    let fits = usize::try_from(soft.saturating_sub(4096) / 2)?;
+    let fits = usize::try_from(soft.saturating_sub(MARGIN))?;
     eprintln!(
         "mesh-bench: the descriptor limit is {soft} and could not be raised to {want}: measuring \
          {fits} idle connections instead of {idle} (raise the hard limit, `ulimit -Hn`, or fs.nr_open)"
@@ -470,6 +472,13 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     }
     if tcp {
         compare::run(&mut cmp, &cfg, idle)?;
+        // Now, not at the end: a failure of the waypoint part must not lose them.
+        println!();
+        println!("machine: {machine}");
+        if let Some(h) = &hbone {
+            println!();
+            println!("{h}");
+        }
     }
     drop(cmp);
     if cfg.only != Only::Tcp {
@@ -485,11 +494,9 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         l7::print(&cfg, &report);
     }
     drop(c);
-    println!();
-    println!("machine: {machine}");
-    if let Some(h) = hbone {
+    if !tcp {
         println!();
-        println!("{h}");
+        println!("machine: {machine}");
     }
     Ok(())
 }
