@@ -5,7 +5,7 @@
 #
 # Installs what it needs when missing: rustfmt and clippy, a C toolchain, kubernetes-validate
 # (PyPI, for the manifests), and the tools of the
-# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins,
+# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins, tmux,
 # prometheus) with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests
 # need root (network namespaces) and fail without it.
 # Builds into a target directory outside the clone, $CARGO_TARGET_DIR (default
@@ -56,14 +56,14 @@ step() {
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
 # end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
-# (tcpdump), requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, and a
+# (tcpdump), requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), and a
 # real Prometheus that scrapes it (only the binary is run; its service is never started).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
     iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
     /usr/lib/cni/bridge:containernetworking-plugins \
-    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus; do
+    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")

@@ -15,6 +15,8 @@ use crate::WAIT;
 pub(crate) static DOWN: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
 
 pub(crate) fn cluster_down_once() {
+    // Upstream ztunnel is ours to stop: meshctl does not know it.
+    crate::upstream::stop_all();
     let mut pending = DOWN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -321,15 +323,39 @@ impl Cluster {
 
     /// The pid of a daemon (`ztunnel-n1`...) from `<state>/cluster.json`.
     pub(crate) fn daemon_pid(&self, key: &str) -> anyhow::Result<u32> {
+        let state = self.state_json()?;
+        let pid = state["daemons"][key]["pid"]
+            .as_u64()
+            .with_context(|| format!("no running daemon {key} in cluster.json"))?;
+        Ok(u32::try_from(pid)?)
+    }
+
+    /// `<state>/cluster.json`.
+    fn state_json(&self) -> anyhow::Result<serde_json::Value> {
         let path = self.state.join("cluster.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let state: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        let pid = state["daemons"][key]["pid"]
-            .as_u64()
-            .with_context(|| format!("no daemon {key} in {}", path.display()))?;
-        Ok(u32::try_from(pid)?)
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    }
+
+    /// istiod-lite's address (CA and xDS), from `<state>/cluster.json`.
+    pub(crate) fn istiod_addr(&self) -> anyhow::Result<String> {
+        let state = self.state_json()?;
+        state["istiod_addr"]
+            .as_str()
+            .map(str::to_string)
+            .context("no istiod_addr in cluster.json")
+    }
+
+    /// A node's underlay address, from `<state>/cluster.json`.
+    pub(crate) fn node_ip(&self, node: &str) -> anyhow::Result<String> {
+        let state = self.state_json()?;
+        state["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["underlay_ip"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no node {node} in cluster.json"))
     }
 
     /// `meshctl pod exec` of `cmd` in pod `p`, to completion; its stdout.

@@ -1,35 +1,43 @@
-//! `mesh-bench`: the mesh benchmark (not a test: it never runs under `cargo test`).
+//! `mesh-bench`: the mesh benchmark (not a test: it never runs under `cargo test`, except its
+//! `--smoke` mode, which `e2e/tests/bench_smoke.rs` runs).
 //!
 //! Runs on the local cluster of `meshctl`, as users run the mesh: `meshctl cluster up --nodes 2`
 //! (istiod-lite, and a CNI node agent and a ztunnel per node), pods made through the real CNI
 //! chain with `meshctl pod run`, enrolment by `meshctl label ns`. Two namespaces with the same
 //! placement — `plain` (not labelled) and `mesh` (labelled `istio.io/dataplane-mode=ambient`) —
-//! each with a client on n1, a server on n1 (same node) and a server on n2 (cross node). Runs
-//! every measurement on both in the same run and prints a table with mesh/no-mesh ratios:
+//! each with a client on n1, a server on n1 (same node) and a server on n2 (cross node).
 //!
-//! - bulk throughput: `iperf3 -c` for 5 s (Gbit/s);
-//! - latency p50/p90/p99 at a fixed request rate of 1 KiB request / 1 KiB response exchanges
-//!   over persistent connections (open loop: latency counts from the scheduled send time);
-//! - ztunnel cost: CPU seconds and peak RSS of the client node's ztunnel per 1000 requests,
-//!   and its RSS with 1000 idle connections open through the mesh.
+//! The side-by-side comparison (`compare`): the same workloads with no mesh (`plain`), through
+//! our ztunnel, and through upstream Istio ztunnel standing in for ours on both nodes
+//! (`upstream`: `--upstream PATH`, by default the shared build in `../shared/anchors/` when it
+//! exists), interleaved round by round; medians and spread of bulk throughput (iperf3, 1 and 8
+//! connections), 1 KiB HTTP latency at a fixed rate, the saturation rate, the new-connection
+//! rate, and per ztunnel CPU-seconds per 1000 requests, idle and peak RSS and RSS with N idle
+//! connections; with ours ÷ no mesh and ours ÷ upstream. Before the cluster, it runs the
+//! in-process HBONE benchmark (`cargo bench -p mesh --features testing --bench hbone`).
 //!
 //! And the HTTP comparison (`l7`): 1 KiB HTTP/1.1 requests with no mesh, through the L4 mesh
 //! and through a waypoint (namespace `wp`, `meshctl waypoint apply -n wp --enroll-namespace`),
 //! in interleaved rounds: saturation rate, latency at a fixed rate, and the waypoint's CPU per
 //! 1000 requests and peak RSS.
 //!
-//! Needs root, `iperf3` and `curl`. Run it with `scripts/bench.sh` (release build; meshctl is
-//! found through `E2E_BIN_DIR`, and finds istiod-lite, ztunnel and cni-plugin next to itself).
-//! The cluster is taken down at the end, also on failure and on SIGINT, SIGTERM or SIGHUP. The
-//! same binary is the server and the load generator inside the pods (`meshctl pod run|exec`):
+//! Needs root, `iperf3` (installed with apt-get when missing) and `curl`. Run it with
+//! `scripts/bench.sh` (release build; meshctl is found through `E2E_BIN_DIR`, and finds
+//! istiod-lite, ztunnel and cni-plugin next to itself). The cluster (and upstream ztunnel) is
+//! taken down at the end, also on failure and on SIGINT, SIGTERM or SIGHUP. The same binary is
+//! the server and the load generator inside the pods (`meshctl pod run|exec`):
 //!
 //! ```text
-//! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C]  the benchmark (500 req/s, 5 s, 1000, 8)
-//!            [--http-rate R] [--rounds N] [--only tcp|http|all]    (1000 req/s, 3 rounds, all)
+//! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C] [--rounds N]   (1000 req/s, 5 s, 10000, 8, 3)
+//!            [--upstream PATH | --no-upstream] [--no-hbone-bench]
+//!            [--http-rate R] [--only tcp|http|all]       the waypoint part (1000 req/s, all)
+//! mesh-bench --smoke [--upstream PATH | --no-upstream]   each path carries bytes (about 1 s each)
 //! mesh-bench serve <port>                        1 KiB request -> 1 KiB response server
 //! mesh-bench serve-http <port>                   the same over HTTP/1.1 (hyper, keep-alive)
+//! mesh-bench serve-conn <port>                   one byte each way per connection
 //! mesh-bench load <ip:port> <rate> <secs> <conns> client (rate 0: closed loop); prints latencies
 //! mesh-bench load-http <ip:port> <host> <rate> <secs> <conns>  the same over HTTP/1.1
+//! mesh-bench load-conn <ip:port> <rate> <secs> <conns>  a new connection per exchange
 //! mesh-bench idle <ip:port> <n>                  opens n connections, holds them until stdin closes
 //! ```
 
@@ -42,25 +50,33 @@
 )]
 
 mod cluster;
+mod compare;
 mod http;
+mod inproc;
 mod l7;
+mod report;
+mod smoke;
+mod upstream;
 mod workload;
 
-use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use cluster::Cluster;
 use cluster::{down_on_signals, require_tool, sh_quote};
-use cluster::{Cluster, PodRef};
+use compare::{Compare, Pods};
 use http::{serve_http, HttpConn};
-use workload::{idle, load, serve, RawConn};
+use workload::{idle, load, serve, serve_conn, NewConn, RawConn};
 /// Request and response size.
 const MSG: usize = 1024;
 /// Latency server port.
 const RR_PORT: u16 = 8080;
-/// HTTP server port (the HTTP comparison, `l7`).
+/// HTTP server port.
 const HTTP_PORT: u16 = 8081;
+/// New-connection server port (one byte each way).
+const CONN_PORT: u16 = 8082;
 /// iperf3 port.
 const IPERF_PORT: u16 = 5201;
 /// Generous bound for anything eventually true (pods captured, workloads known, servers up).
@@ -76,6 +92,7 @@ fn main() {
     let r = match a.as_slice() {
         ["serve", port] => serve(port.parse().expect("port")),
         ["serve-http", port] => serve_http(port.parse().expect("port")),
+        ["serve-conn", port] => serve_conn(port.parse().expect("port")),
         ["load", addr, rate, secs, conns] => {
             let addr = addr.parse().expect("addr");
             load(
@@ -89,6 +106,15 @@ fn main() {
             let addr = addr.parse().expect("addr");
             load(
                 || HttpConn::connect(addr, host),
+                rate.parse().expect("rate"),
+                secs.parse().expect("secs"),
+                conns.parse().expect("conns"),
+            )
+        }
+        ["load-conn", addr, rate, secs, conns] => {
+            let addr = addr.parse().expect("addr");
+            load(
+                || NewConn::new(addr),
                 rate.parse().expect("rate"),
                 secs.parse().expect("secs"),
                 conns.parse().expect("conns"),
@@ -113,30 +139,63 @@ enum Only {
     All,
 }
 
+/// Where upstream ztunnel comes from.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum UpstreamArg {
+    /// The shared build, if it exists.
+    Default,
+    /// `--upstream PATH`: must exist.
+    Path(PathBuf),
+    /// `--no-upstream`.
+    Skip,
+}
+
 pub(crate) struct Cfg {
-    rate: f64,
+    /// Fixed request rate of the side-by-side comparison.
+    pub(crate) rate: f64,
     pub(crate) secs: f64,
     idle: usize,
     pub(crate) conns: usize,
     /// Fixed request rate of the HTTP comparison.
     pub(crate) http_rate: f64,
-    /// Rounds of the HTTP comparison (medians are reported).
+    /// Rounds of both comparisons (medians are reported).
     pub(crate) rounds: usize,
     only: Only,
+    upstream: UpstreamArg,
+    smoke: bool,
+    hbone_bench: bool,
 }
 
 fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
     let mut c = Cfg {
-        rate: 500.0,
+        rate: 1000.0,
         secs: 5.0,
-        idle: 1000,
+        idle: 10_000,
         conns: 8,
         http_rate: 1000.0,
         rounds: 3,
         only: Only::All,
+        upstream: UpstreamArg::Default,
+        smoke: false,
+        hbone_bench: true,
     };
     let mut it = a.iter();
     while let Some(k) = it.next() {
+        match *k {
+            "--smoke" => {
+                c.smoke = true;
+                continue;
+            }
+            "--no-upstream" => {
+                c.upstream = UpstreamArg::Skip;
+                continue;
+            }
+            "--no-hbone-bench" => {
+                c.hbone_bench = false;
+                continue;
+            }
+            _ => {}
+        }
         let v = it
             .next()
             .ok_or_else(|| anyhow::anyhow!("{k} needs a value"))?;
@@ -147,6 +206,7 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
             "--conns" => c.conns = v.parse()?,
             "--http-rate" => c.http_rate = v.parse()?,
             "--rounds" => c.rounds = v.parse()?,
+            "--upstream" => c.upstream = UpstreamArg::Path(PathBuf::from(v)),
             "--only" => {
                 c.only = match *v {
                     "tcp" => Only::Tcp,
@@ -158,7 +218,33 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
             _ => anyhow::bail!("unknown argument {k}"),
         }
     }
+    anyhow::ensure!(c.rounds > 0, "--rounds must be at least 1");
     Ok(c)
+}
+
+/// The upstream binary to compare with, or None (with a note saying why).
+fn upstream_binary(arg: &UpstreamArg) -> anyhow::Result<Option<PathBuf>> {
+    match arg {
+        UpstreamArg::Skip => {
+            eprintln!("note: --no-upstream: the upstream ztunnel path is skipped");
+            Ok(None)
+        }
+        UpstreamArg::Path(p) => {
+            anyhow::ensure!(p.is_file(), "--upstream {}: no such file", p.display());
+            Ok(Some(p.clone()))
+        }
+        UpstreamArg::Default => {
+            let found = upstream::default_path();
+            if found.is_none() {
+                eprintln!(
+                    "note: upstream ztunnel not found (/work/shared/anchors/ztunnel or \
+                     ../shared/anchors/ztunnel from the repository): the upstream path is skipped; \
+                     give one with --upstream PATH"
+                );
+            }
+            Ok(found)
+        }
+    }
 }
 
 fn clk_tck() -> f64 {
@@ -220,53 +306,6 @@ pub(crate) fn parse_lat(out: &str) -> Lat {
 
 // ---------------------------------------------------------------- measurements
 
-fn iperf(c: &Cluster, client: &PodRef, server: &PodRef) -> anyhow::Result<f64> {
-    let addr = server.ip.to_string();
-    let port = IPERF_PORT.to_string();
-    let out = e2e::retry_until("iperf3 -c", WAIT, || {
-        c.exec(
-            client,
-            &["iperf3", "-c", &addr, "-p", &port, "-t", "5", "-J"],
-        )
-    })
-    .map_err(|e| anyhow::anyhow!("iperf3: {e:#}\n{}", c.logs()))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    Ok(v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(f64::NAN)
-        / 1e9)
-}
-
-fn run_load(
-    c: &Cluster,
-    me: &str,
-    cfg: &Cfg,
-    client: &PodRef,
-    server: &PodRef,
-) -> anyhow::Result<Lat> {
-    let addr = server.addr(RR_PORT).to_string();
-    let out = c
-        .exec(
-            client,
-            &[
-                me,
-                "load",
-                &addr,
-                &cfg.rate.to_string(),
-                &cfg.secs.to_string(),
-                &cfg.conns.to_string(),
-            ],
-        )
-        .map_err(|e| anyhow::anyhow!("load: {e:#}\n{}", c.logs()))?;
-    eprintln!(
-        "  load {}/{} -> {addr}: {}",
-        client.namespace,
-        client.name,
-        out.trim()
-    );
-    Ok(parse_lat(&out))
-}
-
 pub(crate) fn ratio(mesh: f64, plain: f64) -> String {
     if plain > 0.0 && mesh.is_finite() {
         format!("{:.2}x", mesh / plain)
@@ -275,16 +314,90 @@ pub(crate) fn ratio(mesh: f64, plain: f64) -> String {
     }
 }
 
+// ---------------------------------------------------------------- setup
+
+/// Raises the descriptor limit (inherited by meshctl, the daemons, upstream and the pods'
+/// commands) so that `idle` connections fit in every process they pass through: the client
+/// and the server hold one descriptor per connection, and so does each ztunnel (the client
+/// node's accepted it, the server node's opened one to the server; HBONE is pooled), plus a
+/// margin for everything else. Returns how many idle connections to open: fewer, with a
+/// message, when the limit cannot be raised that far.
+fn raise_fd_limit(idle: usize) -> anyhow::Result<usize> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const MARGIN: u64 = 4096;
+    let want = idle as u64 + MARGIN;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // Root may raise the hard limit (up to fs.nr_open).
+    if setrlimit(Resource::RLIMIT_NOFILE, want.max(hard), want.max(hard)).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= want {
+        return Ok(idle);
+    }
+    let fits = usize::try_from(soft.saturating_sub(MARGIN))?;
+    eprintln!(
+        "mesh-bench: the descriptor limit is {soft} and could not be raised to {want}: measuring \
+         {fits} idle connections instead of {idle} (raise the hard limit, `ulimit -Hn`, or fs.nr_open)"
+    );
+    Ok(fits)
+}
+
+/// Fails unless iperf3 is there, installing it with apt-get when it is missing.
+fn ensure_iperf3() -> anyhow::Result<()> {
+    if require_tool("iperf3", "iperf3").is_ok() {
+        return Ok(());
+    }
+    eprintln!("iperf3 is missing: apt-get install -y iperf3...");
+    let _ = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "iperf3"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    require_tool("iperf3", "iperf3")
+}
+
+/// `nproc`, the CPU model and the load average, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim())
+        .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{} cores (nproc), CPU {model:?}; load average at start {}",
+        upstream::our_workers(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
 fn bench(a: &[&str]) -> anyhow::Result<()> {
     let cfg = parse_cfg(a)?;
     e2e::require_root();
-    require_tool("iperf3", "iperf3")?;
+    let tcp = cfg.smoke || cfg.only != Only::Http;
+    if !cfg.smoke {
+        ensure_iperf3()?;
+    }
     require_tool("curl", "curl")?;
-    // 1000 idle connections need ~2000+ descriptors in ztunnel: raise our soft limit to the
-    // hard one; meshctl inherits it, and so do the daemons and pod commands it starts.
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    let upstream_bin = if tcp {
+        upstream_binary(&cfg.upstream)?
+    } else {
+        None
+    };
+    let idle = if cfg.smoke {
+        0
+    } else {
+        raise_fd_limit(cfg.idle)?
+    };
+    let machine = machine();
+    eprintln!("machine: {machine}");
+    // Before the cluster: its compile and run must not overlap the measurements.
+    let hbone = (!cfg.smoke && tcp && cfg.hbone_bench).then(inproc::hbone_bench);
     down_on_signals()?;
 
     let me = std::env::current_exe()?;
@@ -294,11 +407,21 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     c.ok(&["label", "ns", MESH, "istio.io/dataplane-mode=ambient"])?;
 
     // The same placement in both namespaces: client and a server on n1, a server on n2. A
-    // server pod runs the iperf3 server and the 1 KiB request/response server.
-    let server_cmd = format!(
-        "iperf3 -s -p {IPERF_PORT} --forceflush & {me} serve-http {HTTP_PORT} & exec {me} serve {RR_PORT}",
-        me = sh_quote(me_str)
+    // server pod runs the iperf3 server (not in the smoke), the 1 KiB request/response server,
+    // the HTTP server and the one-byte new-connection server.
+    let me_q = sh_quote(me_str);
+    let mut server_cmd = format!(
+        "{me_q} serve-http {HTTP_PORT} & {me_q} serve-conn {CONN_PORT} & exec {me_q} serve {RR_PORT}"
     );
+    let mut needles = vec![
+        format!("listening on 0.0.0.0:{RR_PORT}"),
+        format!("http listening on 0.0.0.0:{HTTP_PORT}"),
+        format!("conn listening on 0.0.0.0:{CONN_PORT}"),
+    ];
+    if !cfg.smoke {
+        server_cmd = format!("iperf3 -s -p {IPERF_PORT} --forceflush & {server_cmd}");
+        needles.push(format!("Server listening on {IPERF_PORT}"));
+    }
     let server = ["sh", "-c", server_cmd.as_str()];
     eprintln!("pods through the CNI chain...");
     let pc = c.pod_run(PLAIN, "client", "n1", "client", "", &[])?;
@@ -307,15 +430,12 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     let mc = c.pod_run(MESH, "client", "n1", "client", "", &[])?;
     let ms_same = c.pod_run(MESH, "server-same", "n1", "server", "", &server)?;
     let ms_cross = c.pod_run(MESH, "server-cross", "n2", "server", "", &server)?;
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
     for s in [&ps_same, &ps_cross, &ms_same, &ms_cross] {
-        c.wait_pod_log(
-            s,
-            &[
-                &format!("listening on 0.0.0.0:{RR_PORT}"),
-                &format!("Server listening on {IPERF_PORT}"),
-                &format!("http listening on 0.0.0.0:{HTTP_PORT}"),
-            ],
-        )?;
+        c.wait_pod_log(s, &needles)?;
+    }
+    for p in [&pc, &ps_same, &ps_cross, &mc, &ms_same, &ms_cross] {
+        compare::tune_pod(&c, p)?;
     }
     c.wait_captured(&[&mc, &ms_same, &ms_cross])?;
     c.wait_hbone(mc.node, &[&ms_same, &ms_cross])?;
@@ -329,20 +449,40 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     }
     eprintln!("the mesh pods are captured and n1's ztunnel knows the servers as HBONE workloads");
 
-    let zt_client = c.daemon_pid(&format!("ztunnel-{}", mc.node))?;
-    let zt_server = c.daemon_pid(&format!("ztunnel-{}", ms_cross.node))?;
-
-    if cfg.only != Only::Http {
-        tcp(
-            &c,
-            me_str,
-            &cfg,
-            [&pc, &ps_same, &ps_cross],
-            [&mc, &ms_same, &ms_cross],
-            (zt_client, zt_server),
-        )?;
+    let mut cmp = Compare {
+        c: &c,
+        me: me_str,
+        plain: Pods {
+            client: &pc,
+            same: &ps_same,
+            cross: &ps_cross,
+        },
+        mesh: Pods {
+            client: &mc,
+            same: &ms_same,
+            cross: &ms_cross,
+        },
+        upstream: upstream_bin.map(upstream::Upstream::new),
+    };
+    if cfg.smoke {
+        smoke::run(&mut cmp)?;
+        drop(cmp);
+        drop(c);
+        return Ok(());
     }
+    if tcp {
+        compare::run(&mut cmp, &cfg, idle)?;
+        // Now, not at the end: a failure of the waypoint part must not lose them.
+        println!();
+        println!("machine: {machine}");
+        if let Some(h) = &hbone {
+            println!();
+            println!("{h}");
+        }
+    }
+    drop(cmp);
     if cfg.only != Only::Tcp {
+        let zt_client = c.daemon_pid(&format!("ztunnel-{}", mc.node))?;
         let report = l7::run(
             &c,
             me_str,
@@ -354,139 +494,9 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         l7::print(&cfg, &report);
     }
     drop(c);
-    Ok(())
-}
-
-/// The TCP comparison (throughput, raw 1 KiB exchanges, idle connections) and its tables.
-fn tcp(
-    c: &Cluster,
-    me_str: &str,
-    cfg: &Cfg,
-    [pc, ps_same, ps_cross]: [&PodRef; 3],
-    [mc, ms_same, ms_cross]: [&PodRef; 3],
-    (zt_client, zt_server): (u32, u32),
-) -> anyhow::Result<()> {
-    // (a) throughput
-    eprintln!("throughput (iperf3 -t 5)...");
-    let tp_same = (iperf(c, pc, ps_same)?, iperf(c, mc, ms_same)?);
-    let tp_cross = (iperf(c, pc, ps_cross)?, iperf(c, mc, ms_cross)?);
-
-    // (b) latency, (c) CPU per 1000 requests during the mesh runs
-    eprintln!("latency ({} req/s for {} s)...", cfg.rate, cfg.secs);
-    let lat_same_plain = run_load(c, me_str, cfg, pc, ps_same)?;
-    let c0 = cpu_secs(zt_client);
-    let lat_same_mesh = run_load(c, me_str, cfg, mc, ms_same)?;
-    let cpu_same = cpu_secs(zt_client) - c0;
-    let lat_cross_plain = run_load(c, me_str, cfg, pc, ps_cross)?;
-    let (c0, s0) = (cpu_secs(zt_client), cpu_secs(zt_server));
-    let lat_cross_mesh = run_load(c, me_str, cfg, mc, ms_cross)?;
-    let cpu_cross = cpu_secs(zt_client) - c0;
-    let cpu_cross_server = cpu_secs(zt_server) - s0;
-    let hwm_client = status_mib(zt_client, "VmHWM");
-    let hwm_server = status_mib(zt_server, "VmHWM");
-
-    // (c) RSS with idle connections
-    eprintln!("{} idle connections...", cfg.idle);
-    let rss_before = (
-        status_mib(zt_client, "VmRSS"),
-        status_mib(zt_server, "VmRSS"),
-    );
-    let mut idle_proc = c.exec_spawn(
-        mc,
-        &[
-            me_str,
-            "idle",
-            &ms_cross.addr(RR_PORT).to_string(),
-            &cfg.idle.to_string(),
-        ],
-    )?;
-    // `idle` prints its line once every connection is open, or exits with an error.
-    let mut line = String::new();
-    if let Some(out) = idle_proc.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
+    if !tcp {
+        println!();
+        println!("machine: {machine}");
     }
-    let idle_ok = line.trim() == format!("open {}", cfg.idle);
-    if !idle_ok {
-        eprintln!("idle connections failed: {:?}", line.trim());
-    }
-    let rss_idle = (
-        status_mib(zt_client, "VmRSS"),
-        status_mib(zt_server, "VmRSS"),
-    );
-    drop(idle_proc.stdin.take());
-    let _ = idle_proc.wait();
-
-    // ---------------------------------------------------------------- report
-    let per_k = |cpu: f64, l: &Lat| cpu / (l.count.max(1) as f64 / 1000.0);
-    println!();
-    println!("| measurement | no mesh | mesh | mesh/no-mesh |\n| --- | ---: | ---: | ---: |");
-    for (name, (p, m)) in [
-        ("throughput same node (Gbit/s)", tp_same),
-        ("throughput cross node (Gbit/s)", tp_cross),
-    ] {
-        println!("| {name} | {p:.2} | {m:.2} | {} |", ratio(m, p));
-    }
-    for (where_, p, m) in [
-        ("same node", lat_same_plain, lat_same_mesh),
-        ("cross node", lat_cross_plain, lat_cross_mesh),
-    ] {
-        for (q, pv, mv) in [
-            ("p50", p.p50, m.p50),
-            ("p90", p.p90, m.p90),
-            ("p99", p.p99, m.p99),
-        ] {
-            println!(
-                "| latency {where_} {q} (ms) | {pv:.3} | {mv:.3} | {} |",
-                ratio(mv, pv)
-            );
-        }
-        if p.errors + m.errors > 0 {
-            println!(
-                "| latency {where_} errors | {} | {} | |",
-                p.errors, m.errors
-            );
-        }
-    }
-    println!();
-    println!(
-        "latency: {} req/s for {} s, {} B request / {} B response, {} persistent connections, open loop (from scheduled send time)",
-        cfg.rate, cfg.secs, MSG, MSG, cfg.conns
-    );
-    println!();
-    println!("| ztunnel cost | value |\n| --- | ---: |");
-    println!(
-        "| client-node ztunnel CPU per 1000 req, cross node (s) | {:.3} |",
-        per_k(cpu_cross, &lat_cross_mesh)
-    );
-    println!(
-        "| server-node ztunnel CPU per 1000 req, cross node (s) | {:.3} |",
-        per_k(cpu_cross_server, &lat_cross_mesh)
-    );
-    println!(
-        "| node ztunnel CPU per 1000 req, same node (both ends, s) | {:.3} |",
-        per_k(cpu_same, &lat_same_mesh)
-    );
-    println!("| client-node ztunnel peak RSS, VmHWM (MiB) | {hwm_client:.1} |");
-    println!("| server-node ztunnel peak RSS, VmHWM (MiB) | {hwm_server:.1} |");
-    println!(
-        "| client-node ztunnel RSS idle / with {} idle conns (MiB) | {:.1} / {} |",
-        cfg.idle,
-        rss_before.0,
-        if idle_ok {
-            format!("{:.1}", rss_idle.0)
-        } else {
-            "failed".into()
-        }
-    );
-    println!(
-        "| server-node ztunnel RSS idle / with {} idle conns (MiB) | {:.1} / {} |",
-        cfg.idle,
-        rss_before.1,
-        if idle_ok {
-            format!("{:.1}", rss_idle.1)
-        } else {
-            "failed".into()
-        }
-    );
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! The in-pod side of the benchmark: the 1 KiB request/response server, the load generator
-//! (fixed rate or closed loop, over raw TCP or HTTP/1.1), and the idle-connection holder.
+//! The in-pod side of the benchmark: the 1 KiB request/response server, the one-byte
+//! new-connection server, the load generator (fixed rate or closed loop, over raw TCP, HTTP/1.1
+//! or a new connection per exchange), and the idle-connection holder.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,25 +11,59 @@ use std::time::{Duration, Instant};
 use crate::http::HttpConn;
 use crate::MSG;
 
+/// Serves 1 KiB request / 1 KiB response exchanges on `port` until killed (tokio, two
+/// workers: 10,000 idle connections must not be 10,000 threads).
 pub(crate) fn serve(port: u16) -> anyhow::Result<()> {
-    let l = TcpListener::bind(("0.0.0.0", port))?;
-    println!("listening on 0.0.0.0:{port}");
-    for s in l.incoming() {
-        let Ok(mut s) = s else { continue };
-        std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+        println!("listening on 0.0.0.0:{port}");
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
                 let _ = s.set_nodelay(true);
                 let mut buf = [0u8; MSG];
                 let resp = [b'r'; MSG];
-                while s.read_exact(&mut buf).is_ok() {
-                    if s.write_all(&resp).is_err() {
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&resp).await.is_err() {
                         break;
                     }
                 }
-            })?;
-    }
-    Ok(())
+            });
+        }
+    })
+}
+
+/// Serves one exchange per connection on `port` until killed: reads one byte, answers one
+/// byte, then waits for the client to close (the client closes first, as a client would).
+pub(crate) fn serve_conn(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+        println!("conn listening on 0.0.0.0:{port}");
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() && s.write_all(&b).await.is_ok() {
+                    let _ = s.read(&mut b).await;
+                }
+            });
+        }
+    })
 }
 
 /// What a load connection does once per request.
@@ -54,6 +89,27 @@ impl Exchange for RawConn {
         self.0.write_all(&[b'q'; MSG])?;
         let mut buf = [0u8; MSG];
         self.0.read_exact(&mut buf)
+    }
+}
+
+/// A new TCP connection per exchange: connect, one byte each way, close (the new-connection
+/// rate).
+pub(crate) struct NewConn(SocketAddr);
+
+impl NewConn {
+    pub(crate) fn new(addr: SocketAddr) -> std::io::Result<NewConn> {
+        Ok(NewConn(addr))
+    }
+}
+
+impl Exchange for NewConn {
+    fn exchange(&mut self) -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&self.0, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"c")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
     }
 }
 
@@ -154,16 +210,34 @@ pub(crate) fn load<C: Exchange>(
     Ok(())
 }
 
+/// Opens `n` connections to `addr` (8 threads), one 1 KiB exchange on each, prints `open n`,
+/// and holds them until stdin closes.
 pub(crate) fn idle(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+    const THREADS: usize = 8;
+    let opened: Vec<std::thread::JoinHandle<std::io::Result<Vec<TcpStream>>>> = (0..THREADS)
+        .map(|t| {
+            let mine = n / THREADS + usize::from(t < n % THREADS);
+            std::thread::spawn(move || {
+                let mut held = Vec::with_capacity(mine);
+                for _ in 0..mine {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    // One exchange so the connection is really through end to end.
+                    s.write_all(&[b'q'; MSG])?;
+                    let mut buf = [0u8; MSG];
+                    s.read_exact(&mut buf)?;
+                    held.push(s);
+                }
+                Ok(held)
+            })
+        })
+        .collect();
     let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        // One exchange so the connection is really through end to end.
-        s.write_all(&[b'q'; MSG])?;
-        let mut buf = [0u8; MSG];
-        s.read_exact(&mut buf)?;
-        held.push(s);
+    for h in opened {
+        let mine = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("an opening thread panicked"))??;
+        held.extend(mine);
     }
     println!("open {n}");
     // Held until stdin closes: the benchmark closes it once it has measured.
