@@ -63,7 +63,7 @@ missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
     iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
     /usr/lib/cni/bridge:containernetworking-plugins \
-    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux; do
+    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux iperf3:iperf3; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")
