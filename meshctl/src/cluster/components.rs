@@ -304,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_flags_name_the_node_files() {
+    fn agent_flags_name_the_node_files_and_its_metrics_and_admin_addresses() {
         let state = StateDir::new("/s");
         let line = args(&Daemon::Agent("n2".into()), &state, &cluster())
             .expect("args")
@@ -313,7 +313,8 @@ mod tests {
             line,
             "agent --node-name n2 --config-dir /s/config --zds-socket /s/nodes/n2/ztunnel.sock \
              --cni-socket /s/nodes/n2/cni.sock --cni-conf-dir /s/nodes/n2/cni/net.d \
-             --cni-bin-dir /s/nodes/n2/cni/bin"
+             --cni-bin-dir /s/nodes/n2/cni/bin --monitoring-addr 10.250.0.2:15015 \
+             --admin-addr 127.0.0.1:9877"
         );
         let istiod = args(&Daemon::Istiod, &state, &cluster())
             .expect("args")
