@@ -36,6 +36,7 @@ mod install;
 mod kube_api;
 mod netns;
 mod pod;
+mod port_forward;
 mod process;
 mod proxy_status;
 mod reach;

@@ -1,8 +1,12 @@
 //! How the debug verbs reach a node's ztunnel and istiod-lite: on the local cluster, inside
-//! their network namespaces; on Kubernetes (`--kubeconfig`), through the API server's pod
-//! proxy subresource (`GET /api/v1/namespaces/istio-system/pods/<pod>:<port>/proxy/<path>`),
-//! the ztunnel pod chosen by `spec.nodeName` and the label `app=ztunnel`, istiod-lite's by
-//! `app=istiod`.
+//! their network namespaces; on Kubernetes (`--kubeconfig`), through the API server. ztunnel's
+//! admin endpoint listens on its pod's loopback (`127.0.0.1:15000`), which the pod proxy
+//! cannot reach, so meshctl opens a port-forward to the pod (the portforward subresource, as
+//! `kubectl port-forward` does) and speaks HTTP over it ([`crate::port_forward`]);
+//! istiod-lite's `/debug/syncz` is on its monitoring port (`:15014`, all interfaces), reached
+//! through the pod proxy subresource (`GET
+//! /api/v1/namespaces/istio-system/pods/<pod>:15014/proxy/<path>`). The ztunnel pod is chosen
+//! by `spec.nodeName` and the label `app=ztunnel`, istiod-lite's by `app=istiod`.
 
 use std::net::SocketAddr;
 
@@ -15,6 +19,7 @@ use crate::admin;
 use crate::cluster::plan::ZTUNNEL_ADMIN;
 use crate::cluster::state::StateDir;
 use crate::kube_api::{self, Target};
+use crate::port_forward;
 
 /// The namespace of the mesh's components on Kubernetes.
 pub const SYSTEM_NAMESPACE: &str = "istio-system";
@@ -87,7 +92,8 @@ impl Reach {
                     ),
                 )
                 .await?;
-                proxy_get(client, &pod, ZTUNNEL_ADMIN_PORT, path).await
+                port_forward::get_json(client, SYSTEM_NAMESPACE, &pod, ZTUNNEL_ADMIN_PORT, path)
+                    .await
             }),
         }
     }
@@ -160,18 +166,8 @@ async fn proxy_get(
 ) -> anyhow::Result<Value> {
     let url = format!("/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{pod}:{port}/proxy{path}");
     let request = http::Request::get(&url).body(Vec::new())?;
-    let what =
-        format!("GET {path} of pod {SYSTEM_NAMESPACE}/{pod} port {port} through the API server");
-    let text = match client.request_text(request).await {
-        Ok(text) => text,
-        // ztunnel's admin endpoint listens on its pod's loopback by default (ADMIN_ADDR),
-        // which the pod proxy cannot reach: say how to get there instead.
-        Err(e) if port == ZTUNNEL_ADMIN_PORT => bail!(
-            "{what}: {e}; ztunnel's admin endpoint listens on 127.0.0.1 in its pod by default: \
-             `kubectl port-forward -n {SYSTEM_NAMESPACE} pod/{pod} 15000` and \
-             `curl localhost:15000{path}` reach it"
-        ),
-        Err(e) => return Err(e).context(what),
-    };
+    let text = client.request_text(request).await.with_context(|| {
+        format!("GET {path} of pod {SYSTEM_NAMESPACE}/{pod} port {port} through the API server")
+    })?;
     serde_json::from_str(&text).with_context(|| format!("{pod}: {path} is not JSON"))
 }

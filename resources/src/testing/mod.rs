@@ -14,6 +14,11 @@
 //! - `GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/{path}` (the pod proxy
 //!   subresource): answered by what the test registered with [`FakeApiServer::set_pod_proxy`],
 //!   else 503 as when nothing listens there.
+//! - `GET /api/v1/namespaces/{ns}/pods/{pod}/portforward?ports=P` (the portforward
+//!   subresource, a WebSocket with the `v4.channel.k8s.io` protocol): each port's stream is
+//!   connected to the address registered with [`FakeApiServer::set_port_forward`] (or to the
+//!   HTTP responder of [`FakeApiServer::set_port_forward_http`]), else its error channel says
+//!   the connection was refused; 404 when the pod does not exist.
 //! - `GET` and `PATCH` of one object (JSON merge patch; server-side apply is merged the same
 //!   way, creating the object if absent); `POST` of a TokenReview (tokens registered with
 //!   [`FakeApiServer::add_token`]).
@@ -26,6 +31,7 @@
 mod http;
 mod objects;
 mod pod_proxy;
+mod port_forward;
 mod watches;
 
 use std::collections::BTreeMap;
@@ -70,6 +76,10 @@ pub(super) struct Store {
     pub(super) tokens: BTreeMap<String, (Value, Vec<String>)>,
     /// Pod proxy responders by (namespace, pod, port).
     pub(super) pod_proxies: BTreeMap<(String, String, u16), pod_proxy::Handler>,
+    /// Port-forward targets by (namespace, pod, port).
+    pub(super) port_forwards: BTreeMap<(String, String, u16), SocketAddr>,
+    /// Servers the fake runs for tests (port-forward targets), stopped with it.
+    pub(super) servers: Vec<tokio::task::AbortHandle>,
 }
 
 pub(super) struct Shared {
@@ -89,6 +99,9 @@ pub struct FakeApiServer {
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        for server in &self.shared.store().servers {
+            server.abort();
+        }
     }
 }
 
@@ -126,6 +139,8 @@ impl FakeApiServer {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        // The portforward subresource upgrades to a WebSocket.
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -305,6 +320,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             .unwrap_or("/")
     );
     shared.store().requests.push(line);
+    let req = match port_forward::handle(shared, req) {
+        Ok(resp) => return resp,
+        Err(req) => req,
+    };
     if let Some(resp) = pod_proxy::handle(shared, req.method(), req.uri()) {
         return resp;
     }
