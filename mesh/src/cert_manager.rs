@@ -18,6 +18,8 @@
 //! `not_after` passes without a renewal, and [`CertManager::get`] treats one past `not_after`
 //! like no certificate at all (nudges the worker and waits, as for a first fetch).
 
+pub mod metrics;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -28,9 +30,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use self::metrics::CertMetrics;
 use crate::cert::{CertError, WorkloadCertificate};
 use crate::identity::Identity;
-use crate::metrics::CertMetrics;
 
 /// A boxed future, as returned by [`CertificateProvider::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -11,11 +11,11 @@ use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsT
 
 use crate::admin::{AdminState, LogReload};
 use crate::config::Config;
-use crate::inpod::{self, Pods};
+use crate::inpod::{self, PodStates, Pods};
 use crate::netns::Netns;
 use crate::proxy::live::LiveConnections;
 use crate::proxy::ProxyInputs;
-use crate::telemetry::{PodStates, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// Adds what every process exports (`process_*`, `tokio_*` of `runtimes`, `mesh_build_info`),
 /// the xDS client's and certificate manager's metrics, and `ztunnel_pods` to the registry.

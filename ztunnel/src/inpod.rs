@@ -23,9 +23,14 @@ use std::time::Duration;
 use mesh::cert_manager::CertLease;
 use mesh::zds::{Request, ZdsClient, ZdsError};
 use mesh::Identity;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
 use crate::netns::Netns;
+use crate::proxy::live::LiveConnections;
 use crate::proxy::{PodContext, PodProxy, ProxyInputs};
 
 /// The pods this ztunnel serves, by uid.
@@ -205,4 +210,35 @@ fn identity_for(
         &info.service_account
     };
     Identity::new(&inputs.config.trust_domain, &info.namespace, sa).map_err(|e| e.to_string())
+}
+
+/// `ztunnel_pods{state}`: pods served, and removed pods whose connections are draining.
+pub struct PodStates {
+    /// The pods served.
+    pub pods: Arc<Pods>,
+    /// Live connections, which know the draining pods.
+    pub live: Arc<LiveConnections>,
+}
+
+impl std::fmt::Debug for PodStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodStates").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PodStates {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let serving = self.pods.len();
+        let draining = self.live.draining().len();
+        let mut family = encoder.encode_descriptor(
+            "ztunnel_pods",
+            "Pods served by this ztunnel (serving), and removed pods whose connections drain (draining)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in [("serving", serving), ("draining", draining)] {
+            ConstGauge::new(n as i64).encode(family.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
+    }
 }

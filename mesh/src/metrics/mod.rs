@@ -38,19 +38,17 @@
 //! [`register_certificates`] if it runs those clients. Everything read at scrape time
 //! (`process_*`, `tokio_*`, certificates held) costs nothing between scrapes.
 
-use std::sync::Arc;
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub mod cert;
 pub mod process;
 pub mod runtime;
 pub mod tcp;
 pub mod xds;
 
-pub use cert::CertMetrics;
+pub use crate::cert_manager::metrics::CertMetrics;
 pub use process::ProcessCollector;
 pub use runtime::RuntimeCollector;
 pub use tcp::{set_label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
@@ -98,13 +96,9 @@ pub fn register_xds(registry: &mut Registry, metrics: &XdsMetrics) {
     metrics.register(registry);
 }
 
-/// Registers the certificate manager's metrics (`mesh_certificate*`).
-pub fn register_certificates(
-    registry: &mut Registry,
-    manager: &Arc<crate::cert_manager::CertManager>,
-) {
-    cert::register(registry, manager);
-}
+/// Registers the certificate manager's metrics (`mesh_certificate*`; they live with the
+/// manager, in [`crate::cert_manager::metrics`]).
+pub use crate::cert_manager::metrics::register as register_certificates;
 
 /// Encodes a registry in the OpenMetrics text format (what Prometheus asks for first; it also
 /// reads it as the classic text format), ending with `# EOF`.

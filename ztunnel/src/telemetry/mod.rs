@@ -38,7 +38,7 @@ mod outcomes;
 mod pods;
 
 pub use outcomes::{Direction, FailureReason};
-pub use pods::{ActiveConnection, PodConnections, PodStates};
+pub use pods::{ActiveConnection, PodConnections};
 
 /// The process's metrics registry and the L4 counters in it.
 pub struct Telemetry {

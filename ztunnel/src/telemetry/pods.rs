@@ -1,4 +1,4 @@
-//! Connections per captured pod and direction, and the pods served or draining.
+//! Connections per captured pod and direction.
 //!
 //! Each served pod has one [`PodConnections`] (by uid, shared by every serving of the pod),
 //! handed to its proxy when the pod is added: a connection costs two atomic adds when it
@@ -19,8 +19,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::outcomes::Direction;
-use crate::inpod::Pods;
-use crate::proxy::live::LiveConnections;
 
 /// One direction's counts.
 #[derive(Debug, Default)]
@@ -192,37 +190,6 @@ impl Collector for PodRegistry {
                 let n = pod.counts[d as usize].total.load(Ordering::Relaxed);
                 ConstCounter::new(n).encode(total.encode_family(&series(d, labels))?)?;
             }
-        }
-        Ok(())
-    }
-}
-
-/// `ztunnel_pods{state}`: pods served, and removed pods whose connections are draining.
-pub struct PodStates {
-    /// The pods served.
-    pub pods: Arc<Pods>,
-    /// Live connections, which know the draining pods.
-    pub live: Arc<LiveConnections>,
-}
-
-impl std::fmt::Debug for PodStates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodStates").finish_non_exhaustive()
-    }
-}
-
-impl Collector for PodStates {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let serving = self.pods.len();
-        let draining = self.live.draining().len();
-        let mut family = encoder.encode_descriptor(
-            "ztunnel_pods",
-            "Pods served by this ztunnel (serving), and removed pods whose connections drain (draining)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (state, n) in [("serving", serving), ("draining", draining)] {
-            ConstGauge::new(n as i64).encode(family.encode_family(&[("state", state)])?)?;
         }
         Ok(())
     }

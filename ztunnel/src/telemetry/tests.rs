@@ -10,7 +10,7 @@ use mesh::store::{Batch, Store};
 use proto::workload as pb;
 
 use super::*;
-use crate::inpod::Pods;
+use crate::inpod::{PodStates, Pods};
 use crate::proxy::authz::{self, Inbound};
 use crate::proxy::live::{Kind, LiveConnections, PodKey};
 

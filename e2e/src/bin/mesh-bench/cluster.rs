@@ -14,9 +14,27 @@ use crate::WAIT;
 /// gets there first (the end of the run, an error unwinding, or the signal thread).
 pub(crate) static DOWN: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
 
+/// What to stop before the cluster goes down that meshctl does not know (upstream ztunnel,
+/// a child of this process), registered by whoever started it.
+static BEFORE_DOWN: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Runs `hook` before the cluster goes down (once per registration).
+pub(crate) fn before_down(hook: fn()) {
+    BEFORE_DOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(hook);
+}
+
 pub(crate) fn cluster_down_once() {
-    // Upstream ztunnel is ours to stop: meshctl does not know it.
-    crate::upstream::stop_all();
+    let hooks = std::mem::take(
+        &mut *BEFORE_DOWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for hook in hooks {
+        hook();
+    }
     let mut pending = DOWN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

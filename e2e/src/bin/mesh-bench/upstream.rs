@@ -9,7 +9,8 @@
 //!
 //! Upstream is this process's child, not a meshctl daemon, so `meshctl cluster down` does not
 //! know it: every upstream process is registered in [`RUNNING`] and stopped by [`stop_all`],
-//! which the benchmark's teardown (end of run, error or signal) calls before `cluster down`.
+//! which the benchmark's teardown (end of run, error or signal) calls before `cluster down`
+//! (registered with [`crate::cluster::before_down`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,6 +89,9 @@ impl Upstream {
             return Ok(());
         }
         c.ok(&["cluster", "stop", "ztunnel"])?;
+        // Teardown on error or signal stops them, even if this `Upstream` is never dropped.
+        static HOOKED: std::sync::Once = std::sync::Once::new();
+        HOOKED.call_once(|| crate::cluster::before_down(stop_all));
         for node in nodes {
             let child = self.spawn(c, node)?;
             RUNNING

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cert_manager::{CertManager, FetchError};
+use super::{CertManager, FetchError};
 
 /// The `reason` label of a failed certificate request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
