@@ -38,7 +38,6 @@
 //! [`register_certificates`] if it runs those clients. Everything read at scrape time
 //! (`process_*`, `tokio_*`, certificates held) costs nothing between scrapes.
 
-
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
