@@ -9,7 +9,8 @@
 //! proxy).
 //!
 //! Each direction starts with a 16 KiB buffer and doubles it (up to 256 KiB) whenever a read
-//! fills it, so idle connections stay small and bulk transfers make few syscalls. Both
+//! fills it, so bulk transfers make few syscalls; a direction that waits for bytes with an
+//! initial-size buffer gives it back, so an idle connection holds none. Both
 //! directions are driven by one future over the two streams, with no lock and no split.
 
 use std::fmt;
@@ -264,6 +265,12 @@ impl Direction {
                         if self.unflushed {
                             ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (false, e))?;
                             self.unflushed = false;
+                        }
+                        // Idle, with nothing buffered: an idle connection holds no buffer (the
+                        // next read takes one from the allocator's cache). A grown buffer is
+                        // kept: its direction moves bulk and will fill it again.
+                        if self.buf.len() <= INITIAL_BUFFER {
+                            self.buf = Vec::new();
                         }
                         return Poll::Pending;
                     }

@@ -195,3 +195,30 @@ async fn buffers_grow_with_bulk_and_bytes_arrive_exactly() {
     let moved = proxy.await.expect("join").expect("clean");
     assert_eq!(moved.a_to_b, 4 << 20);
 }
+
+#[tokio::test]
+async fn a_direction_waiting_for_bytes_holds_no_buffer_until_they_come() {
+    let (mut app, reader) = tokio::io::duplex(64 * 1024);
+    let (writer, mut peer) = tokio::io::duplex(64 * 1024);
+    let (mut reader, mut writer) = (Box::pin(reader), Box::pin(writer));
+    let mut dir = Direction::new();
+    app.write_all(b"hello").await.expect("write");
+    let waker = futures::task::noop_waker_ref();
+    let mut cx = Context::from_waker(waker);
+    // Reads the 5 bytes, writes them on, then waits: the buffer is given back.
+    assert!(dir
+        .poll_copy(&mut cx, reader.as_mut(), writer.as_mut())
+        .is_pending());
+    assert_eq!(dir.buf.capacity(), 0);
+    let mut got = [0u8; 5];
+    peer.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"hello");
+    // More bytes: a buffer again, and they arrive.
+    app.write_all(b"again").await.expect("write");
+    assert!(dir
+        .poll_copy(&mut cx, reader.as_mut(), writer.as_mut())
+        .is_pending());
+    peer.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"again");
+    assert_eq!(dir.total, 10);
+}
