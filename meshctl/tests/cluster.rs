@@ -10,26 +10,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+mod common;
+
+use common::{eventually, MESHCTL};
 
 fn require_prerequisites() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces): run as root"
-    );
-    let dir = Path::new(MESHCTL)
-        .parent()
-        .expect("meshctl has a directory");
-    for bin in ["istiod-lite", "ztunnel", "cni-plugin"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: build it first: cargo build -p istiod-lite -p ztunnel -p cni-plugin",
-            dir.join(bin).display()
-        );
-    }
+    common::require_prerequisites(&["istiod-lite", "ztunnel", "cni-plugin"]);
 }
 
 /// A cluster under test; `cluster down` on drop, so a failing test leaves nothing behind.
@@ -41,26 +30,12 @@ struct Cluster {
 
 impl Cluster {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(MESHCTL)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("meshctl runs")
+        common::meshctl(&self.state, args)
     }
 
     /// Runs meshctl and asserts success; its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::meshctl_ok(&self.state, args)
     }
 
     fn prefix(&self) -> String {
@@ -200,21 +175,18 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
 
     // The debug verbs: what n1's ztunnel holds, and the components' logs.
     // The pod reaches n1's ztunnel by an xDS push, which may still be in flight.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let workloads = parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
-        if workloads
-            .iter()
-            .any(|w| w["NAME"] == "a" && w["IP"] == ip_a)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pod a never reached n1's ztunnel: {workloads:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(
+        "pod a in n1's ztunnel",
+        std::time::Duration::from_secs(10),
+        || {
+            let workloads =
+                parse_table(&cluster.ok(&["ztunnel-config", "workloads", "--node", "n1"]));
+            let found = workloads
+                .iter()
+                .any(|w| w["NAME"] == "a" && w["IP"] == ip_a);
+            (found, workloads)
+        },
+    );
     // The pods changed the addresses: both ztunnels are brought to the new version.
     proxies_synced(&cluster, Some(&synced_before));
     let json = cluster.ok(&["ztunnel-config", "workloads", "--node", "n2", "-o", "json"]);
@@ -255,24 +227,11 @@ fn a_two_node_cluster_runs_pods_and_down_leaves_nothing() {
     cluster.ok(&["cluster", "down"]);
 }
 
-/// Polls `check` every 100 ms for up to 15 s; panics with `what` and the last value.
-fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (done, value) = check();
-        if done {
-            return value;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {value:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// `proxy-status`: waits until both nodes' ztunnels are listed with addresses and
 /// authorizations SYNCED (and, given the address version seen `before`, at another version);
 /// returns the address version they hold.
 fn proxies_synced(cluster: &Cluster, before: Option<&str>) -> String {
-    let syncz = eventually("two ztunnels synced", || {
+    let syncz = eventually_15s("two ztunnels synced", || {
         let table = parse_table(&cluster.ok(&["proxy-status"]));
         let nodes: Vec<&str> = table.iter().map(|p| p["NODE"].as_str()).collect();
         let synced = table.iter().all(|p| {
@@ -325,7 +284,7 @@ fn held_open_connections_are_listed_until_closed(cluster: &Cluster, ip_a: &str) 
         "http-echo",
     ]);
     let ip_echo = ip_echo.trim().to_string();
-    eventually("pods a and echo captured and known to n1's ztunnel", || {
+    eventually_15s("pods a and echo captured and known to n1's ztunnel", || {
         let pods = parse_table(&cluster.ok(&["get", "pods"]));
         let captured = ["a", "echo"].iter().all(|n| {
             pods.iter()
@@ -363,10 +322,10 @@ fn held_open_connections_are_listed_until_closed(cluster: &Cluster, ip_a: &str) 
         });
         (found, table)
     };
-    eventually("the held-open connection is outbound on n1", || {
+    eventually_15s("the held-open connection is outbound on n1", || {
         listed("n1", "outbound")
     });
-    eventually("the held-open connection is inbound on n2", || {
+    eventually_15s("the held-open connection is inbound on n2", || {
         listed("n2", "inbound")
     });
     let json = cluster.ok(&[
@@ -383,7 +342,7 @@ fn held_open_connections_are_listed_until_closed(cluster: &Cluster, ip_a: &str) 
     let status = client.wait().expect("client ends");
     assert!(status.success(), "client: {status}");
     for node in ["n1", "n2"] {
-        eventually("the closed connection is gone", || {
+        eventually_15s("the closed connection is gone", || {
             let table = cluster.ok(&["ztunnel-config", "connections", "--node", node]);
             (table.trim().lines().count() == 1, table)
         });
@@ -416,4 +375,9 @@ fn down_by_name_without_a_cluster_json_leaves_the_directory_s_files_alone() {
         !tmp.path().join(".lock").exists(),
         "its own lock file is gone"
     );
+}
+
+/// [`eventually`] with this file's 15 s.
+fn eventually_15s<T: std::fmt::Debug>(what: &str, check: impl FnMut() -> (bool, T)) -> T {
+    eventually(what, std::time::Duration::from_secs(15), check)
 }

@@ -10,9 +10,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+mod common;
+
+use common::MESHCTL;
 
 struct Cluster {
     _tmp: tempfile::TempDir,
@@ -23,25 +25,12 @@ struct Cluster {
 
 impl Cluster {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(MESHCTL)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("meshctl runs")
+        common::meshctl(&self.state, args)
     }
 
+    /// Runs meshctl and asserts success; its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::meshctl_ok(&self.state, args)
     }
 }
 
@@ -65,16 +54,9 @@ impl Drop for Cluster {
     }
 }
 
-fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (done, value) = check();
-        if done {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: {value:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// [`common::eventually`] with this file's 20 s.
+fn eventually<T: std::fmt::Debug>(what: &str, check: impl FnMut() -> (bool, T)) -> T {
+    common::eventually(what, Duration::from_secs(20), check)
 }
 
 /// A two-node cluster with an enrolled client (n1) calling an echo server (n2) in a loop,

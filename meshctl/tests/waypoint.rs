@@ -15,27 +15,13 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+mod common;
 
 fn require_prerequisites() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces): run as root"
-    );
-    let dir = Path::new(MESHCTL)
-        .parent()
-        .expect("meshctl has a directory");
-    for bin in ["istiod-lite", "ztunnel", "cni-plugin", "waypoint"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: build it first: cargo build -p istiod-lite -p ztunnel -p cni-plugin \
-             -p waypoint",
-            dir.join(bin).display()
-        );
-    }
+    common::require_prerequisites(&["istiod-lite", "ztunnel", "cni-plugin", "waypoint"]);
 }
 
 /// A cluster under test; `cluster down` on drop, so a failing test leaves nothing behind.
@@ -47,26 +33,12 @@ struct Cluster {
 
 impl Cluster {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(MESHCTL)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("meshctl runs")
+        common::meshctl(&self.state, args)
     }
 
     /// Runs meshctl and asserts success; its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::meshctl_ok(&self.state, args)
     }
 
     fn config(&self, rel: &str) -> PathBuf {
