@@ -108,9 +108,9 @@ struct Live {
     /// Evaluated by a re-check since it was registered (its admission check may have read the
     /// store just before a change whose re-check did not see it yet).
     rechecked: bool,
-    /// For `/connections`: when it was registered, its ends, its bytes so far.
+    /// For `/connections`: when it was registered; its bytes so far and its ends (shared
+    /// with the guard, which sets them without the registry's lock).
     since: Instant,
-    ends: Option<Ends>,
     counts: Arc<Counts>,
 }
 
@@ -246,9 +246,9 @@ pub struct LiveGuard {
 impl LiveGuard {
     /// Records the connection's ends for the admin endpoint (outbound: once routed).
     pub fn describe(&self, ends: Ends) {
-        if let Some(l) = self.registry.lock().conns.get_mut(&self.id) {
-            l.ends = Some(ends);
-        }
+        // Once per connection, and never the registry's lock: this is on every outbound
+        // connection's path.
+        let _ = self.counts.ends.set(ends);
     }
 
     /// Resolves when the connection must be closed, with the reason.
@@ -348,7 +348,6 @@ impl LiveConnections {
                 close,
                 rechecked: false,
                 since: Instant::now(),
-                ends: None,
                 counts: counts.clone(),
             },
         );
@@ -416,7 +415,7 @@ impl LiveConnections {
                 let info = ConnectionInfo {
                     pod_uid: l.pod.uid.clone(),
                     direction,
-                    ends: l.ends.clone().unwrap_or(derived),
+                    ends: l.counts.ends.get().cloned().unwrap_or(derived),
                     bytes_sent: t.a_to_b,
                     bytes_received: t.b_to_a,
                     age_ms: u64::try_from(l.since.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -524,11 +523,13 @@ pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, Copy
     record.close(t.a_to_b, t.b_to_a, Some(&end));
 }
 
-/// Bytes read from and written to one side, readable after its copy was dropped.
+/// Bytes read from and written to one side, readable after its copy was dropped; and the
+/// connection's ends once described.
 #[derive(Default)]
 struct Counts {
     read: AtomicU64,
     written: AtomicU64,
+    ends: std::sync::OnceLock<Ends>,
 }
 
 impl Counts {
