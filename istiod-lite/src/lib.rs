@@ -497,3 +497,33 @@ pub async fn run(
         .serve(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_port_serves_the_log_filter_only_when_the_process_owns_logging() {
+        let reload: LogReload =
+            Arc::new(|level: &str| Ok(if level.is_empty() { "info" } else { level }.to_string()));
+        let call = |method: &'static http::Method| Call {
+            method,
+            path: "/logging",
+            query: Some("level=debug"),
+        };
+        let with = admin_handler(Some(reload));
+        assert_eq!(
+            with(&call(&http::Method::GET)).body,
+            "log filter: info\nset with POST /logging?level=<filter>\n"
+        );
+        assert_eq!(
+            with(&call(&http::Method::POST)).body,
+            "log filter now: debug\n"
+        );
+        let without = admin_handler(None);
+        assert_eq!(
+            without(&call(&http::Method::GET)).status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}

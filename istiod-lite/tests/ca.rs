@@ -324,6 +324,20 @@ async fn node_asking_for_a_pod_on_another_node_is_refused_and_audited() {
         && l.contains("node-2")
         && l.contains(HTTPBIN)
         && l.contains("allow")));
+
+    // Both refusals and the grant are counted, by reason; the process metrics are there too.
+    let refused = "istiod_lite_csr_total{result=\"refused\",reason=\"identity_not_allowed\"}";
+    assert_eq!(server.metric(refused).await, 2.0);
+    let signed = "istiod_lite_csr_total{result=\"signed\",reason=\"ok\"}";
+    assert_eq!(server.metric(signed).await, 1.0);
+    let text = server.metrics().await;
+    for want in [
+        "process_resident_memory_bytes ",
+        "tokio_workers{runtime=\"main\"}",
+        "istiod_lite_config_errors 0",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
     server.stop().await;
 }
 
