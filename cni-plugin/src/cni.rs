@@ -1,7 +1,7 @@
 //! The CNI plugin side, pure: the environment and network configuration a container runtime
 //! passes (CNI 1.0.0), validated into types, and the JSON answers (results, version, errors).
 //!
-//! Nothing here does I/O; [`crate::plugin`] wires it to the process environment, stdin,
+//! Nothing here does I/O; the binary's `plugin` module wires it to the process environment, stdin,
 //! stdout and the node agent.
 
 use std::collections::BTreeMap;

@@ -11,7 +11,8 @@
 
 mod agent;
 mod agent_proto;
-mod cni;
+// The pure CNI parsing is the crate's library (fuzzed); `crate::cni` names it here.
+use cni_plugin::cni;
 mod enrollment;
 mod install;
 mod kube_enrollment;
@@ -185,6 +186,8 @@ fn plugin_main() -> ExitCode {
 }
 
 fn agent_main(args: AgentArgs, log_reload: LogReload) -> anyhow::Result<()> {
+    // It holds a descriptor per pod namespace it hands to ztunnel, plus its watches.
+    mesh::limits::raise_fd_limit_and_log("cni-agent");
     anyhow::ensure!(
         !args.zds_socket.as_os_str().is_empty(),
         "--zds-socket must not be empty"

@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
     // Kept until main returns: dropping it flushes buffered log lines.
     let logging = mesh::logging::init("istiod-lite", config.log_format);
     tracing::debug!(?config, "configuration");
+    // One xDS stream per proxy in the cluster.
+    mesh::limits::raise_fd_limit_and_log("istiod-lite");
     istiod_lite::run(config, logging.reload.clone(), shutdown_signal()).await
 }
 

@@ -14,6 +14,8 @@
 //! - [`runtime`]: a proxy's control and data-plane tokio runtimes.
 //! - [`copy`]: bidirectional byte copying: half-close on a clean end, abort on an error.
 //! - [`tcp_keepalive`]: TCP keepalive on proxied sockets.
+//! - [`limits`]: the open-file limit raised at start; an accept loop that survives running out of
+//!   file descriptors (counted, logged, shed with a reset, backed off).
 //! - [`model`]: typed workloads, services and L4 authorization policies, converted from/to proto.
 //! - [`store`]: the in-memory config store the proxy reads (by uid, IP, VIP, host name).
 //! - [`rbac`]: L4 authorization: a connection's verdict under the policies in scope (pure).
@@ -34,6 +36,7 @@ pub mod hbone;
 pub mod http_server;
 pub mod identity;
 pub mod l7authz;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     // The guard flushes buffered log lines when main returns.
     let logging = mesh::logging::init("waypoint", config.log_format);
     tracing::debug!(?config, "configuration");
+    // Two sockets per proxied request stream, plus pooled upstreams.
+    mesh::limits::raise_fd_limit_and_log("waypoint");
     // Two runtimes, as ztunnel: a single-threaded one for control work (CA, xDS, admin) on
     // its own thread, and a multi-threaded one for the data plane.
     let (control_handle, runtime) = match mesh::runtime::control_and_data("waypoint") {

@@ -133,6 +133,13 @@ pub async fn run(
     );
     control.spawn(live.clone().watch(store.clone()));
     let pool_stats = mesh::hbone::PoolStats::new();
+    let mut acceptor = None;
+    telemetry.with_registry(|r| acceptor = Some(mesh::limits::Acceptor::register(r)));
+    let limits = Arc::new(crate::proxy::limits::Limits::new(
+        acceptor.unwrap_or_else(mesh::limits::Acceptor::new),
+        config.max_connections_per_pod(),
+        config.connect_timeout,
+    ));
     let inputs = ProxyInputs {
         config: config.clone(),
         store: store.clone(),
@@ -141,6 +148,7 @@ pub async fn run(
         home,
         live: live.clone(),
         pool_stats: pool_stats.clone(),
+        limits,
     };
     tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
 

@@ -117,6 +117,21 @@ pub struct Config {
     #[arg(long, env = "CERT_RELEASE_GRACE_SECS", default_value_t = 30)]
     pub cert_release_grace_secs: u64,
 
+    /// Most live proxied connections one pod may have at once, both directions together
+    /// (outbound on 15001, inbound plaintext on 15006, HBONE streams on 15008). One more is
+    /// refused (a reset; 503 on an HBONE stream), counted in
+    /// `ztunnel_connection_failures_total{reason="connection_limit"}` and logged. 0 (the
+    /// default) sets no cap: the open file limit, raised to its hard limit at start, bounds
+    /// the node as a whole.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_POD", default_value_t = 0)]
+    pub max_connections_per_pod: usize,
+
+    /// Deadline for connecting to the next hop: the application (inbound) or a destination
+    /// outside the mesh (outbound passthrough). HBONE tunnels have their own (10 s). `10s`,
+    /// `500ms`, or seconds.
+    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "10s", value_parser = mesh::tcp_keepalive::parse_duration)]
+    pub connect_timeout: Duration,
+
     /// Log line format, `text` or `json`; the level comes from RUST_LOG (default `info`) and
     /// can be changed at run time on the admin port (`POST /logging?level=`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -142,6 +157,11 @@ impl Config {
     /// How long a removed pod's connections drain before they are closed.
     pub fn pod_drain(&self) -> Duration {
         Duration::from_secs(self.pod_drain_secs)
+    }
+
+    /// The cap on one pod's live connections, `None` when there is none.
+    pub fn max_connections_per_pod(&self) -> Option<std::num::NonZeroUsize> {
+        std::num::NonZeroUsize::new(self.max_connections_per_pod)
     }
 
     /// TCP keepalive for proxied sockets, or `None` when turned off.
@@ -206,6 +226,26 @@ mod tests {
         );
         let args = ["ztunnel", "--node-name", "n1", "--pod-drain-secs", "soon"];
         assert!(Config::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn pods_have_no_connection_cap_and_a_ten_second_connect_deadline_unless_configured() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ztunnel", "--node-name", "n1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).expect("valid")
+        };
+        let default = parse(&[]);
+        assert_eq!(default.max_connections_per_pod(), None);
+        assert_eq!(default.connect_timeout, Duration::from_secs(10));
+        let tuned = parse(&[
+            "--max-connections-per-pod",
+            "100",
+            "--connect-timeout",
+            "500ms",
+        ]);
+        assert_eq!(tuned.max_connections_per_pod().map(|n| n.get()), Some(100));
+        assert_eq!(tuned.connect_timeout, Duration::from_millis(500));
     }
 
     #[test]

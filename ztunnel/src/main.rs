@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     // The guard flushes buffered log lines when main returns.
     let logging = mesh::logging::init("ztunnel", config.log_format);
     tracing::debug!(?config, "configuration");
+    // Two sockets per proxied connection: the default soft limit would cap a node at hundreds.
+    mesh::limits::raise_fd_limit_and_log("ztunnel");
     // Two runtimes, as upstream: a single-threaded one for control work (CA, xDS, admin,
     // policy re-checks) on its own thread, and a multi-threaded one for the data plane.
     let (control_handle, runtime) = match mesh::runtime::control_and_data("ztunnel") {

@@ -82,7 +82,7 @@ pub async fn serve_hbone(
     let per_connection = stop.clone();
     let accept = async {
         loop {
-            let (tcp, peer) = super::accept(&listener, "HBONE").await;
+            let (tcp, peer) = inputs.limits.acceptor().accept(&listener, "HBONE").await;
             let (server, handler) = (server.clone(), handler.clone());
             let on_authenticated = tunnel_guard(inputs.live.clone(), key.clone());
             // The pod leaving the mesh sends GOAWAY at once: clients take new streams
@@ -136,6 +136,16 @@ fn tunnel_guard(
 }
 
 async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest) {
+    // Each stream is a connection to the pod: it counts against the pod's cap.
+    let _slot = match inputs.limits.admit(&pod.uid) {
+        Ok(slot) => slot,
+        Err(_) => {
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return inputs
+                .telemetry
+                .failure(Direction::inbound, FailureReason::connection_limit);
+        }
+    };
     let target = req.target();
     let peer_id = req.peer().clone();
     // In-pod mode: the tunnel's TCP source is the client pod's own address. The `forwarded`
@@ -227,7 +237,11 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         return record.fail(FailureReason::denied, &decision.reason);
     }
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
-    match pod.connect(&inputs.home, target, spoof).await {
+    match inputs
+        .limits
+        .connect(&pod, &inputs.home, target, spoof)
+        .await
+    {
         Ok(mut app) => match req.accept() {
             Ok(tunnel) => finish(record, copy_until_closed(tunnel, app, guard).await),
             Err(e) => {
@@ -311,10 +325,23 @@ pub async fn serve_plaintext(
 ) {
     let accept = async {
         loop {
-            let (stream, peer) = super::accept(&listener, "inbound plaintext").await;
+            let (stream, peer, slot) = inputs
+                .limits
+                .accept(
+                    &inputs.telemetry,
+                    &pod,
+                    &listener,
+                    "inbound plaintext",
+                    Direction::inbound,
+                )
+                .await;
             let (inputs, pod) = (inputs.clone(), pod.clone());
             let span = tracing::debug_span!("inbound_plaintext", pod = %pod.uid, client = %peer);
-            tokio::spawn(handle_plaintext(inputs, pod, stream, peer).instrument(span));
+            let conn = async move {
+                let _slot = slot;
+                handle_plaintext(inputs, pod, stream, peer).await;
+            };
+            tokio::spawn(conn.instrument(span));
         }
     };
     tokio::select! {
@@ -406,7 +433,11 @@ async fn handle_plaintext(
         stream.abort();
         return record.fail(FailureReason::denied, &decision.reason);
     }
-    match pod.connect(&inputs.home, orig_dst, Some(peer.ip())).await {
+    match inputs
+        .limits
+        .connect(&pod, &inputs.home, orig_dst, Some(peer.ip()))
+        .await
+    {
         Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
         Err(e) => {
             // The application refused: the client sees the reset it would have seen directly.

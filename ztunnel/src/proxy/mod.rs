@@ -32,6 +32,7 @@ use crate::telemetry::{PodConnections, Telemetry};
 
 pub mod authz;
 pub mod inbound;
+pub mod limits;
 pub mod live;
 pub mod outbound;
 pub mod waypoint;
@@ -53,6 +54,8 @@ pub struct ProxyInputs {
     pub live: Arc<live::LiveConnections>,
     /// Node-wide counters of every pod's HBONE pool.
     pub pool_stats: PoolStats,
+    /// Descriptor, per-pod and set-up limits ([`limits`]).
+    pub limits: Arc<limits::Limits>,
 }
 
 /// The pod a proxy serves.
@@ -231,23 +234,6 @@ impl Drop for PodProxy {
         }
         let draining = self.live.pod_removed(&self.pod.key(), self.drain);
         tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = self.drain.as_secs_f64(), "pod proxy stopped; new connections refused, live ones drain");
-    }
-}
-
-/// The next connection on `listener`. An accept error (out of fds, say) is logged with
-/// `listener_name` and retried after a short pause rather than in a hot loop.
-pub(crate) async fn accept(
-    listener: &tokio::net::TcpListener,
-    listener_name: &'static str,
-) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(conn) => return conn,
-            Err(e) => {
-                tracing::warn!(error = %e, listener = listener_name, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
     }
 }
 

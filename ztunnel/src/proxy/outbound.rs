@@ -221,10 +221,23 @@ pub async fn serve(
     let _drain = DrainOnDrop(pool.clone());
     let accept = async {
         loop {
-            let (stream, peer) = super::accept(&listener, "outbound").await;
+            let (stream, peer, slot) = inputs
+                .limits
+                .accept(
+                    &inputs.telemetry,
+                    &pod,
+                    &listener,
+                    "outbound",
+                    Direction::outbound,
+                )
+                .await;
             let (inputs, pod, pool) = (inputs.clone(), pod.clone(), pool.clone());
             let span = tracing::debug_span!("outbound", pod = %pod.uid, client = %peer);
-            tokio::spawn(handle(inputs, pod, pool, stream, peer).instrument(span));
+            let conn = async move {
+                let _slot = slot;
+                handle(inputs, pod, pool, stream, peer).await;
+            };
+            tokio::spawn(conn.instrument(span));
         }
     };
     tokio::select! {
@@ -314,7 +327,7 @@ async fn handle(
                 false,
             )
             .for_pod(&pod.metrics);
-            match pod.connect(&inputs.home, addr, None).await {
+            match inputs.limits.connect(&pod, &inputs.home, addr, None).await {
                 Ok(upstream) => finish(record, copy_until_closed(stream, upstream, guard).await),
                 Err(e) => {
                     stream.abort();

@@ -19,7 +19,7 @@
 //! `direction` is `inbound` or `outbound`; `namespace`, `workload` and `pod` name the captured
 //! pod (its series go when it has left and its last connection closed). `reason` is one of
 //! [`FailureReason`]: `denied`, `upstream_connect`, `no_healthy_upstream`, `tls_handshake`,
-//! `hbone`, `unknown_destination`, `timeout`, `other`. `policy` is the deciding policy
+//! `hbone`, `unknown_destination`, `timeout`, `connection_limit`, `other`. `policy` is the deciding policy
 //! `<namespace>/<name>`, or `default` when none decided; `namespace` there is the destination
 //! workload's; `decision` is `allow` or `deny`.
 

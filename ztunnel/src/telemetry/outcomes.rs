@@ -63,13 +63,15 @@ pub enum FailureReason {
     unknown_destination,
     /// A connect or handshake deadline passed.
     timeout,
+    /// The pod already had `--max-connections-per-pod` live connections.
+    connection_limit,
     /// Anything else (the pod left as the connection arrived, no original destination).
     other,
 }
 
 impl FailureReason {
     /// Every reason, in index order.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::denied,
         FailureReason::upstream_connect,
         FailureReason::no_healthy_upstream,
@@ -77,6 +79,7 @@ impl FailureReason {
         FailureReason::hbone,
         FailureReason::unknown_destination,
         FailureReason::timeout,
+        FailureReason::connection_limit,
         FailureReason::other,
     ];
 

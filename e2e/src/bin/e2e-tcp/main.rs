@@ -15,6 +15,8 @@
 //! e2e-tcp await-server <port>       wait for a request, answer `ready`, report how it ends
 //! e2e-tcp await-reply <ip:port> <text>   send <text>, report how the server ends it
 //! e2e-tcp reset-client <ip:port> <text>  send <text>, wait for `ready`, then reset
+//! e2e-tcp hold <ip:port> <n> <until-file>  hold n verified connections open (see `hold.rs`)
+//! e2e-tcp silent <ip:port> <secs>   connect, send nothing, report how the server ends it
 //! ```
 //!
 //! The last four print `outcome=<reset|eof|data:..|refused|timeout|error:..> ms=<n>` (see
@@ -26,6 +28,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod hold;
 mod reset;
 
 use std::io::{Read, Write};
@@ -58,12 +61,14 @@ fn main() -> ExitCode {
         ["await-server", port] => serve(port, reset::await_server),
         ["await-reply", addr, text] => reset::await_reply(addr, text),
         ["reset-client", addr, text] => reset::reset_client(addr, text),
+        ["hold", addr, n, until] => hold::hold(addr, n, until),
+        ["silent", addr, secs] => hold::silent(addr, secs),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
                   send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH | \
                   send-gated IP:PORT FIRST GATE SECOND | \
                   send-forged --to IP:PORT [--mark N] [--source IP[:PORT]] [--data TEXT] \
                   [--timeout-ms N] | reset-server PORT | await-server PORT | \
-                  await-reply IP:PORT TEXT | reset-client IP:PORT TEXT"
+                  await-reply IP:PORT TEXT | reset-client IP:PORT TEXT | hold IP:PORT N FILE | silent IP:PORT SECS"
             .into()),
     };
     match result {

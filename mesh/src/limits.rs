@@ -1,0 +1,261 @@
+//! Process limits every daemon shares: the open-file limit raised at start, and an accept loop
+//! that survives running out of file descriptors.
+//!
+//! A proxy holds two sockets per proxied connection; the usual soft limit (1024) would cap a
+//! node at a few hundred connections while the hard limit allows far more. [`raise_fd_limit`]
+//! lifts the soft limit to the hard one once at start (every daemon calls it and logs the
+//! result at info).
+//!
+//! When the limit is reached anyway, `accept(2)` fails with `EMFILE`/`ENFILE` and the pending
+//! connection stays queued: a plain retry loop spins at 100 % CPU and the client waits on a
+//! connection nobody will take. [`Acceptor::accept`] instead counts the failure in
+//! `mesh_accept_errors_total{listener,reason}`, warns at most once per
+//! [`WARN_INTERVAL`] (with how many it did not log), frees a spare descriptor kept for this
+//! moment to take the queued connection and close it with a reset (the client fails at once,
+//! cleanly), and backs off briefly before accepting again. Service resumes by itself once
+//! connections close.
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+
+/// At most one "accept failed" warning per listener kind per this interval.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause after an accept failure for lack of descriptors: long enough not to spin, short
+/// enough that service resumes promptly when connections close.
+pub const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// Most queued connections reset in one go while out of descriptors.
+pub const SHED_BATCH: usize = 128;
+/// Pause after any other accept failure.
+pub const OTHER_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The open-file limit after [`raise_fd_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    /// The hard limit (the ceiling without privileges).
+    pub hard: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let (before, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if before < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    Ok(FdLimit { before, soft, hard })
+}
+
+/// [`raise_fd_limit`] for a daemon's start: logs the outcome (info), never fails the start.
+pub fn raise_fd_limit_and_log(component: &str) -> Option<FdLimit> {
+    match raise_fd_limit() {
+        Ok(l) => {
+            tracing::info!(
+                component,
+                soft = l.soft,
+                hard = l.hard,
+                before = l.before,
+                "open file limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(component, error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)");
+            None
+        }
+    }
+}
+
+/// Why an accept failed, as counted.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AcceptError {
+    /// `EMFILE` or `ENFILE`: the process or the system is out of file descriptors.
+    fd_limit,
+    /// Anything else (`ENOBUFS`, `ENOMEM`, a connection aborted while queued, ...).
+    other,
+}
+
+impl AcceptError {
+    /// The class of `e`.
+    pub fn of(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc_errno) if is_fd_exhaustion(libc_errno) => AcceptError::fd_limit,
+            _ => AcceptError::other,
+        }
+    }
+}
+
+fn is_fd_exhaustion(errno: i32) -> bool {
+    errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptLabels {
+    listener: &'static str,
+    reason: AcceptError,
+}
+
+/// Rate limit for one listener kind's warnings.
+#[derive(Debug, Default)]
+struct WarnState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// Accepts connections for a process: counts and logs failures, sheds connections while out
+/// of descriptors (see the module docs). Cheap to clone; one per process.
+#[derive(Debug, Clone, Default)]
+pub struct Acceptor {
+    errors: Family<AcceptLabels, Counter>,
+    warned: Arc<Mutex<std::collections::HashMap<&'static str, WarnState>>>,
+    /// A descriptor held in reserve, given up to accept-and-reset when out of descriptors.
+    spare: Arc<Mutex<Option<File>>>,
+    shed: Arc<AtomicU64>,
+}
+
+impl Acceptor {
+    /// An acceptor whose counts are not exported (tests, tools).
+    pub fn new() -> Self {
+        let a = Acceptor::default();
+        a.refill_spare();
+        a
+    }
+
+    /// An acceptor counting into `mesh_accept_errors_total{listener,reason}` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let a = Acceptor::new();
+        registry.register(
+            "mesh_accept_errors",
+            "Failed accepts by listener and reason (fd_limit: out of file descriptors)",
+            a.errors.clone(),
+        );
+        a
+    }
+
+    /// Accept failures of `listener` for `reason` so far.
+    pub fn errors(&self, listener: &'static str, reason: AcceptError) -> u64 {
+        self.errors
+            .get_or_create(&AcceptLabels { listener, reason })
+            .get()
+    }
+
+    /// Connections taken and reset at once because the process was out of descriptors.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// The next connection on `listener` (named `name` in logs and metrics). Failures are
+    /// counted, logged (rate-limited) and followed by a short pause; never returns an error.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        name: &'static str,
+    ) -> (TcpStream, SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(conn) => return conn,
+                Err(e) => {
+                    let reason = AcceptError::of(&e);
+                    self.errors
+                        .get_or_create(&AcceptLabels {
+                            listener: name,
+                            reason,
+                        })
+                        .inc();
+                    self.warn(name, reason, &e);
+                    let pause = match reason {
+                        AcceptError::fd_limit => {
+                            self.shed_queued(listener);
+                            FD_BACKOFF
+                        }
+                        AcceptError::other => OTHER_BACKOFF,
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    fn warn(&self, name: &'static str, reason: AcceptError, e: &io::Error) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let state = warned.entry(name).or_default();
+        let now = Instant::now();
+        if state
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
+        {
+            state.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut state.suppressed);
+        state.last = Some(now);
+        drop(warned);
+        match reason {
+            AcceptError::fd_limit => tracing::warn!(
+                listener = name,
+                error = %e,
+                suppressed,
+                shed_total = self.shed(),
+                "accept failed: out of file descriptors (RLIMIT_NOFILE reached); new connections are reset until some close"
+            ),
+            AcceptError::other => {
+                tracing::warn!(listener = name, error = %e, suppressed, "accept failed")
+            }
+        }
+    }
+
+    /// Gives up the spare descriptor to take the queued connections (up to [`SHED_BATCH`])
+    /// and reset them one by one, so their clients fail now instead of waiting in the queue;
+    /// then takes the spare back.
+    ///
+    /// Synchronous (no await between giving the spare up and taking it back), so other tasks
+    /// have the least chance to take the freed descriptor first.
+    fn shed_queued(&self, listener: &TcpListener) {
+        let had_spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
+        if had_spare {
+            for _ in 0..SHED_BATCH {
+                // Each reset frees the descriptor the next accept needs. The listener is
+                // non-blocking: an empty queue is `WouldBlock`, and tokio's next accept
+                // simply tries again.
+                let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
+                    break;
+                };
+                // Linger 0: close() sends a reset.
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                drop(socket);
+                self.shed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.refill_spare();
+    }
+
+    fn refill_spare(&self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.is_none() {
+            *spare = File::open("/dev/null").ok();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

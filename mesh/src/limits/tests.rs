@@ -1,0 +1,56 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use super::*;
+
+#[test]
+fn the_soft_fd_limit_is_raised_to_the_hard_limit() {
+    let l = raise_fd_limit().expect("getrlimit/setrlimit");
+    assert_eq!(l.soft, l.hard);
+    assert!(l.soft >= l.before);
+}
+
+#[test]
+fn emfile_and_enfile_count_as_fd_exhaustion_and_nothing_else_does() {
+    let of =
+        |errno: nix::errno::Errno| AcceptError::of(&io::Error::from_raw_os_error(errno as i32));
+    assert_eq!(of(nix::errno::Errno::EMFILE), AcceptError::fd_limit);
+    assert_eq!(of(nix::errno::Errno::ENFILE), AcceptError::fd_limit);
+    assert_eq!(of(nix::errno::Errno::ENOBUFS), AcceptError::other);
+    assert_eq!(
+        AcceptError::of(&io::Error::other("no errno")),
+        AcceptError::other
+    );
+}
+
+#[test]
+fn warnings_are_rate_limited_per_listener() {
+    let a = Acceptor::new();
+    let e = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+    for _ in 0..5 {
+        a.warn("outbound", AcceptError::fd_limit, &e);
+    }
+    a.warn("inbound", AcceptError::fd_limit, &e);
+    let warned = a.warned.lock().unwrap();
+    assert_eq!(
+        warned["outbound"].suppressed, 4,
+        "one logged, four held back"
+    );
+    assert_eq!(
+        warned["inbound"].suppressed, 0,
+        "each listener has its own budget"
+    );
+}
+
+#[tokio::test]
+async fn a_registered_acceptor_exports_its_counts_at_zero_until_errors() {
+    let mut registry = Registry::default();
+    let a = Acceptor::register(&mut registry);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+    let (_conn, _) = a.accept(&listener, "test").await;
+    client.await.unwrap();
+    assert_eq!(a.errors("test", AcceptError::fd_limit), 0);
+    let text = crate::metrics::encode(&registry);
+    assert!(text.contains("mesh_accept_errors_total"), "{text}");
+}
