@@ -9,6 +9,8 @@
 # are incremental. Each target starts from fuzz/seeds/<target> plus whatever it found before in
 # fuzz/corpus/<target> (ignored by git). A crashing input is saved under
 # fuzz/artifacts/<target>/ and the script exits 1 after running the remaining targets.
+# No input may make a target allocate more than 256 MiB at once (-malloc_limit_mb) or grow past
+# 1 GiB (-rss_limit_mb): unbounded allocation from untrusted bytes counts as a crash.
 #
 # Environment:
 #   FUZZ_TARGETS   space-separated subset of targets to run (default: all in fuzz/fuzz_targets)
@@ -54,7 +56,8 @@ for target in $targets; do
     [ -d "$seeds" ] && corpora+=("$seeds")
     echo "fuzz: $target for ${seconds}s" >&2
     if ! cargo fuzz run --fuzz-dir fuzz --target-dir "$target_dir" "$target" "${corpora[@]}" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1; then
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
+        -print_final_stats=1; then
         failed+=("$target")
     fi
 done

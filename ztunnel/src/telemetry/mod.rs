@@ -12,7 +12,7 @@
 //! | --- | --- | --- | --- |
 //! | `ztunnel_connections_active` | gauge | `direction`, `namespace`, `workload`, `pod` | connections open now for the captured pod |
 //! | `ztunnel_connections_total` | counter | `direction`, `namespace`, `workload`, `pod` | connections opened for the captured pod |
-//! | `ztunnel_connection_failures_total` | counter | `direction`, `reason` | connections that could not be set up |
+//! | `ztunnel_connection_failures_total` | counter | `direction`, `reason` | connections that could not be set up (or were refused at the pod's cap) |
 //! | `ztunnel_authorization_decisions_total` | counter | `namespace`, `policy`, `decision` | L4 authorization decisions on new inbound connections |
 //! | `ztunnel_pods` | gauge | `state` | pods `serving`, and removed pods `draining` their connections |
 //!
