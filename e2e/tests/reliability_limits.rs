@@ -221,8 +221,9 @@ fn a_pod_over_its_connection_cap_is_reset_counted_and_served_again_below_it() {
 }
 
 /// A client that connects to 15008 and never starts its TLS handshake is closed at the
-/// set-up deadline (10 s), while one through 15001 to a server-speaks-first port is legal and
-/// kept (its silence costs no buffer: see the first test's memory per connection).
+/// set-up deadline (10 s), while one through 15001 (meshed client) or 15006 (client outside the
+/// mesh) to a server-speaks-first port is legal and kept (its silence costs no buffer: see the
+/// first test's memory per connection).
 #[test]
 fn a_silent_client_on_the_hbone_port_is_closed_at_the_set_up_deadline() {
     let mut mesh = Mesh::new("limits_silent", 2);
@@ -250,6 +251,12 @@ fn a_silent_client_on_the_hbone_port_is_closed_at_the_set_up_deadline() {
     let out = mesh
         .topo
         .exec_in(&client, &tool, &["silent", &echo, "3"])
+        .expect("silent client");
+    assert!(out.contains("ended=timeout"), "kept open: {out}");
+    // The same from outside the mesh, through 15006 (plaintext inbound).
+    let out = mesh
+        .topo
+        .exec_in(&outsider, &tool, &["silent", &echo, "3"])
         .expect("silent client");
     assert!(out.contains("ended=timeout"), "kept open: {out}");
 }

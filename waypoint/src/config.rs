@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     pub header_read_timeout_secs: u64,
 
+    /// Tunnels whose protocol is not known yet (the waypoint waits for their first bytes) at
+    /// once; one more is refused with 503 until some have sent theirs or timed out. Bounds
+    /// what clients that open tunnels and send nothing can hold.
+    #[arg(long, env = "MAX_PENDING_STREAMS", default_value_t = 1024)]
+    pub max_pending_streams: usize,
+
     /// On SIGTERM, how long open connections may finish before the waypoint exits, in
     /// seconds (Istio's variable name). New connections are refused at once.
     #[arg(long, env = "TERMINATION_DRAIN_DURATION_SECONDS", default_value_t = 5)]
@@ -157,6 +163,7 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             protocol_detect_timeout: Duration::from_millis(self.protocol_detect_timeout_ms),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_pending_streams: self.max_pending_streams,
             name: self
                 .gateway_name
                 .clone()
@@ -193,6 +200,9 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Largest HTTP/1.1 request head accepted (larger gets 431).
     pub max_header_bytes: usize,
+    /// Tunnels waiting for their first bytes (protocol detection) at once; one more is
+    /// refused with 503.
+    pub max_pending_streams: usize,
     /// Upstream HTTP/1.1 connections idle longer than this are closed.
     pub upstream_idle_timeout: Duration,
     /// The port endpoints accept HBONE on.
@@ -212,6 +222,7 @@ impl ProxyConfig {
             protocol_detect_timeout: Duration::from_millis(200),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_pending_streams: 1024,
             upstream_idle_timeout: Duration::from_secs(90),
             endpoint_hbone_port: mesh::hbone::HBONE_PORT,
             binding: None,

@@ -57,6 +57,13 @@ pub async fn handle(shared: Arc<Shared>, req: InboundRequest) {
         .get("baggage")
         .and_then(|v| v.to_str().ok())
         .map(Baggage::parse);
+    // Until its first bytes say what it is, a tunnel holds a pending slot: clients that open
+    // tunnels and send nothing cannot pile up past `max_pending_streams`.
+    let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+        tracing::debug!(peer = %peer, %target, "HBONE request refused: too many tunnels waiting for their first bytes");
+        req.reject(StatusCode::SERVICE_UNAVAILABLE);
+        return;
+    };
     let stream = match req.accept() {
         Ok(s) => s,
         Err(e) => {
@@ -85,6 +92,7 @@ pub async fn handle(shared: Arc<Shared>, req: InboundRequest) {
     } else {
         detect(stream, wait).await
     };
+    drop(pending);
     let (protocol, io) = match detected {
         Ok(d) => d,
         Err(e) => {

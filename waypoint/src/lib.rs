@@ -82,6 +82,10 @@ pub struct Shared {
     drain: tokio::sync::watch::Sender<bool>,
     /// HBONE connections open now.
     connections: Arc<AtomicUsize>,
+    /// One permit per tunnel waiting for its first bytes (`max_pending_streams`).
+    pub pending: Arc<tokio::sync::Semaphore>,
+    /// Accepts HBONE connections: counts, logs and sheds when out of descriptors.
+    acceptor: mesh::limits::Acceptor,
 }
 
 impl Shared {
@@ -156,6 +160,10 @@ impl Waypoint {
             dialer,
             config.upstream_idle_timeout,
         ));
+        let telemetry = Arc::new(Telemetry::default());
+        let mut acceptor = None;
+        telemetry.with_registry(|r| acceptor = Some(mesh::limits::Acceptor::register(r)));
+        let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_streams));
         Waypoint {
             shared: Arc::new(Shared {
                 config,
@@ -163,12 +171,14 @@ impl Waypoint {
                 certs,
                 balancer: balance::Balancer::default(),
                 upstreams,
-                telemetry: Arc::new(Telemetry::default()),
+                telemetry,
                 outliers: outlier::Outliers::default(),
                 pool_limits: conn_pool::PoolLimits::default(),
                 routes: RwLock::new(Arc::new(RouteTable::new())),
                 drain: tokio::sync::watch::Sender::new(false),
                 connections: Arc::default(),
+                pending,
+                acceptor: acceptor.unwrap_or_else(mesh::limits::Acceptor::new),
             }),
         }
     }
@@ -196,15 +206,7 @@ impl Waypoint {
         tokio::pin!(draining);
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of fds or similar: back off briefly rather than spin.
-                        tracing::warn!(error = %e, "HBONE accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                conn = shared.acceptor.accept(&listener, "hbone") => conn,
                 () = &mut draining => break,
             };
             let guard = ConnectionGuard::new(&shared.connections);

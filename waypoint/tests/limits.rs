@@ -155,6 +155,38 @@ async fn a_client_slow_to_send_its_headers_is_cut() {
     );
 }
 
+/// Tunnels that never send their first bytes hold a pending slot each until detection times
+/// out; past `max_pending_streams` a new tunnel is refused with 503, and one is accepted again
+/// once a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tunnels_past_the_pending_cap_are_refused_until_one_frees() {
+    let h = Harness::start_with(|c| {
+        c.max_pending_streams = 2;
+        c.protocol_detect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let target = addr(ECHO_VIP, HTTP_PORT);
+    let first = h.tunnel(target).await.expect("first silent tunnel");
+    let _second = h.tunnel(target).await.expect("second silent tunnel");
+    let refused = h
+        .tunnel(target)
+        .await
+        .expect_err("a third waits on nothing");
+    assert!(
+        matches!(refused, mesh::hbone::HboneError::Status(s) if s == StatusCode::SERVICE_UNAVAILABLE),
+        "{refused}"
+    );
+    drop(first);
+    let waypoint = h.waypoint.shared().pending.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || waypoint.available_permits() == 1).await,
+        "the closed tunnel gave its slot back"
+    );
+    h.tunnel(target)
+        .await
+        .expect("accepted again below the cap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_http1_connections_are_closed() {
     let h = Harness::start_with(|c| c.upstream_idle_timeout = Duration::from_millis(300)).await;
