@@ -6,7 +6,8 @@
 //!   low nibble is the length of an arbitrary method token taken from the next bytes.
 //! - byte 1: the URI form (bit 0: authority-only vs. a whole URI) and the authority length.
 //! - the authority (or URI) bytes, then the rest split on `\n` into header values for
-//!   `baggage`, `forwarded`, `traceparent` and a second `forwarded`.
+//!   `baggage`, `forwarded`, `traceparent`, a second `forwarded` and the waypoint's origin
+//!   header (the client identity it vouches for).
 //!
 //! Never panics; an accepted target is a CONNECT to a non-zero port that is not one of the
 //! tunnel's own, and formats back to an authority that parses to the same address.
@@ -14,7 +15,9 @@
 
 use http::{HeaderValue, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
-use mesh::hbone::connect::{forwarded_for, parse_authority, parse_target};
+use mesh::hbone::connect::{
+    forwarded_for, origin_identity, parse_authority, parse_target, ORIGIN_HEADER,
+};
 use mesh::hbone::{Baggage, RESERVED_PORTS};
 
 const METHODS: [Method; 6] = [
@@ -26,7 +29,13 @@ const METHODS: [Method; 6] = [
     Method::HEAD,
 ];
 
-const HEADERS: [&str; 4] = ["baggage", "forwarded", "traceparent", "forwarded"];
+const HEADERS: [&str; 5] = [
+    "baggage",
+    "forwarded",
+    "traceparent",
+    "forwarded",
+    ORIGIN_HEADER,
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&method_byte, rest)) = data.split_first() else {
@@ -90,6 +99,9 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = forwarded_for(req.headers());
+    // The client identity a waypoint vouches for: parsed only from the destination's waypoint,
+    // but parsing itself must hold for any bytes.
+    let _ = origin_identity(req.headers());
     if let Some(baggage) = req.headers().get("baggage").and_then(|v| v.to_str().ok()) {
         check_baggage(baggage);
     }
