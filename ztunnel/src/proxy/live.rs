@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
+use mesh::Identity;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -42,7 +43,7 @@ mod recheck;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodKey {
     /// Workload uid.
-    pub uid: String,
+    pub uid: Arc<str>,
     /// Inode of the pod's network namespace. Not reused while any of our sockets (or the
     /// namespace fd a proxy holds) keeps the namespace alive.
     pub netns: u64,
@@ -123,11 +124,21 @@ pub struct Ends {
     /// The destination (a workload or service address and port).
     pub dst: Option<SocketAddr>,
     /// The source's identity, when known.
-    pub src_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub src_identity: Option<Identity>,
     /// The destination's identity, when known (expected for outbound HBONE).
-    pub dst_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub dst_identity: Option<Identity>,
     /// The waypoint in the path, if any.
     pub waypoint: Option<String>,
+}
+
+/// An identity as its SPIFFE URI (or null).
+fn uri<S: serde::Serializer>(id: &Option<Identity>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(id.as_uri()),
+        None => s.serialize_none(),
+    }
 }
 
 /// One live proxied connection, for `/connections` (read-only; HBONE tunnels are not listed).
@@ -398,7 +409,7 @@ impl LiveConnections {
                         Ends {
                             src: Some(i.conn.src_ip.to_string()),
                             dst: Some(SocketAddr::new(i.conn.dst_ip, i.conn.dst_port)),
-                            src_identity: i.conn.src_identity.as_ref().map(ToString::to_string),
+                            src_identity: i.conn.src_identity.clone(),
                             dst_identity: None,
                             waypoint: i.via.as_ref().map(ToString::to_string),
                         },
@@ -413,7 +424,7 @@ impl LiveConnections {
                 };
                 let t = l.counts.get();
                 let info = ConnectionInfo {
-                    pod_uid: l.pod.uid.clone(),
+                    pod_uid: l.pod.uid.to_string(),
                     direction,
                     ends: l.counts.ends.get().cloned().unwrap_or(derived),
                     bytes_sent: t.a_to_b,
@@ -438,7 +449,7 @@ impl LiveConnections {
             .map(|(pod, _)| {
                 let (connections, tunnels) = inner.count(pod);
                 DrainingPod {
-                    uid: pod.uid.clone(),
+                    uid: pod.uid.to_string(),
                     netns_inode: pod.netns,
                     connections,
                     tunnels,
