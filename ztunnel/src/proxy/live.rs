@@ -198,7 +198,7 @@ impl Inner {
                 .values()
                 .filter(|l| l.pod == *pod && matches!(l.kind, Kind::Tunnel) == tunnels);
             for l in of_pod {
-                if l.counts.close.set(&reason) {
+                if l.counts.close.set(reason) {
                     closed += usize::from(!tunnels);
                 }
             }
