@@ -148,6 +148,21 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Serialized as its URI.
+impl serde::Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_uri())
+    }
+}
+
+/// Deserialized from its URI, checked.
+impl<'de> serde::Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Identity {
     type Err = IdentityError;
 

@@ -101,11 +101,7 @@ pub fn resolve(store: &Store, src: Option<&Workload>, dst: SocketAddr) -> Route 
             .find(|a| a.is_ipv4() == dst.is_ipv4())
             .unwrap_or(dst.ip());
         let mut route = to_workload(pick.workload.clone(), SocketAddr::new(ip, port));
-        let sans: Vec<Identity> = service
-            .subject_alt_names
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let sans = service.subject_alt_names.clone();
         match &mut route {
             Route::Hbone {
                 service: s,
