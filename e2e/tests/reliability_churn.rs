@@ -6,7 +6,7 @@
 //! 1 s, every time), whether proxies end on exactly the last config written (no lost update),
 //! and the RSS of istiod-lite and both ztunnels against their baseline. Needs root.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -57,7 +57,7 @@ fn write(path: &Path, text: &str) {
 }
 
 fn churn_pod(id: u64) -> String {
-    let node = if id % 2 == 0 { "n1" } else { "n2" };
+    let node = if id.is_multiple_of(2) { "n1" } else { "n2" };
     let ip = format!("10.201.{}.{}", id / 250 % 250, id % 250 + 1);
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: churn-{id}\n  namespace: demo\n  labels:\n    app: churn\n    slot: \"s{slot}\"\nspec:\n  nodeName: {node}\n  serviceAccountName: churn\n  containers:\n  - name: app\n    image: app\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
@@ -111,12 +111,8 @@ impl Churn {
         let n = self.changes;
         self.changes += 1;
         match n % 4 {
-            0 | 1 if n % 4 == 0 || self.live.len() < LIVE_PODS / 2 => {
-                let id = self.next_pod;
-                self.next_pod += 1;
-                write(&self.dir.join(format!("pod-{id}.yaml")), &churn_pod(id));
-                self.live.push_back(id);
-            }
+            0 => self.add_pod(),
+            1 if self.live.len() < LIVE_PODS / 2 => self.add_pod(),
             1 => {
                 let id = self.live.pop_front().expect("a live pod");
                 std::fs::remove_file(self.dir.join(format!("pod-{id}.yaml"))).expect("rm pod");
@@ -154,6 +150,13 @@ impl Churn {
             let id = self.live.pop_front().expect("a live pod");
             std::fs::remove_file(self.dir.join(format!("pod-{id}.yaml"))).expect("rm pod");
         }
+    }
+
+    fn add_pod(&mut self) {
+        let id = self.next_pod;
+        self.next_pod += 1;
+        write(&self.dir.join(format!("pod-{id}.yaml")), &churn_pod(id));
+        self.live.push_back(id);
     }
 
     /// Writes or removes the DENY of the probe's connections to the server.

@@ -4,7 +4,7 @@
 //! and istiod-lite; a fixed-rate HTTP client and a byte-checking stream run through each event.
 //! Needs root.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -123,6 +123,17 @@ fn assert_clean(rate: RateReport, stream: StreamClient, mesh: &Mesh) -> (RateRep
         "{stream:?}"
     );
     (rate, stream.verified)
+}
+
+/// Every ztunnel's log lines that contain `needle`.
+fn log_lines(mesh: &Mesh, needle: &str) -> String {
+    let mut out = String::new();
+    for (node, z) in &mesh.ztunnels {
+        for line in z.log().lines().filter(|l| l.contains(needle)) {
+            out.push_str(&format!("ztunnel {node}: {line}\n"));
+        }
+    }
+    out
 }
 
 /// Counts `needle` in `proc`'s log.
@@ -288,10 +299,11 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
             count(&mesh.ztunnels["n2"], "connection complete") > z_inbound
         })
         .expect("inbound through ztunnel");
-        streams.push((
-            pod.name.clone(),
-            stream.finish().map_err(|e| format!("{e:#}")),
-        ));
+        // A broken stream is reported with what both ztunnels logged about its connection.
+        let outcome = stream
+            .finish()
+            .map_err(|e| format!("{e:#}\n{}", log_lines(&mesh, ":7000")));
+        streams.push((pod.name.clone(), outcome));
     }
     let repairs = mesh
         .cni_agents
@@ -308,7 +320,10 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
         report.sent, report.failed, report.max_ms, report.failures
     );
     for (wiped, outcome) in &streams {
-        eprintln!("stream open across the wipe of {wiped}: {outcome:?}");
+        match outcome {
+            Ok(s) => eprintln!("stream open across the wipe of {wiped}: {s:?}"),
+            Err(e) => eprintln!("stream open across the wipe of {wiped}: broke: {e}"),
+        }
     }
     // What the user sees in the gap is measured and reported, not hidden: any failed request
     // must fall inside a gap (plus the client's 1 s request timeout), none outside.
