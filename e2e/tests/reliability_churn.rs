@@ -223,6 +223,33 @@ fn converged(mesh: &Mesh, i: usize, churn: &Churn) -> Result<(), String> {
     }
 }
 
+/// CPU time (user + system) `pid` has used, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the `(comm)`: state is the 3rd field, utime and stime the 14th and 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // Clock ticks are 100 a second on Linux.
+    fields.iter().sum::<u64>() * 10
+}
+
+/// CPU time of istiod-lite and each ztunnel, in milliseconds.
+fn cpu_all(mesh: &Mesh) -> Vec<(String, u64)> {
+    let mut out = vec![(
+        "istiod-lite".to_string(),
+        cpu_ms(mesh.istiod.as_ref().unwrap().pid()),
+    )];
+    for (node, z) in &mesh.ztunnels {
+        out.push((format!("ztunnel {node}"), cpu_ms(z.pid())));
+    }
+    out
+}
+
 /// RSS of istiod-lite and each ztunnel, in KiB.
 fn rss_all(mesh: &Mesh) -> Vec<(String, u64)> {
     let mut out = vec![(
@@ -261,6 +288,7 @@ fn config_churn_fails_no_allowed_request_denies_within_1s_and_memory_returns_to_
         .wait_for_successes(100, WAIT)
         .expect("probe flows");
     let baseline = rss_all(&mesh);
+    let cpu_before = cpu_all(&mesh);
 
     // The churn: one change every 10 ms, on schedule; a DENY of the probe written every
     // DENY_EVERY changes and removed DENY_EVERY / 2 changes later.
@@ -286,6 +314,11 @@ fn config_churn_fails_no_allowed_request_denies_within_1s_and_memory_returns_to_
         }
     }
     let churned_for = began.elapsed();
+    let cpu: Vec<(String, u64)> = cpu_before
+        .iter()
+        .zip(cpu_all(&mesh))
+        .map(|((name, was), (_, now))| (name.clone(), now - was))
+        .collect();
     let changes = churn.changes;
     if churn.deny_writes.last().is_some_and(|(_, deny)| *deny) {
         churn.deny_probe(false, probe_started);
@@ -361,6 +394,7 @@ fn config_churn_fails_no_allowed_request_denies_within_1s_and_memory_returns_to_
          deny latency ms (write -> first refused request): {deny_ms:?}\n\
          re-allow ms (removal -> last refused request): {allow_ms:?}\n\
          probe requests sent={} refused={}\n\
+         CPU ms used during the churn (traffic included) {cpu:?}\n\
          RSS KiB baseline {baseline:?}\n          peak {peak:?}\n          after {after:?} ({back_after:?} after clearing)",
         changes as f64 / churned_for.as_secs_f64(),
         report.sent,

@@ -264,6 +264,7 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
         })
         .expect("stream flows");
         let z_inbound = count(&mesh.ztunnels["n2"], "connection complete");
+        let plain_before = count(&mesh.ztunnels["n2"], "mtls=false");
         wipe(&mesh, pod);
         let wiped = Instant::now();
         assert_ne!(&rules_of(&mesh, pod), want, "wiped");
@@ -299,6 +300,12 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
             count(&mesh.ztunnels["n2"], "connection complete") > z_inbound
         })
         .expect("inbound through ztunnel");
+        // Requests that bypassed the client's ztunnel arrive in plaintext at the server's.
+        let plain = count(&mesh.ztunnels["n2"], "mtls=false") - plain_before;
+        eprintln!(
+            "{}: connections that reached the server in plaintext: {plain}",
+            pod.name
+        );
         // A broken stream is reported with what both ztunnels logged about its connection.
         let outcome = stream
             .finish()
