@@ -288,7 +288,17 @@ fn config_churn_fails_no_allowed_request_denies_within_1s_and_memory_returns_to_
         .wait_for_successes(100, WAIT)
         .expect("probe flows");
     let baseline = rss_all(&mesh);
+    // CPU for traffic alone, over 300 allowed requests (3 s), to compare with the churn's.
+    let quiet_cpu = cpu_all(&mesh);
+    let quiet = Instant::now();
+    rate.wait_for_successes(300, WAIT).expect("requests flow");
+    let quiet_for = quiet.elapsed();
     let cpu_before = cpu_all(&mesh);
+    let quiet_cpu: Vec<(String, u64)> = quiet_cpu
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, was), (_, now))| (name.clone(), now - was))
+        .collect();
 
     // The churn: one change every 10 ms, on schedule; a DENY of the probe written every
     // DENY_EVERY changes and removed DENY_EVERY / 2 changes later.
@@ -394,7 +404,7 @@ fn config_churn_fails_no_allowed_request_denies_within_1s_and_memory_returns_to_
          deny latency ms (write -> first refused request): {deny_ms:?}\n\
          re-allow ms (removal -> last refused request): {allow_ms:?}\n\
          probe requests sent={} refused={}\n\
-         CPU ms used during the churn (traffic included) {cpu:?}\n\
+         CPU ms used during the churn (traffic included) {cpu:?}; traffic alone, {quiet_for:?}: {quiet_cpu:?}\n\
          RSS KiB baseline {baseline:?}\n          peak {peak:?}\n          after {after:?} ({back_after:?} after clearing)",
         changes as f64 / churned_for.as_secs_f64(),
         report.sent,
