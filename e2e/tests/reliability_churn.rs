@@ -238,28 +238,26 @@ fn cpu_ms(pid: u32) -> u64 {
     fields.iter().sum::<u64>() * 10
 }
 
-/// CPU time of istiod-lite and each ztunnel, in milliseconds.
-fn cpu_all(mesh: &Mesh) -> Vec<(String, u64)> {
+/// `measure(pid)` of istiod-lite and of each ztunnel, named.
+fn per_process(mesh: &Mesh, measure: fn(u32) -> u64) -> Vec<(String, u64)> {
     let mut out = vec![(
         "istiod-lite".to_string(),
-        cpu_ms(mesh.istiod.as_ref().unwrap().pid()),
+        measure(mesh.istiod.as_ref().unwrap().pid()),
     )];
     for (node, z) in &mesh.ztunnels {
-        out.push((format!("ztunnel {node}"), cpu_ms(z.pid())));
+        out.push((format!("ztunnel {node}"), measure(z.pid())));
     }
     out
 }
 
+/// CPU time of istiod-lite and each ztunnel, in milliseconds.
+fn cpu_all(mesh: &Mesh) -> Vec<(String, u64)> {
+    per_process(mesh, cpu_ms)
+}
+
 /// RSS of istiod-lite and each ztunnel, in KiB.
 fn rss_all(mesh: &Mesh) -> Vec<(String, u64)> {
-    let mut out = vec![(
-        "istiod-lite".to_string(),
-        rss_kib(mesh.istiod.as_ref().unwrap().pid()),
-    )];
-    for (node, z) in &mesh.ztunnels {
-        out.push((format!("ztunnel {node}"), rss_kib(z.pid())));
-    }
-    out
+    per_process(mesh, rss_kib)
 }
 
 #[test]
