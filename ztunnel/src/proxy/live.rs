@@ -29,7 +29,7 @@ use mesh::copy::{Abort, CopyError, Transferred};
 use mesh::Identity;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 // Tokio's clock: connection ages follow paused time in tests.
 use tokio::time::Instant;
@@ -105,7 +105,6 @@ pub enum Kind {
 struct Live {
     pod: PodKey,
     kind: Kind,
-    close: watch::Sender<Option<CloseReason>>,
     /// Evaluated by a re-check since it was registered (its admission check may have read the
     /// store just before a change whose re-check did not see it yet).
     rechecked: bool,
@@ -199,8 +198,7 @@ impl Inner {
                 .values()
                 .filter(|l| l.pod == *pod && matches!(l.kind, Kind::Tunnel) == tunnels);
             for l in of_pod {
-                if l.close.borrow().is_none() {
-                    let _ = l.close.send(Some(reason.clone()));
+                if l.counts.close.set(reason) {
                     closed += usize::from(!tunnels);
                 }
             }
@@ -250,7 +248,6 @@ pub struct LiveConnections {
 pub struct LiveGuard {
     id: u64,
     registry: Arc<LiveConnections>,
-    rx: watch::Receiver<Option<CloseReason>>,
     counts: Arc<Counts>,
 }
 
@@ -264,14 +261,7 @@ impl LiveGuard {
 
     /// Resolves when the connection must be closed, with the reason.
     pub async fn closed(&mut self) -> CloseReason {
-        loop {
-            if let Some(reason) = self.rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if self.rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
+        self.counts.close.wait().await
     }
 }
 
@@ -349,14 +339,12 @@ impl LiveConnections {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (close, rx) = watch::channel(None);
         let counts = Arc::new(Counts::default());
         inner.conns.insert(
             id,
             Live {
                 pod: pod.clone(),
                 kind,
-                close,
                 rechecked: false,
                 since: Instant::now(),
                 counts: counts.clone(),
@@ -365,7 +353,6 @@ impl LiveConnections {
         Some(LiveGuard {
             id,
             registry: self.clone(),
-            rx,
             counts,
         })
     }
@@ -415,7 +402,7 @@ impl LiveConnections {
                         },
                     ),
                 };
-                let state = if l.close.borrow().is_some() {
+                let state = if l.counts.close.is_set() {
                     "closing"
                 } else if matches!(inner.pods.get(&l.pod), Some(PodState::Draining { .. })) {
                     "draining"
@@ -534,13 +521,61 @@ pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, Copy
     record.close(t.a_to_b, t.b_to_a, Some(&end));
 }
 
-/// Bytes read from and written to one side, readable after its copy was dropped; and the
-/// connection's ends once described.
+/// What the registry and a connection's guard share (one allocation per connection): the
+/// bytes read from and written to one side, readable after its copy was dropped; the
+/// connection's ends once described; and the signal to close it.
 #[derive(Default)]
 struct Counts {
     read: AtomicU64,
     written: AtomicU64,
     ends: std::sync::OnceLock<Ends>,
+    close: CloseSignal,
+}
+
+/// The registry's "close this connection", set at most once and awaited by its copy loop. (A
+/// `watch` channel did the same with a ~400-byte allocation per connection.)
+#[derive(Default)]
+struct CloseSignal {
+    reason: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Sets `reason` unless a reason is set already; whether this call set it.
+    fn set(&self, reason: &CloseReason) -> bool {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.clone());
+        }
+        // A permit when nobody waits yet: the next `wait` sees it.
+        self.notify.notify_one();
+        true
+    }
+
+    fn is_set(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The reason, once set (never, if the connection ends first).
+    async fn wait(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl Counts {

@@ -40,7 +40,13 @@ fn inbound() -> Kind {
 
 /// The reason `guard` was told to close with, without waiting.
 fn closed(guard: &LiveGuard) -> Option<CloseReason> {
-    guard.rx.borrow().clone()
+    guard
+        .counts
+        .close
+        .reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 #[tokio::test(start_paused = true)]
