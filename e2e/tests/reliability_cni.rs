@@ -267,7 +267,7 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
         let plain_before = count(&mesh.ztunnels["n2"], "mtls=false");
         wipe(&mesh, pod);
         let wiped = Instant::now();
-        assert_ne!(&rules_of(&mesh, pod), want, "wiped");
+        // (The agent's check may come at once: the wipe is proven by the repair it logs.)
         // Polled as fast as the tools run (no backoff): the repair time is what is measured.
         while &rules_of(&mesh, pod) != want {
             assert!(
@@ -312,12 +312,14 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
             .map_err(|e| format!("{e:#}\n{}", log_lines(&mesh, ":7000")));
         streams.push((pod.name.clone(), outcome));
     }
-    let repairs = mesh
-        .cni_agents
-        .values()
-        .map(|a| count(a, "capture rules were missing or changed; rewritten"))
-        .sum::<usize>();
-    assert_eq!(repairs, 2, "each wipe is one logged repair");
+    let repairs = || {
+        mesh.cni_agents
+            .values()
+            .map(|a| count(a, "capture rules were missing or changed; rewritten"))
+            .sum::<usize>()
+    };
+    e2e::wait_until("both repairs logged", WAIT, || repairs() >= 2).expect("repairs logged");
+    assert_eq!(repairs(), 2, "each wipe is one logged repair");
     // The pod was not restarted: the same server processes still answer.
     assert!(servers.0.is_running() && servers.1.is_running());
 
