@@ -235,36 +235,43 @@ impl Mesh {
         }
     }
 
+    /// Starts the real CNI node agent of node `i` (0-based) and waits for its sockets.
+    pub fn start_cni_agent(&mut self, i: usize) {
+        let node = self.nodes[i].clone();
+        let sock = self.topo.dir().join(format!("{}.sock", node.name));
+        let cni_sock = self.cni_socket(&node.name);
+        let proc = self
+            .topo
+            .spawn_in(
+                &node,
+                Topology::binary("cni-plugin").expect("cni-plugin binary"),
+                &[
+                    "agent",
+                    "--zds-socket",
+                    sock.to_str().unwrap(),
+                    "--cni-socket",
+                    cni_sock.to_str().unwrap(),
+                    "--config-dir",
+                    self.config_dir.to_str().unwrap(),
+                    "--node-name",
+                    &node.name,
+                ],
+                &[("RUST_LOG", "info")],
+            )
+            .expect("start the CNI agent");
+        e2e::wait_until("CNI agent sockets", WAIT, || {
+            sock.exists() && cni_sock.exists()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", proc.log_tail()));
+        self.cni_agents.insert(node.name.clone(), proc);
+    }
+
     /// Starts the fake CNI agent and ztunnel of node `i` (0-based).
     pub fn start_ztunnel(&mut self, i: usize) {
         let node = self.nodes[i].clone();
         let sock = self.topo.dir().join(format!("{}.sock", node.name));
         if self.real_cni && !self.cni_agents.contains_key(&node.name) {
-            let cni_sock = self.cni_socket(&node.name);
-            let proc = self
-                .topo
-                .spawn_in(
-                    &node,
-                    Topology::binary("cni-plugin").expect("cni-plugin binary"),
-                    &[
-                        "agent",
-                        "--zds-socket",
-                        sock.to_str().unwrap(),
-                        "--cni-socket",
-                        cni_sock.to_str().unwrap(),
-                        "--config-dir",
-                        self.config_dir.to_str().unwrap(),
-                        "--node-name",
-                        &node.name,
-                    ],
-                    &[("RUST_LOG", "info")],
-                )
-                .expect("start the CNI agent");
-            e2e::wait_until("CNI agent sockets", WAIT, || {
-                sock.exists() && cni_sock.exists()
-            })
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", proc.log_tail()));
-            self.cni_agents.insert(node.name.clone(), proc);
+            self.start_cni_agent(i);
         } else if !self.real_cni && !self.agents.contains_key(&node.name) {
             let agent = ZdsAgent::start(&sock).expect("zds agent");
             self.agents.insert(node.name.clone(), agent);
