@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateSigningRequestDer;
 use x509_parser::prelude::FromDer;
 
-use crate::cert::{parse_pem_certs, CertError};
+use crate::cert::{parse_pem_certs, signed_by, CertError};
 use crate::identity::{Identity, IdentityError};
 
 /// Default workload certificate lifetime.
@@ -391,15 +391,6 @@ fn leaf_params(sans: Vec<SanType>, not_before: SystemTime, ttl: Duration) -> Cer
     params.not_after = (not_before + ttl).into();
     params.serial_number = Some(random_serial());
     params
-}
-
-/// Whether `root`'s key signed `cert`.
-fn signed_by(cert: &[u8], root: &[u8]) -> bool {
-    let parse = x509_parser::certificate::X509Certificate::from_der;
-    match (parse(cert), parse(root)) {
-        (Ok((_, cert)), Ok((_, root))) => cert.verify_signature(Some(root.public_key())).is_ok(),
-        _ => false,
-    }
 }
 
 fn random_serial() -> SerialNumber {

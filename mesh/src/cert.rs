@@ -115,6 +115,16 @@ pub fn serial_of(der: &[u8]) -> Result<String, CertError> {
         .collect())
 }
 
+/// Whether the key of `issuer` (DER) signed `cert` (DER).
+pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
+    match (X509Certificate::from_der(cert), X509Certificate::from_der(issuer)) {
+        (Ok((_, cert)), Ok((_, issuer))) => cert
+            .verify_signature(Some(issuer.public_key()))
+            .is_ok(),
+        _ => false,
+    }
+}
+
 /// Validity window of a DER certificate.
 pub fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::X509(e.to_string()))?;
