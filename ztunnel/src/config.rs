@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "INPOD_UDS", default_value = mesh::zds::DEFAULT_SOCKET)]
     pub inpod_uds: PathBuf,
 
+    /// Worker threads of the data-plane runtime (every proxied connection runs there); one
+    /// per core when unset. Upstream's name for the same setting.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// The mesh's trust domain.
     #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,

@@ -15,6 +15,10 @@
 //! e2e-tcp await-server <port>       wait for a request, answer `ready`, report how it ends
 //! e2e-tcp await-reply <ip:port> <text>   send <text>, report how the server ends it
 //! e2e-tcp reset-client <ip:port> <text>  send <text>, wait for `ready`, then reset
+//! e2e-tcp rate <ip:port> --until-file <path> [--rps <n>]
+//!                                   fixed-rate HTTP/1.1 GETs, a new connection each (`load.rs`)
+//! e2e-tcp stream <ip:port> --until-file <path> [--bytes-per-sec <n>]
+//!                                   one long-lived connection to an echo server, every byte checked
 //! ```
 //!
 //! The last four print `outcome=<reset|eof|data:..|refused|timeout|error:..> ms=<n>` (see
@@ -26,6 +30,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod load;
 mod reset;
 
 use std::io::{Read, Write};
@@ -58,12 +63,16 @@ fn main() -> ExitCode {
         ["await-server", port] => serve(port, reset::await_server),
         ["await-reply", addr, text] => reset::await_reply(addr, text),
         ["reset-client", addr, text] => reset::reset_client(addr, text),
+        ["rate", rest @ ..] => load::rate(rest),
+        ["stream", rest @ ..] => load::stream(rest),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
                   send IP:PORT TEXT | send-bytes IP:PORT N | http-get IP:PORT PATH | \
                   send-gated IP:PORT FIRST GATE SECOND | \
                   send-forged --to IP:PORT [--mark N] [--source IP[:PORT]] [--data TEXT] \
                   [--timeout-ms N] | reset-server PORT | await-server PORT | \
-                  await-reply IP:PORT TEXT | reset-client IP:PORT TEXT"
+                  await-reply IP:PORT TEXT | reset-client IP:PORT TEXT | \
+                  rate IP:PORT --until-file PATH [--rps N] | \
+                  stream IP:PORT --until-file PATH [--bytes-per-sec N]"
             .into()),
     };
     match result {
