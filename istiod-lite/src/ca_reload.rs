@@ -86,7 +86,11 @@ fn reload_if_changed(
     }
     *last = now;
     let ca = ca_store::load_plugin(dir, trust_domain)?;
-    ca_store::write_atomically(&data_dir.join(ca_store::ROOT_CERT_FILE), ca.bundle_pem(), 0o644)?;
+    ca_store::write_atomically(
+        &data_dir.join(ca_store::ROOT_CERT_FILE),
+        ca.bundle_pem(),
+        0o644,
+    )?;
     Ok(Some(ca))
 }
 
@@ -164,7 +168,11 @@ mod tests {
 
     fn write_plugin(dir: &Path, signer: &CertificateAuthority, roots: &[&CertificateAuthority]) {
         let bundle: String = roots.iter().map(|r| r.root_pem()).collect();
-        std::fs::write(dir.join(ca_store::PLUGIN_CA_CERT_FILE), signer.ca_cert_pem()).unwrap();
+        std::fs::write(
+            dir.join(ca_store::PLUGIN_CA_CERT_FILE),
+            signer.ca_cert_pem(),
+        )
+        .unwrap();
         std::fs::write(dir.join(ca_store::CA_KEY_FILE), signer.ca_key_pem()).unwrap();
         std::fs::write(dir.join(ca_store::ROOT_CERT_FILE), bundle).unwrap();
     }

@@ -227,14 +227,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_serving_certificate_is_renewed_after_two_thirds_of_its_ttl_and_when_the_ca_changes() {
+    async fn the_serving_certificate_is_renewed_after_two_thirds_of_its_ttl_and_when_the_ca_changes(
+    ) {
         let (old, new) = (generate(), generate());
         let new_root = new.root_pem().to_string();
         let current = CurrentCa::new(old);
         let (cert, task) = ServingCert::start(current.clone(), names(), Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e}"));
         let first = cert.serial();
-        assert_eq!(cert.chain().len(), 1, "the leaf only: the root is not served");
+        assert_eq!(
+            cert.chain().len(),
+            1,
+            "the leaf only: the root is not served"
+        );
         assert!(signed_by(&cert, &current.load()));
 
         tokio::time::sleep(Duration::from_secs(19)).await;

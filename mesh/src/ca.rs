@@ -524,7 +524,9 @@ mod tests {
         assert!(err.to_string().contains("trust bundle"), "{err}");
 
         // An intermediate under the old root loads against the two-root bundle.
-        let inter = old.issue_intermediate("cluster.local").expect("intermediate");
+        let inter = old
+            .issue_intermediate("cluster.local")
+            .expect("intermediate");
         let plugged = CertificateAuthority::from_pem(
             "cluster.local",
             inter.ca_cert_pem(),

@@ -117,10 +117,13 @@ pub fn serial_of(der: &[u8]) -> Result<String, CertError> {
 
 /// Whether the key of `issuer` (DER) signed `cert` (DER).
 pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
-    match (X509Certificate::from_der(cert), X509Certificate::from_der(issuer)) {
-        (Ok((_, cert)), Ok((_, issuer))) => cert
-            .verify_signature(Some(issuer.public_key()))
-            .is_ok(),
+    match (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(issuer),
+    ) {
+        (Ok((_, cert)), Ok((_, issuer))) => {
+            cert.verify_signature(Some(issuer.public_key())).is_ok()
+        }
         _ => false,
     }
 }

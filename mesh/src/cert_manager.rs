@@ -417,7 +417,11 @@ impl CertManager {
             .iter()
             .map(|(id, e)| CertStatus {
                 identity: id.clone(),
-                cert: e.rx.borrow().as_ref().and_then(|r| r.as_ref().ok().cloned()),
+                cert: e
+                    .rx
+                    .borrow()
+                    .as_ref()
+                    .and_then(|r| r.as_ref().ok().cloned()),
                 refresh_failures: e.failures.load(Ordering::Relaxed),
             })
             .collect();
@@ -510,8 +514,12 @@ async fn renew_loop(
                 let failed = failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
                 match left {
                     // Fail static: the certificate in hand keeps serving until its not_after.
-                    Some(left) => tracing::warn!(identity = %identity, error = %e, failures = failed, expires_in_s = left.as_secs(), retry_in_ms = delay.as_millis() as u64, "certificate renewal failed; the current certificate is kept until it expires"),
-                    None => tracing::warn!(identity = %identity, error = %e, failures = failed, retry_in_ms = delay.as_millis() as u64, "certificate fetch failed"),
+                    Some(left) => {
+                        tracing::warn!(identity = %identity, error = %e, failures = failed, expires_in_s = left.as_secs(), retry_in_ms = delay.as_millis() as u64, "certificate renewal failed; the current certificate is kept until it expires")
+                    }
+                    None => {
+                        tracing::warn!(identity = %identity, error = %e, failures = failed, retry_in_ms = delay.as_millis() as u64, "certificate fetch failed")
+                    }
                 }
                 metrics.failed(&e);
                 if serving_until.is_none() {

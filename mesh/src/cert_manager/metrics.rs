@@ -148,7 +148,10 @@ impl Collector for CertCollector {
             MetricType::Gauge,
         )?;
         for (identity, not_after, _) in &valid {
-            let secs = not_after.duration_since(now).unwrap_or_default().as_secs_f64();
+            let secs = not_after
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs_f64();
             ConstGauge::new(secs).encode(left.encode_family(&[("identity", identity)])?)?;
         }
         let mut failing = encoder.encode_descriptor(
@@ -347,7 +350,11 @@ mod tests {
         let text = encode(&registry);
         let failures = sample(&text, &format!("mesh_certificate_refresh_failures{who}"));
         assert!(failures >= Some(2.0), "{text}");
-        for (state, n) in [("available", 0.0), ("refresh_failing", 1.0), ("pending", 0.0)] {
+        for (state, n) in [
+            ("available", 0.0),
+            ("refresh_failing", 1.0),
+            ("pending", 0.0),
+        ] {
             let series = format!("mesh_certificates{{state=\"{state}\"}}");
             assert_eq!(sample(&text, &series), Some(n), "{text}");
         }
