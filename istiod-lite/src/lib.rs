@@ -133,7 +133,7 @@ impl std::fmt::Debug for Server {
 }
 
 /// The deployer's settings, from the flags.
-fn deployer_config(config: &Config, root_cert_pem: &str) -> deployer::DeployerConfig {
+fn deployer_config(config: &Config, ca: &CurrentCa) -> deployer::DeployerConfig {
     let host = config
         .waypoint_xds_address
         .trim_start_matches("https://")
@@ -144,7 +144,7 @@ fn deployer_config(config: &Config, root_cert_pem: &str) -> deployer::DeployerCo
         image: config.waypoint_image.clone(),
         xds_address: config.waypoint_xds_address.clone(),
         control_plane_name: host,
-        root_cert_pem: root_cert_pem.to_string(),
+        ca: ca.clone(),
         root_namespace: config.root_namespace.clone(),
         trust_domain: config.trust_domain.clone(),
         resync: std::time::Duration::from_secs(config.deployer_resync_secs),
@@ -222,6 +222,8 @@ impl Server {
             &config.trust_domain,
         )
         .context("setting up the CA")?;
+        let ca_source = store.source;
+        let ca = CurrentCa::new(store.ca);
         let tokens = match &config.tokens_file {
             Some(path) => Some(Tokens::load(path)?),
             None => None,
@@ -238,7 +240,7 @@ impl Server {
             (Some(client), true) => Some(deployer::spawn(
                 client.clone(),
                 config_source.subscribe(),
-                deployer_config(config, store.ca.bundle_pem()),
+                deployer_config(config, &ca),
             )),
             _ => None,
         };
@@ -317,7 +319,7 @@ impl Server {
             monitoring = %monitoring_addr,
             admin = %admin_addr,
             trust_domain = %config.trust_domain,
-            ca_source = ?store.source,
+            ca_source = ?ca_source,
             tokens = auth.static_tokens(),
             pods = pods.pods().len(),
             addresses,
@@ -327,8 +329,7 @@ impl Server {
             push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"
         );
-        let root_cert_pem = store.ca.bundle_pem().to_string();
-        let ca = CurrentCa::new(store.ca);
+        let root_cert_pem = ca.load().bundle_pem().to_string();
         let ca_reload = match &config.plugin_ca_dir {
             Some(dir) if config.ca_reload_interval_ms > 0 => Some(ca_reload::watch_plugin_dir(
                 ca.clone(),
