@@ -350,5 +350,13 @@ fn root_rotation_through_an_overlap_fails_no_request() {
         },
     );
     wait_rotations(m, &rotations(m), 1.0, WAIT);
+    for (node, ztunnel) in &m.ztunnels {
+        let log = ztunnel.log();
+        assert!(
+            log.contains("the control plane root file changed"),
+            "ztunnel on {node} never reconnected with the re-read root:\n{}",
+            ztunnel.log_tail()
+        );
+    }
     t.finish_with_zero_failures();
 }
