@@ -25,6 +25,15 @@ const STREAM_BPS: u64 = 32 * 1024;
 /// The name in istiod-lite's serving certificate that ztunnel checks.
 const SERVER_NAME: &str = "istiod-lite.istio-system.svc";
 
+/// `name` from the environment in seconds, or `default`: the scaled-down times of these tests
+/// can be stretched to the (docs/reliability.md, "How to run it").
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The mesh, its client and server pods and the traffic between them.
 struct Loaded {
     mesh: Mesh,
@@ -170,8 +179,11 @@ spec:
 #[test]
 fn istiod_down_across_a_refresh_fails_static_then_resyncs_with_zero_failures() {
     // 30 s certificates: renewal is due 15 s after each fetch, so an outage of about that
-    // long crosses a refresh while the certificates are still valid.
-    let mut t = loaded("rel_cp_down", 30, &[]);
+    // long crosses a refresh while the certificates are still valid. `RELIABILITY_OUTAGE_SECS`
+    // keeps istiod-lite down longer (with certificates long enough to outlive it).
+    let ttl = env_secs("RELIABILITY_CERT_TTL_SECS", 30);
+    let min_outage = Duration::from_secs(env_secs("RELIABILITY_OUTAGE_SECS", 0));
+    let mut t = loaded("rel_cp_down", ttl, &[]);
     let before = rotations(&t.mesh);
     let stopped = Instant::now();
     t.mesh.stop_istiod();
@@ -184,7 +196,7 @@ fn istiod_down_across_a_refresh_fails_static_then_resyncs_with_zero_failures() {
     wait_every_node(
         m,
         "certificate refresh failing",
-        Duration::from_secs(30),
+        Duration::from_secs(ttl),
         |i| metric(m, i, "mesh_certificates", &["state=\"refresh_failing\""]) >= 1.0,
     );
     for i in 0..m.nodes.len() {
@@ -214,6 +226,9 @@ fn istiod_down_across_a_refresh_fails_static_then_resyncs_with_zero_failures() {
 
     // Config changed while down, then istiod-lite back (same data directory, same root).
     m.apply(WRITTEN_WHILE_DOWN);
+    // A fixed outage only when asked for a longer one: by default istiod-lite comes back as
+    // soon as every node has crossed its refresh.
+    std::thread::sleep(min_outage.saturating_sub(stopped.elapsed()));
     let outage = stopped.elapsed();
     t.mesh.start_istiod();
     let back = Instant::now();
@@ -251,12 +266,18 @@ fn istiod_down_across_a_refresh_fails_static_then_resyncs_with_zero_failures() {
 #[test]
 fn three_workload_rotations_and_serving_certificate_rotation_fail_no_request() {
     // 8 s certificates are renewed about every 4 s; the serving certificate every 4 s too.
-    let t = loaded("rel_rotate", 8, &["--serving-cert-ttl-secs", "6"]);
+    let ttl = env_secs("RELIABILITY_ROTATION_TTL_SECS", 8);
+    let serving_ttl = (ttl * 3 / 4).max(3).to_string();
+    let t = loaded(
+        "rel_rotate",
+        ttl,
+        &["--serving-cert-ttl-secs", &serving_ttl],
+    );
     let m = &t.mesh;
     let root = m.data_dir.join("root-cert.pem");
     let first_serial = serving_serial(m, &root).expect("serving certificate");
     let before = rotations(m);
-    wait_rotations(m, &before, 3.0, Duration::from_secs(40));
+    wait_rotations(m, &before, 3.0, Duration::from_secs(ttl * 5));
     // A new connection gets a new serving certificate, verified against the bundle.
     let second_serial = e2e::retry_until("a new serving certificate", WAIT, || {
         let serial = serving_serial(m, &root)?;
