@@ -47,6 +47,8 @@ pub struct Mesh {
     pub cni_agents: BTreeMap<String, Proc>,
     /// Extra environment for every ztunnel started from now on (e.g. `POD_DRAIN_SECS`).
     pub ztunnel_env: Vec<(String, String)>,
+    /// Extra flags for istiod-lite started from now on (e.g. `--max-cert-ttl-secs`).
+    pub istiod_args: Vec<String>,
 }
 
 fn token(node: &str) -> String {
@@ -90,6 +92,7 @@ impl Mesh {
             real_cni: false,
             cni_agents: BTreeMap::new(),
             ztunnel_env: vec![],
+            istiod_args: vec![],
         }
     }
 
@@ -197,25 +200,30 @@ impl Mesh {
         let listen = self.istiod_addr();
         let monitoring = format!("{}:15014", self.nodes[0].underlay_ip);
         let tokens = self.topo.dir().join("tokens.yaml");
+        let extra: Vec<&str> = self.istiod_args.iter().map(String::as_str).collect();
         let proc = self
             .topo
             .spawn_in(
                 &self.nodes[0],
                 bin,
                 &[
-                    "--config-dir",
-                    self.config_dir.to_str().unwrap(),
-                    "--data-dir",
-                    self.data_dir.to_str().unwrap(),
-                    "--listen",
-                    &listen,
-                    "--monitoring-addr",
-                    &monitoring,
-                    "--tokens-file",
-                    tokens.to_str().unwrap(),
-                    "--push-debounce-ms",
-                    "50",
-                ],
+                    &extra[..],
+                    &[
+                        "--config-dir",
+                        self.config_dir.to_str().unwrap(),
+                        "--data-dir",
+                        self.data_dir.to_str().unwrap(),
+                        "--listen",
+                        &listen,
+                        "--monitoring-addr",
+                        &monitoring,
+                        "--tokens-file",
+                        tokens.to_str().unwrap(),
+                        "--push-debounce-ms",
+                        "50",
+                    ],
+                ]
+                .concat(),
                 &[("RUST_LOG", "info")],
             )
             .expect("start istiod-lite");
