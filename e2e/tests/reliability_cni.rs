@@ -335,7 +335,8 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
         }
     }
     // What the user sees in the gap is measured and reported, not hidden: any failed request
-    // must fall inside a gap (plus the client's 1 s request timeout), none outside.
+    // must fall inside a gap (from a second before it, for a request already in flight when the
+    // wipe landed, to 2 s after), none outside.
     for f in &report.failures {
         let at: u128 = f
             .split_whitespace()
@@ -344,7 +345,7 @@ fn wiped_capture_rules_are_repaired_within_5s_under_traffic_without_restarting_t
             .unwrap_or(0);
         assert!(
             gaps.iter()
-                .any(|(_, _, (from, to))| at + 200 >= *from && at <= to + 2000),
+                .any(|(_, _, (from, to))| at + 1000 >= *from && at <= to + 2000),
             "failure outside any gap: {f}; gaps {gaps:?}"
         );
     }
