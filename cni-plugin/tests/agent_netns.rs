@@ -127,6 +127,14 @@ fn agent_captures_an_enrolled_pod_and_hands_it_to_ztunnel() {
         sleep.iptables_save().unwrap_or_default()
     );
     assert!(has_route_rule(&topo, &sleep));
+    // A ztunnel upgrade closes listeners while queued connections must move to the new ones.
+    assert_eq!(
+        topo.exec_in(&sleep, "sysctl", &["-n", "net.ipv4.tcp_migrate_req"])
+            .expect("sysctl in pod")
+            .trim(),
+        "1",
+        "the agent turns on tcp_migrate_req in the pod's namespace"
+    );
     assert_eq!(next(&ztunnel), want_add);
 
     // ADD again: idempotent (rules already exact: nothing rewritten, so the jumps never

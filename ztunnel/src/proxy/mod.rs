@@ -163,7 +163,9 @@ pub struct PodProxy {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<live::LiveConnections>,
-    drain: Duration,
+    /// The drain period of its live connections once stopped; `None`: ztunnel itself is
+    /// stopping and closes them at its own drain deadline.
+    drain: Option<Duration>,
 }
 
 impl std::fmt::Debug for PodProxy {
@@ -213,13 +215,20 @@ impl PodProxy {
             shutdown,
             tasks,
             live: inputs.live.clone(),
-            drain: inputs.config.pod_drain(),
+            drain: Some(inputs.config.pod_drain()),
         })
     }
 
     /// The pod served.
     pub fn pod(&self) -> &PodContext {
         &self.pod
+    }
+
+    /// Stops the proxy as part of ztunnel's own shutdown: listeners close and HBONE
+    /// connections get GOAWAY as on a removal, but the live connections get no drain timer of
+    /// their own (the shutdown closes them at its deadline).
+    pub fn stop_for_shutdown(mut self) {
+        self.drain = None;
     }
 }
 
@@ -229,8 +238,13 @@ impl Drop for PodProxy {
         for task in &self.tasks {
             task.abort();
         }
-        let draining = self.live.pod_removed(&self.pod.key(), self.drain);
-        tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = self.drain.as_secs_f64(), "pod proxy stopped; new connections refused, live ones drain");
+        let key = self.pod.key();
+        let draining = match self.drain {
+            Some(drain) => self.live.pod_removed(&key, drain),
+            None => self.live.pod_stopping(&key),
+        };
+        let drain_secs = self.drain.map(|d| d.as_secs_f64());
+        tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = ?drain_secs, "pod proxy stopped; new connections refused, live ones drain");
     }
 }
 
