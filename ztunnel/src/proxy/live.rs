@@ -337,26 +337,14 @@ impl LiveConnections {
         conns
     }
 
-    /// Marks `pod` as stopping with the whole process: new connections are refused, the live
-    /// ones go on with no timer of their own (ztunnel's shutdown closes them with
+    /// `pod`'s proxy stopped with the whole process (its listeners are closed): unlike a
+    /// removal, the pod stays served, so a stream that an HBONE connection still carries after
+    /// our GOAWAY (the peer sent it before it read the GOAWAY) is proxied rather than refused,
+    /// and no timer of its own closes anything (ztunnel's shutdown closes what is left with
     /// [`LiveConnections::close_all`] at its drain deadline). Returns how many proxied
     /// connections it has.
     pub fn pod_stopping(&self, pod: &PodKey) -> usize {
-        let mut inner = self.lock();
-        let (conns, _) = inner.count(pod);
-        let drain_id = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(PodState::Draining {
-            timer: Some(timer), ..
-        }) = inner.pods.insert(
-            pod.clone(),
-            PodState::Draining {
-                drain_id,
-                timer: None,
-            },
-        ) {
-            timer.abort();
-        }
-        conns
+        self.lock().count(pod).0
     }
 
     /// Closes every live connection with `reason` (proxied ones first, then the HBONE
