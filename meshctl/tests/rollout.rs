@@ -1,9 +1,9 @@
 //! `meshctl rollout restart ztunnel --node N` on a local cluster: the node's ztunnel is
 //! replaced by a new process (new pid in `cluster status`, the old one gone) while requests
-//! run through it, and none fails. Clear errors for an unknown node and a missing cluster.
+//! run through it, straight to a pod and through the namespace's waypoint, and none fails. Clear errors for an unknown node and a missing cluster.
 //!
 //! Needs root and the mesh's binaries next to meshctl (`cargo build -p istiod-lite -p ztunnel
-//! -p cni-plugin`); runs in the nextest `local-cluster` group.
+//! -p cni-plugin -p waypoint`); runs in the nextest `local-cluster` group.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
@@ -48,7 +48,7 @@ fn ztunnel_pid(state: &std::path::Path, node: &str) -> String {
 
 #[test]
 fn rollout_restart_replaces_a_nodes_ztunnel_while_requests_keep_succeeding() {
-    common::require_prerequisites(&["istiod-lite", "ztunnel", "cni-plugin"]);
+    common::require_prerequisites(&["istiod-lite", "ztunnel", "cni-plugin", "waypoint"]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster {
         state: tmp.path().join("state"),
@@ -67,42 +67,73 @@ fn rollout_restart_replaces_a_nodes_ztunnel_while_requests_keep_succeeding() {
 
     let name = format!("r{}", std::process::id());
     meshctl_ok(state, &["cluster", "up", "--nodes", "2", "--name", &name]);
-    meshctl_ok(
-        state,
-        &["label", "ns", "demo", "istio.io/dataplane-mode=ambient"],
-    );
-    // `pod run` prints the pod's IP.
-    let server_ip = meshctl_ok(
-        state,
-        &[
-            "pod",
-            "run",
-            "server",
-            "-n",
-            "demo",
-            "--node",
-            "n2",
-            "--",
-            MESHCTL,
-            "http-echo",
-            "--port",
-            "8080",
-            "--name",
-            "server",
-        ],
-    )
-    .trim()
-    .to_string();
+    // `demo` gets a waypoint; `direct` does not (traffic to its pods goes straight to them).
+    for ns in ["demo", "direct"] {
+        meshctl_ok(
+            state,
+            &["label", "ns", ns, "istio.io/dataplane-mode=ambient"],
+        );
+    }
+    let http_server = |ns: &str| -> String {
+        // `pod run` prints the pod's IP.
+        meshctl_ok(
+            state,
+            &[
+                "pod",
+                "run",
+                "server",
+                "-n",
+                ns,
+                "--node",
+                "n2",
+                "--labels",
+                "app=server",
+                "--",
+                MESHCTL,
+                "http-echo",
+                "--port",
+                "8080",
+                "--name",
+                "server",
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    http_server("demo");
+    let server_ip = http_server("direct");
     meshctl_ok(
         state,
         &[
             "pod", "run", "client", "-n", "demo", "--node", "n1", "--", "sleep", "infinity",
         ],
     );
-    let url = format!("http://{server_ip}:8080/");
-    // Requests one after another, until `stop` exists (with `once`: a single one).
+    // A Service whose traffic goes through the namespace's waypoint.
+    let service = state.with_file_name("service.yaml");
+    std::fs::write(
+        &service,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\n\
+         spec: {clusterIP: 10.96.0.80, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .expect("service yaml");
+    meshctl_ok(state, &["apply", "-f", service.to_str().unwrap()]);
+    meshctl_ok(
+        state,
+        &[
+            "waypoint",
+            "apply",
+            "-n",
+            "demo",
+            "--enroll-namespace",
+            "--wait",
+        ],
+    );
+    let direct = format!("http://{server_ip}:8080/");
+    let via_waypoint = "http://10.96.0.80/".to_string();
+    // Loops of requests, one after another each, until `stop` exists (with `once`: a single
+    // request per URL). Each answer is printed as `<status> <url>`.
     let stop = state.with_file_name("stop-requests");
-    let curl = |once: bool| -> Command {
+    let curl = |urls: &[&str], once: bool| -> Command {
         let mut c = Command::new(MESHCTL);
         c.arg("--state-dir")
             .arg(state)
@@ -112,21 +143,29 @@ fn rollout_restart_replaces_a_nodes_ztunnel_while_requests_keep_succeeding() {
         } else {
             format!("-e {}", stop.display())
         };
-        // Four loops at once, so that every moment of a rollout sees requests start.
-        let one = format!(
-            "while :; do curl -s -o /dev/null --max-time 5 -w '%{{http_code}}\\n' {url} || echo FAIL; [ {until} ] && break; done"
-        );
-        let loops = if once { 1 } else { 4 };
-        c.arg(format!("for l in $(seq {loops}); do ({one}) & done; wait"));
+        let script: String = urls
+            .iter()
+            .map(|url| {
+                format!(
+                    "(while :; do curl -s -o /dev/null --max-time 5 -w '%{{http_code}} {url}\\n' {url} || echo 'FAIL {url}'; [ {until} ] && break; done) & "
+                )
+            })
+            .collect();
+        c.arg(format!("{script}wait"));
         c
     };
     eventually(
-        "the server answers through the mesh",
-        Duration::from_secs(20),
+        "the server answers through the mesh and through the waypoint",
+        Duration::from_secs(30),
         || {
-            let out = curl(true).output().expect("curl");
+            let out = curl(&[&direct, &via_waypoint], true)
+                .output()
+                .expect("curl");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            (text.trim() == "200", text)
+            (
+                text.lines().filter(|l| l.starts_with("200 ")).count() == 2,
+                text,
+            )
         },
     );
 
@@ -136,7 +175,8 @@ fn rollout_restart_replaces_a_nodes_ztunnel_while_requests_keep_succeeding() {
 
     // Requests from n1 to n2 run through the rollout of n2's ztunnel (and then n1's).
     let old = ztunnel_pid(state, "n2");
-    let load = curl(false)
+    // Two loops straight to the server, two through the waypoint.
+    let load = curl(&[&direct, &direct, &via_waypoint, &via_waypoint], false)
         .stdout(Stdio::piped())
         .spawn()
         .expect("request loop");
@@ -162,11 +202,31 @@ fn rollout_restart_replaces_a_nodes_ztunnel_while_requests_keep_succeeding() {
     let out = load.wait_with_output().expect("request loop ends");
     let codes = String::from_utf8_lossy(&out.stdout).into_owned();
     let total = codes.lines().count();
-    let failed: Vec<&str> = codes.lines().filter(|l| *l != "200").collect();
+    let failed: Vec<&str> = codes.lines().filter(|l| !l.starts_with("200 ")).collect();
+    let through_waypoint = codes.lines().filter(|l| l.contains("10.96.0.80")).count();
     eprintln!(
-        "rollout: {total} requests during two rollouts, {} failed",
+        "rollout: {total} requests during two rollouts ({through_waypoint} through the waypoint), {} failed",
         failed.len()
     );
-    assert!(total >= 20, "{codes}");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    if !failed.is_empty() {
+        let log =
+            |args: &[&str]| String::from_utf8_lossy(&meshctl(state, args).stdout).into_owned();
+        let tail = |text: String| {
+            text.lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "failed requests: {failed:?}\n--- waypoint\n{}\n--- ztunnel n2\n{}\n--- ztunnel n1\n{}",
+            tail(log(&["logs", "waypoint", "-n", "demo"])),
+            tail(log(&["logs", "ztunnel", "--node", "n2"])),
+            tail(log(&["logs", "ztunnel", "--node", "n1"])),
+        );
+    }
+    assert!(total >= 10 && through_waypoint >= 3, "{codes}");
 }

@@ -11,7 +11,8 @@
 //!    HBONE connections get GOAWAY, so peers' pools open new connections, which land on the
 //!    newer ztunnel, and put no new stream on ours.
 //! 2. Proxied connections (plain TCP and HBONE streams, inbound and outbound) go on until they
-//!    end by themselves or `--drain-deadline-secs` passes.
+//!    end by themselves or `--drain-deadline-secs` passes; so do the inbound HBONE connections,
+//!    which close by themselves once their GOAWAY is final and their last stream is done.
 //! 3. What is still open then is closed cleanly ([`CloseReason::Shutdown`]: FIN, END_STREAM),
 //!    then the HBONE connections under them (GOAWAY), and the process exits.
 
@@ -41,8 +42,11 @@ pub async fn drain(pods: &Pods, live: &Arc<LiveConnections>, deadline: Duration)
         deadline_secs = deadline.as_secs_f64(),
         "stopping: listeners closed, GOAWAY sent; draining live connections"
     );
+    // Wait for the HBONE connections too, not only the proxied ones: a peer may have sent a
+    // CONNECT before it read our GOAWAY; it is still served, and the connection ends by itself
+    // once the GOAWAY is final and its last stream is done.
     let end = started + deadline;
-    while live.counts().connections > 0 && Instant::now() < end {
+    while !live.is_empty() && Instant::now() < end {
         tokio::time::sleep(POLL).await;
     }
     let closed = live.close_all(&CloseReason::Shutdown { deadline });

@@ -160,7 +160,7 @@ impl Connector for PodConnector {
 /// pod (uid and network namespace) is started again before that.
 pub struct PodProxy {
     pod: PodContext,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Stop>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<live::LiveConnections>,
     /// The drain period of its live connections once stopped; `None`: ztunnel itself is
@@ -188,7 +188,7 @@ impl PodProxy {
         if let Some(kept) = inputs.live.pod_started(&pod.key()) {
             tracing::info!(uid = %pod.uid, netns = pod.netns.inode(), connections = kept, "pod handed over again before its drain ended; its connections stay");
         }
-        let (shutdown, rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(Stop::Running);
         let tasks = vec![
             tokio::spawn(outbound::serve(
                 inputs.clone(),
@@ -234,7 +234,10 @@ impl PodProxy {
 
 impl Drop for PodProxy {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(match self.drain {
+            Some(_) => Stop::Removed,
+            None => Stop::Shutdown,
+        });
         for task in &self.tasks {
             task.abort();
         }
@@ -265,9 +268,21 @@ pub(crate) async fn accept(
     }
 }
 
+/// What a pod proxy's tasks are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Serving.
+    Running,
+    /// The pod left the mesh: stop accepting; its connections drain for the pod drain period.
+    Removed,
+    /// ztunnel itself is stopping: stop accepting; connections already accepted are served to
+    /// their end (the outbound HBONE pool stays usable for them).
+    Shutdown,
+}
+
 /// Resolves when `rx` says stop (or its sender is gone).
-pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
+pub(crate) async fn stopped(mut rx: watch::Receiver<Stop>) {
+    while *rx.borrow_and_update() == Stop::Running {
         if rx.changed().await.is_err() {
             return;
         }
