@@ -3,10 +3,12 @@
 //!
 //! Keys are generated here (EC P-256) and never leave the process: only the CSR does.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+use rustls::client::ClientConfig;
 use rustls::server::ServerConfig;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -143,6 +145,8 @@ pub struct WorkloadCertificate {
     not_after: SystemTime,
     certified: Arc<CertifiedKey>,
     server_config: OnceLock<Arc<ServerConfig>>,
+    /// Client configs built with this certificate, by the identities the server must prove.
+    client_configs: Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for WorkloadCertificate {
@@ -208,6 +212,7 @@ impl WorkloadCertificate {
             not_after,
             certified,
             server_config: OnceLock::new(),
+            client_configs: Mutex::default(),
         })
     }
 
@@ -222,6 +227,7 @@ impl WorkloadCertificate {
             }
         }
         self.server_config = OnceLock::new();
+        self.client_configs = Mutex::default();
         self
     }
 
@@ -277,5 +283,10 @@ impl WorkloadCertificate {
     /// Where the TLS module keeps this certificate's server config once built.
     pub(crate) fn server_config_cache(&self) -> &OnceLock<Arc<ServerConfig>> {
         &self.server_config
+    }
+
+    /// Where the TLS module keeps the client configs built with this certificate.
+    pub(crate) fn client_config_cache(&self) -> &Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>> {
+        &self.client_configs
     }
 }

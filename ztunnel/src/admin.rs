@@ -134,7 +134,7 @@ impl AdminState {
                     |w| (w.namespace().to_string(), w.name.clone()),
                 );
                 if c.direction == "inbound" && c.ends.dst_identity.is_none() {
-                    c.ends.dst_identity = identities.get(&c.pod_uid).cloned();
+                    c.ends.dst_identity = identities.get(&c.pod_uid).and_then(|i| i.parse().ok());
                 }
                 let mut v = json!(c);
                 v["pod_namespace"] = json!(namespace);

@@ -81,7 +81,7 @@ impl Pods {
         self.lock()
             .values()
             .map(|Served { proxy: p, .. }| PodDump {
-                uid: p.pod().uid.clone(),
+                uid: p.pod().uid.to_string(),
                 identity: p.pod().identity.to_string(),
                 netns_inode: p.pod().netns.inode(),
             })
@@ -239,7 +239,7 @@ fn add(
     let cert = inputs.certs.lease(&identity);
     let pod = PodContext {
         metrics: inputs.telemetry.pod(&uid, info.as_ref()),
-        uid: uid.clone(),
+        uid: uid.as_str().into(),
         identity,
         netns,
         keepalive: inputs.config.keepalive(),

@@ -26,9 +26,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
+use mesh::Identity;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 // Tokio's clock: connection ages follow paused time in tests.
 use tokio::time::Instant;
@@ -42,7 +43,7 @@ mod recheck;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodKey {
     /// Workload uid.
-    pub uid: String,
+    pub uid: Arc<str>,
     /// Inode of the pod's network namespace. Not reused while any of our sockets (or the
     /// namespace fd a proxy holds) keeps the namespace alive.
     pub netns: u64,
@@ -123,7 +124,6 @@ pub enum Kind {
 struct Live {
     pod: PodKey,
     kind: Kind,
-    close: watch::Sender<Option<CloseReason>>,
     /// Evaluated by a re-check since it was registered (its admission check may have read the
     /// store just before a change whose re-check did not see it yet).
     rechecked: bool,
@@ -142,11 +142,21 @@ pub struct Ends {
     /// The destination (a workload or service address and port).
     pub dst: Option<SocketAddr>,
     /// The source's identity, when known.
-    pub src_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub src_identity: Option<Identity>,
     /// The destination's identity, when known (expected for outbound HBONE).
-    pub dst_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub dst_identity: Option<Identity>,
     /// The waypoint in the path, if any.
     pub waypoint: Option<String>,
+}
+
+/// An identity as its SPIFFE URI (or null).
+fn uri<S: serde::Serializer>(id: &Option<Identity>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(id.as_uri()),
+        None => s.serialize_none(),
+    }
 }
 
 /// One live proxied connection, for `/connections` (read-only; HBONE tunnels are not listed).
@@ -207,8 +217,7 @@ impl Inner {
                 .values()
                 .filter(|l| l.pod == *pod && matches!(l.kind, Kind::Tunnel) == tunnels);
             for l in of_pod {
-                if l.close.borrow().is_none() {
-                    let _ = l.close.send(Some(reason.clone()));
+                if l.counts.close.set(reason) {
                     closed += usize::from(!tunnels);
                 }
             }
@@ -258,7 +267,6 @@ pub struct LiveConnections {
 pub struct LiveGuard {
     id: u64,
     registry: Arc<LiveConnections>,
-    rx: watch::Receiver<Option<CloseReason>>,
     counts: Arc<Counts>,
 }
 
@@ -272,14 +280,7 @@ impl LiveGuard {
 
     /// Resolves when the connection must be closed, with the reason.
     pub async fn closed(&mut self) -> CloseReason {
-        loop {
-            if let Some(reason) = self.rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if self.rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
+        self.counts.close.wait().await
     }
 }
 
@@ -376,14 +377,12 @@ impl LiveConnections {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (close, rx) = watch::channel(None);
         let counts = Arc::new(Counts::default());
         inner.conns.insert(
             id,
             Live {
                 pod: pod.clone(),
                 kind,
-                close,
                 rechecked: false,
                 since: Instant::now(),
                 counts: counts.clone(),
@@ -392,7 +391,6 @@ impl LiveConnections {
         Some(LiveGuard {
             id,
             registry: self.clone(),
-            rx,
             counts,
         })
     }
@@ -436,13 +434,13 @@ impl LiveConnections {
                         Ends {
                             src: Some(i.conn.src_ip.to_string()),
                             dst: Some(SocketAddr::new(i.conn.dst_ip, i.conn.dst_port)),
-                            src_identity: i.conn.src_identity.as_ref().map(ToString::to_string),
+                            src_identity: i.conn.src_identity.clone(),
                             dst_identity: None,
                             waypoint: i.via.as_ref().map(ToString::to_string),
                         },
                     ),
                 };
-                let state = if l.close.borrow().is_some() {
+                let state = if l.counts.close.is_set() {
                     "closing"
                 } else if matches!(inner.pods.get(&l.pod), Some(PodState::Draining { .. })) {
                     "draining"
@@ -451,7 +449,7 @@ impl LiveConnections {
                 };
                 let t = l.counts.get();
                 let info = ConnectionInfo {
-                    pod_uid: l.pod.uid.clone(),
+                    pod_uid: l.pod.uid.to_string(),
                     direction,
                     ends: l.counts.ends.get().cloned().unwrap_or(derived),
                     bytes_sent: t.a_to_b,
@@ -476,7 +474,7 @@ impl LiveConnections {
             .map(|(pod, _)| {
                 let (connections, tunnels) = inner.count(pod);
                 DrainingPod {
-                    uid: pod.uid.clone(),
+                    uid: pod.uid.to_string(),
                     netns_inode: pod.netns,
                     connections,
                     tunnels,
@@ -589,13 +587,61 @@ pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, Copy
     record.close(t.a_to_b, t.b_to_a, Some(&end));
 }
 
-/// Bytes read from and written to one side, readable after its copy was dropped; and the
-/// connection's ends once described.
+/// What the registry and a connection's guard share (one allocation per connection): the
+/// bytes read from and written to one side, readable after its copy was dropped; the
+/// connection's ends once described; and the signal to close it.
 #[derive(Default)]
 struct Counts {
     read: AtomicU64,
     written: AtomicU64,
     ends: std::sync::OnceLock<Ends>,
+    close: CloseSignal,
+}
+
+/// The registry's "close this connection", set at most once and awaited by its copy loop. (A
+/// `watch` channel did the same with a ~400-byte allocation per connection.)
+#[derive(Default)]
+struct CloseSignal {
+    reason: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Sets `reason` unless a reason is set already; whether this call set it.
+    fn set(&self, reason: &CloseReason) -> bool {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.clone());
+        }
+        // A permit when nobody waits yet: the next `wait` sees it.
+        self.notify.notify_one();
+        true
+    }
+
+    fn is_set(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The reason, once set (never, if the connection ends first).
+    async fn wait(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl Counts {

@@ -58,8 +58,8 @@ pub struct ProxyInputs {
 /// The pod a proxy serves.
 #[derive(Debug, Clone)]
 pub struct PodContext {
-    /// Its workload uid (the xDS resource name).
-    pub uid: String,
+    /// Its workload uid (the xDS resource name); shared, as every connection carries it.
+    pub uid: Arc<str>,
     /// Its identity (from ZDS workload info, or from the store).
     pub identity: Identity,
     /// Its network namespace.
