@@ -5,7 +5,7 @@
 //!
 //! `UPGRADE_RPS` sets the rate of each client (default 200).
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 

@@ -14,7 +14,6 @@ fn pod(uid: &str) -> Enrolled {
             name: "a".into(),
             namespace: "demo".into(),
             service_account: "sa".into(),
-            ..Default::default()
         },
         netns: Arc::new(File::open("/proc/self/ns/net").expect("own netns")),
     }
