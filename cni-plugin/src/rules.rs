@@ -216,6 +216,24 @@ fn remove_here() -> Result<bool, RulesError> {
     Ok(installed)
 }
 
+/// The per-namespace sysctl that hands a closing listener's queued connections to another
+/// listener of its `SO_REUSEPORT` group instead of resetting them.
+pub const MIGRATE_REQ_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the current thread's namespace (`/proc/sys/net`
+/// shows the namespace of the thread that opens it). During a ztunnel upgrade the old
+/// ztunnel closes its in-pod listeners while the new one's are open in the same reuseport
+/// groups: with this, connections the old one had not accepted yet (and handshakes in flight)
+/// move to the new listener; without it they are reset. The agent sets it, not ztunnel: it
+/// already configures each pod's namespace (and re-checks it, see `repair`) with the
+/// privileges that takes, and it must hold before any old ztunnel closes a listener. A kernel
+/// without it (before 5.14) only loses that guarantee: logged, not fatal.
+fn migrate_requests_here() {
+    if let Err(e) = std::fs::write(MIGRATE_REQ_SYSCTL, "1") {
+        tracing::warn!(error = %e, sysctl = MIGRATE_REQ_SYSCTL, "cannot set tcp_migrate_req: a ztunnel upgrade may reset connections queued on the old listeners");
+    }
+}
+
 /// Installs the capture rules and policy routing inside `netns`, bringing an earlier install
 /// up to date without a gap in capture (see the module docs). Returns whether anything had to
 /// change: iptables, or the policy-routing rule or route (`false`: already exactly installed,
@@ -234,6 +252,7 @@ pub fn install(netns: &File, opts: &capture::CaptureOptions) -> Result<bool, Rul
         for args in capture::ip_route_setup_v4() {
             changed |= ip_ignoring(&args, &["File exists"])?;
         }
+        migrate_requests_here();
         Ok(changed)
     })?
 }

@@ -145,14 +145,19 @@ pub async fn run(
         live: live.clone(),
         pool_stats: pool_stats.clone(),
     };
-    tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
+    let zds = tokio::spawn(inpod::run(
+        inputs,
+        pods.clone(),
+        config.inpod_uds.clone(),
+        xds_status.clone(),
+    ));
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let admin = AdminState {
         store,
         certs,
-        pods,
-        live,
+        pods: pods.clone(),
+        live: live.clone(),
         pool_stats,
         xds: xds_status,
         telemetry,
@@ -160,21 +165,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         data_plane: tokio::runtime::Handle::current(),
     };
-    let endpoint = |addr, handler, name| mesh::http_server::Endpoint {
-        addr,
-        handler,
-        name,
-    };
-    mesh::http_server::serve_endpoints(
+    let endpoints = crate::admin::serve_shared(
         &control,
-        vec![
-            endpoint(config.admin_addr, admin.clone().admin_handler(), "admin"),
-            endpoint(
+        [
+            (config.admin_addr, admin.clone().admin_handler(), "admin"),
+            (
                 config.metrics_addr,
                 admin.clone().metrics_handler(),
                 "metrics",
             ),
-            endpoint(
+            (
                 config.readiness_addr,
                 admin.clone().readiness_handler(),
                 "readiness",
@@ -190,6 +190,12 @@ pub async fn run(
         _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
     }
+    // No pod is taken any more, and a newer ztunnel sharing our ports answers every request.
+    zds.abort();
+    for endpoint in endpoints {
+        endpoint.abort();
+    }
+    crate::shutdown::drain(&pods, &live, config.drain_deadline()).await;
     Ok(())
 }
 

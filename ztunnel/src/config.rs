@@ -99,6 +99,16 @@ pub struct Config {
     #[arg(long, env = "POD_DRAIN_SECS", default_value_t = 5)]
     pub pod_drain_secs: u64,
 
+    /// How long a stopping ztunnel (SIGTERM, ctrl-c, `/quitquitquit`) keeps serving the
+    /// connections it has, in seconds. At the stop it closes every pod listener (a newer
+    /// ztunnel's listeners in the same `SO_REUSEPORT` group take the new connections and the
+    /// queued ones), sends GOAWAY on every inbound HBONE connection, and waits for its proxied
+    /// connections to end by themselves; those still open at the deadline are closed cleanly
+    /// (FIN, END_STREAM, GOAWAY), then it exits. Kubernetes' `terminationGracePeriodSeconds`
+    /// (30 in manifests/ztunnel.yaml) must exceed it. 0 closes them at once.
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 20)]
+    pub drain_deadline_secs: u64,
+
     /// TCP keepalive on every proxied socket (the pod's and the tunnels'), so that a peer
     /// that vanished is noticed and its connection torn down end to end.
     #[arg(long, env = "KEEPALIVE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -148,6 +158,11 @@ impl Config {
     /// How long a removed pod's connections drain before they are closed.
     pub fn pod_drain(&self) -> Duration {
         Duration::from_secs(self.pod_drain_secs)
+    }
+
+    /// How long a stopping ztunnel drains its connections before closing them.
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_secs)
     }
 
     /// TCP keepalive for proxied sockets, or `None` when turned off.

@@ -284,6 +284,50 @@ impl Mesh {
             let agent = ZdsAgent::start(&sock).expect("zds agent");
             self.agents.insert(node.name.clone(), agent);
         }
+        let proc = self.spawn_ztunnel(i);
+        self.ztunnels.insert(node.name.clone(), proc);
+        if let Some(agent) = self.agents.get(&node.name) {
+            agent
+                .wait_connections(1, WAIT)
+                .expect("ztunnel connects to the CNI agent");
+        }
+        let ready = format!("{}:15021", node.underlay_ip);
+        self.topo
+            .wait_http_ok(&node, ready.parse().unwrap(), "/healthz/ready", WAIT)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ztunnel on {} ready: {e:#}\n{}",
+                    node.name,
+                    self.ztunnels[&node.name].log_tail()
+                )
+            });
+    }
+
+    /// Upgrades node `i`'s ztunnel as a DaemonSet rolling update with surge does: starts a
+    /// second ztunnel beside the running one, waits until it has taken every pod from the CNI
+    /// agent (it logs `ztunnel ready`), then sends the old one SIGTERM. Returns the old one,
+    /// draining; the caller waits for its exit. Needs `real_cni` (the real agent parks the
+    /// old ztunnel's link; the fake one would hand the pods back and forth).
+    pub fn upgrade_ztunnel(&mut self, i: usize) -> Proc {
+        assert!(self.real_cni, "an upgrade needs the real CNI agent");
+        let name = self.nodes[i].name.clone();
+        let new = self.spawn_ztunnel(i);
+        new.wait_for_log("ztunnel ready", WAIT)
+            .unwrap_or_else(|e| panic!("the new ztunnel on {name}: {e:#}\n{}", self.logs()));
+        let old = self
+            .ztunnels
+            .insert(name.clone(), new)
+            .unwrap_or_else(|| panic!("no ztunnel runs on {name}"));
+        old.signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM the old ztunnel");
+        old
+    }
+
+    /// Spawns a ztunnel process for node `i` (admin, metrics and readiness ports are shared
+    /// with any other ztunnel of the node: they bind with `SO_REUSEPORT`).
+    fn spawn_ztunnel(&self, i: usize) -> Proc {
+        let node = self.nodes[i].clone();
+        let sock = self.topo.dir().join(format!("{}.sock", node.name));
         let bin = Topology::binary("ztunnel").expect("ztunnel binary");
         let xds = format!("https://{}", self.istiod_addr());
         let root = self.data_dir.join("root-cert.pem");
@@ -296,8 +340,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let proc = self
-            .topo
+        self.topo
             .spawn_in(
                 &node,
                 bin,
@@ -321,22 +364,7 @@ impl Mesh {
                 ],
                 &env,
             )
-            .expect("start ztunnel");
-        self.ztunnels.insert(node.name.clone(), proc);
-        if let Some(agent) = self.agents.get(&node.name) {
-            agent
-                .wait_connections(1, WAIT)
-                .expect("ztunnel connects to the CNI agent");
-        }
-        self.topo
-            .wait_http_ok(&node, ready.parse().unwrap(), "/healthz/ready", WAIT)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "ztunnel on {} ready: {e:#}\n{}",
-                    node.name,
-                    self.ztunnels[&node.name].log_tail()
-                )
-            });
+            .expect("start ztunnel")
     }
 
     /// Stops ztunnel of node `i`.
@@ -466,6 +494,9 @@ impl Mesh {
         }
         for (n, p) in &self.ztunnels {
             let _ = writeln!(out, "--- ztunnel {n}\n{}", p.log_tail());
+        }
+        for (n, p) in &self.cni_agents {
+            let _ = writeln!(out, "--- CNI agent {n}\n{}", p.log_tail());
         }
         out
     }

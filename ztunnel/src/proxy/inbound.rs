@@ -67,7 +67,7 @@ pub async fn serve_hbone(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let certs: Arc<dyn ServerCerts> = Arc::new(inputs.certs.subscribe(&pod.identity));
     let server = Arc::new(Server::new(H2Config::default(), certs));
@@ -347,7 +347,7 @@ pub async fn serve_plaintext(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let accept = async {
         loop {

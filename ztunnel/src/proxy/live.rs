@@ -66,6 +66,12 @@ pub enum CloseReason {
         /// The drain period it was given.
         drain: Duration,
     },
+    /// ztunnel is stopping (SIGTERM: a newer ztunnel took over, or the node goes) and its
+    /// drain deadline ended before the connection did.
+    Shutdown {
+        /// The drain deadline it was given.
+        deadline: Duration,
+    },
 }
 
 impl CloseReason {
@@ -73,8 +79,18 @@ impl CloseReason {
     pub fn flags(&self) -> &'static str {
         match self {
             CloseReason::Denied(_) => "DENY",
-            CloseReason::PodRemoved { .. } => "DRAIN",
+            CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. } => "DRAIN",
         }
+    }
+
+    /// Whether the connection ends with a clean close (FIN, END_STREAM) rather than a reset:
+    /// a drain that ran out closes what the application may still be using, so it must see
+    /// an ordinary end, not an error.
+    pub fn is_graceful(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. }
+        )
     }
 }
 
@@ -86,6 +102,9 @@ impl fmt::Display for CloseReason {
                 f,
                 "pod removed from the mesh: drain period of {drain:?} ended"
             ),
+            CloseReason::Shutdown { deadline } => {
+                write!(f, "ztunnel stopping: drain deadline of {deadline:?} ended")
+            }
         }
     }
 }
@@ -319,6 +338,25 @@ impl LiveConnections {
         conns
     }
 
+    /// `pod`'s proxy stopped with the whole process (its listeners are closed): unlike a
+    /// removal, the pod stays served, so a stream that an HBONE connection still carries after
+    /// our GOAWAY (the peer sent it before it read the GOAWAY) is proxied rather than refused,
+    /// and no timer of its own closes anything (ztunnel's shutdown closes what is left with
+    /// [`LiveConnections::close_all`] at its drain deadline). Returns how many proxied
+    /// connections it has.
+    pub fn pod_stopping(&self, pod: &PodKey) -> usize {
+        self.lock().count(pod).0
+    }
+
+    /// Closes every live connection with `reason` (proxied ones first, then the HBONE
+    /// connections under them); returns how many proxied connections were closed.
+    pub fn close_all(&self, reason: &CloseReason) -> usize {
+        let inner = self.lock();
+        let pods: std::collections::BTreeSet<PodKey> =
+            inner.conns.values().map(|l| l.pod.clone()).collect();
+        pods.iter().map(|pod| inner.close_pod(pod, reason)).sum()
+    }
+
     fn drain_ended(&self, pod: &PodKey, drain_id: u64, drain: Duration) {
         let mut inner = self.lock();
         // A re-add (or a newer removal) since this timer started owns the pod now.
@@ -490,15 +528,43 @@ where
         reason = guard.closed() => Err(CopyEnd::Closed { reason, transferred: counts.get() }),
         res = mesh::copy::copy_bidirectional(&mut a, &mut b) => Ok(res?),
     };
-    if let Err(CopyEnd::Closed {
-        reason: CloseReason::Denied(_),
-        ..
-    }) = &result
-    {
-        a.abort();
-        b.abort();
+    match &result {
+        Err(CopyEnd::Closed { reason, .. }) if reason.is_graceful() => {
+            close_gracefully(&mut a, &mut b).await;
+        }
+        Err(CopyEnd::Closed { .. }) => {
+            a.abort();
+            b.abort();
+        }
+        _ => {}
     }
     result
+}
+
+/// How long a drained connection's peers get to answer our FIN / END_STREAM with theirs.
+const GRACEFUL_CLOSE: Duration = Duration::from_secs(2);
+
+/// Ends both sides as a clean close: FIN to a TCP peer, END_STREAM to an HBONE one, then reads
+/// (and discards) until each peer ends its side too, for up to [`GRACEFUL_CLOSE`]. Closing a
+/// TCP socket with unread bytes would send a reset; once the peer's FIN is read it is not.
+async fn close_gracefully<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let ends = async {
+        let _ = tokio::join!(a.shutdown(), b.shutdown());
+        let _ = tokio::join!(discard(a), discard(b));
+    };
+    let _ = tokio::time::timeout(GRACEFUL_CLOSE, ends).await;
+}
+
+/// Reads until EOF or an error.
+async fn discard<S: AsyncRead + Unpin>(s: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 /// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and

@@ -189,12 +189,16 @@ fn via_waypoint(
 }
 
 /// Drains the pool when dropped: when the pod's proxy stops (or its task is aborted), idle
-/// HBONE connections close at once and busy ones when their last stream ends.
-struct DrainOnDrop(Pool);
+/// HBONE connections close at once and busy ones when their last stream ends. Not when
+/// ztunnel itself is stopping: connections accepted just before the listener closed still
+/// need the pool, which drains anyway when their tasks drop its last handle.
+struct DrainOnDrop(Pool, watch::Receiver<super::Stop>);
 
 impl Drop for DrainOnDrop {
     fn drop(&mut self) {
-        self.0.drain();
+        if *self.1.borrow() != super::Stop::Shutdown {
+            self.0.drain();
+        }
     }
 }
 
@@ -204,7 +208,7 @@ pub async fn serve(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let pool = Pool::with_stats(
         H2Config::default(),
@@ -214,7 +218,7 @@ pub async fn serve(
         }),
         inputs.pool_stats.clone(),
     );
-    let _drain = DrainOnDrop(pool.clone());
+    let _drain = DrainOnDrop(pool.clone(), stop.clone());
     let accept = async {
         loop {
             let (stream, peer) = super::accept(&listener, "outbound").await;
