@@ -6,7 +6,7 @@
 # pods through the real CNI chain). Not a test: cargo test never runs it.
 #
 # Usage: scripts/bench.sh [--rate R] [--secs S] [--idle N] [--conns C]
-#                         [--http-rate R] [--rounds N] [--only tcp|http|all]
+#                         [--http-rate R] [--rounds N] [--only tcp|http|all|scaling]
 #
 # Builds the release binaries (meshctl, and the ztunnel, istiod-lite, cni-plugin and waypoint it starts
 # from its own directory, and mesh-bench) into $CARGO_TARGET_DIR (default

@@ -4,7 +4,10 @@
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 20)
 #
 # cargo-fuzz needs nightly-only flags (-Zsanitizer, sancov passes); the stable toolchain accepts
-# them with RUSTC_BOOTSTRAP=1, so no nightly is needed. The build goes to a target dir outside
+# them with RUSTC_BOOTSTRAP=1, so no nightly is needed. The targets build unoptimized (`--dev`,
+# still instrumented and with the address sanitizer): an optimized build of the dependency
+# graph the targets pull in (istiod-lite's kube, the waypoint's hyper) takes about an hour on two
+# cores, and a smoke of seconds per target needs coverage, not speed. The build goes to a target dir outside
 # the clone ($CARGO_TARGET_DIR/fuzz, default ~/.cache/ambient-mesh/target/fuzz) so repeated runs
 # are incremental. Each target starts from fuzz/seeds/<target> plus whatever it found before in
 # fuzz/corpus/<target> (ignored by git). A crashing input is saved under
@@ -44,7 +47,7 @@ fi
 
 start=$(date +%s)
 echo "fuzz: building ($target_dir)" >&2
-cargo fuzz build --fuzz-dir fuzz --target-dir "$target_dir"
+cargo fuzz build --dev --fuzz-dir fuzz --target-dir "$target_dir"
 built=$(date +%s)
 
 failed=()
@@ -55,7 +58,7 @@ for target in $targets; do
     corpora=("$corpus")
     [ -d "$seeds" ] && corpora+=("$seeds")
     echo "fuzz: $target for ${seconds}s" >&2
-    if ! cargo fuzz run --fuzz-dir fuzz --target-dir "$target_dir" "$target" "${corpora[@]}" -- \
+    if ! cargo fuzz run --dev --fuzz-dir fuzz --target-dir "$target_dir" "$target" "${corpora[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
         -print_final_stats=1; then
         failed+=("$target")

@@ -57,14 +57,15 @@ step() {
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
 # end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
-# (tcpdump), requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), and a
+# (tcpdump), requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), a TLS client that reads istiod-lite's serving certificate (openssl), and a
 # real Prometheus that scrapes it (only the binary is run; its service is never started).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
     iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
     /usr/lib/cni/bridge:containernetworking-plugins \
-    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux iperf3:iperf3; do
+    /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux iperf3:iperf3 \
+    openssl:openssl; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")

@@ -9,6 +9,8 @@
   `promtool check rules` and the alert rules' unit tests (`promtool test rules`); the Grafana
   dashboards (manifests/dashboards/): up to date with scripts/dashboards.py, and every panel
   query parses as PromQL (promtool, with the template variables filled in).
+- The ztunnel DaemonSet upgrades without a drop: surge first (maxSurge 1, maxUnavailable 0), its
+  DRAIN_DEADLINE_SECS below terminationGracePeriodSeconds.
 
 Usage: scripts/validate-manifests.py [KUBERNETES_VERSION]   (default 1.37.0, the newest kubernetes-validate knows)
 Exit status 0 when everything passes; each failure is printed with its file and object.
@@ -125,6 +127,25 @@ def observability():
     return failures
 
 
+def ztunnel_upgrade(doc):
+    """The ztunnel DaemonSet must upgrade without dropping a connection: a surge pod first
+    (maxSurge 1, maxUnavailable 0), and a drain deadline shorter than the grace period."""
+    if (doc.get("kind"), doc.get("metadata", {}).get("name")) != ("DaemonSet", "ztunnel"):
+        return []
+    spec = doc["spec"]
+    rolling = spec.get("updateStrategy", {}).get("rollingUpdate", {})
+    failures = []
+    if rolling.get("maxSurge") != 1 or rolling.get("maxUnavailable") != 0:
+        failures.append(f"updateStrategy must be maxSurge 1, maxUnavailable 0 (zero-drop upgrade), got {rolling}")
+    pod = spec["template"]["spec"]
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+    drain = int(env.get("DRAIN_DEADLINE_SECS", 20))
+    if drain >= grace:
+        failures.append(f"DRAIN_DEADLINE_SECS {drain} must be below terminationGracePeriodSeconds {grace}")
+    return failures
+
+
 def main():
     schemas = crd_schemas()
     files = sorted(
@@ -139,6 +160,7 @@ def main():
             name = f"{rel}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
             checked += 1
             key = (doc.get("apiVersion"), doc.get("kind"))
+            failures.extend(f"{name}: {f}" for f in ztunnel_upgrade(doc))
             try:
                 if key in schemas:
                     jsonschema.validate(doc, schemas[key])

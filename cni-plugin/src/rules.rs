@@ -65,11 +65,15 @@ fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, RulesEr
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip_ignoring(args: &[String], ignore: &[&str]) -> Result<(), RulesError> {
+/// Runs `ip args`; an error whose message contains one of `ignore` counts as success. Returns
+/// whether the command did something (`false`: an ignored error, e.g. the entry was there).
+fn ip_ignoring(args: &[String], ignore: &[&str]) -> Result<bool, RulesError> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match run("ip", &args, None) {
-        Err(RulesError::Tool { reason, .. }) if ignore.iter().any(|i| reason.contains(i)) => Ok(()),
-        other => other.map(drop),
+        Err(RulesError::Tool { reason, .. }) if ignore.iter().any(|i| reason.contains(i)) => {
+            Ok(false)
+        }
+        other => other.map(|_| true),
     }
 }
 
@@ -212,22 +216,43 @@ fn remove_here() -> Result<bool, RulesError> {
     Ok(installed)
 }
 
+/// The per-namespace sysctl that hands a closing listener's queued connections to another
+/// listener of its `SO_REUSEPORT` group instead of resetting them.
+pub const MIGRATE_REQ_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the current thread's namespace (`/proc/sys/net`
+/// shows the namespace of the thread that opens it). During a ztunnel upgrade the old
+/// ztunnel closes its in-pod listeners while the new one's are open in the same reuseport
+/// groups: with this, connections the old one had not accepted yet (and handshakes in flight)
+/// move to the new listener; without it they are reset. The agent sets it, not ztunnel: it
+/// already configures each pod's namespace (and re-checks it, see `repair`) with the
+/// privileges that takes, and it must hold before any old ztunnel closes a listener. A kernel
+/// without it (before 5.14) only loses that guarantee: logged, not fatal.
+fn migrate_requests_here() {
+    if let Err(e) = std::fs::write(MIGRATE_REQ_SYSCTL, "1") {
+        tracing::warn!(error = %e, sysctl = MIGRATE_REQ_SYSCTL, "cannot set tcp_migrate_req: a ztunnel upgrade may reset connections queued on the old listeners");
+    }
+}
+
 /// Installs the capture rules and policy routing inside `netns`, bringing an earlier install
-/// up to date without a gap in capture (see the module docs). Returns whether iptables had
-/// to change (`false`: already exactly installed, nothing written).
+/// up to date without a gap in capture (see the module docs). Returns whether anything had to
+/// change: iptables, or the policy-routing rule or route (`false`: already exactly installed,
+/// nothing written).
 pub fn install(netns: &File, opts: &capture::CaptureOptions) -> Result<bool, RulesError> {
     crate::netns::run_in(netns, || {
         let saved = run("iptables-save", &[], None)?;
-        let changed = match transaction(&capture::iptables_rules_v4(opts), &saved) {
+        let mut changed = match transaction(&capture::iptables_rules_v4(opts), &saved) {
             Some(tx) => {
                 run("iptables-restore", &["--noflush"], Some(&tx))?;
                 true
             }
             None => false,
         };
+        // An existing rule or route answers "File exists": only a missing one is added.
         for args in capture::ip_route_setup_v4() {
-            ip_ignoring(&args, &["File exists"])?;
+            changed |= ip_ignoring(&args, &["File exists"])?;
         }
+        migrate_requests_here();
         Ok(changed)
     })?
 }

@@ -3,9 +3,17 @@
 //!
 //! Per connection, after hello: an add (uid, `WorkloadInfo`, netns fd) for every enrolled pod,
 //! then `snapshot_sent`, then incremental add/del as they happen. Snapshot and subscription
-//! are taken under one lock, so no change falls between them. A newer connection replaces the
-//! older (its queue closes, so its task ends). While no ztunnel is connected, changes are only
-//! recorded: the next connection's snapshot carries them.
+//! are taken under one lock, so no change falls between them. While no ztunnel is connected,
+//! changes are only recorded: the next connection's snapshot carries them.
+//!
+//! A newer connection (a ztunnel upgrade: the new one starts while the old one runs) takes
+//! over at once: in the same locked step that takes its snapshot, the older connection's queue
+//! closes, so every later change goes to the newer one only. The older connection is then
+//! *parked*, not closed: it stays open and idle until its ztunnel closes it (on exit, after its
+//! drain). Closing it would look to that ztunnel like an agent restart, and it would reconnect
+//! and take the pods back. The old ztunnel learns it is replaced from SIGTERM (`meshctl rollout
+//! restart ztunnel`, or the kubelet once the new DaemonSet pod is ready, which needs its
+//! snapshot applied), and drains.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -176,7 +184,14 @@ impl Hub {
         }
         .await;
         match result {
-            Ok(()) => tracing::info!("ztunnel connection replaced by a newer one"),
+            Ok(()) => {
+                tracing::info!(
+                    connection = id,
+                    "a newer ztunnel took over; keeping this connection open until its ztunnel exits"
+                );
+                conn.closed().await;
+                tracing::info!(connection = id, "replaced ztunnel closed its connection");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "ztunnel connection ended; the next one gets a snapshot")
             }
@@ -213,3 +228,6 @@ async fn send_add(
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! Self-healing capture on real kernel networking: capture rules wiped from a running pod (as a
 //! node reboot or another tool would) are rewritten by the agent within seconds, without the
-//! pod restarting, and counted as a repair.
+//! pod restarting, and counted as a repair; so is a removed policy-routing rule.
 //!
 //! Needs root (network namespaces, iptables): fails loudly without it.
 
@@ -12,7 +12,7 @@ use common::*;
 use e2e::Topology;
 
 #[test]
-fn wiped_capture_rules_are_rewritten_within_seconds_and_counted_as_a_repair() {
+fn wiped_capture_rules_and_routing_are_rewritten_within_seconds_and_counted_as_repairs() {
     e2e::require_root();
     let mut topo = Topology::for_this_test().expect("topology");
     let node = topo.add_node("n1").expect("node");
@@ -85,4 +85,17 @@ fn wiped_capture_rules_are_rewritten_within_seconds_and_counted_as_a_repair() {
         .expect("ip rule");
     assert_eq!(rules.matches("32764").count(), 1, "{rules}");
     assert!(metrics().contains("cni_agent_rule_installs_total{reason=\"repair\"} 1"));
+
+    // The policy-routing rule alone removed: put back and counted as a repair too.
+    topo.exec_in(&web, "ip", &["rule", "del", "pref", "32764"])
+        .expect("ip rule del");
+    assert!(!has_route_rule(&topo, &web));
+    e2e::wait_until("the ip rule is back", TIMEOUT, || {
+        has_route_rule(&topo, &web)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent: {}", agent.log_tail()));
+    e2e::wait_until("counted as a repair", TIMEOUT, || {
+        metrics().contains("cni_agent_rule_installs_total{reason=\"repair\"} 2")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", metrics()));
 }

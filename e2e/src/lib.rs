@@ -17,6 +17,7 @@
 //! The API is blocking on purpose: tests are plain `#[test]` functions, the binaries under test
 //! are separate processes, and the fake CNI agent runs on a thread of its own.
 
+pub mod load;
 mod pcap;
 mod process;
 mod sys;

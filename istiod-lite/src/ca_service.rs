@@ -20,7 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::ca::{CertificateAuthority, VerifiedCsr};
+use mesh::ca::VerifiedCsr;
+
+use crate::ca_reload::CurrentCa;
 use mesh::ca_client::IMPERSONATED_IDENTITY_KEY;
 use mesh::Identity;
 use proto::ca::istio_certificate_service_server::{
@@ -41,7 +43,7 @@ pub const UNAUTHENTICATED_MESSAGE: &str = "missing or unknown bearer token";
 
 /// The CA service: authentication, authorization, signing.
 pub struct CaService {
-    ca: Arc<CertificateAuthority>,
+    ca: CurrentCa,
     auth: Arc<Authenticator>,
     pods: Arc<dyn PodDirectory>,
     max_ttl: Duration,
@@ -51,7 +53,7 @@ pub struct CaService {
 impl std::fmt::Debug for CaService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaService")
-            .field("trust_domain", &self.ca.trust_domain())
+            .field("trust_domain", &self.ca.load().trust_domain())
             .field("max_ttl", &self.max_ttl)
             .finish_non_exhaustive()
     }
@@ -90,7 +92,7 @@ impl CaService {
     /// for identities `pods` places on their node, capping lifetimes at `max_ttl`, counting
     /// outcomes in `metrics`.
     pub fn new(
-        ca: Arc<CertificateAuthority>,
+        ca: CurrentCa,
         auth: Arc<Authenticator>,
         pods: Arc<dyn PodDirectory>,
         max_ttl: Duration,
@@ -166,7 +168,8 @@ impl CaService {
         }
 
         // (4) Our trust domain only.
-        let ours = self.ca.trust_domain();
+        let ca = self.ca.load();
+        let ours = ca.trust_domain();
         if identity.trust_domain() != ours {
             return Err(with_both(Denial::new(
                 Code::PermissionDenied,
@@ -203,7 +206,7 @@ impl CaService {
             Ok(secs) if secs > 0 => Duration::from_secs(secs).min(self.max_ttl),
             _ => self.max_ttl,
         };
-        let chain = self.ca.sign(&csr, ttl).map_err(|e| {
+        let chain = self.ca.load().sign(&csr, ttl).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
             with_both(Denial::new(Code::Internal, "signing failed"))
         })?;

@@ -6,8 +6,9 @@
 //! certificate ever issued keeps chaining to the same root.
 //!
 //! With a plug-in CA directory (Istio's `cacerts` layout), that material signs instead and its
-//! root is published as `root-cert.pem` in the data directory, where clients read their trust
-//! anchor.
+//! trust bundle (`root-cert.pem`: one root, or old and new during a root rotation) is published
+//! as `root-cert.pem` in the data directory, where clients read their trust anchor;
+//! [`crate::ca_reload`] reloads it when it changes.
 
 use std::fs;
 use std::io::Write;
@@ -92,7 +93,7 @@ impl CaStore {
         let (ca, source) = match plugin_ca_dir {
             Some(dir) => {
                 let ca = load_plugin(dir, trust_domain)?;
-                write_atomically(&data_dir.join(ROOT_CERT_FILE), ca.root_pem(), 0o644)?;
+                write_atomically(&data_dir.join(ROOT_CERT_FILE), ca.bundle_pem(), 0o644)?;
                 (ca, CaSource::PlugIn)
             }
             None => load_or_generate(data_dir, trust_domain)?,
@@ -101,7 +102,9 @@ impl CaStore {
     }
 }
 
-fn load_plugin(dir: &Path, trust_domain: &str) -> Result<CertificateAuthority, StoreError> {
+/// Loads the plug-in CA in `dir` (Istio's `cacerts` layout; `root-cert.pem` is the trust
+/// bundle, one root or several).
+pub fn load_plugin(dir: &Path, trust_domain: &str) -> Result<CertificateAuthority, StoreError> {
     let ca_cert = read(&dir.join(PLUGIN_CA_CERT_FILE))?;
     let ca_key = read(&dir.join(CA_KEY_FILE))?;
     let root = read(&dir.join(ROOT_CERT_FILE))?;

@@ -97,6 +97,13 @@ pub struct Config {
     #[arg(long, env = "PLUGIN_CA_DIR")]
     pub plugin_ca_dir: Option<PathBuf>,
 
+    /// With `--plugin-ca-dir`: milliseconds between two looks at its files; when they change
+    /// and load, the new material signs from then on, the serving certificate is reissued and
+    /// `root-cert.pem` in the data directory gets the new trust bundle (root rotation without a
+    /// restart, docs/reliability.md). 0: the plug-in CA is read at start only.
+    #[arg(long, env = "CA_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub ca_reload_interval_ms: u64,
+
     /// Longest lifetime of a workload certificate, in seconds; longer requests are capped.
     #[arg(long = "max-cert-ttl-secs", env = "MAX_CERT_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]

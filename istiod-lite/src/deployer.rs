@@ -41,8 +41,9 @@ pub struct DeployerConfig {
     pub xds_address: String,
     /// The name in the control plane's serving certificate.
     pub control_plane_name: String,
-    /// The root certificate, PEM.
-    pub root_cert_pem: String,
+    /// The CA in force: its trust bundle is published (and follows a root rotation within a
+    /// resync).
+    pub ca: crate::ca_reload::CurrentCa,
     /// The mesh's root namespace (the root certificate is published there too).
     pub root_namespace: String,
     /// The mesh's trust domain and cluster id, passed on to waypoints.
@@ -105,7 +106,7 @@ async fn publish_roots(
     let mut namespaces: BTreeSet<&str> = waypoints.keys().map(|k| k.namespace.as_str()).collect();
     namespaces.insert(&config.root_namespace);
     for ns in namespaces {
-        if let Err(e) = publish_root(client, ns, &config.root_cert_pem).await {
+        if let Err(e) = publish_root(client, ns, config.ca.load().bundle_pem()).await {
             tracing::warn!(namespace = %ns, error = %e, "could not publish the root certificate");
         }
     }

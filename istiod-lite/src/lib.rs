@@ -8,6 +8,8 @@
 //!
 //! - [`config`]: the one typed [`Config`], from flags and environment;
 //! - [`ca_store`]: the root's lifecycle (generate and persist, reload, or plug-in CA);
+//!   [`ca_reload`]: the CA in force, replaced when the plug-in CA's files change (root
+//!   rotation without a restart);
 //! - [`serving`]: istiod-lite's own serving certificate (renewed while running) and TLS accept
 //!   loop;
 //! - [`auth`]: caller authentication (a token from the tokens file, or on Kubernetes a
@@ -37,6 +39,7 @@
 
 pub mod auth;
 pub mod ca_metrics;
+pub mod ca_reload;
 pub mod ca_service;
 pub mod ca_store;
 pub mod config;
@@ -67,6 +70,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{Authenticator, TokenReviewer};
 use crate::ca_metrics::{CaMetrics, ConfigMetrics};
+use crate::ca_reload::CurrentCa;
 use crate::ca_service::CaService;
 use crate::ca_store::CaStore;
 use crate::config::Config;
@@ -106,6 +110,8 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     /// Renews the serving certificate; stopped with the server.
     renewal: tokio::task::JoinHandle<()>,
+    /// Reloads the plug-in CA when its files change (if any); stopped with the server.
+    ca_reload: Option<tokio::task::JoinHandle<()>>,
     service: CaService,
     xds: XdsService,
     registry: Arc<Registry>,
@@ -127,7 +133,7 @@ impl std::fmt::Debug for Server {
 }
 
 /// The deployer's settings, from the flags.
-fn deployer_config(config: &Config, root_cert_pem: &str) -> deployer::DeployerConfig {
+fn deployer_config(config: &Config, ca: &CurrentCa) -> deployer::DeployerConfig {
     let host = config
         .waypoint_xds_address
         .trim_start_matches("https://")
@@ -138,7 +144,7 @@ fn deployer_config(config: &Config, root_cert_pem: &str) -> deployer::DeployerCo
         image: config.waypoint_image.clone(),
         xds_address: config.waypoint_xds_address.clone(),
         control_plane_name: host,
-        root_cert_pem: root_cert_pem.to_string(),
+        ca: ca.clone(),
         root_namespace: config.root_namespace.clone(),
         trust_domain: config.trust_domain.clone(),
         resync: std::time::Duration::from_secs(config.deployer_resync_secs),
@@ -216,6 +222,8 @@ impl Server {
             &config.trust_domain,
         )
         .context("setting up the CA")?;
+        let ca_source = store.source;
+        let ca = CurrentCa::new(store.ca);
         let tokens = match &config.tokens_file {
             Some(path) => Some(Tokens::load(path)?),
             None => None,
@@ -232,7 +240,7 @@ impl Server {
             (Some(client), true) => Some(deployer::spawn(
                 client.clone(),
                 config_source.subscribe(),
-                deployer_config(config, store.ca.root_pem()),
+                deployer_config(config, &ca),
             )),
             _ => None,
         };
@@ -311,7 +319,7 @@ impl Server {
             monitoring = %monitoring_addr,
             admin = %admin_addr,
             trust_domain = %config.trust_domain,
-            ca_source = ?store.source,
+            ca_source = ?ca_source,
             tokens = auth.static_tokens(),
             pods = pods.pods().len(),
             addresses,
@@ -321,8 +329,19 @@ impl Server {
             push_debounce_ms = config.push_debounce_ms,
             "istiod-lite ready"
         );
-        let root_cert_pem = store.ca.root_pem().to_string();
-        let ca = Arc::new(store.ca);
+        let root_cert_pem = ca.load().bundle_pem().to_string();
+        let ca_reload = match &config.plugin_ca_dir {
+            Some(dir) if config.ca_reload_interval_ms > 0 => Some(ca_reload::watch_plugin_dir(
+                ca.clone(),
+                ca_reload::ReloadOptions {
+                    plugin_dir: dir.clone(),
+                    data_dir: config.data_dir.clone(),
+                    trust_domain: config.trust_domain.clone(),
+                    interval: Duration::from_millis(config.ca_reload_interval_ms),
+                },
+            )),
+            _ => None,
+        };
         let names = serving::server_names(&config.server_names, config.pod_ip, local_addr);
         let (serving_cert, renewal) =
             ServingCert::start(ca.clone(), names, config.serving_cert_ttl())?;
@@ -346,6 +365,7 @@ impl Server {
             root_cert_pem,
             tls,
             renewal,
+            ca_reload,
             service,
             xds,
             registry: Arc::new(registry),
@@ -376,7 +396,8 @@ impl Server {
         self
     }
 
-    /// The root certificate every issued chain ends with, PEM.
+    /// The trust bundle every issued chain ends with, PEM (one root, or several during a root
+    /// rotation).
     pub fn root_cert_pem(&self) -> &str {
         &self.root_cert_pem
     }
@@ -410,6 +431,7 @@ impl Server {
             TLS_HANDSHAKE_TIMEOUT,
         ));
         let renewal = self.renewal;
+        let ca_reload = self.ca_reload;
         let served = tonic::transport::Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
@@ -424,6 +446,9 @@ impl Server {
         admin.abort();
         drop(config_source);
         renewal.abort();
+        if let Some(task) = ca_reload {
+            task.abort();
+        }
         if let Some(deployer) = self.deployer {
             deployer.abort();
         }

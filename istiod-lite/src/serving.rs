@@ -4,8 +4,10 @@
 //! The certificate names every name and address the server is reached by
 //! ([`server_names`]: the configured names, Istio's `istiod.istio-system.svc` among the
 //! defaults, plus the pod's IP and a specific listen address), is issued by the mesh CA at
-//! start and again after two thirds of its lifetime; new handshakes get the new one at once
-//! (the resolver is swapped), established connections keep theirs. Handshakes run on their own
+//! start, again after two thirds of its lifetime, and at once when the CA changes (a root
+//! rotation step, [`crate::ca_reload`]); new handshakes get the new one at once (the resolver
+//! is swapped), established connections keep theirs. The chain served is the leaf and its
+//! intermediates: clients verify it against the trust bundle they read from `root-cert.pem`. Handshakes run on their own
 //! tasks with a deadline, so a slow or silent client does not hold up the accept loop.
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +17,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use mesh::ca::CertificateAuthority;
+
+use crate::ca_reload::CurrentCa;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
@@ -58,25 +62,32 @@ impl ResolvesServerCert for ServingCert {
 }
 
 impl ServingCert {
-    /// Issues a certificate for `names` from `ca`, valid for `ttl`, and keeps renewing it
-    /// (after two thirds of `ttl`) on a task that ends with the returned handle's owner.
+    /// Issues a certificate for `names` from the current CA, valid for `ttl`, and keeps
+    /// renewing it (after two thirds of `ttl`, and when the CA is replaced) on a task that
+    /// ends with the returned handle's owner.
     pub fn start(
-        ca: Arc<CertificateAuthority>,
+        ca: CurrentCa,
         names: Vec<String>,
         ttl: Duration,
     ) -> anyhow::Result<(Arc<ServingCert>, tokio::task::JoinHandle<()>)> {
-        let first = issue(&ca, &names, ttl)?;
+        let first = issue(&ca.load(), &names, ttl)?;
         let cert = Arc::new(ServingCert {
             current: ArcSwap::from_pointee(first),
         });
+        tracing::info!(serial = %cert.serial(), ttl_secs = ttl.as_secs(), "serving certificate issued");
         let renewing = cert.clone();
+        let mut changes = ca.subscribe();
         let task = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(ttl * 2 / 3).await;
-                match issue(&ca, &names, ttl) {
+                let why = tokio::select! {
+                    () = tokio::time::sleep(ttl * 2 / 3) => "two thirds of its lifetime passed",
+                    // `ca` holds the sender: this never ends with an error.
+                    _ = changes.changed() => "the CA changed",
+                };
+                match issue(&ca.load(), &names, ttl) {
                     Ok(next) => {
                         renewing.current.store(Arc::new(next));
-                        tracing::info!(ttl_secs = ttl.as_secs(), "serving certificate renewed");
+                        tracing::info!(serial = %renewing.serial(), ttl_secs = ttl.as_secs(), why, "serving certificate renewed");
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "renewing the serving certificate failed; keeping the current one")
@@ -91,6 +102,16 @@ impl ServingCert {
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.current.load().cert.clone()
     }
+
+    /// The serial of the leaf in force, lower-case hex.
+    pub fn serial(&self) -> String {
+        let current = self.current.load();
+        current
+            .cert
+            .first()
+            .and_then(|der| mesh::cert::serial_of(der).ok())
+            .unwrap_or_default()
+    }
 }
 
 fn issue(
@@ -98,9 +119,11 @@ fn issue(
     names: &[String],
     ttl: Duration,
 ) -> anyhow::Result<CertifiedKey> {
-    let (chain, key) = ca
+    let (mut chain, key) = ca
         .issue_server_cert(names, ttl)
         .context("issuing the serving certificate")?;
+    // The last element is the trust bundle: clients have it, it is not sent.
+    chain.pop();
     let chain: Vec<CertificateDer<'static>> = chain
         .iter()
         .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()))
@@ -187,5 +210,55 @@ mod tests {
         assert_eq!(names, ["istiod.istio-system.svc", "10.0.0.5", "10.0.0.9"]);
         let unspecified = server_names(&configured, None, SocketAddr::from(([0, 0, 0, 0], 15012)));
         assert_eq!(unspecified, configured);
+    }
+
+    fn names() -> Vec<String> {
+        vec!["istiod-lite.istio-system.svc".to_string()]
+    }
+
+    fn generate() -> CertificateAuthority {
+        CertificateAuthority::generate_root("cluster.local").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Whether the leaf in force chains to `ca`'s root.
+    fn signed_by(cert: &ServingCert, ca: &CertificateAuthority) -> bool {
+        let roots = mesh::cert::parse_pem_certs(ca.root_pem()).unwrap_or_default();
+        mesh::cert::signed_by(&cert.chain()[0], &roots[0])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_serving_certificate_is_renewed_after_two_thirds_of_its_ttl_and_when_the_ca_changes(
+    ) {
+        let (old, new) = (generate(), generate());
+        let new_root = new.root_pem().to_string();
+        let current = CurrentCa::new(old);
+        let (cert, task) = ServingCert::start(current.clone(), names(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = cert.serial();
+        assert_eq!(
+            cert.chain().len(),
+            1,
+            "the leaf only: the root is not served"
+        );
+        assert!(signed_by(&cert, &current.load()));
+
+        tokio::time::sleep(Duration::from_secs(19)).await;
+        assert_eq!(cert.serial(), first, "renewed too early");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let second = cert.serial();
+        assert_ne!(second, first, "renewed at two thirds of 30 s");
+
+        // A root rotation step moves the signer: a new certificate from the new root at once.
+        current.replace(new);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_ne!(cert.serial(), second);
+        assert!(signed_by(&cert, &current.load()));
+        assert_eq!(current.load().root_pem(), new_root);
+        task.abort();
     }
 }

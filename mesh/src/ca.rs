@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateSigningRequestDer;
 use x509_parser::prelude::FromDer;
 
-use crate::cert::{parse_pem_certs, CertError};
+use crate::cert::{parse_pem_certs, signed_by, CertError};
 use crate::identity::{Identity, IdentityError};
 
 /// Default workload certificate lifetime.
@@ -133,6 +133,9 @@ pub struct CertificateAuthority {
     /// Intermediates above the signing cert and the root, PEM, in order; last is the root.
     chain_above_pem: Vec<String>,
     root_pem: String,
+    /// Every root the mesh trusts, PEM, concatenated: the signing root, and during a root
+    /// rotation the other one. The last element of every issued chain.
+    bundle_pem: String,
     trust_domain: String,
 }
 
@@ -170,6 +173,7 @@ impl CertificateAuthority {
             issuer: Issuer::new(params, key),
             ca_cert_pem: pem.clone(),
             chain_above_pem: Vec::new(),
+            bundle_pem: pem.clone(),
             root_pem: pem,
             trust_domain: trust_domain.to_string(),
         })
@@ -177,7 +181,10 @@ impl CertificateAuthority {
 
     /// Loads CA material in the layout operators already use for a plug-in CA:
     /// the signing cert and key, the chain from it up to the root (may be empty when the
-    /// signing cert is the root), and the root.
+    /// signing cert is the root), and the trust bundle: one root, or several during a root
+    /// rotation. The signing chain's root is the signing certificate itself when it is in the
+    /// bundle, else the last certificate of the chain when there is one, else the bundle's
+    /// first; it must be in the bundle.
     pub fn from_pem(
         trust_domain: &str,
         ca_cert_pem: &str,
@@ -202,20 +209,38 @@ impl CertificateAuthority {
                 "the CA key does not match the CA certificate".into(),
             ));
         }
-        let root = parse_pem_certs(root_cert_pem)?;
-        let root_pem = pem_of(&root[0]);
-        let mut chain_above_pem: Vec<String> = if cert_chain_pem.trim().is_empty() {
-            Vec::new()
+        let bundle = parse_pem_certs(root_cert_pem)?;
+        // The chain without roots, from the signing certificate up; its top must be signed by
+        // a root of the bundle (or be one).
+        let mut signed = vec![ca_der.clone()];
+        if !cert_chain_pem.trim().is_empty() {
+            for cert in parse_pem_certs(cert_chain_pem)? {
+                if cert != ca_der && !bundle.contains(&cert) {
+                    signed.push(cert);
+                }
+            }
+        }
+        let root = if bundle.contains(&ca_der) {
+            ca_der.clone()
         } else {
-            parse_pem_certs(cert_chain_pem)?
+            let top = signed.last().unwrap_or(&ca_der);
+            bundle
                 .iter()
-                .filter(|c| **c != ca_der)
-                .map(|c| pem_of(c))
-                .collect()
+                .find(|root| signed_by(top, root))
+                .cloned()
+                .ok_or_else(|| {
+                    CaError::NotCa(
+                        "no root of the trust bundle (root-cert.pem) signed the signing chain"
+                            .into(),
+                    )
+                })?
         };
-        if ca_der != root[0] && chain_above_pem.last() != Some(&root_pem) {
+        let root_pem = pem_of(&root);
+        let mut chain_above_pem: Vec<String> = signed.iter().skip(1).map(|c| pem_of(c)).collect();
+        if ca_der != root {
             chain_above_pem.push(root_pem.clone());
         }
+        let bundle_pem = bundle.iter().map(|c| pem_of(c)).collect();
         let issuer = Issuer::from_ca_cert_der(&ca_der, key)?;
         Ok(CertificateAuthority {
             issuer,
@@ -223,6 +248,7 @@ impl CertificateAuthority {
             ca_key_pem: ca_key_pem.to_string(),
             chain_above_pem,
             root_pem,
+            bundle_pem,
             trust_domain: trust_domain.to_string(),
         })
     }
@@ -235,6 +261,12 @@ impl CertificateAuthority {
     /// The root certificate, PEM: what every workload trusts.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// Every trusted root, PEM, concatenated: what proxies trust, published as
+    /// `root-cert.pem`, and the last element of every chain this CA issues.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
     }
 
     /// The signing certificate, PEM.
@@ -322,19 +354,21 @@ impl CertificateAuthority {
             ca_cert_pem: cert.pem(),
             chain_above_pem: chain_above,
             root_pem: self.root_pem.clone(),
+            bundle_pem: self.bundle_pem.clone(),
             trust_domain: trust_domain.to_string(),
         })
     }
 
+    /// Leaf, signing certificate and intermediates (unless the signer is the root), then the
+    /// whole trust bundle as one last element: Istio's CA API puts the roots last, several
+    /// concatenated during a root rotation.
     fn chain_for(&self, leaf_pem: String) -> Vec<String> {
         let mut chain = vec![leaf_pem];
-        if self.chain_above_pem.is_empty() {
-            // The signing certificate is the root.
-            chain.push(self.root_pem.clone());
-        } else {
+        if let Some((_root, intermediates)) = self.chain_above_pem.split_last() {
             chain.push(self.ca_cert_pem.clone());
-            chain.extend(self.chain_above_pem.iter().cloned());
+            chain.extend(intermediates.iter().cloned());
         }
+        chain.push(self.bundle_pem.clone());
         chain
     }
 }
@@ -451,6 +485,57 @@ mod tests {
         assert_eq!(chain.len(), 3);
         assert_eq!(chain[1], inter.ca_cert_pem());
         assert_eq!(chain[2], root.root_pem());
+    }
+
+    #[test]
+    fn a_bundle_of_two_roots_ends_every_chain_and_is_all_trusted() {
+        let old = CertificateAuthority::generate_root("cluster.local").expect("old");
+        let new = CertificateAuthority::generate_root("cluster.local").expect("new");
+        let bundle = format!("{}{}", old.root_pem(), new.root_pem());
+        // The signer moved to the new root; the old one is still trusted (the overlap).
+        let ca = CertificateAuthority::from_pem(
+            "cluster.local",
+            new.ca_cert_pem(),
+            new.ca_key_pem(),
+            "",
+            &bundle,
+        )
+        .expect("loads");
+        assert_eq!(ca.root_pem(), new.root_pem(), "the signing root");
+        let who = id("spiffe://cluster.local/ns/a/sa/b");
+        let csr = new_csr(&who).expect("csr");
+        let verified = VerifiedCsr::from_pem(&csr.csr_pem).expect("ok");
+        let chain = ca.sign(&verified, DEFAULT_CERT_TTL).expect("signed");
+        assert_eq!(chain.len(), 2, "leaf, then the bundle as one element");
+        assert_eq!(parse_pem_certs(&chain[1]).expect("pem").len(), 2);
+        let cert = WorkloadCertificate::from_ca_response(&who, &csr.key, &chain).expect("ok");
+        assert_eq!(cert.chain().len(), 1, "no root is sent to peers");
+        assert_eq!(cert.roots().len(), 2, "both roots trusted");
+
+        // A signer whose root is not in the bundle is refused.
+        let err = CertificateAuthority::from_pem(
+            "cluster.local",
+            new.ca_cert_pem(),
+            new.ca_key_pem(),
+            "",
+            old.root_pem(),
+        )
+        .expect_err("root missing from the bundle");
+        assert!(err.to_string().contains("trust bundle"), "{err}");
+
+        // An intermediate under the old root loads against the two-root bundle.
+        let inter = old
+            .issue_intermediate("cluster.local")
+            .expect("intermediate");
+        let plugged = CertificateAuthority::from_pem(
+            "cluster.local",
+            inter.ca_cert_pem(),
+            inter.ca_key_pem(),
+            "",
+            &bundle,
+        )
+        .expect("loads");
+        assert_eq!(plugged.root_pem(), old.root_pem());
     }
 
     #[test]

@@ -10,9 +10,15 @@
 //! certificate manager retries with backoff) until the CA answers.
 //!
 //! TLS is rustls with the ring provider (tonic's `tls-ring`); the CA's serving certificate must
-//! chain to [`CaClientConfig::root_cert_pem`] and name [`CaClientConfig::server_name`].
+//! chain to [`CaClientConfig::root_cert_pem`] and name [`CaClientConfig::server_name`]. With
+//! [`CaClient::with_root_file`], the trust anchor is re-read before every request and a
+//! changed one replaces the channel: the control plane's root can rotate (old + new, then
+//! new) without restarting the proxies, as the `root-cert.pem` the kubelet or istiod-lite
+//! rewrites changes.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
@@ -97,7 +103,11 @@ pub enum CaClientError {
 /// A client of the mesh CA; cheap to clone, one lazily connected HTTP/2 channel underneath.
 #[derive(Clone)]
 pub struct CaClient {
-    client: IstioCertificateServiceClient<Channel>,
+    /// The trust anchor the channel was built with, and the channel.
+    channel: Arc<Mutex<(String, IstioCertificateServiceClient<Channel>)>>,
+    server_name: String,
+    /// Re-read before each request when set ([`CaClient::with_root_file`]).
+    root_file: Option<PathBuf>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     token_file: Option<std::path::PathBuf>,
     ttl: Duration,
@@ -138,25 +148,15 @@ impl CaClient {
                 "it must start with https:// (the bearer token is never sent in the clear)".into(),
             ));
         }
-        // Fail now, not on the first request, when the anchor is not PEM certificates.
-        parse_pem_certs(&config.root_cert_pem).map_err(|e| CaClientError::Root(e.to_string()))?;
         let authorization = match &config.token {
             None => None,
             Some(token) => Some(bearer(token).ok_or(CaClientError::Token)?),
         };
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&config.root_cert_pem))
-            .domain_name(config.server_name.clone());
-        let endpoint = Endpoint::from_shared(config.address.clone())
-            .map_err(|e| address_error(e.to_string()))?
-            .tls_config(tls)
-            .map_err(|e| CaClientError::Tls(source_chain(&e)))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let client = IstioCertificateServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_RESPONSE_LEN);
+        let client = connect_lazy(&config.address, &config.root_cert_pem, &config.server_name)?;
         Ok(CaClient {
-            client,
+            channel: Arc::new(Mutex::new((config.root_cert_pem, client))),
+            server_name: config.server_name,
+            root_file: None,
             authorization,
             token_file: config.token_file,
             ttl: config.ttl,
@@ -164,6 +164,44 @@ impl CaClient {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             address: config.address,
         })
+    }
+
+    /// Re-reads the CA's trust anchor from `path` before every request; when it changed (and
+    /// holds PEM certificates), new connections verify against it. Unreadable or unusable
+    /// content keeps the anchor in use (with a warning).
+    pub fn with_root_file(mut self, path: PathBuf) -> Self {
+        self.root_file = Some(path);
+        self
+    }
+
+    /// The channel to use, rebuilt first if the root file changed.
+    async fn client(&self) -> IstioCertificateServiceClient<Channel> {
+        let fresh = match &self.root_file {
+            Some(path) => match tokio::fs::read_to_string(path).await {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot re-read the CA root; keeping the one in use");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pem) = fresh.filter(|pem| *pem != channel.0) {
+            match connect_lazy(&self.address, &pem, &self.server_name) {
+                Ok(client) => {
+                    tracing::info!(address = %self.address, "the CA root file changed; new connections to the CA verify against it");
+                    *channel = (pem, client);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the changed CA root is unusable; keeping the one in use")
+                }
+            }
+        }
+        channel.1.clone()
     }
 
     /// Replaces the per-request timeout (default [`DEFAULT_REQUEST_TIMEOUT`]).
@@ -215,7 +253,7 @@ impl CaClient {
         if let Some(auth) = authorization {
             request.metadata_mut().insert("authorization", auth);
         }
-        let mut client = self.client.clone();
+        let mut client = self.client().await;
         let response =
             match tokio::time::timeout(self.request_timeout, client.create_certificate(request))
                 .await
@@ -242,6 +280,30 @@ impl CertificateProvider for CaClient {
     ) -> BoxFuture<'a, Result<WorkloadCertificate, FetchError>> {
         Box::pin(self.fetch_certificate(identity))
     }
+}
+
+/// A lazily connecting client of the CA at `address`, verifying it against `root_pem`.
+fn connect_lazy(
+    address: &str,
+    root_pem: &str,
+    server_name: &str,
+) -> Result<IstioCertificateServiceClient<Channel>, CaClientError> {
+    // Fail now, not on the first request, when the anchor is not PEM certificates.
+    parse_pem_certs(root_pem).map_err(|e| CaClientError::Root(e.to_string()))?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name(server_name.to_string());
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| CaClientError::Address {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?
+        .tls_config(tls)
+        .map_err(|e| CaClientError::Tls(source_chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(IstioCertificateServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_RESPONSE_LEN))
 }
 
 /// Maps a gRPC status to whether retrying may help.

@@ -3,10 +3,12 @@
 //!
 //! Keys are generated here (EC P-256) and never leave the process: only the CSR does.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+use rustls::client::ClientConfig;
 use rustls::server::ServerConfig;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -115,6 +117,19 @@ pub fn serial_of(der: &[u8]) -> Result<String, CertError> {
         .collect())
 }
 
+/// Whether the key of `issuer` (DER) signed `cert` (DER).
+pub fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
+    match (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(issuer),
+    ) {
+        (Ok((_, cert)), Ok((_, issuer))) => {
+            cert.verify_signature(Some(issuer.public_key())).is_ok()
+        }
+        _ => false,
+    }
+}
+
 /// Validity window of a DER certificate.
 pub fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::X509(e.to_string()))?;
@@ -143,6 +158,8 @@ pub struct WorkloadCertificate {
     not_after: SystemTime,
     certified: Arc<CertifiedKey>,
     server_config: OnceLock<Arc<ServerConfig>>,
+    /// Client configs built with this certificate, by the identities the server must prove.
+    client_configs: Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for WorkloadCertificate {
@@ -157,24 +174,31 @@ impl std::fmt::Debug for WorkloadCertificate {
 }
 
 impl WorkloadCertificate {
-    /// Assembles a certificate from the CA's answer (PEM, leaf first, root last) and the key
-    /// that made the CSR. Checks that the leaf names `identity`.
+    /// Assembles a certificate from the CA's answer (PEM, leaf first, roots last) and the key
+    /// that made the CSR. Checks that the leaf names `identity`. As in Istio, the last element
+    /// is the trust bundle and may hold several roots (a root rotation's overlap): all of them
+    /// are trusted. A one-element answer holding several certificates ends with its root.
     pub fn from_ca_response(
         identity: &Identity,
         key: &KeyPair,
         cert_chain: &[String],
     ) -> Result<Self, CertError> {
-        let mut certs = Vec::new();
-        for pem in cert_chain {
-            certs.extend(parse_pem_certs(pem)?);
-        }
-        if certs.is_empty() {
-            return Err(CertError::EmptyChain);
-        }
-        // The last certificate is the root: it goes into the trust bundle, not on the wire.
-        let root = if certs.len() > 1 { certs.pop() } else { None };
-        let roots = root.into_iter().collect();
-        Self::new(identity, key.serialize_der(), certs, roots)
+        let (chain, roots) = match cert_chain {
+            [] => return Err(CertError::EmptyChain),
+            [only] => {
+                let mut certs = parse_pem_certs(only)?;
+                let root = if certs.len() > 1 { certs.pop() } else { None };
+                (certs, root.into_iter().collect())
+            }
+            [signed @ .., bundle] => {
+                let mut chain = Vec::new();
+                for pem in signed {
+                    chain.extend(parse_pem_certs(pem)?);
+                }
+                (chain, parse_pem_certs(bundle)?)
+            }
+        };
+        Self::new(identity, key.serialize_der(), chain, roots)
     }
 
     /// Assembles a certificate from DER parts: PKCS#8 key, chain (leaf first, no root) and roots.
@@ -208,6 +232,7 @@ impl WorkloadCertificate {
             not_after,
             certified,
             server_config: OnceLock::new(),
+            client_configs: Mutex::default(),
         })
     }
 
@@ -222,6 +247,7 @@ impl WorkloadCertificate {
             }
         }
         self.server_config = OnceLock::new();
+        self.client_configs = Mutex::default();
         self
     }
 
@@ -277,5 +303,10 @@ impl WorkloadCertificate {
     /// Where the TLS module keeps this certificate's server config once built.
     pub(crate) fn server_config_cache(&self) -> &OnceLock<Arc<ServerConfig>> {
         &self.server_config
+    }
+
+    /// Where the TLS module keeps the client configs built with this certificate.
+    pub(crate) fn client_config_cache(&self) -> &Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>> {
+        &self.client_configs
     }
 }

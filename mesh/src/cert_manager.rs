@@ -1,9 +1,13 @@
 //! Certificates per identity, fetched on demand and renewed at half-life.
 //!
-//! One background task per identity: fetch, publish, sleep until half of the lifetime (minus
-//! a little jitter so that a node's certificates do not all renew in the same second), fetch
-//! again. A failed fetch is retried with jittered exponential backoff while the current
-//! certificate keeps serving. A caller that needs a certificate the worker has failed to get
+//! One background task per identity: fetch, publish, sleep until half of the validity left
+//! (minus a little jitter so that a node's certificates do not all renew in the same second),
+//! fetch again. A failed fetch is retried with jittered exponential backoff, bounded by
+//! [`RenewalConfig::max_backoff`] and by a quarter of the current certificate's validity left,
+//! while the current certificate keeps serving until its `not_after` (fail static: a CA that
+//! is down for less than half a lifetime costs nothing). Consecutive failures are counted per
+//! identity ([`CertStatus::refresh_failures`]) so the metrics show a certificate that is
+//! expiring unrenewed. A caller that needs a certificate the worker has failed to get
 //! so far nudges it to retry soon (at most once per [`RenewalConfig::wait_on_failure`]) and
 //! waits that long: a pod's first connection should not fail for a backoff that grew while
 //! the CA did not know the pod yet. All timing uses tokio's clock so tests can pause time.
@@ -23,7 +27,7 @@ pub mod metrics;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -101,8 +105,22 @@ impl Default for RenewalConfig {
 
 type Slot = watch::Receiver<Option<Result<Arc<WorkloadCertificate>, FetchError>>>;
 
+/// One identity as the manager holds it, for config dumps and metrics.
+#[derive(Debug, Clone)]
+pub struct CertStatus {
+    /// The identity.
+    pub identity: Identity,
+    /// Its current certificate, if it has one (possibly past `not_after` for a moment).
+    pub cert: Option<Arc<WorkloadCertificate>>,
+    /// Fetches that failed in a row since the last success: while the certificate is still
+    /// valid, it is being served unrenewed and expires unless the CA answers in time.
+    pub refresh_failures: u32,
+}
+
 struct Entry {
     rx: Slot,
+    /// Failed fetches in a row, written by the worker.
+    failures: Arc<AtomicU32>,
     /// Wakes the worker out of its backoff: someone is waiting for a certificate.
     nudge: Arc<Notify>,
     task: JoinHandle<()>,
@@ -345,13 +363,17 @@ impl CertManager {
         };
         let (tx, rx) = watch::channel(None);
         let nudge = Arc::new(Notify::new());
+        let failures = Arc::new(AtomicU32::new(0));
         let work = renew_loop(
             self.provider.clone(),
             self.config.clone(),
             identity.clone(),
-            tx,
-            nudge.clone(),
-            self.metrics.clone(),
+            Worker {
+                tx,
+                nudge: nudge.clone(),
+                failures: failures.clone(),
+                metrics: self.metrics.clone(),
+            },
         );
         let task = match &self.runtime {
             Some(runtime) => runtime.spawn(work),
@@ -359,6 +381,7 @@ impl CertManager {
         };
         vacant.insert(Entry {
             rx,
+            failures,
             nudge,
             task,
             leases: 0,
@@ -381,18 +404,28 @@ impl CertManager {
 
     /// Identities currently held, with their certificates (for config dumps).
     pub fn snapshot(&self) -> Vec<(Identity, Option<Arc<WorkloadCertificate>>)> {
+        self.status()
+            .into_iter()
+            .map(|s| (s.identity, s.cert))
+            .collect()
+    }
+
+    /// Identities currently held, with their certificates and renewal health, sorted.
+    pub fn status(&self) -> Vec<CertStatus> {
         let entries = lock(&self.entries);
         let mut out: Vec<_> = entries
             .iter()
-            .map(|(id, e)| {
-                let cert =
-                    e.rx.borrow()
-                        .as_ref()
-                        .and_then(|r| r.as_ref().ok().cloned());
-                (id.clone(), cert)
+            .map(|(id, e)| CertStatus {
+                identity: id.clone(),
+                cert: e
+                    .rx
+                    .borrow()
+                    .as_ref()
+                    .and_then(|r| r.as_ref().ok().cloned()),
+                refresh_failures: e.failures.load(Ordering::Relaxed),
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.identity.cmp(&b.identity));
         out
     }
 }
@@ -410,14 +443,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a renewal worker writes to: the slot, the failure count; what wakes it: the nudge.
+struct Worker {
+    tx: watch::Sender<Option<Result<Arc<WorkloadCertificate>, FetchError>>>,
+    nudge: Arc<Notify>,
+    failures: Arc<AtomicU32>,
+    metrics: CertMetrics,
+}
+
 async fn renew_loop(
     provider: Arc<dyn CertificateProvider>,
     config: RenewalConfig,
     identity: Identity,
-    tx: watch::Sender<Option<Result<Arc<WorkloadCertificate>, FetchError>>>,
-    nudge: Arc<Notify>,
-    metrics: CertMetrics,
+    worker: Worker,
 ) {
+    let Worker {
+        tx,
+        nudge,
+        failures,
+        metrics,
+    } = worker;
     let mut backoff = config.initial_backoff;
     // When the certificate being served expires, on tokio's clock; `None` while none is.
     let mut serving_until: Option<tokio::time::Instant> = None;
@@ -450,6 +495,7 @@ async fn renew_loop(
         match fetched {
             Ok(cert) => {
                 backoff = config.initial_backoff;
+                failures.store(0, Ordering::Relaxed);
                 let now = SystemTime::now();
                 let wait = renew_in(&cert, now, config.jitter_fraction);
                 tracing::info!(identity = %identity, renew_in_s = wait.as_secs(), "certificate issued");
@@ -462,7 +508,19 @@ async fn renew_loop(
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
-                tracing::warn!(identity = %identity, error = %e, retry_in_ms = backoff.as_millis() as u64, "certificate fetch failed");
+                let now = tokio::time::Instant::now();
+                let left = serving_until.map(|until| until.saturating_duration_since(now));
+                let delay = jittered(backoff.min(retry_bound(&config, left)));
+                let failed = failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                match left {
+                    // Fail static: the certificate in hand keeps serving until its not_after.
+                    Some(left) => {
+                        tracing::warn!(identity = %identity, error = %e, failures = failed, expires_in_s = left.as_secs(), retry_in_ms = delay.as_millis() as u64, "certificate renewal failed; the current certificate is kept until it expires")
+                    }
+                    None => {
+                        tracing::warn!(identity = %identity, error = %e, failures = failed, retry_in_ms = delay.as_millis() as u64, "certificate fetch failed")
+                    }
+                }
                 metrics.failed(&e);
                 if serving_until.is_none() {
                     tx.send_replace(Some(Err(e)));
@@ -471,7 +529,7 @@ async fn renew_loop(
                 // enough for a pod whose first connection comes after the CA learnt about it,
                 // too rare for callers of an identity the CA keeps refusing to hammer it. The
                 // backoff keeps growing either way.
-                let retry_at = tokio::time::Instant::now() + jittered(backoff);
+                let retry_at = now + delay;
                 loop {
                     let nudge_allowed_at = last_nudged.map(|at| at + config.wait_on_failure);
                     let nudged = async {
@@ -531,16 +589,29 @@ fn expired(cert: &WorkloadCertificate) -> FetchError {
     ))
 }
 
-/// How long from `now` until `cert` should be renewed: its half-life, minus up to
-/// `jitter_fraction` of the lifetime.
+/// How long from `now` until `cert` should be renewed: half of the validity left from `now`
+/// (or from `not_before`, if later), minus up to `jitter_fraction` of it. Not half of the
+/// whole lifetime: the CA backdates `not_before` for clock skew, and counting from there would
+/// renew a certificate of a minute's lifetime at once, and again, in a loop.
 pub fn renew_in(cert: &WorkloadCertificate, now: SystemTime, jitter_fraction: f64) -> Duration {
-    let lifetime = cert
-        .not_after()
-        .duration_since(cert.not_before())
-        .unwrap_or_default();
-    let jitter = lifetime.mul_f64(jitter_fraction.clamp(0.0, 0.5) * rand::random::<f64>());
-    let at = cert.half_life() - jitter;
+    let from = now.max(cert.not_before());
+    let left = cert.not_after().duration_since(from).unwrap_or_default();
+    let jitter = left.mul_f64(jitter_fraction.clamp(0.0, 0.5) * rand::random::<f64>());
+    let at = from + left / 2 - jitter;
     at.duration_since(now).unwrap_or_default()
+}
+
+/// The longest wait before retrying a failed renewal: [`RenewalConfig::max_backoff`], and while
+/// a certificate is still valid for `left`, a quarter of that (never below the initial
+/// backoff), so that several retries fit before it expires and a CA that comes back is used
+/// well before the certificate runs out.
+pub fn retry_bound(config: &RenewalConfig, left: Option<Duration>) -> Duration {
+    match left {
+        Some(left) => (left / 4)
+            .max(config.initial_backoff)
+            .min(config.max_backoff),
+        None => config.max_backoff,
+    }
 }
 
 fn jittered(d: Duration) -> Duration {

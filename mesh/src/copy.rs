@@ -10,7 +10,8 @@
 //!
 //! Each direction starts with a 16 KiB buffer and doubles it (up to 256 KiB) whenever a read
 //! fills it, so bulk transfers make few syscalls; a direction that waits for bytes with an
-//! initial-size buffer gives it back, so an idle connection holds none. Both
+//! initial-size buffer gives it back to a small per-thread pool, so an idle connection holds
+//! none and the next request does not allocate and zero a new one. Both
 //! directions are driven by one future over the two streams, with no lock and no split.
 
 use std::fmt;
@@ -24,6 +25,34 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// First buffer size of each direction.
 pub const INITIAL_BUFFER: usize = 16 * 1024;
+/// Initial-size buffers each thread keeps for the next direction that has bytes to move.
+const POOLED_PER_THREAD: usize = 32;
+
+thread_local! {
+    /// Initial-size buffers given back by idle directions. A request/response connection goes
+    /// idle between requests: taking a buffer from here spares the allocation and the zeroing
+    /// of a fresh one on every request, and the pool is bounded, so idle connections still hold
+    /// none.
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An initial-size buffer: a pooled one, or a new one.
+fn take_buffer() -> Vec<u8> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; INITIAL_BUFFER])
+}
+
+/// Gives an initial-size buffer back to this thread's pool (or to the allocator when full).
+fn give_back(buf: Vec<u8>) {
+    if buf.len() == INITIAL_BUFFER {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOLED_PER_THREAD {
+                p.push(buf);
+            }
+        });
+    }
+}
 /// Largest buffer a direction grows to.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
@@ -253,7 +282,7 @@ impl Direction {
         loop {
             if self.pos == self.cap && !self.read_eof {
                 if self.buf.is_empty() {
-                    self.buf = vec![0; INITIAL_BUFFER];
+                    self.buf = take_buffer();
                 } else if self.grow && self.buf.len() < MAX_BUFFER {
                     self.buf.resize(self.buf.len() * 2, 0);
                 }
@@ -267,10 +296,10 @@ impl Direction {
                             self.unflushed = false;
                         }
                         // Idle, with nothing buffered: an idle connection holds no buffer (the
-                        // next read takes one from the allocator's cache). A grown buffer is
-                        // kept: its direction moves bulk and will fill it again.
+                        // next read takes one from the thread's pool). A grown buffer is kept:
+                        // its direction moves bulk and will fill it again.
                         if self.buf.len() <= INITIAL_BUFFER {
-                            self.buf = Vec::new();
+                            give_back(std::mem::take(&mut self.buf));
                         }
                         return Poll::Pending;
                     }
@@ -311,7 +340,7 @@ impl Direction {
                 }
                 self.done = true;
                 // The buffer is not needed any more.
-                self.buf = Vec::new();
+                give_back(std::mem::take(&mut self.buf));
                 return Poll::Ready(Ok(()));
             }
         }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The URI scheme of every SPIFFE ID.
 pub const SPIFFE_SCHEME: &str = "spiffe://";
@@ -51,11 +52,35 @@ pub enum IdentityError {
 }
 
 /// A workload identity: trust domain, namespace and service account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
+///
+/// Cheap to clone (one shared allocation): every connection carries a few.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(Arc<Parts>);
+
+/// The parts, and the URI they make (so formatting one never allocates).
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     trust_domain: String,
     namespace: String,
     service_account: String,
+    uri: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Identity").field(&self.0.uri).finish()
+    }
+}
+
+/// Assembles checked parts.
+fn assemble(trust_domain: String, namespace: String, service_account: String) -> Identity {
+    let uri = format!("{SPIFFE_SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
+    Identity(Arc::new(Parts {
+        trust_domain,
+        namespace,
+        service_account,
+        uri,
+    }))
 }
 
 impl Identity {
@@ -65,15 +90,15 @@ impl Identity {
         namespace: impl Into<String>,
         service_account: impl Into<String>,
     ) -> Result<Self, IdentityError> {
-        let id = Identity {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-        };
-        check_trust_domain(&id.trust_domain, || id.to_string())?;
-        check_segment("namespace", &id.namespace)?;
-        check_segment("service account", &id.service_account)?;
-        let len = id.to_string().len();
+        let id = assemble(
+            trust_domain.into(),
+            namespace.into(),
+            service_account.into(),
+        );
+        check_trust_domain(id.trust_domain(), || id.to_string())?;
+        check_segment("namespace", id.namespace())?;
+        check_segment("service account", id.service_account())?;
+        let len = id.as_uri().len();
         if len > MAX_LEN {
             return Err(IdentityError::TooLong(len));
         }
@@ -87,35 +112,54 @@ impl Identity {
 
     /// The trust domain, e.g. `cluster.local`.
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     /// The Kubernetes service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
+    }
+
+    /// The SPIFFE URI, `spiffe://cluster.local/ns/default/sa/sleep` (what `Display` writes),
+    /// without allocating.
+    pub fn as_uri(&self) -> &str {
+        &self.0.uri
     }
 
     /// The principal form, without the scheme: `cluster.local/ns/default/sa/sleep`.
     pub fn principal(&self) -> String {
-        format!(
-            "{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        self.principal_str().to_string()
+    }
+
+    /// The principal form, borrowed.
+    pub fn principal_str(&self) -> &str {
+        &self.0.uri[SPIFFE_SCHEME.len()..]
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SPIFFE_SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.0.uri)
+    }
+}
+
+/// Serialized as its URI.
+impl serde::Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_uri())
+    }
+}
+
+/// Deserialized from its URI, checked.
+impl<'de> serde::Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -143,11 +187,11 @@ impl FromStr for Identity {
         };
         check_segment("namespace", ns)?;
         check_segment("service account", sa)?;
-        Ok(Identity {
-            trust_domain: trust_domain.to_string(),
-            namespace: ns.to_string(),
-            service_account: sa.to_string(),
-        })
+        Ok(assemble(
+            trust_domain.to_string(),
+            ns.to_string(),
+            sa.to_string(),
+        ))
     }
 }
 

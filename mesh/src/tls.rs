@@ -46,6 +46,31 @@ fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {
     store
 }
 
+/// Client configs kept per certificate; beyond this many destinations' identity sets the
+/// cache starts over (each set is one HBONE destination kind, so this is rarely reached).
+const MAX_CLIENT_CONFIGS: usize = 1024;
+
+/// [`client_config`], built once per certificate and `expected` (a new HBONE connection to a
+/// known destination does not parse the trust bundle again).
+pub fn cached_client_config(
+    cert: &WorkloadCertificate,
+    expected: &[Identity],
+) -> Arc<ClientConfig> {
+    let mut cache = cert
+        .client_config_cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(config) = cache.get(expected) {
+        return config.clone();
+    }
+    if cache.len() >= MAX_CLIENT_CONFIGS {
+        cache.clear();
+    }
+    let config = Arc::new(client_config(cert, expected.to_vec()));
+    cache.insert(expected.to_vec(), config.clone());
+    config
+}
+
 /// The client side of a workload connection: present `cert`, accept only a server proving one
 /// of `expected`.
 pub fn client_config(cert: &WorkloadCertificate, expected: Vec<Identity>) -> ClientConfig {
@@ -266,5 +291,36 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         supported_schemes()
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    fn id(s: &str) -> Identity {
+        format!("spiffe://cluster.local/ns/{s}")
+            .parse()
+            .expect("identity")
+    }
+
+    #[test]
+    fn a_client_config_is_built_once_per_certificate_and_expected_identities() {
+        let ca = crate::testing::TestCa::new("cluster.local", std::time::Duration::from_secs(3600));
+        let cert = ca.issue(&id("a/sa/client"));
+        let web = [id("b/sa/web")];
+        let first = cached_client_config(&cert, &web);
+        assert!(Arc::ptr_eq(&first, &cached_client_config(&cert, &web)));
+        let other = cached_client_config(&cert, &[id("c/sa/db")]);
+        assert!(
+            !Arc::ptr_eq(&first, &other),
+            "another destination gets its own"
+        );
+        let renewed = ca.issue(&id("a/sa/client"));
+        assert!(
+            !Arc::ptr_eq(&first, &cached_client_config(&renewed, &web)),
+            "a new certificate starts a new cache"
+        );
     }
 }

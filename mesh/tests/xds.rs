@@ -317,7 +317,13 @@ impl Drop for Running {
 
 fn start_client(config: XdsConfig) -> Running {
     let store = Store::new();
-    let client = XdsClient::new(config, store.clone()).expect("client config");
+    start(
+        XdsClient::new(config, store.clone()).expect("client config"),
+        store,
+    )
+}
+
+fn start(client: XdsClient, store: Store) -> Running {
     let status = client.status();
     let task = tokio::spawn(client.run());
     Running {
@@ -697,6 +703,43 @@ async fn an_untrusted_server_is_never_talked_to() {
             .is_err(),
         "no stream reaches the server"
     );
+}
+
+#[tokio::test]
+async fn the_root_file_is_re_read_before_each_connection() {
+    let ca = CertificateAuthority::generate_root("cluster.local").expect("ca");
+    let stale = CertificateAuthority::generate_root("cluster.local").expect("old root");
+    let (chain, key) = ca
+        .issue_server_cert(&["localhost".into()], Duration::from_secs(3600))
+        .expect("server cert");
+    let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain.join(""), key));
+    let mut server = Server::start(Some(tls)).await;
+    let root_file = std::env::temp_dir().join(format!("mesh-xds-root-{}", std::process::id()));
+    std::fs::write(&root_file, stale.root_pem()).expect("write root");
+    let mut config = client_config(
+        server.addr,
+        XdsTransport::Tls(XdsTls {
+            root_cert_pem: stale.root_pem().into(),
+            server_name: "localhost".into(),
+            client_cert: None,
+        }),
+    );
+    config.address = format!("https://localhost:{}", server.addr.port());
+    let store = Store::new();
+    let client = XdsClient::new(config, store.clone())
+        .expect("client config")
+        .with_root_file(root_file.clone());
+    let mut client = start(client, store);
+    // Signed by a root the client does not trust yet: refused.
+    wait_status(&mut client.status, |s| s.last_error.is_some()).await;
+    assert!(!client.status.borrow().connected);
+
+    // The control plane's root rotated and the file says so: the next attempt trusts it.
+    std::fs::write(&root_file, format!("{}{}", stale.root_pem(), ca.root_pem())).expect("write");
+    let mut conn = server.next_conn().await;
+    conn.recv_initial().await;
+    wait_status(&mut client.status, |s| s.connected).await;
+    let _ = std::fs::remove_file(root_file);
 }
 
 #[path = "xds/metrics.rs"]

@@ -84,6 +84,10 @@ enum Command {
     /// A local cluster: up, down, status, start|stop|restart COMPONENT.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Roll a component over to a new process without dropping a connection:
+    /// `rollout restart ztunnel --node N` (as a DaemonSet rolling update would).
+    #[command(subcommand)]
+    Rollout(cluster::rollout::RolloutCommand),
     /// Pods: run, exec, delete.
     #[command(subcommand)]
     Pod(PodCommand),
@@ -173,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Cluster(cmd) => done(cluster::run(&state, &cmd)),
+        Command::Rollout(cmd) => done(cluster::rollout::run(&state, &cmd)),
         Command::Pod(PodCommand::Run(args)) => done(pod::run(&state, &args)),
         Command::Pod(PodCommand::Exec(args)) => pod::exec(&state, &args),
         Command::Pod(PodCommand::Delete(args)) => done(pod::delete(&state, &args)),

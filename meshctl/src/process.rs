@@ -126,7 +126,18 @@ impl ProcRecord {
         Ok(true)
     }
 
-    fn wait_gone(&self, timeout: Duration) -> bool {
+    /// SIGTERM to its process group, without waiting (see [`ProcRecord::wait_gone`]).
+    pub fn terminate(&self) {
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGTERM);
+    }
+
+    /// SIGKILL to its process group.
+    pub fn kill(&self) {
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+
+    /// Waits up to `timeout` for it to be gone; whether it is.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.is_alive() {
             if Instant::now() >= deadline {

@@ -91,7 +91,9 @@ pub async fn run(
         ttl: config.cert_ttl(),
         impersonate: false,
     })
-    .context("CA client")?;
+    .context("CA client")?
+    // Re-read before each request and connection: the control plane's root can rotate.
+    .with_root_file(config.root_ca_file.clone());
     let certs = CertManager::on_runtime(Arc::new(ca), RenewalConfig::default(), control.clone());
     certs.prefetch(&identity);
 
@@ -116,7 +118,8 @@ pub async fn run(
         },
         store.clone(),
     )
-    .context("xDS client")?;
+    .context("xDS client")?
+    .with_root_file(config.root_ca_file.clone());
     drop(enter);
     let xds_status = xds.status();
     let xds_metrics = xds.metrics();

@@ -72,7 +72,8 @@ pub struct Config {
     #[arg(long, env = "CA_ADDRESS", value_parser = https_address)]
     pub ca_address: Option<String>,
 
-    /// PEM root certificate that signed the control plane's serving certificate.
+    /// PEM root certificate(s) that signed the control plane's serving certificate; re-read
+    /// before each connection to the CA and xDS server, so it can rotate without a restart.
     #[arg(
         long,
         env = "CA_ROOT_CA",

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     mesh::limits::raise_fd_limit_and_log("waypoint");
     // Two runtimes, as ztunnel: a single-threaded one for control work (CA, xDS, admin) on
     // its own thread, and a multi-threaded one for the data plane.
-    let (control_handle, runtime) = match mesh::runtime::control_and_data("waypoint") {
+    let (control_handle, runtime) = match mesh::runtime::control_and_data("waypoint", None) {
         Ok(runtimes) => runtimes,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtimes");

@@ -199,11 +199,7 @@ pub fn pick_service_endpoint(
         })
         .unwrap_or(port);
     let ip = address_like(&pick.workload, family).unwrap_or(family.ip());
-    let sans: Vec<Identity> = service
-        .subject_alt_names
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let sans = service.subject_alt_names.clone();
     let mut up = to_upstream(
         pick.workload.clone(),
         SocketAddr::new(ip, target_port),

@@ -1,4 +1,8 @@
 //! Admin (127.0.0.1:15000), metrics (15020) and readiness (15021) endpoints.
+//!
+//! Their listeners are bound with `SO_REUSEPORT`: where ztunnel runs in the node's own
+//! network namespace (the local cluster), a newer ztunnel starting for an upgrade binds the
+//! same ports beside the old one, which closes its own when it starts draining.
 
 use std::sync::Arc;
 
@@ -130,7 +134,7 @@ impl AdminState {
                     |w| (w.namespace().to_string(), w.name.clone()),
                 );
                 if c.direction == "inbound" && c.ends.dst_identity.is_none() {
-                    c.ends.dst_identity = identities.get(&c.pod_uid).cloned();
+                    c.ends.dst_identity = identities.get(&c.pod_uid).and_then(|i| i.parse().ok());
                 }
                 let mut v = json!(c);
                 v["pod_namespace"] = json!(namespace);
@@ -176,17 +180,55 @@ impl AdminState {
         })
     }
 
-    /// The readiness handler: ready once the xDS config has been received once.
+    /// The readiness handler: ready once the xDS config has been received and the CNI agent's
+    /// snapshot of pods applied (a DaemonSet update stops the old ztunnel only then), and no
+    /// longer once stopping.
     pub fn readiness_handler(self) -> Handler {
         Arc::new(move |call: &Call<'_>| match call.path {
             "/healthz/ready" => {
-                if self.xds.borrow().is_synced() {
-                    Reply::text("ready\n")
+                let unavailable = |why| Reply::status(StatusCode::SERVICE_UNAVAILABLE, why);
+                if self.pods.stopping() {
+                    unavailable("stopping: draining connections\n")
+                } else if !self.xds.borrow().is_synced() {
+                    unavailable("waiting for xDS config\n")
+                } else if !self.pods.snapshot_applied() {
+                    unavailable("waiting for the CNI agent's pods\n")
                 } else {
-                    Reply::status(StatusCode::SERVICE_UNAVAILABLE, "waiting for xDS config\n")
+                    Reply::text("ready\n")
                 }
             }
             _ => Reply::status(StatusCode::NOT_FOUND, "GET /healthz/ready\n"),
         })
     }
+}
+
+/// Binds each endpoint with `SO_REUSEPORT` and serves it on `runtime` (the control runtime:
+/// no request takes a data-plane thread). The returned tasks stop accepting when aborted.
+pub async fn serve_shared(
+    runtime: &tokio::runtime::Handle,
+    endpoints: [(std::net::SocketAddr, Handler, &'static str); 3],
+) -> Result<Vec<tokio::task::JoinHandle<()>>, mesh::http_server::EndpointError> {
+    let mut tasks = Vec::new();
+    for (addr, handler, name) in endpoints {
+        let bound = runtime.spawn(async move { bind_shared(addr) }).await;
+        let listener = bound
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| mesh::http_server::EndpointError { name, addr, source })?;
+        tracing::info!(%addr, "{name} endpoint listening");
+        tasks.push(runtime.spawn(mesh::http_server::serve(listener, handler)));
+    }
+    Ok(tasks)
+}
+
+/// A listener on `addr` that another process of the same user may bind too.
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }

@@ -71,7 +71,9 @@ pub async fn run(
         ttl: config.cert_ttl(),
         impersonate: true,
     })
-    .context("CA client")?;
+    .context("CA client")?
+    // Re-read before each request and connection: the control plane's root can rotate.
+    .with_root_file(config.root_ca_file.clone());
     let certs = CertManager::on_runtime(
         Arc::new(ca),
         RenewalConfig {
@@ -108,7 +110,8 @@ pub async fn run(
         },
         store.clone(),
     )
-    .context("xDS client")?;
+    .context("xDS client")?
+    .with_root_file(config.root_ca_file.clone());
     drop(enter);
     let xds_status = xds.status();
     let xds_metrics = xds.metrics();
@@ -150,14 +153,19 @@ pub async fn run(
         pool_stats: pool_stats.clone(),
         limits,
     };
-    tokio::spawn(inpod::run(inputs, pods.clone(), config.inpod_uds.clone()));
+    let zds = tokio::spawn(inpod::run(
+        inputs,
+        pods.clone(),
+        config.inpod_uds.clone(),
+        xds_status.clone(),
+    ));
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let admin = AdminState {
         store,
         certs,
-        pods,
-        live,
+        pods: pods.clone(),
+        live: live.clone(),
         pool_stats,
         xds: xds_status,
         telemetry,
@@ -165,21 +173,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         data_plane: tokio::runtime::Handle::current(),
     };
-    let endpoint = |addr, handler, name| mesh::http_server::Endpoint {
-        addr,
-        handler,
-        name,
-    };
-    mesh::http_server::serve_endpoints(
+    let endpoints = crate::admin::serve_shared(
         &control,
-        vec![
-            endpoint(config.admin_addr, admin.clone().admin_handler(), "admin"),
-            endpoint(
+        [
+            (config.admin_addr, admin.clone().admin_handler(), "admin"),
+            (
                 config.metrics_addr,
                 admin.clone().metrics_handler(),
                 "metrics",
             ),
-            endpoint(
+            (
                 config.readiness_addr,
                 admin.clone().readiness_handler(),
                 "readiness",
@@ -195,6 +198,12 @@ pub async fn run(
         _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         () = shutdown.notified() => tracing::info!("/quitquitquit; shutting down"),
     }
+    // No pod is taken any more, and a newer ztunnel sharing our ports answers every request.
+    zds.abort();
+    for endpoint in endpoints {
+        endpoint.abort();
+    }
+    crate::shutdown::drain(&pods, &live, config.drain_deadline()).await;
     Ok(())
 }
 

@@ -34,7 +34,8 @@ pub struct Config {
     #[arg(long, env = "CA_ADDRESS", value_parser = https_address)]
     pub ca_address: Option<String>,
 
-    /// PEM root certificate that signed the control plane's serving certificate.
+    /// PEM root certificate(s) that signed the control plane's serving certificate; re-read
+    /// before each connection to the CA and xDS server, so it can rotate without a restart.
     #[arg(
         long,
         env = "CA_ROOT_CA",
@@ -57,6 +58,11 @@ pub struct Config {
     /// The CNI agent's ZDS socket.
     #[arg(long, env = "INPOD_UDS", default_value = mesh::zds::DEFAULT_SOCKET)]
     pub inpod_uds: PathBuf,
+
+    /// Worker threads of the data-plane runtime (every proxied connection runs there); one
+    /// per core when unset. Upstream's name for the same setting.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 
     /// The mesh's trust domain.
     #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
@@ -92,6 +98,16 @@ pub struct Config {
     /// CNI DEL arrives, and every open connection holds the pod's network namespace alive.
     #[arg(long, env = "POD_DRAIN_SECS", default_value_t = 5)]
     pub pod_drain_secs: u64,
+
+    /// How long a stopping ztunnel (SIGTERM, ctrl-c, `/quitquitquit`) keeps serving the
+    /// connections it has, in seconds. At the stop it closes every pod listener (a newer
+    /// ztunnel's listeners in the same `SO_REUSEPORT` group take the new connections and the
+    /// queued ones), sends GOAWAY on every inbound HBONE connection, and waits for its proxied
+    /// connections to end by themselves; those still open at the deadline are closed cleanly
+    /// (FIN, END_STREAM, GOAWAY), then it exits. Kubernetes' `terminationGracePeriodSeconds`
+    /// (30 in manifests/ztunnel.yaml) must exceed it. 0 closes them at once.
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 20)]
+    pub drain_deadline_secs: u64,
 
     /// TCP keepalive on every proxied socket (the pod's and the tunnels'), so that a peer
     /// that vanished is noticed and its connection torn down end to end.
@@ -162,6 +178,11 @@ impl Config {
     /// The cap on one pod's live connections, `None` when there is none.
     pub fn max_connections_per_pod(&self) -> Option<std::num::NonZeroUsize> {
         std::num::NonZeroUsize::new(self.max_connections_per_pod)
+    }
+
+    /// How long a stopping ztunnel drains its connections before closing them.
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_secs)
     }
 
     /// TCP keepalive for proxied sockets, or `None` when turned off.

@@ -10,6 +10,13 @@
 //! `--pod-drain-secs`, then are closed. An `add` of the same pod (uid and namespace) before
 //! then starts a new proxy that keeps them (see [`crate::proxy::live`]).
 //!
+//! The link is opened only once the xDS config is synced, so a ztunnel that takes pods over
+//! from a running one (an upgrade: its listeners join the old ones' `SO_REUSEPORT` groups)
+//! routes its first connection as well as the old one would. After the first snapshot is
+//! applied it logs `ztunnel ready` with its pid, and `/healthz/ready` answers 200. On shutdown
+//! ([`Pods::stop_all`]) every pod proxy stops accepting and its connections drain (see
+//! [`crate::shutdown`]).
+//!
 //! Each served pod holds a [`CertLease`] on its identity: when the last pod of an identity
 //! stops, that identity's certificate renewal stops after `--cert-release-grace-secs` (a pod of
 //! the same identity added within it keeps the certificate). A stopped pod accepts no new
@@ -17,10 +24,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh::cert_manager::CertLease;
+use mesh::xds::XdsStatus;
 use mesh::zds::{Request, ZdsClient, ZdsError};
 use mesh::Identity;
 use prometheus_client::collector::Collector;
@@ -28,6 +37,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::netns::Netns;
 use crate::proxy::live::LiveConnections;
@@ -37,6 +47,10 @@ use crate::proxy::{PodContext, PodProxy, ProxyInputs};
 #[derive(Default)]
 pub struct Pods {
     running: Mutex<BTreeMap<String, Served>>,
+    /// A snapshot of the agent's pods has been applied (readiness).
+    snapshot_applied: AtomicBool,
+    /// ztunnel is stopping: every proxy was stopped and no pod is taken any more.
+    stopping: AtomicBool,
 }
 
 /// A running pod proxy and the lease that keeps its identity's certificate renewed. Fields
@@ -67,7 +81,7 @@ impl Pods {
         self.lock()
             .values()
             .map(|Served { proxy: p, .. }| PodDump {
-                uid: p.pod().uid.clone(),
+                uid: p.pod().uid.to_string(),
                 identity: p.pod().identity.to_string(),
                 netns_inode: p.pod().netns.inode(),
             })
@@ -83,10 +97,44 @@ impl Pods {
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
+
+    /// Whether a whole snapshot of the agent's pods has been applied since start.
+    pub fn snapshot_applied(&self) -> bool {
+        self.snapshot_applied.load(Ordering::Acquire)
+    }
+
+    /// Whether ztunnel is stopping ([`Pods::stop_all`] ran).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stops every pod proxy for ztunnel's shutdown: listeners close, inbound HBONE
+    /// connections get GOAWAY, live connections go on until the shutdown closes them. No pod
+    /// is taken afterwards. Returns how many pods were served.
+    pub fn stop_all(&self) -> usize {
+        self.stopping.store(true, Ordering::Release);
+        let all = std::mem::take(&mut *self.lock());
+        let n = all.len();
+        for (_, Served { proxy, _cert: cert }) in all {
+            proxy.stop_for_shutdown();
+            drop(cert);
+        }
+        n
+    }
 }
 
-/// Runs the ZDS link forever: connect, serve, reconnect.
-pub async fn run(inputs: ProxyInputs, pods: Arc<Pods>, socket: PathBuf) {
+/// Runs the ZDS link forever, once the xDS config is synced: connect, serve, reconnect.
+pub async fn run(
+    inputs: ProxyInputs,
+    pods: Arc<Pods>,
+    socket: PathBuf,
+    mut xds: watch::Receiver<XdsStatus>,
+) {
+    if !xds.borrow().is_synced() {
+        tracing::info!("waiting for the xDS config before taking pods");
+        // An error: the xDS client is gone, which only happens at shutdown.
+        let _ = xds.wait_for(XdsStatus::is_synced).await;
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         match ZdsClient::connect(&socket).await {
@@ -149,6 +197,15 @@ async fn serve(inputs: &ProxyInputs, pods: &Pods, client: &ZdsClient) -> Result<
                     tracing::info!(%uid, "pod not in the agent's snapshot; stopping it");
                     running.remove(&uid);
                 }
+                let served = running.len();
+                drop(running);
+                if !pods.snapshot_applied.swap(true, Ordering::AcqRel) {
+                    tracing::info!(
+                        pid = std::process::id(),
+                        pods = served,
+                        "ztunnel ready: xDS synced and every pod of the agent's snapshot served"
+                    );
+                }
                 Ok(())
             }
         };
@@ -166,6 +223,9 @@ fn add(
     info: Option<proto::zds::WorkloadInfo>,
     netns: std::os::fd::OwnedFd,
 ) -> Result<(), String> {
+    if pods.stopping() {
+        return Err("ztunnel is stopping".into());
+    }
     let netns = Netns::from_fd(netns).map_err(|e| format!("bad network namespace fd: {e}"))?;
     let identity = identity_for(inputs, &uid, info.as_ref())?;
     if let Some(existing) = pods.lock().get(&uid) {
@@ -179,7 +239,7 @@ fn add(
     let cert = inputs.certs.lease(&identity);
     let pod = PodContext {
         metrics: inputs.telemetry.pod(&uid, info.as_ref()),
-        uid: uid.clone(),
+        uid: uid.as_str().into(),
         identity,
         netns,
         keepalive: inputs.config.keepalive(),

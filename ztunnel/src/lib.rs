@@ -13,4 +13,5 @@ pub mod config;
 pub mod inpod;
 pub mod netns;
 pub mod proxy;
+pub mod shutdown;
 pub mod telemetry;

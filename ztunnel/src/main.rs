@@ -20,13 +20,14 @@ fn main() -> ExitCode {
     mesh::limits::raise_fd_limit_and_log("ztunnel");
     // Two runtimes, as upstream: a single-threaded one for control work (CA, xDS, admin,
     // policy re-checks) on its own thread, and a multi-threaded one for the data plane.
-    let (control_handle, runtime) = match mesh::runtime::control_and_data("ztunnel") {
-        Ok(runtimes) => runtimes,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtimes");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (control_handle, runtime) =
+        match mesh::runtime::control_and_data("ztunnel", config.worker_threads) {
+            Ok(runtimes) => runtimes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the runtimes");
+                return ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(ztunnel::app::run(
         config,
         logging.reload.clone(),

@@ -47,6 +47,8 @@ pub struct Mesh {
     pub cni_agents: BTreeMap<String, Proc>,
     /// Extra environment for every ztunnel started from now on (e.g. `POD_DRAIN_SECS`).
     pub ztunnel_env: Vec<(String, String)>,
+    /// Extra flags for istiod-lite started from now on (e.g. `--max-cert-ttl-secs`).
+    pub istiod_args: Vec<String>,
 }
 
 fn token(node: &str) -> String {
@@ -90,6 +92,7 @@ impl Mesh {
             real_cni: false,
             cni_agents: BTreeMap::new(),
             ztunnel_env: vec![],
+            istiod_args: vec![],
         }
     }
 
@@ -197,25 +200,30 @@ impl Mesh {
         let listen = self.istiod_addr();
         let monitoring = format!("{}:15014", self.nodes[0].underlay_ip);
         let tokens = self.topo.dir().join("tokens.yaml");
+        let extra: Vec<&str> = self.istiod_args.iter().map(String::as_str).collect();
         let proc = self
             .topo
             .spawn_in(
                 &self.nodes[0],
                 bin,
                 &[
-                    "--config-dir",
-                    self.config_dir.to_str().unwrap(),
-                    "--data-dir",
-                    self.data_dir.to_str().unwrap(),
-                    "--listen",
-                    &listen,
-                    "--monitoring-addr",
-                    &monitoring,
-                    "--tokens-file",
-                    tokens.to_str().unwrap(),
-                    "--push-debounce-ms",
-                    "50",
-                ],
+                    &extra[..],
+                    &[
+                        "--config-dir",
+                        self.config_dir.to_str().unwrap(),
+                        "--data-dir",
+                        self.data_dir.to_str().unwrap(),
+                        "--listen",
+                        &listen,
+                        "--monitoring-addr",
+                        &monitoring,
+                        "--tokens-file",
+                        tokens.to_str().unwrap(),
+                        "--push-debounce-ms",
+                        "50",
+                    ],
+                ]
+                .concat(),
                 &[("RUST_LOG", "info")],
             )
             .expect("start istiod-lite");
@@ -235,40 +243,91 @@ impl Mesh {
         }
     }
 
+    /// Starts the real CNI node agent of node `i` (0-based) and waits for its sockets.
+    pub fn start_cni_agent(&mut self, i: usize) {
+        let node = self.nodes[i].clone();
+        let sock = self.topo.dir().join(format!("{}.sock", node.name));
+        let cni_sock = self.cni_socket(&node.name);
+        let proc = self
+            .topo
+            .spawn_in(
+                &node,
+                Topology::binary("cni-plugin").expect("cni-plugin binary"),
+                &[
+                    "agent",
+                    "--zds-socket",
+                    sock.to_str().unwrap(),
+                    "--cni-socket",
+                    cni_sock.to_str().unwrap(),
+                    "--config-dir",
+                    self.config_dir.to_str().unwrap(),
+                    "--node-name",
+                    &node.name,
+                ],
+                &[("RUST_LOG", "info")],
+            )
+            .expect("start the CNI agent");
+        e2e::wait_until("CNI agent sockets", WAIT, || {
+            sock.exists() && cni_sock.exists()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", proc.log_tail()));
+        self.cni_agents.insert(node.name.clone(), proc);
+    }
+
     /// Starts the fake CNI agent and ztunnel of node `i` (0-based).
     pub fn start_ztunnel(&mut self, i: usize) {
         let node = self.nodes[i].clone();
         let sock = self.topo.dir().join(format!("{}.sock", node.name));
         if self.real_cni && !self.cni_agents.contains_key(&node.name) {
-            let cni_sock = self.cni_socket(&node.name);
-            let proc = self
-                .topo
-                .spawn_in(
-                    &node,
-                    Topology::binary("cni-plugin").expect("cni-plugin binary"),
-                    &[
-                        "agent",
-                        "--zds-socket",
-                        sock.to_str().unwrap(),
-                        "--cni-socket",
-                        cni_sock.to_str().unwrap(),
-                        "--config-dir",
-                        self.config_dir.to_str().unwrap(),
-                        "--node-name",
-                        &node.name,
-                    ],
-                    &[("RUST_LOG", "info")],
-                )
-                .expect("start the CNI agent");
-            e2e::wait_until("CNI agent sockets", WAIT, || {
-                sock.exists() && cni_sock.exists()
-            })
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", proc.log_tail()));
-            self.cni_agents.insert(node.name.clone(), proc);
+            self.start_cni_agent(i);
         } else if !self.real_cni && !self.agents.contains_key(&node.name) {
             let agent = ZdsAgent::start(&sock).expect("zds agent");
             self.agents.insert(node.name.clone(), agent);
         }
+        let proc = self.spawn_ztunnel(i);
+        self.ztunnels.insert(node.name.clone(), proc);
+        if let Some(agent) = self.agents.get(&node.name) {
+            agent
+                .wait_connections(1, WAIT)
+                .expect("ztunnel connects to the CNI agent");
+        }
+        let ready = format!("{}:15021", node.underlay_ip);
+        self.topo
+            .wait_http_ok(&node, ready.parse().unwrap(), "/healthz/ready", WAIT)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ztunnel on {} ready: {e:#}\n{}",
+                    node.name,
+                    self.ztunnels[&node.name].log_tail()
+                )
+            });
+    }
+
+    /// Upgrades node `i`'s ztunnel as a DaemonSet rolling update with surge does: starts a
+    /// second ztunnel beside the running one, waits until it has taken every pod from the CNI
+    /// agent (it logs `ztunnel ready`), then sends the old one SIGTERM. Returns the old one,
+    /// draining; the caller waits for its exit. Needs `real_cni` (the real agent parks the
+    /// old ztunnel's link; the fake one would hand the pods back and forth).
+    pub fn upgrade_ztunnel(&mut self, i: usize) -> Proc {
+        assert!(self.real_cni, "an upgrade needs the real CNI agent");
+        let name = self.nodes[i].name.clone();
+        let new = self.spawn_ztunnel(i);
+        new.wait_for_log("ztunnel ready", WAIT)
+            .unwrap_or_else(|e| panic!("the new ztunnel on {name}: {e:#}\n{}", self.logs()));
+        let old = self
+            .ztunnels
+            .insert(name.clone(), new)
+            .unwrap_or_else(|| panic!("no ztunnel runs on {name}"));
+        old.signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM the old ztunnel");
+        old
+    }
+
+    /// Spawns a ztunnel process for node `i` (admin, metrics and readiness ports are shared
+    /// with any other ztunnel of the node: they bind with `SO_REUSEPORT`).
+    fn spawn_ztunnel(&self, i: usize) -> Proc {
+        let node = self.nodes[i].clone();
+        let sock = self.topo.dir().join(format!("{}.sock", node.name));
         let bin = Topology::binary("ztunnel").expect("ztunnel binary");
         let xds = format!("https://{}", self.istiod_addr());
         let root = self.data_dir.join("root-cert.pem");
@@ -281,8 +340,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let proc = self
-            .topo
+        self.topo
             .spawn_in(
                 &node,
                 bin,
@@ -306,22 +364,7 @@ impl Mesh {
                 ],
                 &env,
             )
-            .expect("start ztunnel");
-        self.ztunnels.insert(node.name.clone(), proc);
-        if let Some(agent) = self.agents.get(&node.name) {
-            agent
-                .wait_connections(1, WAIT)
-                .expect("ztunnel connects to the CNI agent");
-        }
-        self.topo
-            .wait_http_ok(&node, ready.parse().unwrap(), "/healthz/ready", WAIT)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "ztunnel on {} ready: {e:#}\n{}",
-                    node.name,
-                    self.ztunnels[&node.name].log_tail()
-                )
-            });
+            .expect("start ztunnel")
     }
 
     /// Stops ztunnel of node `i`.
@@ -451,6 +494,9 @@ impl Mesh {
         }
         for (n, p) in &self.ztunnels {
             let _ = writeln!(out, "--- ztunnel {n}\n{}", p.log_tail());
+        }
+        for (n, p) in &self.cni_agents {
+            let _ = writeln!(out, "--- CNI agent {n}\n{}", p.log_tail());
         }
         out
     }

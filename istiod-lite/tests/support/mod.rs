@@ -151,6 +151,7 @@ impl Env {
             pod_ip: None,
             serving_cert_ttl_secs: 3600,
             plugin_ca_dir: self.plugin_ca_dir.clone(),
+            ca_reload_interval_ms: 1000,
             max_cert_ttl_secs: MAX_TTL.as_secs(),
             server_names: vec![SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
             log_format: LogFormat::Text,

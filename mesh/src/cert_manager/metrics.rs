@@ -1,8 +1,8 @@
 //! The certificate manager's metrics (`mesh_certificate*`).
 //!
-//! Counters are updated by the renewal workers; the certificates held and their expiry are
-//! read from the manager at scrape time ([`CertCollector`]), so an identity whose worker
-//! stopped leaves the exposition with it.
+//! Counters are updated by the renewal workers; the certificates held, their expiry and
+//! their renewal health are read from the manager at scrape time ([`CertCollector`]), so an
+//! identity whose worker stopped leaves the exposition with it.
 
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{CertManager, FetchError};
+use super::{CertManager, CertStatus, FetchError};
 
 /// The `reason` label of a failed certificate request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,12 +83,24 @@ pub fn register(registry: &mut Registry, manager: &Arc<CertManager>) {
     }));
 }
 
-/// Encodes `mesh_certificates{state}` and `mesh_certificate_expiration_timestamp_seconds` from
-/// the manager's current certificates on every scrape.
+/// Encodes `mesh_certificates{state}`, and per identity the expiry, the seconds left and the
+/// failed renewals in a row, from the manager's current certificates on every scrape.
 #[derive(Debug)]
 pub struct CertCollector {
     manager: Weak<CertManager>,
 }
+
+/// The `state` of an identity in `mesh_certificates`.
+fn state_of(status: &CertStatus, now: SystemTime) -> &'static str {
+    match &status.cert {
+        Some(cert) if !cert.is_expired_at(now) && status.refresh_failures > 0 => "refresh_failing",
+        Some(cert) if !cert.is_expired_at(now) => "available",
+        _ => "pending",
+    }
+}
+
+/// Every `state` value, exported from the start.
+const STATES: [&str; 3] = ["available", "refresh_failing", "pending"];
 
 impl Collector for CertCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
@@ -96,37 +108,63 @@ impl Collector for CertCollector {
             return Ok(());
         };
         let now = SystemTime::now();
-        let held = manager.snapshot();
-        let valid: Vec<_> = held
-            .iter()
-            .filter_map(|(id, cert)| {
-                let cert = cert.as_ref().filter(|c| !c.is_expired_at(now))?;
-                Some((id, cert.not_after()))
-            })
-            .collect();
+        let held = manager.status();
         let mut count = encoder.encode_descriptor(
             "mesh_certificates",
-            "Identities with a valid certificate (available) or waiting for one (pending)",
+            "Identities by certificate state: available (valid, renewed on schedule), \
+             refresh_failing (valid and still served, but the last renewal failed: it expires \
+             at its not_after unless the CA answers), pending (no valid certificate)",
             None,
             MetricType::Gauge,
         )?;
-        let pending = held.len() - valid.len();
-        for (state, n) in [("available", valid.len()), ("pending", pending)] {
+        for state in STATES {
+            let n = held.iter().filter(|s| state_of(s, now) == state).count();
             ConstGauge::new(n as i64).encode(count.encode_family(&[("state", state)])?)?;
         }
+        let valid: Vec<_> = held
+            .iter()
+            .filter_map(|s| {
+                let cert = s.cert.as_ref().filter(|c| !c.is_expired_at(now))?;
+                Some((s.identity.to_string(), cert.not_after(), s.refresh_failures))
+            })
+            .collect();
         let mut expiry = encoder.encode_descriptor(
             "mesh_certificate_expiration_timestamp_seconds",
             "Unix time at which the identity's current certificate expires",
             None,
             MetricType::Gauge,
         )?;
-        for (id, not_after) in valid {
+        for (identity, not_after, _) in &valid {
             let secs = not_after
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            let identity = id.to_string();
             ConstGauge::new(secs).encode(expiry.encode_family(&[("identity", identity)])?)?;
+        }
+        let mut left = encoder.encode_descriptor(
+            "mesh_certificate_seconds_to_expiry",
+            "Seconds until the identity's current certificate expires",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (identity, not_after, _) in &valid {
+            let secs = not_after
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs_f64();
+            ConstGauge::new(secs).encode(left.encode_family(&[("identity", identity)])?)?;
+        }
+        let mut failing = encoder.encode_descriptor(
+            "mesh_certificate_refresh_failures",
+            "Certificate requests for the identity that failed in a row since its last success \
+             (0 while renewals succeed)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &held {
+            let identity = status.identity.to_string();
+            ConstGauge::new(i64::from(status.refresh_failures))
+                .encode(failing.encode_family(&[("identity", identity)])?)?;
         }
         Ok(())
     }
@@ -271,5 +309,54 @@ mod tests {
             !text.contains("mesh_certificate_expiration_timestamp_seconds{"),
             "{text}"
         );
+    }
+
+    /// Issues one certificate, then fails every request.
+    struct DownAfterFirst(Arc<TestCa>, std::sync::atomic::AtomicUsize);
+
+    impl CertificateProvider for DownAfterFirst {
+        fn fetch<'a>(
+            &'a self,
+            identity: &'a Identity,
+        ) -> BoxFuture<'a, Result<WorkloadCertificate, FetchError>> {
+            Box::pin(async move {
+                if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return self.0.fetch(identity).await;
+                }
+                Err(FetchError::Unavailable("CA down".into()))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_whose_renewal_fails_is_refresh_failing_with_its_seconds_left() {
+        let ca = TestCa::new("cluster.local", Duration::from_secs(100));
+        let provider = Arc::new(DownAfterFirst(ca, Default::default()));
+        let manager = CertManager::new(provider, config());
+        let registry = registered(&manager);
+        manager.get(&id("a")).await.expect("certificate");
+        let who = "{identity=\"spiffe://cluster.local/ns/demo/sa/a\"}";
+        let text = encode(&registry);
+        assert_eq!(
+            sample(&text, &format!("mesh_certificate_refresh_failures{who}")),
+            Some(0.0),
+            "{text}"
+        );
+        let left = sample(&text, &format!("mesh_certificate_seconds_to_expiry{who}"));
+        assert!(left.is_some_and(|s| s > 90.0 && s <= 100.0), "{text}");
+
+        // Past the half-life the renewal fails, again and again: still served, and said so.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let text = encode(&registry);
+        let failures = sample(&text, &format!("mesh_certificate_refresh_failures{who}"));
+        assert!(failures >= Some(2.0), "{text}");
+        for (state, n) in [
+            ("available", 0.0),
+            ("refresh_failing", 1.0),
+            ("pending", 0.0),
+        ] {
+            let series = format!("mesh_certificates{{state=\"{state}\"}}");
+            assert_eq!(sample(&text, &series), Some(n), "{text}");
+        }
     }
 }

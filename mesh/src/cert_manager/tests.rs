@@ -247,3 +247,78 @@ async fn get_never_returns_a_certificate_past_not_after() {
         other => panic!("expected Expired, got {other:?}"),
     }
 }
+
+/// The CA backdates `not_before` for clock skew: a short-lived certificate is renewed at half
+/// of the validity it has left, not at once (and again, in a loop).
+#[tokio::test(start_paused = true)]
+async fn a_backdated_short_lived_certificate_renews_at_half_its_validity_left() {
+    // Issued a minute in the past with 80 s of lifetime: 20 s left, renewal due in 10 s.
+    let ca = Scripted::new(
+        Duration::from_secs(60),
+        Duration::from_secs(80),
+        Then::Issue,
+    );
+    let manager = CertManager::new(ca.clone(), config());
+    let _lease = manager.lease(&id("a"));
+    manager.get(&id("a")).await.expect("first certificate");
+    sleep(Duration::from_secs(9)).await;
+    assert_eq!(ca.fetches.load(Ordering::SeqCst), 1, "renewed too early");
+    sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(ca.fetches.load(Ordering::SeqCst), 2, "renewed at 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_ca_is_down_the_certificate_is_kept_until_not_after_and_retries_get_denser() {
+    // 40 s of validity: renewal from 20 s on, against a CA that is down.
+    let ca = Scripted::new(Duration::ZERO, Duration::from_secs(40), Then::Fail);
+    let manager = CertManager::new(ca.clone(), config());
+    let _lease = manager.lease(&id("a"));
+    let first = manager.get(&id("a")).await.expect("first certificate");
+    let slot = manager.subscribe(&id("a"));
+    sleep(Duration::from_secs(19)).await;
+    assert_eq!(ca.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(manager.status()[0].refresh_failures, 0);
+
+    sleep(Duration::from_secs(19)).await;
+    // Doubling alone (0.2 s, 0.4 s, ... up to a minute) would have made 7 attempts by 38 s;
+    // bounded by a quarter of the validity left, retries get denser as expiry nears.
+    let failures = manager.status()[0].refresh_failures;
+    assert!(failures >= 9, "{failures} failed renewals in 18 s");
+    assert_eq!(
+        ca.fetches.load(Ordering::SeqCst),
+        failures as usize + 1,
+        "every failure is counted"
+    );
+    assert!(slot.server_config().is_some(), "kept while still valid");
+    let held = manager.get(&id("a")).await.expect("still handed out");
+    assert!(Arc::ptr_eq(&first, &held));
+
+    // The CA is back with two seconds of validity left: a retry comes well within them.
+    ca.then(Then::Issue);
+    sleep(Duration::from_secs(1)).await;
+    settle().await;
+    let status = &manager.status()[0];
+    assert_eq!(status.refresh_failures, 0, "the success resets the count");
+    let renewed = status.cert.clone().expect("renewed");
+    assert!(!Arc::ptr_eq(&first, &renewed), "a new certificate");
+    assert!(slot.server_config().is_some(), "never withdrawn");
+}
+
+#[test]
+fn retries_wait_at_most_a_quarter_of_the_validity_left_within_the_configured_bounds() {
+    let config = RenewalConfig::default();
+    assert_eq!(
+        retry_bound(&config, Some(Duration::from_secs(40))),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        retry_bound(&config, Some(Duration::from_secs(3600))),
+        config.max_backoff
+    );
+    assert_eq!(
+        retry_bound(&config, Some(Duration::from_millis(100))),
+        config.initial_backoff
+    );
+    assert_eq!(retry_bound(&config, None), config.max_backoff);
+}

@@ -97,6 +97,11 @@ impl AsyncRead for H2Stream {
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending[..n]);
         this.pending.advance(n);
+        if this.pending.is_empty() {
+            // An emptied slice still holds the frame's whole receive buffer: let it go, or an
+            // idle stream pins the buffer its last frame came in.
+            this.pending = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

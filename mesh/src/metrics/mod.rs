@@ -23,8 +23,10 @@
 //! | `mesh_xds_last_ack_timestamp_seconds` | gauge | | unix time of the last ACK, 0 if never |
 //! | `mesh_xds_last_nack_timestamp_seconds` | gauge | | unix time of the last NACK, 0 if never |
 //! | `mesh_xds_apply_seconds` | histogram | `type` | response received → applied to the store |
-//! | `mesh_certificates` | gauge | `state` | identities with a valid certificate (`available`) or waiting for one (`pending`) |
+//! | `mesh_certificates` | gauge | `state` | identities with a valid certificate renewed on schedule (`available`), a valid one whose last renewal failed and that is served until its `not_after` (`refresh_failing`), or none valid (`pending`) |
 //! | `mesh_certificate_expiration_timestamp_seconds` | gauge | `identity` | when the identity's certificate expires, unix seconds |
+//! | `mesh_certificate_seconds_to_expiry` | gauge | `identity` | seconds until the identity's certificate expires |
+//! | `mesh_certificate_refresh_failures` | gauge | `identity` | certificate requests that failed in a row since the last success (0 when healthy) |
 //! | `mesh_certificate_rotations_total` | counter | | certificates renewed (replacing an identity's previous one) |
 //! | `mesh_certificate_requests_failed_total` | counter | `reason` | CA requests that failed: `unavailable`, `refused`, `bad_response` |
 //! | `istio_tcp_connections_opened_total` | counter | Istio's TCP labels | connections opened ([`tcp`]) |
@@ -51,7 +53,7 @@ pub mod xds;
 pub use crate::cert_manager::metrics::CertMetrics;
 pub use process::ProcessCollector;
 pub use runtime::RuntimeCollector;
-pub use tcp::{set_label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+pub use tcp::{set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
 pub use xds::XdsMetrics;
 
 /// The mesh's version, as `mesh_build_info` reports it (one version for the workspace).

@@ -3,6 +3,8 @@
 //! Dashboards written for Istio work unchanged: the names, the labels and the `unknown` for a
 //! missing value all follow Istio's standard metrics.
 
+use std::sync::{Arc, LazyLock};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,53 +30,55 @@ pub enum SecurityPolicy {
     unknown,
 }
 
-/// Istio's connection label set. Empty strings are exported as `unknown`.
+/// Istio's connection label set. Empty strings are exported as `unknown`. Every value is a
+/// shared string ([`Label`]): a connection's set is built from values its workloads already
+/// hold, without allocating.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     /// `source` or `destination`.
     pub reporter: Reporter,
     /// Source workload name.
-    pub source_workload: String,
+    pub source_workload: Label,
     /// Source canonical service.
-    pub source_canonical_service: String,
+    pub source_canonical_service: Label,
     /// Source canonical revision.
-    pub source_canonical_revision: String,
+    pub source_canonical_revision: Label,
     /// Source namespace.
-    pub source_workload_namespace: String,
+    pub source_workload_namespace: Label,
     /// Source identity, `spiffe://...`.
-    pub source_principal: String,
+    pub source_principal: Label,
     /// Source `app` label.
-    pub source_app: String,
+    pub source_app: Label,
     /// Source `version` label.
-    pub source_version: String,
+    pub source_version: Label,
     /// Source cluster.
-    pub source_cluster: String,
+    pub source_cluster: Label,
     /// Destination service host name.
-    pub destination_service: String,
+    pub destination_service: Label,
     /// Destination service namespace.
-    pub destination_service_namespace: String,
+    pub destination_service_namespace: Label,
     /// Destination service name.
-    pub destination_service_name: String,
+    pub destination_service_name: Label,
     /// Destination workload name.
-    pub destination_workload: String,
+    pub destination_workload: Label,
     /// Destination canonical service.
-    pub destination_canonical_service: String,
+    pub destination_canonical_service: Label,
     /// Destination canonical revision.
-    pub destination_canonical_revision: String,
+    pub destination_canonical_revision: Label,
     /// Destination namespace.
-    pub destination_workload_namespace: String,
+    pub destination_workload_namespace: Label,
     /// Destination identity, `spiffe://...`.
-    pub destination_principal: String,
+    pub destination_principal: Label,
     /// Destination `app` label.
-    pub destination_app: String,
+    pub destination_app: Label,
     /// Destination `version` label.
-    pub destination_version: String,
+    pub destination_version: Label,
     /// Destination cluster.
-    pub destination_cluster: String,
+    pub destination_cluster: Label,
     /// Always `tcp` at L4.
-    pub request_protocol: String,
+    pub request_protocol: Label,
     /// `-` when nothing went wrong, else a flag such as `DENY` or `UF` (upstream failure).
-    pub response_flags: String,
+    pub response_flags: Label,
     /// `mutual_tls` or `unknown`.
     pub connection_security_policy: SecurityPolicy,
 }
@@ -82,7 +86,7 @@ pub struct TcpLabels {
 impl TcpLabels {
     /// A label set with every string `unknown`, for the given reporter.
     pub fn new(reporter: Reporter) -> Self {
-        let u = || "unknown".to_string();
+        let u = || Label::clone(&UNKNOWN);
         TcpLabels {
             reporter,
             source_workload: u(),
@@ -104,19 +108,34 @@ impl TcpLabels {
             destination_app: u(),
             destination_version: u(),
             destination_cluster: u(),
-            request_protocol: "tcp".to_string(),
-            response_flags: "-".to_string(),
+            request_protocol: Label::clone(&TCP),
+            response_flags: Label::clone(&NO_FLAGS),
             connection_security_policy: SecurityPolicy::unknown,
         }
     }
 }
 
 /// Sets `slot` to `value`, keeping `unknown` for an empty value.
-pub fn set_label(slot: &mut String, value: &str) {
+pub fn set_label(slot: &mut Label, value: &str) {
     if !value.is_empty() {
-        *slot = value.to_string();
+        *slot = Label::from(value);
     }
 }
+
+/// Sets `slot` to the shared `value`, keeping `unknown` for an empty value.
+pub fn share_label(slot: &mut Label, value: &Label) {
+    if !value.is_empty() {
+        *slot = value.clone();
+    }
+}
+
+/// A label value, shared between the label sets that carry it.
+pub type Label = Arc<str>;
+
+// Shared, so a fresh label set allocates nothing.
+static UNKNOWN: LazyLock<Label> = LazyLock::new(|| Label::from("unknown"));
+static TCP: LazyLock<Label> = LazyLock::new(|| Label::from("tcp"));
+static NO_FLAGS: LazyLock<Label> = LazyLock::new(|| Label::from("-"));
 
 /// The four `istio_tcp_*` counters.
 #[derive(Debug, Default, Clone)]

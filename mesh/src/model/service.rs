@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Identity;
+
 use super::{proto_enum, required, GatewayAddress, ModelError, NetworkAddress, PortMapping};
 
 /// A service as the data plane sees it.
@@ -18,8 +20,9 @@ pub struct Service {
     pub vips: Vec<NetworkAddress>,
     /// Service ports; a `target_port` of 0 defers to each workload's mapping.
     pub ports: Vec<PortMapping>,
-    /// If non-empty, the identities to verify instead of each workload's own.
-    pub subject_alt_names: Vec<String>,
+    /// If non-empty, the identities to verify instead of each workload's own (parsed once
+    /// here: a SAN that is not a SPIFFE identity could never be proven and is dropped).
+    pub subject_alt_names: Vec<Identity>,
     /// Waypoint that traffic to this service must go through.
     pub waypoint: Option<GatewayAddress>,
     /// How endpoints are picked when connecting directly; `None` means any healthy endpoint.
@@ -166,13 +169,14 @@ impl TryFrom<proto::workload::Service> for Service {
                 })
             })
             .transpose()?;
+        let subject_alt_names = sans(&s.hostname, s.subject_alt_names);
         Ok(Service {
             name: s.name,
             namespace: s.namespace,
             hostname: s.hostname,
             vips,
             ports,
-            subject_alt_names: s.subject_alt_names,
+            subject_alt_names,
             waypoint,
             load_balancing,
             ip_families: IpFamilies::from_proto(s.ip_families, "ip_families")?,
@@ -180,6 +184,19 @@ impl TryFrom<proto::workload::Service> for Service {
             ingress_use_waypoint: s.ingress_use_waypoint,
         })
     }
+}
+
+/// The SANs that are SPIFFE identities; the others are dropped with a warning.
+fn sans(hostname: &str, raw: Vec<String>) -> Vec<Identity> {
+    raw.into_iter()
+        .filter_map(|san| match san.parse() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(service = hostname, san, error = %e, "ignoring a subject alt name that is not a SPIFFE identity");
+                None
+            }
+        })
+        .collect()
 }
 
 impl From<&Service> for proto::workload::Service {
@@ -190,7 +207,11 @@ impl From<&Service> for proto::workload::Service {
             hostname: s.hostname.clone(),
             addresses: s.vips.iter().map(Into::into).collect(),
             ports: s.ports.iter().map(Into::into).collect(),
-            subject_alt_names: s.subject_alt_names.clone(),
+            subject_alt_names: s
+                .subject_alt_names
+                .iter()
+                .map(|id| id.as_uri().to_string())
+                .collect(),
             waypoint: s.waypoint.as_ref().map(Into::into),
             load_balancing: s
                 .load_balancing
@@ -241,7 +262,9 @@ pub(crate) mod tests {
                 target_port: 0,
                 app_protocol: AppProtocol::Http11,
             }],
-            subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/echo".into()],
+            subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/echo"
+                .parse()
+                .expect("identity")],
             waypoint: Some(GatewayAddress {
                 destination: GatewayDestination::Address(NetworkAddress {
                     network: String::new(),

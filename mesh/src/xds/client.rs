@@ -42,6 +42,10 @@ const MAX_REJECTS_IN_MESSAGE: usize = 10;
 /// [`XdsClient::run`] as a task.
 pub struct XdsClient {
     endpoint: Endpoint,
+    /// What `endpoint` was built from, to rebuild it when the root file changes.
+    transport: XdsTransport,
+    /// Re-read before each connection when set ([`XdsClient::with_root_file`]).
+    root_file: Option<std::path::PathBuf>,
     address: String,
     token: Option<BearerToken>,
     node: NodeInfo,
@@ -82,42 +86,7 @@ impl XdsClient {
     /// Checks the configuration and builds a client that will write into `store`. Does not
     /// connect: [`XdsClient::run`] does.
     pub fn new(config: XdsConfig, store: Store) -> Result<Self, XdsError> {
-        let address_error = |reason: &str| XdsError::Address {
-            address: config.address.clone(),
-            reason: reason.to_string(),
-        };
-        let mut endpoint = Endpoint::from_shared(config.address.clone())
-            .map_err(|e| address_error(&e.to_string()))?;
-        match &config.transport {
-            XdsTransport::Tls(tls) => {
-                if !config.address.starts_with("https://") {
-                    return Err(address_error("with TLS it must start with https://"));
-                }
-                parse_pem_certs(&tls.root_cert_pem).map_err(|e| XdsError::Root(e.to_string()))?;
-                let mut settings = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&tls.root_cert_pem))
-                    .domain_name(tls.server_name.clone());
-                if let Some(cert) = &tls.client_cert {
-                    parse_pem_certs(&cert.chain_pem)
-                        .map_err(|e| XdsError::ClientCert(e.to_string()))?;
-                    settings =
-                        settings.identity(TlsIdentity::from_pem(&cert.chain_pem, &cert.key_pem));
-                }
-                endpoint = endpoint
-                    .tls_config(settings)
-                    .map_err(|e| XdsError::Tls(source_chain(&e)))?;
-            }
-            XdsTransport::Plaintext => {
-                if !config.address.starts_with("http://") {
-                    return Err(address_error("without TLS it must start with http://"));
-                }
-                if config.token.is_some() {
-                    return Err(XdsError::Token(
-                        "a bearer token is never sent without TLS".into(),
-                    ));
-                }
-            }
-        }
+        let endpoint = endpoint_for(&config.address, &config.transport, config.token.is_some())?;
         if let Some(BearerToken::Static(token)) = &config.token {
             authorization(token).map_err(XdsError::Token)?;
         }
@@ -130,14 +99,10 @@ impl XdsClient {
                 types.push(extra);
             }
         }
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
         Ok(XdsClient {
             endpoint,
+            transport: config.transport,
+            root_file: None,
             address: config.address,
             token: config.token,
             node: config.node,
@@ -151,6 +116,44 @@ impl XdsClient {
             types,
             metrics: XdsMetrics::default(),
         })
+    }
+
+    /// Re-reads the control plane's trust anchor from `path` before every connection attempt;
+    /// when it changed (and holds PEM certificates), the connection verifies against it, so
+    /// the control plane's root can rotate without restarting the proxy. Unreadable or
+    /// unusable content keeps the anchor in use (with a warning). Only with TLS.
+    pub fn with_root_file(mut self, path: std::path::PathBuf) -> Self {
+        self.root_file = Some(path);
+        self
+    }
+
+    /// Rebuilds the endpoint if the root file holds another anchor than the one in use.
+    async fn refresh_root(&mut self) {
+        let (Some(path), XdsTransport::Tls(tls)) = (&self.root_file, &self.transport) else {
+            return;
+        };
+        let pem = match tokio::fs::read_to_string(path).await {
+            Ok(pem) if pem != tls.root_cert_pem => pem,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot re-read the control plane root; keeping the one in use");
+                return;
+            }
+        };
+        let transport = XdsTransport::Tls(super::XdsTls {
+            root_cert_pem: pem,
+            ..tls.clone()
+        });
+        match endpoint_for(&self.address, &transport, self.token.is_some()) {
+            Ok(endpoint) => {
+                tracing::info!(path = %path.display(), "the control plane root file changed; connecting with it");
+                self.endpoint = endpoint;
+                self.transport = transport;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the changed control plane root is unusable; keeping the one in use")
+            }
+        }
     }
 
     /// A receiver of the client's progress, updated on every connection change and response.
@@ -196,6 +199,7 @@ impl XdsClient {
 
     /// One connection: returns why it ended. Sets `progressed` once a response was handled.
     async fn serve(&mut self, progressed: &mut bool) -> StreamError {
+        self.refresh_root().await;
         let channel = match self.endpoint.connect().await {
             Ok(channel) => channel,
             Err(e) => return StreamError::Connect(source_chain(&e)),
@@ -388,6 +392,55 @@ fn authorization(token: &str) -> Result<MetadataValue<Ascii>, String> {
 
 fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), source_chain(status))
+}
+
+/// The endpoint of the control plane at `address` over `transport`, with connection settings.
+fn endpoint_for(
+    address: &str,
+    transport: &XdsTransport,
+    has_token: bool,
+) -> Result<Endpoint, XdsError> {
+    let address_error = |reason: &str| XdsError::Address {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut endpoint =
+        Endpoint::from_shared(address.to_string()).map_err(|e| address_error(&e.to_string()))?;
+    match transport {
+        XdsTransport::Tls(tls) => {
+            if !address.starts_with("https://") {
+                return Err(address_error("with TLS it must start with https://"));
+            }
+            parse_pem_certs(&tls.root_cert_pem).map_err(|e| XdsError::Root(e.to_string()))?;
+            let mut settings = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.root_cert_pem))
+                .domain_name(tls.server_name.clone());
+            if let Some(cert) = &tls.client_cert {
+                parse_pem_certs(&cert.chain_pem)
+                    .map_err(|e| XdsError::ClientCert(e.to_string()))?;
+                settings = settings.identity(TlsIdentity::from_pem(&cert.chain_pem, &cert.key_pem));
+            }
+            endpoint = endpoint
+                .tls_config(settings)
+                .map_err(|e| XdsError::Tls(source_chain(&e)))?;
+        }
+        XdsTransport::Plaintext => {
+            if !address.starts_with("http://") {
+                return Err(address_error("without TLS it must start with http://"));
+            }
+            if has_token {
+                return Err(XdsError::Token(
+                    "a bearer token is never sent without TLS".into(),
+                ));
+            }
+        }
+    }
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
 }
 
 /// An error's message followed by its sources, so a TLS failure under a transport error shows.

@@ -234,6 +234,13 @@ impl ZdsServerConn {
         self.wait_ack().await
     }
 
+    /// Resolves when ztunnel closes the link. It sends nothing unasked, so whatever arrives
+    /// meanwhile is ignored; the agent uses this to hold an older ztunnel's link open, idle,
+    /// until that ztunnel exits.
+    pub async fn closed(&self) {
+        while self.sock.recv().await.is_ok() {}
+    }
+
     async fn request(
         &self,
         req: &WorkloadRequest,

@@ -196,21 +196,12 @@ pub fn start(
         progress!("{key} is running already (pid {})", running.pid);
         return Ok(false);
     }
-    let binary = find_binary(daemon.binary_name())?;
-    let argv_owned = args(daemon, state, cluster)?;
-    let netns = daemon.node(cluster)?.netns.clone();
-    std::fs::create_dir_all(state.logs_dir()).context("creating the log directory")?;
-    let log = state.log(&key);
-    // Readiness lines are looked for after this point, not in an earlier run's lines.
-    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let mut argv: Vec<&OsStr> = vec![binary.as_os_str()];
-    argv.extend(argv_owned.iter().map(OsStr::new));
-    let record = process::spawn_detached(&process::Spawn {
-        netns: &netns,
-        argv: &argv,
-        env: env(daemon),
-        log: &log,
-    })?;
+    let Spawned {
+        record,
+        netns,
+        log,
+        offset,
+    } = spawn(state, cluster, daemon)?;
     cluster.daemons.insert(key.clone(), record);
     progress!("{key}: started (pid {}), waiting until ready", record.pid);
     if let Err(e) = wait_ready(daemon, cluster, &netns, &log, offset, record) {
@@ -224,6 +215,44 @@ pub fn start(
     }
     progress!("{key}: ready");
     Ok(true)
+}
+
+/// A daemon process just started, not yet recorded.
+pub struct Spawned {
+    /// The process.
+    pub record: ProcRecord,
+    /// The network namespace it runs in.
+    pub netns: String,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The log's length before it started: its own lines come after.
+    pub offset: u64,
+}
+
+/// Starts a process of `daemon` (whether or not one runs already: an upgrade runs two
+/// ztunnels for a moment) without waiting or recording it.
+pub fn spawn(state: &StateDir, cluster: &ClusterState, daemon: &Daemon) -> anyhow::Result<Spawned> {
+    let binary = find_binary(daemon.binary_name())?;
+    let argv_owned = args(daemon, state, cluster)?;
+    let netns = daemon.node(cluster)?.netns.clone();
+    std::fs::create_dir_all(state.logs_dir()).context("creating the log directory")?;
+    let log = state.log(&daemon.key());
+    // Readiness lines are looked for after this point, not in an earlier run's lines.
+    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut argv: Vec<&OsStr> = vec![binary.as_os_str()];
+    argv.extend(argv_owned.iter().map(OsStr::new));
+    let record = process::spawn_detached(&process::Spawn {
+        netns: &netns,
+        argv: &argv,
+        env: env(daemon),
+        log: &log,
+    })?;
+    Ok(Spawned {
+        record,
+        netns,
+        log,
+        offset,
+    })
 }
 
 fn wait_ready(
@@ -271,7 +300,8 @@ pub fn stop(cluster: &mut ClusterState, daemon: &Daemon) -> anyhow::Result<bool>
     Ok(was_running)
 }
 
-fn log_since(log: &Path, offset: u64) -> String {
+/// What `log` got after its first `offset` bytes.
+pub fn log_since(log: &Path, offset: u64) -> String {
     let bytes = std::fs::read(log).unwrap_or_default();
     let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
     String::from_utf8_lossy(&bytes[start..]).into_owned()

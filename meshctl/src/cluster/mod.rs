@@ -11,6 +11,7 @@ pub mod components;
 pub mod network;
 pub mod plan;
 pub mod prometheus;
+pub mod rollout;
 pub mod state;
 
 use clap::{Args, Subcommand, ValueEnum};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use mesh::copy::Abort;
-use mesh::hbone::{H2Config, InboundRequest, Server, ServerCerts};
+use mesh::hbone::{H2Config, H2Stream, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
 use mesh::model::Workload;
 use mesh::rbac::Connection;
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authz::{self, Inbound};
-use super::live::{copy_until_closed, finish, Kind, LiveConnections, PodKey};
+use super::live::{copy_until_closed, finish, Kind, LiveConnections, LiveGuard, PodKey};
 use super::waypoint::{self, Front, Origin};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
@@ -67,7 +67,7 @@ pub async fn serve_hbone(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let certs: Arc<dyn ServerCerts> = Arc::new(inputs.certs.subscribe(&pod.identity));
     let server = Arc::new(Server::new(H2Config::default(), certs));
@@ -146,6 +146,35 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
                 .failure(Direction::inbound, FailureReason::connection_limit);
         }
     };
+    // Set-up runs boxed, so its state (and what it looked up) is freed once the stream is
+    // accepted: an idle connection's task then holds only what copying needs.
+    let Some(ready) = Box::pin(setup_hbone(&inputs, &pod, req)).await else {
+        return;
+    };
+    let HboneReady {
+        record,
+        tunnel,
+        app,
+        guard,
+    } = ready;
+    finish(record, copy_until_closed(tunnel, app, guard).await);
+}
+
+/// An accepted HBONE stream and the app connection it goes to.
+struct HboneReady<'a> {
+    record: ConnectionRecord<'a>,
+    tunnel: H2Stream,
+    app: TcpStream,
+    guard: LiveGuard,
+}
+
+/// Checks, authorizes and connects one CONNECT request; `None` when it was refused or failed
+/// (already answered, counted and logged).
+async fn setup_hbone<'a>(
+    inputs: &'a ProxyInputs,
+    pod: &PodContext,
+    req: InboundRequest,
+) -> Option<HboneReady<'a>> {
     let target = req.target();
     let peer_id = req.peer().clone();
     // In-pod mode: the tunnel's TCP source is the client pod's own address. The `forwarded`
@@ -195,14 +224,16 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         tracing::info!(peer = %peer_id, %target, "HBONE request for another pod refused");
         req.reject(err.status());
         record.set_flags("NR");
-        return record.fail(FailureReason::unknown_destination, &err);
+        record.fail(FailureReason::unknown_destination, &err);
+        return None;
     };
     if origin == Origin::Bypass {
         let err = InboundError::BypassesWaypoint;
         tracing::info!(target: "authz", peer = %peer_id, %target, "HBONE connection that bypasses the destination's waypoint refused");
         req.reject(err.status());
         record.set_flags("DENY");
-        return record.fail(FailureReason::denied, &err);
+        record.fail(FailureReason::denied, &err);
+        return None;
     }
     let inbound = Inbound {
         conn: Connection {
@@ -220,10 +251,11 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         .register(&pod.key(), Kind::Inbound(inbound.clone()))
     else {
         // A new stream on an HBONE connection that outlived the pod's listener.
-        let err = InboundError::NotServed(pod.uid.clone());
+        let err = InboundError::NotServed(pod.uid.to_string());
         req.reject(err.status());
         record.set_flags("NR");
-        return record.fail(FailureReason::other, &err);
+        record.fail(FailureReason::other, &err);
+        return None;
     };
     let decision = authz::check(store, &dst_workload, &inbound);
     inputs
@@ -234,20 +266,27 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
         tracing::info!(target: "authz", connection = %inbound, reason = %decision.reason, "HBONE connection denied");
         req.reject(StatusCode::UNAUTHORIZED);
         record.set_flags("DENY");
-        return record.fail(FailureReason::denied, &decision.reason);
+        record.fail(FailureReason::denied, &decision.reason);
+        return None;
     }
     let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
     match inputs
         .limits
-        .connect(&pod, &inputs.home, target, spoof)
+        .connect(pod, &inputs.home, target, spoof)
         .await
     {
         Ok(mut app) => match req.accept() {
-            Ok(tunnel) => finish(record, copy_until_closed(tunnel, app, guard).await),
+            Ok(tunnel) => Some(HboneReady {
+                record,
+                tunnel,
+                app,
+                guard,
+            }),
             Err(e) => {
                 // The client went away before the answer: the app must not see a clean end.
                 app.abort();
                 record.fail(FailureReason::hbone, &e);
+                None
             }
         },
         Err(source) => {
@@ -258,6 +297,7 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
             };
             req.reject(err.status());
             record.fail(reason, &err);
+            None
         }
     }
 }
@@ -321,7 +361,7 @@ pub async fn serve_plaintext(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let accept = async {
         loop {
@@ -418,7 +458,7 @@ async fn handle_plaintext(
     else {
         // Accepted just as the pod left the mesh.
         record.set_flags("NR");
-        let err = InboundError::NotServed(pod.uid.clone());
+        let err = InboundError::NotServed(pod.uid.to_string());
         return record.fail(FailureReason::other, &err);
     };
     let decision = authz::check(store, &dst_workload, &inbound);

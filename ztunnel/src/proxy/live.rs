@@ -26,9 +26,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
+use mesh::Identity;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 // Tokio's clock: connection ages follow paused time in tests.
 use tokio::time::Instant;
@@ -42,7 +43,7 @@ mod recheck;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodKey {
     /// Workload uid.
-    pub uid: String,
+    pub uid: Arc<str>,
     /// Inode of the pod's network namespace. Not reused while any of our sockets (or the
     /// namespace fd a proxy holds) keeps the namespace alive.
     pub netns: u64,
@@ -65,6 +66,12 @@ pub enum CloseReason {
         /// The drain period it was given.
         drain: Duration,
     },
+    /// ztunnel is stopping (SIGTERM: a newer ztunnel took over, or the node goes) and its
+    /// drain deadline ended before the connection did.
+    Shutdown {
+        /// The drain deadline it was given.
+        deadline: Duration,
+    },
 }
 
 impl CloseReason {
@@ -72,8 +79,18 @@ impl CloseReason {
     pub fn flags(&self) -> &'static str {
         match self {
             CloseReason::Denied(_) => "DENY",
-            CloseReason::PodRemoved { .. } => "DRAIN",
+            CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. } => "DRAIN",
         }
+    }
+
+    /// Whether the connection ends with a clean close (FIN, END_STREAM) rather than a reset:
+    /// a drain that ran out closes what the application may still be using, so it must see
+    /// an ordinary end, not an error.
+    pub fn is_graceful(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. }
+        )
     }
 }
 
@@ -85,6 +102,9 @@ impl fmt::Display for CloseReason {
                 f,
                 "pod removed from the mesh: drain period of {drain:?} ended"
             ),
+            CloseReason::Shutdown { deadline } => {
+                write!(f, "ztunnel stopping: drain deadline of {deadline:?} ended")
+            }
         }
     }
 }
@@ -104,7 +124,6 @@ pub enum Kind {
 struct Live {
     pod: PodKey,
     kind: Kind,
-    close: watch::Sender<Option<CloseReason>>,
     /// Evaluated by a re-check since it was registered (its admission check may have read the
     /// store just before a change whose re-check did not see it yet).
     rechecked: bool,
@@ -123,11 +142,21 @@ pub struct Ends {
     /// The destination (a workload or service address and port).
     pub dst: Option<SocketAddr>,
     /// The source's identity, when known.
-    pub src_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub src_identity: Option<Identity>,
     /// The destination's identity, when known (expected for outbound HBONE).
-    pub dst_identity: Option<String>,
+    #[serde(serialize_with = "uri")]
+    pub dst_identity: Option<Identity>,
     /// The waypoint in the path, if any.
     pub waypoint: Option<String>,
+}
+
+/// An identity as its SPIFFE URI (or null).
+fn uri<S: serde::Serializer>(id: &Option<Identity>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(id.as_uri()),
+        None => s.serialize_none(),
+    }
 }
 
 /// One live proxied connection, for `/connections` (read-only; HBONE tunnels are not listed).
@@ -188,8 +217,7 @@ impl Inner {
                 .values()
                 .filter(|l| l.pod == *pod && matches!(l.kind, Kind::Tunnel) == tunnels);
             for l in of_pod {
-                if l.close.borrow().is_none() {
-                    let _ = l.close.send(Some(reason.clone()));
+                if l.counts.close.set(reason) {
                     closed += usize::from(!tunnels);
                 }
             }
@@ -239,7 +267,6 @@ pub struct LiveConnections {
 pub struct LiveGuard {
     id: u64,
     registry: Arc<LiveConnections>,
-    rx: watch::Receiver<Option<CloseReason>>,
     counts: Arc<Counts>,
 }
 
@@ -253,14 +280,7 @@ impl LiveGuard {
 
     /// Resolves when the connection must be closed, with the reason.
     pub async fn closed(&mut self) -> CloseReason {
-        loop {
-            if let Some(reason) = self.rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if self.rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
+        self.counts.close.wait().await
     }
 }
 
@@ -318,6 +338,25 @@ impl LiveConnections {
         conns
     }
 
+    /// `pod`'s proxy stopped with the whole process (its listeners are closed): unlike a
+    /// removal, the pod stays served, so a stream that an HBONE connection still carries after
+    /// our GOAWAY (the peer sent it before it read the GOAWAY) is proxied rather than refused,
+    /// and no timer of its own closes anything (ztunnel's shutdown closes what is left with
+    /// [`LiveConnections::close_all`] at its drain deadline). Returns how many proxied
+    /// connections it has.
+    pub fn pod_stopping(&self, pod: &PodKey) -> usize {
+        self.lock().count(pod).0
+    }
+
+    /// Closes every live connection with `reason` (proxied ones first, then the HBONE
+    /// connections under them); returns how many proxied connections were closed.
+    pub fn close_all(&self, reason: &CloseReason) -> usize {
+        let inner = self.lock();
+        let pods: std::collections::BTreeSet<PodKey> =
+            inner.conns.values().map(|l| l.pod.clone()).collect();
+        pods.iter().map(|pod| inner.close_pod(pod, reason)).sum()
+    }
+
     fn drain_ended(&self, pod: &PodKey, drain_id: u64, drain: Duration) {
         let mut inner = self.lock();
         // A re-add (or a newer removal) since this timer started owns the pod now.
@@ -338,14 +377,12 @@ impl LiveConnections {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (close, rx) = watch::channel(None);
         let counts = Arc::new(Counts::default());
         inner.conns.insert(
             id,
             Live {
                 pod: pod.clone(),
                 kind,
-                close,
                 rechecked: false,
                 since: Instant::now(),
                 counts: counts.clone(),
@@ -354,7 +391,6 @@ impl LiveConnections {
         Some(LiveGuard {
             id,
             registry: self.clone(),
-            rx,
             counts,
         })
     }
@@ -398,13 +434,13 @@ impl LiveConnections {
                         Ends {
                             src: Some(i.conn.src_ip.to_string()),
                             dst: Some(SocketAddr::new(i.conn.dst_ip, i.conn.dst_port)),
-                            src_identity: i.conn.src_identity.as_ref().map(ToString::to_string),
+                            src_identity: i.conn.src_identity.clone(),
                             dst_identity: None,
                             waypoint: i.via.as_ref().map(ToString::to_string),
                         },
                     ),
                 };
-                let state = if l.close.borrow().is_some() {
+                let state = if l.counts.close.is_set() {
                     "closing"
                 } else if matches!(inner.pods.get(&l.pod), Some(PodState::Draining { .. })) {
                     "draining"
@@ -413,7 +449,7 @@ impl LiveConnections {
                 };
                 let t = l.counts.get();
                 let info = ConnectionInfo {
-                    pod_uid: l.pod.uid.clone(),
+                    pod_uid: l.pod.uid.to_string(),
                     direction,
                     ends: l.counts.ends.get().cloned().unwrap_or(derived),
                     bytes_sent: t.a_to_b,
@@ -438,7 +474,7 @@ impl LiveConnections {
             .map(|(pod, _)| {
                 let (connections, tunnels) = inner.count(pod);
                 DrainingPod {
-                    uid: pod.uid.clone(),
+                    uid: pod.uid.to_string(),
                     netns_inode: pod.netns,
                     connections,
                     tunnels,
@@ -492,15 +528,43 @@ where
         reason = guard.closed() => Err(CopyEnd::Closed { reason, transferred: counts.get() }),
         res = mesh::copy::copy_bidirectional(&mut a, &mut b) => Ok(res?),
     };
-    if let Err(CopyEnd::Closed {
-        reason: CloseReason::Denied(_),
-        ..
-    }) = &result
-    {
-        a.abort();
-        b.abort();
+    match &result {
+        Err(CopyEnd::Closed { reason, .. }) if reason.is_graceful() => {
+            close_gracefully(&mut a, &mut b).await;
+        }
+        Err(CopyEnd::Closed { .. }) => {
+            a.abort();
+            b.abort();
+        }
+        _ => {}
     }
     result
+}
+
+/// How long a drained connection's peers get to answer our FIN / END_STREAM with theirs.
+const GRACEFUL_CLOSE: Duration = Duration::from_secs(2);
+
+/// Ends both sides as a clean close: FIN to a TCP peer, END_STREAM to an HBONE one, then reads
+/// (and discards) until each peer ends its side too, for up to [`GRACEFUL_CLOSE`]. Closing a
+/// TCP socket with unread bytes would send a reset; once the peer's FIN is read it is not.
+async fn close_gracefully<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let ends = async {
+        let _ = tokio::join!(a.shutdown(), b.shutdown());
+        let _ = tokio::join!(discard(a), discard(b));
+    };
+    let _ = tokio::time::timeout(GRACEFUL_CLOSE, ends).await;
+}
+
+/// Reads until EOF or an error.
+async fn discard<S: AsyncRead + Unpin>(s: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 /// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and
@@ -523,13 +587,61 @@ pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, Copy
     record.close(t.a_to_b, t.b_to_a, Some(&end));
 }
 
-/// Bytes read from and written to one side, readable after its copy was dropped; and the
-/// connection's ends once described.
+/// What the registry and a connection's guard share (one allocation per connection): the
+/// bytes read from and written to one side, readable after its copy was dropped; the
+/// connection's ends once described; and the signal to close it.
 #[derive(Default)]
 struct Counts {
     read: AtomicU64,
     written: AtomicU64,
     ends: std::sync::OnceLock<Ends>,
+    close: CloseSignal,
+}
+
+/// The registry's "close this connection", set at most once and awaited by its copy loop. (A
+/// `watch` channel did the same with a ~400-byte allocation per connection.)
+#[derive(Default)]
+struct CloseSignal {
+    reason: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Sets `reason` unless a reason is set already; whether this call set it.
+    fn set(&self, reason: &CloseReason) -> bool {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.clone());
+        }
+        // A permit when nobody waits yet: the next `wait` sees it.
+        self.notify.notify_one();
+        true
+    }
+
+    fn is_set(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The reason, once set (never, if the connection ends first).
+    async fn wait(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl Counts {

@@ -61,8 +61,8 @@ pub struct ProxyInputs {
 /// The pod a proxy serves.
 #[derive(Debug, Clone)]
 pub struct PodContext {
-    /// Its workload uid (the xDS resource name).
-    pub uid: String,
+    /// Its workload uid (the xDS resource name); shared, as every connection carries it.
+    pub uid: Arc<str>,
     /// Its identity (from ZDS workload info, or from the store).
     pub identity: Identity,
     /// Its network namespace.
@@ -163,10 +163,12 @@ impl Connector for PodConnector {
 /// pod (uid and network namespace) is started again before that.
 pub struct PodProxy {
     pod: PodContext,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Stop>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<live::LiveConnections>,
-    drain: Duration,
+    /// The drain period of its live connections once stopped; `None`: ztunnel itself is
+    /// stopping and closes them at its own drain deadline.
+    drain: Option<Duration>,
 }
 
 impl std::fmt::Debug for PodProxy {
@@ -189,7 +191,7 @@ impl PodProxy {
         if let Some(kept) = inputs.live.pod_started(&pod.key()) {
             tracing::info!(uid = %pod.uid, netns = pod.netns.inode(), connections = kept, "pod handed over again before its drain ended; its connections stay");
         }
-        let (shutdown, rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(Stop::Running);
         let tasks = vec![
             tokio::spawn(outbound::serve(
                 inputs.clone(),
@@ -216,7 +218,7 @@ impl PodProxy {
             shutdown,
             tasks,
             live: inputs.live.clone(),
-            drain: inputs.config.pod_drain(),
+            drain: Some(inputs.config.pod_drain()),
         })
     }
 
@@ -224,22 +226,49 @@ impl PodProxy {
     pub fn pod(&self) -> &PodContext {
         &self.pod
     }
+
+    /// Stops the proxy as part of ztunnel's own shutdown: listeners close and HBONE
+    /// connections get GOAWAY as on a removal, but the live connections get no drain timer of
+    /// their own (the shutdown closes them at its deadline).
+    pub fn stop_for_shutdown(mut self) {
+        self.drain = None;
+    }
 }
 
 impl Drop for PodProxy {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(match self.drain {
+            Some(_) => Stop::Removed,
+            None => Stop::Shutdown,
+        });
         for task in &self.tasks {
             task.abort();
         }
-        let draining = self.live.pod_removed(&self.pod.key(), self.drain);
-        tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = self.drain.as_secs_f64(), "pod proxy stopped; new connections refused, live ones drain");
+        let key = self.pod.key();
+        let draining = match self.drain {
+            Some(drain) => self.live.pod_removed(&key, drain),
+            None => self.live.pod_stopping(&key),
+        };
+        let drain_secs = self.drain.map(|d| d.as_secs_f64());
+        tracing::info!(uid = %self.pod.uid, netns = self.pod.netns.inode(), draining, drain_secs = ?drain_secs, "pod proxy stopped; new connections refused, live ones drain");
     }
 }
 
+/// What a pod proxy's tasks are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Serving.
+    Running,
+    /// The pod left the mesh: stop accepting; its connections drain for the pod drain period.
+    Removed,
+    /// ztunnel itself is stopping: stop accepting; connections already accepted are served to
+    /// their end (the outbound HBONE pool stays usable for them).
+    Shutdown,
+}
+
 /// Resolves when `rx` says stop (or its sender is gone).
-pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
+pub(crate) async fn stopped(mut rx: watch::Receiver<Stop>) {
+    while *rx.borrow_and_update() == Stop::Running {
         if rx.changed().await.is_err() {
             return;
         }

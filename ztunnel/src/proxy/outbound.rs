@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mesh::copy::Abort;
-use mesh::hbone::{Baggage, ConnectMeta, H2Config, Pool, PoolKey};
+use mesh::hbone::{Baggage, ConnectMeta, H2Config, H2Stream, Pool, PoolKey};
 use mesh::metrics::Reporter;
 use mesh::model::{GatewayAddress, HealthStatus, Service, TunnelProtocol, Workload};
 use mesh::store::Store;
@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::live::{copy_until_closed, finish, Ends, Kind};
+use super::live::{copy_until_closed, finish, Ends, Kind, LiveGuard};
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
@@ -101,11 +101,7 @@ pub fn resolve(store: &Store, src: Option<&Workload>, dst: SocketAddr) -> Route 
             .find(|a| a.is_ipv4() == dst.is_ipv4())
             .unwrap_or(dst.ip());
         let mut route = to_workload(pick.workload.clone(), SocketAddr::new(ip, port));
-        let sans: Vec<Identity> = service
-            .subject_alt_names
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let sans = service.subject_alt_names.clone();
         match &mut route {
             Route::Hbone {
                 service: s,
@@ -193,12 +189,16 @@ fn via_waypoint(
 }
 
 /// Drains the pool when dropped: when the pod's proxy stops (or its task is aborted), idle
-/// HBONE connections close at once and busy ones when their last stream ends.
-struct DrainOnDrop(Pool);
+/// HBONE connections close at once and busy ones when their last stream ends. Not when
+/// ztunnel itself is stopping: connections accepted just before the listener closed still
+/// need the pool, which drains anyway when their tasks drop its last handle.
+struct DrainOnDrop(Pool, watch::Receiver<super::Stop>);
 
 impl Drop for DrainOnDrop {
     fn drop(&mut self) {
-        self.0.drain();
+        if *self.1.borrow() != super::Stop::Shutdown {
+            self.0.drain();
+        }
     }
 }
 
@@ -208,7 +208,7 @@ pub async fn serve(
     inputs: ProxyInputs,
     pod: PodContext,
     listener: TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<super::Stop>,
 ) {
     let pool = Pool::with_stats(
         H2Config::default(),
@@ -218,7 +218,7 @@ pub async fn serve(
         }),
         inputs.pool_stats.clone(),
     );
-    let _drain = DrainOnDrop(pool.clone());
+    let _drain = DrainOnDrop(pool.clone(), stop.clone());
     let accept = async {
         loop {
             let (stream, peer, slot) = inputs
@@ -246,6 +246,21 @@ pub async fn serve(
     }
 }
 
+/// Where a set-up connection goes on to.
+enum Upstream {
+    /// Plain TCP (passthrough).
+    Tcp(TcpStream),
+    /// An HBONE stream.
+    Tunnel(H2Stream),
+}
+
+/// A connection that is set up: its record, where it goes, and its live-connection guard.
+struct Ready<'a> {
+    record: ConnectionRecord<'a>,
+    upstream: Upstream,
+    guard: LiveGuard,
+}
+
 async fn handle(
     inputs: ProxyInputs,
     pod: PodContext,
@@ -253,6 +268,32 @@ async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
 ) {
+    // Set-up (resolution, certificate, HBONE connect) runs boxed, so its state is freed once
+    // the connection is up: an idle connection's task then holds only what copying needs.
+    let ready = Box::pin(setup(&inputs, &pod, pool, &mut stream, peer)).await;
+    let Some(Ready {
+        record,
+        upstream,
+        guard,
+    }) = ready
+    else {
+        return;
+    };
+    match upstream {
+        Upstream::Tcp(up) => finish(record, copy_until_closed(stream, up, guard).await),
+        Upstream::Tunnel(t) => finish(record, copy_until_closed(stream, t, guard).await),
+    }
+}
+
+/// Resolves, authorizes and connects an accepted outbound connection; `None` when it was
+/// refused or failed (already counted, and the app's socket aborted where it must be).
+async fn setup<'a>(
+    inputs: &'a ProxyInputs,
+    pod: &PodContext,
+    pool: Pool,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<Ready<'a>> {
     let _ = stream.set_nodelay(true);
     // Refused before a record exists: counted, with no access-log line (as before).
     let failed = || {
@@ -263,27 +304,33 @@ async fn handle(
     // Registered before any await: the pod's removal either refuses it or drains it.
     let Some(guard) = inputs.live.register(&pod.key(), Kind::Outbound) else {
         tracing::debug!("connection accepted as the pod left the mesh; dropped");
-        return failed();
+        failed();
+        return None;
     };
-    let orig_dst = match socket2::SockRef::from(&stream).original_dst_v4() {
+    let orig_dst = match socket2::SockRef::from(&*stream).original_dst_v4() {
         Ok(addr) => match addr.as_socket() {
             Some(a) => a,
-            None => return failed(),
+            None => {
+                failed();
+                return None;
+            }
         },
         Err(e) => {
             tracing::warn!(error = %e, "no original destination on a captured connection");
-            return failed();
+            failed();
+            return None;
         }
     };
-    if orig_dst.port() == mesh::capture::OUTBOUND_PORT && is_local(&stream, orig_dst.ip()) {
+    if orig_dst.port() == mesh::capture::OUTBOUND_PORT && is_local(stream, orig_dst.ip()) {
         // Somebody connected to 15001 directly: there is nowhere to send it.
         tracing::info!(%orig_dst, "refusing a direct connection to the outbound port");
-        return failed();
+        failed();
+        return None;
     }
     let store = &inputs.store;
     let src_workload = pod.workload(store);
     let route = resolve(store, src_workload.as_deref(), orig_dst);
-    guard.describe(ends(&route, &pod, peer, orig_dst));
+    guard.describe(ends(&route, pod, peer, orig_dst));
     let src = Peer {
         workload: src_workload.clone(),
         identity: Some(pod.identity.clone()),
@@ -307,6 +354,7 @@ async fn handle(
             // that the destination cannot be reached.
             stream.abort();
             record.fail(FailureReason::no_healthy_upstream, &why);
+            None
         }
         Route::Passthrough {
             addr,
@@ -327,11 +375,16 @@ async fn handle(
                 false,
             )
             .for_pod(&pod.metrics);
-            match inputs.limits.connect(&pod, &inputs.home, addr, None).await {
-                Ok(upstream) => finish(record, copy_until_closed(stream, upstream, guard).await),
+            match inputs.limits.connect(pod, &inputs.home, addr, None).await {
+                Ok(up) => Some(Ready {
+                    record,
+                    upstream: Upstream::Tcp(up),
+                    guard,
+                }),
                 Err(e) => {
                     stream.abort();
                     record.fail(FailureReason::of_io(&e), &e);
+                    None
                 }
             }
         }
@@ -362,7 +415,8 @@ async fn handle(
                 Err(e) => {
                     stream.abort();
                     // No certificate to present: mutual TLS cannot be set up.
-                    return record.fail(FailureReason::tls_handshake, &e);
+                    record.fail(FailureReason::tls_handshake, &e);
+                    return None;
                 }
             };
             let src_ip = src_workload
@@ -377,13 +431,18 @@ async fn handle(
             };
             tracing::debug!(%endpoint, %authority, via_waypoint, "HBONE");
             match pool.connect(&key, &cert, authority, &meta).await {
-                Ok(tunnel) => finish(record, copy_until_closed(stream, tunnel, guard).await),
+                Ok(tunnel) => Some(Ready {
+                    record,
+                    upstream: Upstream::Tunnel(tunnel),
+                    guard,
+                }),
                 Err(e) => {
                     // Refused (401, 503) or unreachable after the app's own connect()
                     // succeeded: a reset, never a clean close the app could mistake for an
                     // empty answer.
                     stream.abort();
                     record.fail(FailureReason::of_hbone(&e), &e);
+                    None
                 }
             }
         }
@@ -400,20 +459,20 @@ fn ends(route: &Route, pod: &PodContext, peer: SocketAddr, orig_dst: SocketAddr)
             via_waypoint: true,
             ..
         } => (
-            workload.as_ref().map(|w| w.identity.to_string()),
+            workload.as_ref().map(|w| w.identity.clone()),
             Some(
                 expected
                     .first()
                     .map_or(endpoint.ip().to_string(), ToString::to_string),
             ),
         ),
-        Route::Hbone { expected, .. } => (expected.first().map(ToString::to_string), None),
+        Route::Hbone { expected, .. } => (expected.first().cloned(), None),
         Route::Passthrough { .. } | Route::Unreachable(_) => (None, None),
     };
     Ends {
         src: Some(peer.to_string()),
         dst: Some(orig_dst),
-        src_identity: Some(pod.identity.to_string()),
+        src_identity: Some(pod.identity.clone()),
         dst_identity,
         waypoint,
     }

@@ -27,13 +27,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mesh::metrics::{set_label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+use mesh::metrics::{
+    set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics,
+};
 use mesh::model::{Service, Workload};
 use mesh::rbac::Decision;
 use mesh::store::Store;
 use mesh::Identity;
 use prometheus_client::registry::Registry;
 
+mod labels;
 mod outcomes;
 mod pods;
 
@@ -47,6 +50,7 @@ pub struct Telemetry {
     failures: outcomes::Failures,
     decisions: outcomes::Decisions,
     pods: Arc<pods::PodRegistry>,
+    labels: labels::LabelCache,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -81,6 +85,7 @@ impl Telemetry {
             failures,
             decisions,
             pods,
+            labels: labels::LabelCache::default(),
         }
     }
 
@@ -137,24 +142,6 @@ pub struct ConnectionRecord<'a> {
     active: Option<ActiveConnection>,
 }
 
-/// Workload labels as Istio derives them: `app`/`version` are the canonical service and
-/// revision (the workload API carries no raw pod labels).
-fn workload_labels(w: &Workload) -> [String; 6] {
-    let name = if w.workload_name.is_empty() {
-        w.name.clone()
-    } else {
-        w.workload_name.clone()
-    };
-    [
-        name,
-        w.canonical_name.clone(),
-        w.canonical_revision.clone(),
-        w.namespace().to_string(),
-        w.canonical_name.clone(),
-        w.canonical_revision.clone(),
-    ]
-}
-
 impl<'a> ConnectionRecord<'a> {
     /// Starts recording; counts the connection as opened.
     pub fn open(
@@ -166,31 +153,37 @@ impl<'a> ConnectionRecord<'a> {
         mtls: bool,
     ) -> Self {
         let mut l = TcpLabels::new(reporter);
-        if let Some(w) = &src.workload {
-            let [name, cs, cr, ns, app, version] = workload_labels(w);
-            set_label(&mut l.source_workload, &name);
-            set_label(&mut l.source_canonical_service, &cs);
-            set_label(&mut l.source_canonical_revision, &cr);
-            set_label(&mut l.source_workload_namespace, &ns);
-            set_label(&mut l.source_app, &app);
-            set_label(&mut l.source_version, &version);
-            set_label(&mut l.source_cluster, &w.cluster_id);
+        // Workload labels as Istio derives them: `app`/`version` are the canonical service
+        // and revision (the workload API carries no raw pod labels).
+        let principal = |w: Option<&labels::WorkloadLabels>, id: &Identity| match w {
+            Some(w) => w.principal(id),
+            None => Label::from(id.as_uri()),
+        };
+        let src_labels = src.workload.as_ref().map(|w| telemetry.labels.get(w));
+        if let Some(w) = &src_labels {
+            share_label(&mut l.source_workload, &w.workload);
+            share_label(&mut l.source_canonical_service, &w.canonical_service);
+            share_label(&mut l.source_canonical_revision, &w.canonical_revision);
+            share_label(&mut l.source_workload_namespace, &w.namespace);
+            share_label(&mut l.source_app, &w.canonical_service);
+            share_label(&mut l.source_version, &w.canonical_revision);
+            share_label(&mut l.source_cluster, &w.cluster);
         }
         if let Some(id) = &src.identity {
-            l.source_principal = id.to_string();
+            l.source_principal = principal(src_labels.as_deref(), id);
         }
-        if let Some(w) = &dst.workload {
-            let [name, cs, cr, ns, app, version] = workload_labels(w);
-            set_label(&mut l.destination_workload, &name);
-            set_label(&mut l.destination_canonical_service, &cs);
-            set_label(&mut l.destination_canonical_revision, &cr);
-            set_label(&mut l.destination_workload_namespace, &ns);
-            set_label(&mut l.destination_app, &app);
-            set_label(&mut l.destination_version, &version);
-            set_label(&mut l.destination_cluster, &w.cluster_id);
+        let dst_labels = dst.workload.as_ref().map(|w| telemetry.labels.get(w));
+        if let Some(w) = &dst_labels {
+            share_label(&mut l.destination_workload, &w.workload);
+            share_label(&mut l.destination_canonical_service, &w.canonical_service);
+            share_label(&mut l.destination_canonical_revision, &w.canonical_revision);
+            share_label(&mut l.destination_workload_namespace, &w.namespace);
+            share_label(&mut l.destination_app, &w.canonical_service);
+            share_label(&mut l.destination_version, &w.canonical_revision);
+            share_label(&mut l.destination_cluster, &w.cluster);
         }
         if let Some(id) = &dst.identity {
-            l.destination_principal = id.to_string();
+            l.destination_principal = principal(dst_labels.as_deref(), id);
         }
         if let Some(s) = service {
             set_label(&mut l.destination_service, &s.hostname);
@@ -230,7 +223,7 @@ impl<'a> ConnectionRecord<'a> {
 
     /// Sets the `response_flags` label (e.g. `DENY`, `UF` for upstream connect failure).
     pub fn set_flags(&mut self, flags: &str) {
-        self.labels.response_flags = flags.to_string();
+        self.labels.response_flags = Label::from(flags);
     }
 
     /// Names the waypoint the connection came through (for the access log); the source is
@@ -248,8 +241,8 @@ impl<'a> ConnectionRecord<'a> {
     /// error if the connection failed.
     pub fn close(mut self, sent: u64, received: u64, error: Option<&dyn std::fmt::Display>) {
         // The opened count already used these labels; a flag learned later goes on the close.
-        if error.is_some() && self.labels.response_flags == "-" {
-            self.labels.response_flags = "UF".to_string();
+        if error.is_some() && &*self.labels.response_flags == "-" {
+            self.labels.response_flags = Label::from("UF");
         }
         self.telemetry
             .tcp

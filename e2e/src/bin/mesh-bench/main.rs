@@ -31,6 +31,7 @@
 //! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C] [--rounds N]   (1000 req/s, 5 s, 10000, 8, 3)
 //!            [--upstream PATH | --no-upstream] [--no-hbone-bench]
 //!            [--http-rate R] [--only tcp|http|all]       the waypoint part (1000 req/s, all)
+//!            [--only scaling]                            1, 2, 4 clients x 1, 2 ztunnel workers
 //! mesh-bench --smoke [--upstream PATH | --no-upstream]   each path carries bytes (about 1 s each)
 //! mesh-bench serve <port>                        1 KiB request -> 1 KiB response server
 //! mesh-bench serve-http <port>                   the same over HTTP/1.1 (hyper, keep-alive)
@@ -55,6 +56,7 @@ mod http;
 mod inproc;
 mod l7;
 mod report;
+mod scaling;
 mod smoke;
 mod upstream;
 mod workload;
@@ -137,6 +139,8 @@ enum Only {
     Tcp,
     Http,
     All,
+    /// Only the scaling table (1, 2, 4 clients × 1, 2 workers).
+    Scaling,
 }
 
 /// Where upstream ztunnel comes from.
@@ -212,7 +216,8 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
                     "tcp" => Only::Tcp,
                     "http" => Only::Http,
                     "all" => Only::All,
-                    _ => anyhow::bail!("--only takes tcp, http or all"),
+                    "scaling" => Only::Scaling,
+                    _ => anyhow::bail!("--only takes tcp, http, all or scaling"),
                 }
             }
             _ => anyhow::bail!("unknown argument {k}"),
@@ -380,6 +385,7 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     let cfg = parse_cfg(a)?;
     e2e::require_root();
     let tcp = cfg.smoke || cfg.only != Only::Http;
+    let scale = !cfg.smoke && cfg.only == Only::Scaling;
     if !cfg.smoke {
         ensure_iperf3()?;
     }
@@ -397,7 +403,7 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     let machine = machine();
     eprintln!("machine: {machine}");
     // Before the cluster: its compile and run must not overlap the measurements.
-    let hbone = (!cfg.smoke && tcp && cfg.hbone_bench).then(inproc::hbone_bench);
+    let hbone = (!cfg.smoke && tcp && !scale && cfg.hbone_bench).then(inproc::hbone_bench);
     down_on_signals()?;
 
     let me = std::env::current_exe()?;
@@ -419,8 +425,11 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         format!("conn listening on 0.0.0.0:{CONN_PORT}"),
     ];
     if !cfg.smoke {
-        server_cmd = format!("iperf3 -s -p {IPERF_PORT} --forceflush & {server_cmd}");
-        needles.push(format!("Server listening on {IPERF_PORT}"));
+        // One iperf3 server per client of the scaling table (a server takes one test at a time).
+        for port in (IPERF_PORT..).take(scaling::CLIENTS[scaling::CLIENTS.len() - 1]) {
+            server_cmd = format!("iperf3 -s -p {port} --forceflush & {server_cmd}");
+            needles.push(format!("Server listening on {port}"));
+        }
     }
     let server = ["sh", "-c", server_cmd.as_str()];
     eprintln!("pods through the CNI chain...");
@@ -430,16 +439,33 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
     let mc = c.pod_run(MESH, "client", "n1", "client", "", &[])?;
     let ms_same = c.pod_run(MESH, "server-same", "n1", "server", "", &server)?;
     let ms_cross = c.pod_run(MESH, "server-cross", "n2", "server", "", &server)?;
+    // The scaling table's extra clients, on n1 in both namespaces.
+    let mut extra = Vec::new();
+    if scale {
+        for ns in [PLAIN, MESH] {
+            for name in ["client-2", "client-3", "client-4"] {
+                extra.push(c.pod_run(ns, name, "n1", "client", "", &[])?);
+            }
+        }
+    }
     let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
     for s in [&ps_same, &ps_cross, &ms_same, &ms_cross] {
         c.wait_pod_log(s, &needles)?;
     }
-    for p in [&pc, &ps_same, &ps_cross, &mc, &ms_same, &ms_cross] {
+    for p in [&pc, &ps_same, &ps_cross, &mc, &ms_same, &ms_cross]
+        .into_iter()
+        .chain(&extra)
+    {
         compare::tune_pod(&c, p)?;
     }
-    c.wait_captured(&[&mc, &ms_same, &ms_cross])?;
+    let (plain_extra, mesh_extra) = extra.split_at(extra.len() / 2);
+    let mut captured = vec![&mc, &ms_same, &ms_cross];
+    captured.extend(mesh_extra);
+    c.wait_captured(&captured)?;
     c.wait_hbone(mc.node, &[&ms_same, &ms_cross])?;
-    c.wait_hbone(ms_cross.node, &[&mc])?;
+    let mut clients = vec![&mc];
+    clients.extend(mesh_extra);
+    c.wait_hbone(ms_cross.node, &clients)?;
     let plain_rows = c.pods(PLAIN)?;
     if let Some(r) = plain_rows.iter().find(|r| r.captured) {
         bail!(
@@ -468,6 +494,20 @@ fn bench(a: &[&str]) -> anyhow::Result<()> {
         smoke::run(&mut cmp)?;
         drop(cmp);
         drop(c);
+        return Ok(());
+    }
+    if scale {
+        let plain = scaling::ScalePods {
+            clients: std::iter::once(&pc).chain(plain_extra).collect(),
+            server: &ps_cross,
+        };
+        let mesh = scaling::ScalePods {
+            clients,
+            server: &ms_cross,
+        };
+        scaling::run(&mut cmp, &cfg, &plain, &mesh)?;
+        println!();
+        println!("machine: {machine}");
         return Ok(());
     }
     if tcp {

@@ -60,6 +60,8 @@ impl Proc {
 pub(crate) struct Upstream {
     pub(crate) binary: PathBuf,
     pub(crate) procs: Vec<Proc>,
+    /// `ZTUNNEL_WORKER_THREADS` of the processes it starts.
+    pub(crate) workers: usize,
 }
 
 impl Upstream {
@@ -67,6 +69,7 @@ impl Upstream {
         Upstream {
             binary,
             procs: Vec::new(),
+            workers: our_workers(),
         }
     }
 
@@ -119,6 +122,14 @@ impl Upstream {
         Ok(())
     }
 
+    /// Stops every upstream process (ours stays stopped): the next `swap_in` starts fresh ones,
+    /// e.g. with another worker count.
+    pub(crate) fn stop_procs(&mut self) {
+        for p in self.procs.drain(..) {
+            stop(p.child, p.node);
+        }
+    }
+
     fn spawn(&self, c: &Cluster, node: &str) -> anyhow::Result<Child> {
         let state = &c.state;
         let netns = format!("{}-{node}", c.name);
@@ -154,7 +165,7 @@ impl Upstream {
             .env("CA_ROOT_CA", &root)
             .env("AUTH_TOKEN", &token)
             .env("NODE_NAME", node)
-            .env("ZTUNNEL_WORKER_THREADS", our_workers().to_string())
+            .env("ZTUNNEL_WORKER_THREADS", self.workers.to_string())
             // Ours logs every connection at info (meshctl's RUST_LOG=info,access=info): so
             // does upstream, so both pay for an access log line per connection.
             .env("RUST_LOG", "info,access=info")

@@ -313,7 +313,7 @@ impl Pool {
         cert: &WorkloadCertificate,
         tx: watch::Sender<Option<Result<(), HboneError>>>,
     ) {
-        let tls = Arc::new(crate::tls::client_config(cert, key.dst_identities.clone()));
+        let tls = crate::tls::cached_client_config(cert, &key.dst_identities);
         let inner = Arc::downgrade(&self.inner);
         let connector = self.inner.connector.clone();
         let config = self.inner.config.clone();

@@ -57,7 +57,7 @@ impl LiveConnections {
         // (1) Pods with live inbound connections, and whether any is new.
         let mut pods: HashMap<PodKey, bool> = HashMap::new();
         for l in self.lock().conns.values() {
-            if !matches!(l.kind, Kind::Inbound(_)) || l.close.borrow().is_some() {
+            if !matches!(l.kind, Kind::Inbound(_)) || l.counts.close.is_set() {
                 continue;
             }
             match pods.get_mut(&l.pod) {
@@ -105,7 +105,7 @@ impl LiveConnections {
                 let Some((pod, (scope, _))) = work.get_key_value(&l.pod) else {
                     continue;
                 };
-                if l.close.borrow().is_some() || (matches!(scope, Scope::New) && l.rechecked) {
+                if l.counts.close.is_set() || (matches!(scope, Scope::New) && l.rechecked) {
                     continue;
                 }
                 groups
@@ -153,8 +153,7 @@ impl LiveConnections {
                     let Some(l) = inner.conns.get(id) else {
                         continue; // ended meanwhile
                     };
-                    if l.close.borrow().is_none() {
-                        let _ = l.close.send(Some(reason.clone()));
+                    if l.counts.close.set(&reason) {
                         closed += 1;
                     }
                 }
