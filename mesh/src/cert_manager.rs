@@ -117,6 +117,52 @@ pub struct CertStatus {
     pub refresh_failures: u32,
 }
 
+impl CertStatus {
+    /// `available` (valid, renewed on schedule), `refresh_failing` (valid and served, but the
+    /// last renewal failed) or `pending` (no valid certificate): the states of the
+    /// `mesh_certificates` metric.
+    pub fn state(&self, now: SystemTime) -> &'static str {
+        match &self.cert {
+            Some(cert) if !cert.is_expired_at(now) && self.refresh_failures > 0 => {
+                "refresh_failing"
+            }
+            Some(cert) if !cert.is_expired_at(now) => "available",
+            _ => "pending",
+        }
+    }
+
+    /// The identity's entry in a proxy's `/config_dump`: state, failed renewals in a row and,
+    /// with a certificate, its serial, expiry and next renewal (seconds from now; negative when
+    /// past).
+    pub fn dump(&self) -> serde_json::Value {
+        let now = SystemTime::now();
+        let mut out = serde_json::json!({
+            "identity": self.identity.as_uri(),
+            "state": self.state(now),
+            "refresh_failures": self.refresh_failures,
+        });
+        if let Some(c) = &self.cert {
+            let secs = |t: SystemTime| match t.duration_since(now) {
+                Ok(d) => d.as_secs() as i64,
+                Err(e) => -(e.duration().as_secs() as i64),
+            };
+            out["serial"] = serde_json::json!(c
+                .chain()
+                .first()
+                .and_then(|der| crate::cert::serial_of(der).ok()));
+            out["not_after_unix"] = serde_json::json!(c
+                .not_after()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0));
+            out["expires_in_s"] = serde_json::json!(secs(c.not_after()));
+            out["renews_in_s"] = serde_json::json!(secs(c.half_life()));
+            out["chain_len"] = serde_json::json!(c.chain().len());
+        }
+        out
+    }
+}
+
 struct Entry {
     rx: Slot,
     /// Failed fetches in a row, written by the worker.
@@ -400,14 +446,6 @@ impl CertManager {
         if let Some(entry) = lock(&self.entries).remove(identity) {
             entry.stop();
         }
-    }
-
-    /// Identities currently held, with their certificates (for config dumps).
-    pub fn snapshot(&self) -> Vec<(Identity, Option<Arc<WorkloadCertificate>>)> {
-        self.status()
-            .into_iter()
-            .map(|s| (s.identity, s.cert))
-            .collect()
     }
 
     /// Identities currently held, with their certificates and renewal health, sorted.

@@ -26,22 +26,15 @@ pub struct AdminState {
     pub shutdown: Arc<tokio::sync::Notify>,
 }
 
-fn seconds_until(t: std::time::SystemTime) -> i64 {
-    match t.duration_since(std::time::SystemTime::now()) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 impl AdminState {
     /// Whether the waypoint holds a certificate for its identity.
     pub fn has_certificate(&self) -> bool {
         let shared = self.waypoint.shared();
         shared
             .certs
-            .snapshot()
+            .status()
             .iter()
-            .any(|(id, c)| *id == shared.config.identity && c.is_some())
+            .any(|s| s.identity == shared.config.identity && s.cert.is_some())
     }
 
     /// Whether the first full config has arrived (always, without xDS).
@@ -54,18 +47,9 @@ impl AdminState {
         let shared = self.waypoint.shared();
         let certs: Vec<_> = shared
             .certs
-            .snapshot()
-            .into_iter()
-            .map(|(id, cert)| match cert {
-                Some(c) => json!({
-                    "identity": id.to_string(),
-                    "state": "available",
-                    "expires_in_s": seconds_until(c.not_after()),
-                    "renews_in_s": seconds_until(c.half_life()),
-                    "chain_len": c.chain().len(),
-                }),
-                None => json!({ "identity": id.to_string(), "state": "pending" }),
-            })
+            .status()
+            .iter()
+            .map(mesh::cert_manager::CertStatus::dump)
             .collect();
         let xds = self.xds.as_ref().map(|x| x.borrow().clone());
         json!({

@@ -47,33 +47,15 @@ pub struct AdminState {
     pub data_plane: tokio::runtime::Handle,
 }
 
-fn seconds_until(t: std::time::SystemTime) -> i64 {
-    match t.duration_since(std::time::SystemTime::now()) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 impl AdminState {
     /// `/config_dump`: node-wide [`AdminState::counts`], workloads, services, policies, served
     /// pods, removed pods still draining, certificates, xDS status.
     pub fn config_dump(&self) -> serde_json::Value {
         let certs: Vec<_> = self
             .certs
-            .snapshot()
-            .into_iter()
-            .map(|(id, cert)| match cert {
-                Some(c) => json!({
-                    "identity": id.to_string(),
-                    "state": "available",
-                    "serial": c.chain().first().and_then(|der| mesh::cert::serial_of(der).ok()),
-                    "not_after_unix": c.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                    "expires_in_s": seconds_until(c.not_after()),
-                    "renews_in_s": seconds_until(c.half_life()),
-                    "chain_len": c.chain().len(),
-                }),
-                None => json!({ "identity": id.to_string(), "state": "pending" }),
-            })
+            .status()
+            .iter()
+            .map(mesh::cert_manager::CertStatus::dump)
             .collect();
         let xds = self.xds.borrow().clone();
         json!({

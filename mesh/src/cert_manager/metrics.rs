@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{CertManager, CertStatus, FetchError};
+use super::{CertManager, FetchError};
 
 /// The `reason` label of a failed certificate request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,15 +90,6 @@ pub struct CertCollector {
     manager: Weak<CertManager>,
 }
 
-/// The `state` of an identity in `mesh_certificates`.
-fn state_of(status: &CertStatus, now: SystemTime) -> &'static str {
-    match &status.cert {
-        Some(cert) if !cert.is_expired_at(now) && status.refresh_failures > 0 => "refresh_failing",
-        Some(cert) if !cert.is_expired_at(now) => "available",
-        _ => "pending",
-    }
-}
-
 /// Every `state` value, exported from the start.
 const STATES: [&str; 3] = ["available", "refresh_failing", "pending"];
 
@@ -118,7 +109,7 @@ impl Collector for CertCollector {
             MetricType::Gauge,
         )?;
         for state in STATES {
-            let n = held.iter().filter(|s| state_of(s, now) == state).count();
+            let n = held.iter().filter(|s| s.state(now) == state).count();
             ConstGauge::new(n as i64).encode(count.encode_family(&[("state", state)])?)?;
         }
         let valid: Vec<_> = held
@@ -329,7 +320,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_certificate_whose_renewal_fails_is_refresh_failing_with_its_seconds_left() {
+    async fn a_certificate_whose_renewal_fails_is_refresh_failing_with_its_seconds_left_in_metrics_and_dump(
+    ) {
         let ca = TestCa::new("cluster.local", Duration::from_secs(100));
         let provider = Arc::new(DownAfterFirst(ca, Default::default()));
         let manager = CertManager::new(provider, config());
@@ -344,6 +336,16 @@ mod tests {
         );
         let left = sample(&text, &format!("mesh_certificate_seconds_to_expiry{who}"));
         assert!(left.is_some_and(|s| s > 90.0 && s <= 100.0), "{text}");
+        let dump = manager.status()[0].dump();
+        assert_eq!(dump["state"], "available", "{dump}");
+        assert_eq!(
+            dump["identity"], "spiffe://cluster.local/ns/demo/sa/a",
+            "{dump}"
+        );
+        assert!(
+            dump["serial"].is_string() && dump["chain_len"].as_u64() >= Some(1),
+            "{dump}"
+        );
 
         // Past the half-life the renewal fails, again and again: still served, and said so.
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -358,5 +360,9 @@ mod tests {
             let series = format!("mesh_certificates{{state=\"{state}\"}}");
             assert_eq!(sample(&text, &series), Some(n), "{text}");
         }
+        let dump = manager.status()[0].dump();
+        assert_eq!(dump["state"], "refresh_failing", "{dump}");
+        assert!(dump["refresh_failures"].as_u64() >= Some(2), "{dump}");
+        assert!(dump["expires_in_s"].as_i64() > Some(0), "{dump}");
     }
 }

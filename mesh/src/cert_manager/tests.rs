@@ -59,7 +59,7 @@ async fn an_identity_is_forgotten_after_its_last_lease_goes_and_the_grace_ends()
         1,
         "the grace ended: only the unleased one is left"
     );
-    assert_eq!(manager.snapshot()[0].0, id("unleased"));
+    assert_eq!(manager.status()[0].identity, id("unleased"));
     assert!(
         slot.changed().await.is_err(),
         "the worker stopped: subscribers see it end"
