@@ -119,7 +119,8 @@ pub async fn run(
 
     let telemetry = Arc::new(Telemetry::with_store(store.clone()));
     let pods = Arc::new(Pods::default());
-    let live = Arc::new(LiveConnections::default());
+    let live =
+        Arc::new(LiveConnections::default().with_first_byte_timeout(config.first_byte_timeout()));
     let runtimes = [
         ("data", tokio::runtime::Handle::current()),
         ("control", control.clone()),

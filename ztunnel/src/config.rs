@@ -148,6 +148,15 @@ pub struct Config {
     #[arg(long, env = "CONNECT_TIMEOUT", default_value = "10s", value_parser = mesh::tcp_keepalive::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// A proxied connection on which neither side has sent a byte this long after it was set
+    /// up is closed (cleanly: FIN, END_STREAM): a client that connects and never sends, to a
+    /// server that waits for it, is cut off. Connections that carried a byte are never timed
+    /// out for being quiet (keepalive finds dead peers). Generous by default, like Envoy's TCP
+    /// idle timeout, since pools may open connections long before their first use. `1h`,
+    /// `30s`, or seconds; `0` keeps them.
+    #[arg(long, env = "FIRST_BYTE_TIMEOUT", default_value = "1h", value_parser = mesh::tcp_keepalive::parse_duration)]
+    pub first_byte_timeout: Duration,
+
     /// Log line format, `text` or `json`; the level comes from RUST_LOG (default `info`) and
     /// can be changed at run time on the admin port (`POST /logging?level=`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
@@ -178,6 +187,11 @@ impl Config {
     /// The cap on one pod's live connections, `None` when there is none.
     pub fn max_connections_per_pod(&self) -> Option<std::num::NonZeroUsize> {
         std::num::NonZeroUsize::new(self.max_connections_per_pod)
+    }
+
+    /// The first-byte timeout, `None` when connections are kept however long they stay silent.
+    pub fn first_byte_timeout(&self) -> Option<Duration> {
+        Some(self.first_byte_timeout).filter(|d| !d.is_zero())
     }
 
     /// How long a stopping ztunnel drains its connections before closing them.
@@ -250,7 +264,8 @@ mod tests {
     }
 
     #[test]
-    fn pods_have_no_connection_cap_and_a_ten_second_connect_deadline_unless_configured() {
+    fn pods_have_no_connection_cap_a_ten_second_connect_deadline_and_an_hour_to_first_byte_unless_configured(
+    ) {
         let parse = |extra: &[&str]| {
             let mut args = vec!["ztunnel", "--node-name", "n1"];
             args.extend_from_slice(extra);
@@ -259,14 +274,25 @@ mod tests {
         let default = parse(&[]);
         assert_eq!(default.max_connections_per_pod(), None);
         assert_eq!(default.connect_timeout, Duration::from_secs(10));
+        assert_eq!(
+            default.first_byte_timeout(),
+            Some(Duration::from_secs(3600))
+        );
         let tuned = parse(&[
             "--max-connections-per-pod",
             "100",
             "--connect-timeout",
             "500ms",
+            "--first-byte-timeout",
+            "30s",
         ]);
         assert_eq!(tuned.max_connections_per_pod().map(|n| n.get()), Some(100));
         assert_eq!(tuned.connect_timeout, Duration::from_millis(500));
+        assert_eq!(tuned.first_byte_timeout(), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse(&["--first-byte-timeout", "0"]).first_byte_timeout(),
+            None
+        );
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub enum CloseReason {
         /// The drain deadline it was given.
         deadline: Duration,
     },
+    /// Neither side sent a byte within the first-byte timeout: a client that connects and
+    /// never sends, to a server that waits for it, holds ztunnel's resources for nothing.
+    Silent {
+        /// The timeout it was given.
+        after: Duration,
+    },
 }
 
 impl CloseReason {
@@ -80,6 +86,7 @@ impl CloseReason {
         match self {
             CloseReason::Denied(_) => "DENY",
             CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. } => "DRAIN",
+            CloseReason::Silent { .. } => "SILENT",
         }
     }
 
@@ -89,7 +96,9 @@ impl CloseReason {
     pub fn is_graceful(&self) -> bool {
         matches!(
             self,
-            CloseReason::PodRemoved { .. } | CloseReason::Shutdown { .. }
+            CloseReason::PodRemoved { .. }
+                | CloseReason::Shutdown { .. }
+                | CloseReason::Silent { .. }
         )
     }
 }
@@ -104,6 +113,12 @@ impl fmt::Display for CloseReason {
             ),
             CloseReason::Shutdown { deadline } => {
                 write!(f, "ztunnel stopping: drain deadline of {deadline:?} ended")
+            }
+            CloseReason::Silent { after } => {
+                write!(
+                    f,
+                    "no byte either way within the first-byte timeout of {after:?}"
+                )
             }
         }
     }
@@ -260,6 +275,9 @@ pub struct LiveConnections {
     /// Of those, how many ran while the registry's lock was free (tests).
     #[cfg(test)]
     evaluations_unlocked: AtomicU64,
+    /// Close a connection on which neither side sent a byte this long after it was set up
+    /// (`None`: never).
+    first_byte_timeout: Option<Duration>,
 }
 
 /// Held by a proxied connection; unregisters it on drop. [`LiveGuard::closed`] resolves with
@@ -291,6 +309,13 @@ impl Drop for LiveGuard {
 }
 
 impl LiveConnections {
+    /// Connections on which neither side sends a byte within `timeout` are closed (cleanly:
+    /// nothing was sent, so nothing is lost); `None` keeps them.
+    pub fn with_first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.first_byte_timeout = timeout;
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -521,11 +546,15 @@ where
         inner: a,
         counts: &counts,
     };
+    let first_byte_timeout = guard.registry.first_byte_timeout;
     let result = tokio::select! {
         // The close first: when the tunnel under a stream breaks in the same instant, the log
         // names the reason rather than the broken pipe.
         biased;
         reason = guard.closed() => Err(CopyEnd::Closed { reason, transferred: counts.get() }),
+        reason = silent(&counts, first_byte_timeout) => {
+            Err(CopyEnd::Closed { reason, transferred: counts.get() })
+        }
         res = mesh::copy::copy_bidirectional(&mut a, &mut b) => Ok(res?),
     };
     match &result {
@@ -541,6 +570,19 @@ where
         _ => {}
     }
     result
+}
+
+/// Resolves when `timeout` has passed and no byte has moved either way; never otherwise (a
+/// connection that carried bytes is not timed out for being quiet later: an idle pooled
+/// database connection is legitimate).
+async fn silent(counts: &Counts, timeout: Option<Duration>) -> CloseReason {
+    if let Some(after) = timeout {
+        tokio::time::sleep(after).await;
+        if counts.get() == Transferred::default() {
+            return CloseReason::Silent { after };
+        }
+    }
+    std::future::pending().await
 }
 
 /// How long a drained connection's peers get to answer our FIN / END_STREAM with theirs.

@@ -526,6 +526,74 @@ async fn the_copy_future_each_connection_holds_stays_small() {
     let (b, _server) = tokio::io::duplex(64);
     let copy = copy_until_closed(a, b, guard);
     let size = std::mem::size_of_val(&copy);
-    println!("copy_until_closed future: {size} bytes");
     assert!(size < 2048, "copy_until_closed's future is {size} bytes");
+}
+
+/// A registry whose connections get `timeout` to send their first byte.
+fn served_with_first_byte_timeout(pod: &PodKey, timeout: Duration) -> Arc<LiveConnections> {
+    let live = Arc::new(LiveConnections::default().with_first_byte_timeout(Some(timeout)));
+    assert_eq!(live.pod_started(pod), None);
+    live
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_silent_past_the_first_byte_timeout_is_closed_cleanly() {
+    let pod = key(1);
+    let live = served_with_first_byte_timeout(&pod, Duration::from_secs(30));
+    let guard = live.register(&pod, Kind::Outbound).expect("served");
+    let (mut client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, mut server) = tokio::io::duplex(1024);
+    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+
+    sleep(Duration::from_secs(29)).await;
+    assert!(!copy.is_finished(), "kept until the timeout");
+    match copy.await.expect("join") {
+        Err(CopyEnd::Closed {
+            reason,
+            transferred,
+        }) => {
+            assert_eq!(
+                reason,
+                CloseReason::Silent {
+                    after: Duration::from_secs(30)
+                }
+            );
+            assert_eq!(reason.flags(), "SILENT");
+            assert_eq!(transferred, Transferred::default());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A clean end on both sides, not an error.
+    assert_eq!(client.read(&mut [0u8; 8]).await.expect("eof"), 0);
+    assert_eq!(server.read(&mut [0u8; 8]).await.expect("eof"), 0);
+    assert_eq!(live.counts().connections, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_carried_a_byte_is_never_timed_out_for_quiet() {
+    let pod = key(1);
+    let live = served_with_first_byte_timeout(&pod, Duration::from_secs(30));
+    let guard = live.register(&pod, Kind::Outbound).expect("served");
+    let (mut client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, mut server) = tokio::io::duplex(1024);
+    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+
+    // A server-speaks-first protocol: the greeting, then a client that thinks for an hour.
+    server.write_all(b"220 ready\r\n").await.expect("greeting");
+    let mut greeting = [0u8; 11];
+    client
+        .read_exact(&mut greeting)
+        .await
+        .expect("client reads");
+    sleep(Duration::from_secs(3600)).await;
+    assert!(
+        !copy.is_finished(),
+        "a quiet connection that carried bytes stays"
+    );
+    client.write_all(b"QUIT\r\n").await.expect("write");
+    let mut quit = [0u8; 6];
+    server.read_exact(&mut quit).await.expect("server reads");
+    drop((client, server));
+    let t = copy.await.expect("join").expect("clean end");
+    assert_eq!((t.a_to_b, t.b_to_a), (6, 11));
 }
