@@ -55,6 +55,17 @@ impl H2Stream {
     }
 }
 
+/// The error a write gets when the peer reset the stream (`Ok`: its reason).
+fn reset_error(reason: Result<h2::Reason, h2::Error>) -> io::Error {
+    match reason {
+        Ok(reason) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("HBONE stream reset by peer: {reason:?}"),
+        ),
+        Err(e) => h2_to_io(e),
+    }
+}
+
 fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
@@ -124,31 +135,36 @@ impl AsyncWrite for H2Stream {
         }
         this.send.reserve_capacity(buf.len().min(MAX_WRITE));
         loop {
-            // A reset from the peer wins over waiting for capacity that will never come.
-            if let Poll::Ready(reason) = this.send.poll_reset(cx) {
-                return Poll::Ready(Err(match reason {
-                    Ok(reason) => io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        format!("HBONE stream reset by peer: {reason:?}"),
-                    ),
-                    Err(e) => h2_to_io(e),
-                }));
-            }
-            match ready!(this.send.poll_capacity(cx)) {
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "HBONE stream closed",
-                    )))
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => {
+            // Capacity first, and the reset check only when waiting: both register this task
+            // as the stream's send waker, and h2 wakes that waker when the next write's
+            // `reserve_capacity` assigns capacity. Registered on every write, it made each
+            // write wake its own task (a second poll, and often another worker thread woken
+            // to steal it: twice upstream's context switches per request).
+            match this.send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(0))) => continue,
+                Poll::Ready(Some(Ok(n))) => {
                     let n = n.min(buf.len());
                     this.send
                         .send_data(Bytes::copy_from_slice(&buf[..n]), false)
                         .map_err(h2_to_io)?;
                     return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(match this.send.poll_reset(cx) {
+                        Poll::Ready(reason) => reset_error(reason),
+                        Poll::Pending => {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed")
+                        }
+                    }))
+                }
+                Poll::Pending => {
+                    // A reset from the peer wins over waiting for capacity that will never
+                    // come.
+                    if let Poll::Ready(reason) = this.send.poll_reset(cx) {
+                        return Poll::Ready(Err(reset_error(reason)));
+                    }
+                    return Poll::Pending;
                 }
             }
         }
