@@ -245,6 +245,19 @@ impl Setup {
         self.waypoint_metric("istio_requests_total", &[])
     }
 
+    /// Requests go on, and through the waypoint: another 200 succeed and the waypoint counts
+    /// more than before them.
+    fn still_through_the_waypoint(&self) {
+        let before = self.requests();
+        self.rate
+            .wait_for_successes(200, WAIT)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.c.logs()));
+        assert!(
+            self.requests() > before,
+            "requests still go through the waypoint"
+        );
+    }
+
     /// `meshctl` with this cluster's certificate lifetime.
     fn meshctl(&self, args: &[&str]) -> String {
         meshctl(&self.c, self.ttl, args)
@@ -294,7 +307,6 @@ fn istiod_down_across_a_refresh_leaves_traffic_through_the_waypoint_untouched() 
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let left = metric("mesh_certificate_seconds_to_expiry", &[]);
     assert!(left > 0.0, "the waypoint's certificate expired: {left}");
-    let during = t.requests();
 
     // Back: the waypoint reconnects and renews; traffic never noticed.
     let outage = stopped.elapsed();
@@ -306,11 +318,7 @@ fn istiod_down_across_a_refresh_leaves_traffic_through_the_waypoint_untouched() 
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let resync = back.elapsed();
-    t.rate.wait_for_successes(200, WAIT).expect("requests flow");
-    assert!(
-        t.requests() > during,
-        "requests still go through the waypoint"
-    );
+    t.still_through_the_waypoint();
     let elapsed = started.elapsed();
     let (sent, p99_ms, verified) = t.finish();
     eprintln!(
@@ -360,12 +368,7 @@ fn three_rotations_of_every_certificate_fail_no_request_through_the_waypoint() {
         )
     });
     let after = rotations();
-    let during = t.requests();
-    t.rate.wait_for_successes(200, WAIT).expect("requests flow");
-    assert!(
-        t.requests() > during,
-        "requests still go through the waypoint"
-    );
+    t.still_through_the_waypoint();
     let elapsed = started.elapsed();
     let (sent, p99_ms, verified) = t.finish();
     eprintln!(
