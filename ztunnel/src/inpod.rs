@@ -237,9 +237,11 @@ fn add(
     // Leased before the replaced proxy (if any) drops its own: an identity that stays is
     // never released.
     let cert = inputs.certs.lease(&identity);
+    let uid_shared: Arc<str> = uid.as_str().into();
     let pod = PodContext {
         metrics: inputs.telemetry.pod(&uid, info.as_ref()),
-        uid: uid.as_str().into(),
+        cap: inputs.limits.pod_cap(&uid_shared),
+        uid: uid_shared,
         identity,
         netns,
         keepalive: inputs.config.keepalive(),

@@ -137,7 +137,7 @@ fn tunnel_guard(
 
 async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest) {
     // Each stream is a connection to the pod: it counts against the pod's cap.
-    let _slot = match inputs.limits.admit(&pod.uid) {
+    let _slot = match pod.cap.admit() {
         Ok(slot) => slot,
         Err(_) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE);

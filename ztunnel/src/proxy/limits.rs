@@ -49,6 +49,10 @@ pub struct Limits {
 /// Live connections of one pod, counted against the cap.
 #[derive(Debug)]
 struct PodCount {
+    /// The pod, for the refusal's log line and error.
+    uid: Arc<str>,
+    /// Its cap.
+    max: NonZeroUsize,
     open: AtomicUsize,
     refused: AtomicU64,
     /// Milliseconds since `epoch` of the last refusal logged.
@@ -65,6 +69,39 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(count) = &self.0 {
             count.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A pod's place under the per-pod cap ([`Limits::pod_cap`]); empty when there is no cap.
+#[derive(Debug, Clone, Default)]
+pub struct PodCap(Option<Arc<PodCount>>);
+
+impl PodCap {
+    /// A slot for one more of the pod's connections, or the cap it is at (counted, and logged
+    /// at most once per interval).
+    pub fn admit(&self) -> Result<Slot, LimitReached> {
+        let Some(count) = &self.0 else {
+            return Ok(Slot(None));
+        };
+        let max = count.max.get();
+        let taken = count
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Slot(Some(count.clone()))),
+            Err(_) => {
+                let refused = count.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if count.should_log() {
+                    tracing::warn!(pod = %count.uid, max, refused_total = refused, "connection refused: the pod is at its connection cap (--max-connections-per-pod)");
+                }
+                Err(LimitReached {
+                    uid: count.uid.to_string(),
+                    max,
+                })
+            }
         }
     }
 }
@@ -100,30 +137,11 @@ impl Limits {
         &self.acceptor
     }
 
-    /// Takes a place for one more connection of pod `uid`, or refuses it at the cap.
-    pub fn admit(&self, uid: &str) -> Result<Slot, LimitReached> {
-        let Some(max) = self.max_per_pod else {
-            return Ok(Slot(None));
-        };
-        let count = self.count(uid);
-        let taken = count
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max.get()).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(Slot(Some(count))),
-            Err(_) => {
-                let refused = count.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if count.should_log() {
-                    tracing::warn!(pod = uid, max = max.get(), refused_total = refused, "connection refused: the pod is at its connection cap (--max-connections-per-pod)");
-                }
-                Err(LimitReached {
-                    uid: uid.to_string(),
-                    max: max.get(),
-                })
-            }
-        }
+    /// `uid`'s place under the cap, resolved once when its proxy starts, so that admitting a
+    /// connection takes no lock and no lookup; proxies of the same pod share it. Empty (and no
+    /// lock taken) when there is no cap.
+    pub fn pod_cap(&self, uid: &Arc<str>) -> PodCap {
+        PodCap(self.max_per_pod.map(|max| self.count(uid, max)))
     }
 
     /// Live connections of pod `uid` counted against the cap (0 without a cap).
@@ -138,15 +156,17 @@ impl Limits {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pod's count, shared while any of its connections holds it.
-    fn count(&self, uid: &str) -> Arc<PodCount> {
+    /// The pod's count, shared while its proxies or any of its connections hold it.
+    fn count(&self, uid: &Arc<str>, max: NonZeroUsize) -> Arc<PodCount> {
         let mut pods = self.lock();
-        if let Some(count) = pods.get(uid).and_then(Weak::upgrade) {
+        if let Some(count) = pods.get(&**uid).and_then(Weak::upgrade) {
             return count;
         }
-        // A pod with no live connection left holds nothing here.
+        // A pod with no proxy and no live connection left holds nothing here.
         pods.retain(|_, c| c.strong_count() > 0);
         let count = Arc::new(PodCount {
+            uid: uid.clone(),
+            max,
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             last_logged: AtomicU64::new(0),
@@ -168,7 +188,7 @@ impl Limits {
     ) -> (TcpStream, SocketAddr, Slot) {
         loop {
             let (mut stream, peer) = self.acceptor.accept(listener, name).await;
-            match self.admit(&pod.uid) {
+            match pod.cap.admit() {
                 Ok(slot) => return (stream, peer, slot),
                 Err(_) => {
                     stream.abort();

@@ -71,6 +71,8 @@ pub struct PodContext {
     pub keepalive: Option<TcpKeepalive>,
     /// Its connection counts (`ztunnel_connections_*`), resolved once for the pod.
     pub metrics: Arc<PodConnections>,
+    /// Its place under `--max-connections-per-pod`, resolved once for the pod.
+    pub cap: limits::PodCap,
 }
 
 impl PodContext {

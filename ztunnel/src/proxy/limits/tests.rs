@@ -10,26 +10,36 @@ fn limits(max: usize) -> Limits {
     )
 }
 
+fn uid(s: &str) -> Arc<str> {
+    s.into()
+}
+
 #[test]
 fn a_pod_at_its_cap_is_refused_until_one_of_its_connections_closes() {
     let l = limits(2);
-    let a = l.admit("pod-a").expect("first");
-    let _b = l.admit("pod-a").expect("second");
-    let refused = l.admit("pod-a").expect_err("third is over the cap");
+    let pod_a = l.pod_cap(&uid("pod-a"));
+    let a = pod_a.admit().expect("first");
+    let _b = pod_a.admit().expect("second");
+    let refused = pod_a.admit().expect_err("third is over the cap");
     assert_eq!(refused.max, 2);
+    assert_eq!(refused.uid, "pod-a");
     assert_eq!(l.open("pod-a"), 2);
+    // A second proxy of the same pod (handed over again) shares the count.
+    let again = l.pod_cap(&uid("pod-a"));
+    again.admit().expect_err("the same pod, still at its cap");
     // Another pod has its own count.
-    let _other = l.admit("pod-b").expect("another pod");
+    let _other = l.pod_cap(&uid("pod-b")).admit().expect("another pod");
     drop(a);
     assert_eq!(l.open("pod-a"), 1);
-    let _c = l.admit("pod-a").expect("a place was given back");
+    let _c = again.admit().expect("a place was given back");
 }
 
 #[test]
 fn without_a_cap_every_connection_is_admitted_and_nothing_is_kept() {
     let l = limits(0);
+    let cap = l.pod_cap(&uid("pod-a"));
     let slots: Vec<Slot> = (0..10_000)
-        .map(|_| l.admit("pod-a").expect("admitted"))
+        .map(|_| cap.admit().expect("admitted"))
         .collect();
     assert_eq!(l.open("pod-a"), 0);
     assert!(l.lock().is_empty());
@@ -37,16 +47,20 @@ fn without_a_cap_every_connection_is_admitted_and_nothing_is_kept() {
 }
 
 #[test]
-fn a_pod_with_no_live_connection_holds_no_entry_once_another_pod_arrives() {
+fn a_pod_with_no_proxy_and_no_live_connection_holds_no_entry_once_another_pod_arrives() {
     let l = limits(1);
-    drop(l.admit("gone").expect("admitted"));
-    let _s = l.admit("new").expect("admitted");
+    let gone = l.pod_cap(&uid("gone"));
+    drop(gone.admit().expect("admitted"));
+    drop(gone);
+    let _s = l.pod_cap(&uid("new")).admit().expect("admitted");
     assert!(!l.lock().contains_key("gone"));
 }
 
 #[test]
 fn refusals_are_logged_at_most_once_per_interval() {
     let count = PodCount {
+        uid: uid("pod-a"),
+        max: NonZeroUsize::new(1).expect("non-zero"),
         open: AtomicUsize::new(0),
         refused: AtomicU64::new(0),
         last_logged: AtomicU64::new(0),
