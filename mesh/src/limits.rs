@@ -100,6 +100,27 @@ impl AcceptError {
     }
 }
 
+/// Errors that accept(2) reports for the connection being accepted, not for the listener
+/// (its man page: treat them like EAGAIN and retry).
+fn is_client_side(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.kind() == io::ErrorKind::ConnectionAborted
+        || e.raw_os_error().is_some_and(|errno| {
+            [
+                Errno::ECONNABORTED,
+                Errno::EPROTO,
+                Errno::ENETDOWN,
+                Errno::ENOPROTOOPT,
+                Errno::EHOSTDOWN,
+                Errno::ENONET,
+                Errno::EHOSTUNREACH,
+                Errno::EOPNOTSUPP,
+                Errno::ENETUNREACH,
+            ]
+            .contains(&Errno::from_raw(errno))
+        })
+}
+
 fn is_fd_exhaustion(errno: i32) -> bool {
     errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
 }
@@ -169,6 +190,10 @@ impl Acceptor {
         loop {
             match listener.accept().await {
                 Ok(conn) => return conn,
+                // One client's connection failed before we took it (reset while queued):
+                // nothing is wrong with the listener, so no pause, count or warning, or any
+                // client could stall everyone's accepts.
+                Err(e) if is_client_side(&e) => continue,
                 Err(e) => {
                     let reason = AcceptError::of(&e);
                     self.errors

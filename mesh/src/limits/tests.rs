@@ -23,6 +23,15 @@ fn emfile_and_enfile_count_as_fd_exhaustion_and_nothing_else_does() {
 }
 
 #[test]
+fn a_connection_aborted_before_accept_is_the_clients_error_not_the_listeners() {
+    let raw = |errno: nix::errno::Errno| io::Error::from_raw_os_error(errno as i32);
+    assert!(is_client_side(&raw(nix::errno::Errno::ECONNABORTED)));
+    assert!(is_client_side(&raw(nix::errno::Errno::EPROTO)));
+    assert!(!is_client_side(&raw(nix::errno::Errno::EMFILE)));
+    assert!(!is_client_side(&raw(nix::errno::Errno::ENOBUFS)));
+}
+
+#[test]
 fn warnings_are_rate_limited_per_listener() {
     let a = Acceptor::new();
     let e = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
