@@ -49,6 +49,23 @@ fn closed(guard: &LiveGuard) -> Option<CloseReason> {
         .clone()
 }
 
+/// A client and a server end with `copy_until_closed` running between them under `guard`.
+fn copying(
+    guard: LiveGuard,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<Transferred, CopyEnd>>,
+) {
+    let (client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, server) = tokio::io::duplex(1024);
+    (
+        client,
+        server,
+        tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard)),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_removed_pods_connections_go_on_for_the_drain_period_then_close() {
     let pod = key(1);
@@ -208,9 +225,7 @@ async fn a_closed_copy_drops_both_sides_and_reports_the_bytes_moved() {
     let pod = key(1);
     let live = served(&pod);
     let guard = live.register(&pod, Kind::Outbound).expect("served");
-    let (mut client, proxy_a) = tokio::io::duplex(1024);
-    let (proxy_b, mut server) = tokio::io::duplex(1024);
-    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+    let (mut client, mut server, copy) = copying(guard);
 
     client.write_all(b"hello").await.expect("write");
     let mut buf = [0u8; 5];
@@ -465,9 +480,7 @@ async fn the_connection_dump_lists_live_connections_with_ends_bytes_and_state() 
         dst_identity: Some("spiffe://cluster.local/ns/demo/sa/web".parse().expect("id")),
         waypoint: None,
     });
-    let (mut client, proxy_a) = tokio::io::duplex(1024);
-    let (proxy_b, mut server) = tokio::io::duplex(1024);
-    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, outbound));
+    let (mut client, mut server, copy) = copying(outbound);
     client.write_all(b"hello").await.expect("write");
     server
         .read_exact(&mut [0u8; 5])
@@ -541,9 +554,7 @@ async fn a_connection_silent_past_the_first_byte_timeout_is_closed_cleanly() {
     let pod = key(1);
     let live = served_with_first_byte_timeout(&pod, Duration::from_secs(30));
     let guard = live.register(&pod, Kind::Outbound).expect("served");
-    let (mut client, proxy_a) = tokio::io::duplex(1024);
-    let (proxy_b, mut server) = tokio::io::duplex(1024);
-    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+    let (mut client, mut server, copy) = copying(guard);
 
     sleep(Duration::from_secs(29)).await;
     assert!(!copy.is_finished(), "kept until the timeout");
@@ -574,9 +585,7 @@ async fn a_connection_that_carried_a_byte_is_never_timed_out_for_quiet() {
     let pod = key(1);
     let live = served_with_first_byte_timeout(&pod, Duration::from_secs(30));
     let guard = live.register(&pod, Kind::Outbound).expect("served");
-    let (mut client, proxy_a) = tokio::io::duplex(1024);
-    let (proxy_b, mut server) = tokio::io::duplex(1024);
-    let copy = tokio::spawn(copy_until_closed(proxy_a, proxy_b, guard));
+    let (mut client, mut server, copy) = copying(guard);
 
     // A server-speaks-first protocol: the greeting, then a client that thinks for an hour.
     server.write_all(b"220 ready\r\n").await.expect("greeting");
