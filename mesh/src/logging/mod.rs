@@ -16,12 +16,18 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter};
 
 use crate::http_server::{Call, Reply};
+
+/// Lines the writer holds before dropping new ones. The appender's default (128,000) allocates
+/// and touches a 4 MiB ring at start, most of an idle ztunnel's heap. 8,192 lines (256 KiB)
+/// absorb a burst (a flood of denied connections logs one line each) while stderr drains; past
+/// that, lines are dropped, never waited for.
+pub const BUFFERED_LINES: usize = 8192;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,7 +86,9 @@ impl fmt::Debug for Logging {
 /// Installs the global subscriber for `component` (the value of the `component` key of JSON
 /// lines). Call once, first thing in `main`.
 pub fn init(component: &'static str, format: LogFormat) -> Logging {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
