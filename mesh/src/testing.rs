@@ -117,7 +117,7 @@ impl LogBuffer {
             let _ = tracing_subscriber::fmt()
                 .with_writer(buffer.clone())
                 .with_ansi(false)
-                .with_env_filter("info")
+                .with_max_level(tracing::Level::INFO)
                 .try_init();
             buffer
         })

@@ -2,7 +2,9 @@
 //! can be changed at run time on the admin port (`GET|POST /logging?level=<filter>`).
 //!
 //! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying.
-//! The level comes from `RUST_LOG` (an `EnvFilter` directive, default `info`).
+//! The level comes from `RUST_LOG` (default `info`): comma-separated `level` and
+//! `target=level` directives such as `info,ztunnel::proxy=debug` (a [`Targets`] filter; span and
+//! field filters are not supported, which keeps a regex engine out of every daemon).
 //!
 //! In the JSON format every line is one object with the keys of [`json`]'s schema: `timestamp`,
 //! `level`, `component`, `target`, `message`, then the fields of the enclosing spans and of the
@@ -17,9 +19,10 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{reload, EnvFilter};
 
 use crate::http_server::{Call, Reply};
 
@@ -89,7 +92,10 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .finish(std::io::stderr());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| parse_filter(&f).ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -111,8 +117,7 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
     }
     let reload: LogReload = Arc::new(move |level: &str| {
         if !level.is_empty() {
-            let new =
-                EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+            let new = parse_filter(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
             handle.reload(new).map_err(|e| e.to_string())?;
             tracing::info!(filter = level, "log filter changed");
         }
@@ -123,8 +128,22 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
     Logging { reload, guard }
 }
 
+/// Parses a filter: comma-separated `level` and `target=level` directives (blanks around them
+/// are ignored).
+pub fn parse_filter(directives: &str) -> Result<Targets, String> {
+    let directives: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err("no directive".into());
+    }
+    directives.join(",").parse().map_err(|e| format!("{e}"))
+}
+
 /// The admin endpoint `/logging`: `GET` shows the filter, `POST /logging?level=<filter>` sets
-/// it (an `EnvFilter` directive such as `debug` or `info,ztunnel::proxy=trace`).
+/// it (directives such as `debug` or `info,ztunnel::proxy=trace`, see [`parse_filter`]).
 pub fn reply(reload: &LogReload, call: &Call<'_>) -> Reply {
     match call.param("level") {
         Some(level) if call.method == Method::POST => match reload(level) {
@@ -182,5 +201,17 @@ mod tests {
         let bad = reply(&reload, &call(&Method::POST, "level=bogus["));
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert_eq!(*current.lock().expect("lock"), "debug,mesh=trace");
+    }
+
+    #[test]
+    fn filters_take_levels_and_target_levels_and_refuse_the_rest() {
+        let f = parse_filter(" info , ztunnel::proxy=debug ").expect("valid");
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert!(f.would_enable("ztunnel::proxy::outbound", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("mesh::hbone", &tracing::Level::DEBUG));
+        assert_eq!(parse_filter("debug").expect("valid").to_string(), "debug");
+        for bad in ["", " , ", "a=b=c", "mesh=shouty"] {
+            assert!(parse_filter(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }
