@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authz::{self, Inbound};
-use super::live::{copy_until_closed, finish, Kind, LiveConnections, LiveGuard, PodKey};
+use super::limits::Slot;
+use super::live::{proxied, Kind, LiveConnections, LiveGuard, PodKey};
 use super::waypoint::{self, Front, Origin};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
@@ -137,7 +138,7 @@ fn tunnel_guard(
 
 async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest) {
     // Each stream is a connection to the pod: it counts against the pod's cap.
-    let _slot = match pod.cap.admit() {
+    let slot = match pod.cap.admit() {
         Ok(slot) => slot,
         Err(_) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
@@ -146,23 +147,23 @@ async fn handle_hbone(inputs: ProxyInputs, pod: PodContext, req: InboundRequest)
                 .failure(Direction::inbound, FailureReason::connection_limit);
         }
     };
-    // Set-up runs boxed, so its state (and what it looked up) is freed once the stream is
-    // accepted: an idle connection's task then holds only what copying needs.
-    let Some(ready) = Box::pin(setup_hbone(&inputs, &pod, req)).await else {
-        return;
-    };
-    let HboneReady {
+    // The copy gets a task of its own: this one's state (and what set-up looked up) is freed
+    // once the stream is accepted, and an idle connection holds only what copying needs.
+    let Some(HboneReady {
         record,
         tunnel,
         app,
         guard,
-    } = ready;
-    finish(record, copy_until_closed(tunnel, app, guard).await);
+    }) = setup_hbone(&inputs, &pod, req).await
+    else {
+        return;
+    };
+    proxied::spawn(record, tunnel, app, guard, slot);
 }
 
 /// An accepted HBONE stream and the app connection it goes to.
-struct HboneReady<'a> {
-    record: ConnectionRecord<'a>,
+struct HboneReady {
+    record: ConnectionRecord,
     tunnel: H2Stream,
     app: TcpStream,
     guard: LiveGuard,
@@ -170,11 +171,11 @@ struct HboneReady<'a> {
 
 /// Checks, authorizes and connects one CONNECT request; `None` when it was refused or failed
 /// (already answered, counted and logged).
-async fn setup_hbone<'a>(
-    inputs: &'a ProxyInputs,
+async fn setup_hbone(
+    inputs: &ProxyInputs,
     pod: &PodContext,
     req: InboundRequest,
-) -> Option<HboneReady<'a>> {
+) -> Option<HboneReady> {
     let target = req.target();
     let peer_id = req.peer().clone();
     // In-pod mode: the tunnel's TCP source is the client pod's own address. The `forwarded`
@@ -377,11 +378,7 @@ pub async fn serve_plaintext(
                 .await;
             let (inputs, pod) = (inputs.clone(), pod.clone());
             let span = tracing::debug_span!("inbound_plaintext", pod = %pod.uid, client = %peer);
-            let conn = async move {
-                let _slot = slot;
-                handle_plaintext(inputs, pod, stream, peer).await;
-            };
-            tokio::spawn(conn.instrument(span));
+            tokio::spawn(handle_plaintext(inputs, pod, stream, peer, slot).instrument(span));
         }
     };
     tokio::select! {
@@ -395,6 +392,7 @@ async fn handle_plaintext(
     pod: PodContext,
     mut stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let Some(orig_dst) = socket2::SockRef::from(&stream)
@@ -478,7 +476,7 @@ async fn handle_plaintext(
         .connect(&pod, &inputs.home, orig_dst, Some(peer.ip()))
         .await
     {
-        Ok(app) => finish(record, copy_until_closed(stream, app, guard).await),
+        Ok(app) => proxied::spawn(record, stream, app, guard, slot),
         Err(e) => {
             // The application refused: the client sees the reset it would have seen directly.
             stream.abort();

@@ -34,9 +34,10 @@ use tokio::task::JoinHandle;
 // Tokio's clock: connection ages follow paused time in tests.
 use tokio::time::Instant;
 
-use crate::telemetry::ConnectionRecord;
-
+pub mod proxied;
 mod recheck;
+
+pub use proxied::finish;
 
 /// One serving of a pod: its uid and the network namespace it was handed over with. A new
 /// sandbox of the same pod (new namespace) is another key, so the old one's drain goes on.
@@ -609,26 +610,6 @@ async fn discard<S: AsyncRead + Unpin>(s: &mut S) {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-}
-
-/// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and
-/// flags when ztunnel closed it.
-pub fn finish(mut record: ConnectionRecord<'_>, result: Result<Transferred, CopyEnd>) {
-    let end = match result {
-        Ok(t) => return record.close(t.a_to_b, t.b_to_a, None),
-        Err(end) => end,
-    };
-    let t = match &end {
-        CopyEnd::Io(CopyError::Io { transferred, .. }) => *transferred,
-        CopyEnd::Closed {
-            reason,
-            transferred,
-        } => {
-            record.set_flags(reason.flags());
-            *transferred
-        }
-    };
-    record.close(t.a_to_b, t.b_to_a, Some(&end));
 }
 
 /// What the registry and a connection's guard share (one allocation per connection): the

@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::live::{copy_until_closed, finish, Ends, Kind, LiveGuard};
+use super::limits::Slot;
+use super::live::{proxied, Ends, Kind, LiveGuard};
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
@@ -233,11 +234,7 @@ pub async fn serve(
                 .await;
             let (inputs, pod, pool) = (inputs.clone(), pod.clone(), pool.clone());
             let span = tracing::debug_span!("outbound", pod = %pod.uid, client = %peer);
-            let conn = async move {
-                let _slot = slot;
-                handle(inputs, pod, pool, stream, peer).await;
-            };
-            tokio::spawn(conn.instrument(span));
+            tokio::spawn(handle(inputs, pod, pool, stream, peer, slot).instrument(span));
         }
     };
     tokio::select! {
@@ -255,45 +252,45 @@ enum Upstream {
 }
 
 /// A connection that is set up: its record, where it goes, and its live-connection guard.
-struct Ready<'a> {
-    record: ConnectionRecord<'a>,
+struct Ready {
+    record: ConnectionRecord,
     upstream: Upstream,
     guard: LiveGuard,
 }
 
+/// Sets the connection up, then hands it to a copy task of its own and ends: the set-up's
+/// state is freed, and an idle connection holds only what copying needs.
 async fn handle(
     inputs: ProxyInputs,
     pod: PodContext,
     pool: Pool,
     mut stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
 ) {
-    // Set-up (resolution, certificate, HBONE connect) runs boxed, so its state is freed once
-    // the connection is up: an idle connection's task then holds only what copying needs.
-    let ready = Box::pin(setup(&inputs, &pod, pool, &mut stream, peer)).await;
     let Some(Ready {
         record,
         upstream,
         guard,
-    }) = ready
+    }) = setup(&inputs, &pod, pool, &mut stream, peer).await
     else {
         return;
     };
     match upstream {
-        Upstream::Tcp(up) => finish(record, copy_until_closed(stream, up, guard).await),
-        Upstream::Tunnel(t) => finish(record, copy_until_closed(stream, t, guard).await),
+        Upstream::Tcp(up) => proxied::spawn(record, stream, up, guard, slot),
+        Upstream::Tunnel(t) => proxied::spawn(record, stream, t, guard, slot),
     }
 }
 
 /// Resolves, authorizes and connects an accepted outbound connection; `None` when it was
 /// refused or failed (already counted, and the app's socket aborted where it must be).
-async fn setup<'a>(
-    inputs: &'a ProxyInputs,
+async fn setup(
+    inputs: &ProxyInputs,
     pod: &PodContext,
     pool: Pool,
     stream: &mut TcpStream,
     peer: SocketAddr,
-) -> Option<Ready<'a>> {
+) -> Option<Ready> {
     let _ = stream.set_nodelay(true);
     // Refused before a record exists: counted, with no access-log line (as before).
     let failed = || {

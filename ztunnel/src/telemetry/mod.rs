@@ -130,8 +130,8 @@ pub struct Peer {
 }
 
 /// One connection being proxied.
-pub struct ConnectionRecord<'a> {
-    telemetry: &'a Telemetry,
+pub struct ConnectionRecord {
+    telemetry: Arc<Telemetry>,
     labels: TcpLabels,
     src: Peer,
     dst: Peer,
@@ -142,10 +142,10 @@ pub struct ConnectionRecord<'a> {
     active: Option<ActiveConnection>,
 }
 
-impl<'a> ConnectionRecord<'a> {
+impl ConnectionRecord {
     /// Starts recording; counts the connection as opened.
     pub fn open(
-        telemetry: &'a Telemetry,
+        telemetry: &Arc<Telemetry>,
         reporter: Reporter,
         src: Peer,
         dst: Peer,
@@ -195,7 +195,7 @@ impl<'a> ConnectionRecord<'a> {
         }
         telemetry.tcp.opened.get_or_create(&l).inc();
         ConnectionRecord {
-            telemetry,
+            telemetry: telemetry.clone(),
             labels: l,
             src,
             dst,

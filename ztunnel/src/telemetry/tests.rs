@@ -45,11 +45,7 @@ fn workload() -> Workload {
     .expect("valid workload")
 }
 
-fn record<'a>(
-    t: &'a Telemetry,
-    reporter: Reporter,
-    pod: &Arc<PodConnections>,
-) -> ConnectionRecord<'a> {
+fn record(t: &Arc<Telemetry>, reporter: Reporter, pod: &Arc<PodConnections>) -> ConnectionRecord {
     ConnectionRecord::open(t, reporter, Peer::default(), Peer::default(), None, true).for_pod(pod)
 }
 
@@ -71,7 +67,7 @@ fn a_denied_connection_counts_a_deny_decision_by_policy_and_a_denied_failure() {
         dry_run: false,
     });
     store.apply(batch);
-    let t = Telemetry::with_store(store.clone());
+    let t = Arc::new(Telemetry::with_store(store.clone()));
     let pod = t.pod(UID, Some(&info()));
     let dst = store.workload(UID).expect("workload");
     let inbound = Inbound::direct(Connection {
@@ -105,7 +101,7 @@ fn a_decision_no_single_policy_made_is_labelled_default() {
     let mut batch = Batch::new();
     batch.upsert_workload(workload());
     store.apply(batch);
-    let t = Telemetry::default();
+    let t = Arc::new(Telemetry::default());
     let dst = store.workload(UID).expect("workload");
     let inbound = Inbound::direct(Connection {
         src_identity: None,
@@ -137,7 +133,7 @@ fn every_failure_reason_is_exported_at_zero_from_the_start() {
 
 #[test]
 fn active_connections_follow_the_record_and_a_pod_leaving_removes_its_series() {
-    let t = Telemetry::default();
+    let t = Arc::new(Telemetry::default());
     let pod = t.pod(UID, Some(&info()));
     let out = pod_series("ztunnel_connections_active", "outbound", "unknown");
     let out_total = pod_series("ztunnel_connections_total", "outbound", "unknown");
@@ -164,7 +160,7 @@ fn active_connections_follow_the_record_and_a_pod_leaving_removes_its_series() {
 
 #[test]
 fn a_pod_is_named_from_the_uid_when_nothing_else_names_it() {
-    let t = Telemetry::default();
+    let t = Arc::new(Telemetry::default());
     let _pod = t.pod(UID, None);
     let text = t.encode();
     let series = pod_series("ztunnel_connections_total", "inbound", "unknown");

@@ -10,7 +10,7 @@ use tokio::time::sleep;
 
 use super::*;
 use crate::proxy::authz::Inbound;
-use crate::telemetry::{Peer, Telemetry};
+use crate::telemetry::{ConnectionRecord, Peer, Telemetry};
 
 const DRAIN: Duration = Duration::from_secs(5);
 const UID: &str = "Kubernetes//v1/Pod/demo/b";
@@ -258,7 +258,7 @@ async fn a_closed_copy_drops_both_sides_and_reports_the_bytes_moved() {
 
 #[test]
 fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
-    let telemetry = Telemetry::default();
+    let telemetry = Arc::new(Telemetry::default());
     let record = ConnectionRecord::open(
         &telemetry,
         Reporter::destination,
@@ -540,6 +540,38 @@ async fn the_copy_future_each_connection_holds_stays_small() {
     let copy = copy_until_closed(a, b, guard);
     let size = std::mem::size_of_val(&copy);
     assert!(size < 2048, "copy_until_closed's future is {size} bytes");
+}
+
+#[tokio::test]
+async fn a_connection_copy_task_holds_its_copy_and_record_and_nothing_more() {
+    let pod = key(1);
+    let live = served(&pod);
+    let (_client, a) = tokio::io::duplex(64);
+    let (b, _server) = tokio::io::duplex(64);
+    let copy = copy_until_closed(a, b, live.register(&pod, Kind::Outbound).expect("served"));
+    let copy_size = std::mem::size_of_val(&copy);
+    let telemetry = Arc::new(Telemetry::default());
+    let record = ConnectionRecord::open(
+        &telemetry,
+        Reporter::source,
+        Peer::default(),
+        Peer::default(),
+        None,
+        true,
+    );
+    let task = proxied::Proxied {
+        copy,
+        record: Some(record),
+        _slot: crate::proxy::limits::PodCap::default()
+            .admit()
+            .expect("no cap"),
+    };
+    let overhead =
+        std::mem::size_of_val(&task) - copy_size - std::mem::size_of::<Option<ConnectionRecord>>();
+    assert!(
+        overhead <= 16,
+        "the copy task holds {overhead} bytes beyond its copy and record"
+    );
 }
 
 /// A registry whose connections get `timeout` to send their first byte.
