@@ -4,7 +4,7 @@
 //! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying.
 //! The level comes from `RUST_LOG` (default `info`): comma-separated `level` and
 //! `target=level` directives such as `info,ztunnel::proxy=debug` (a [`Targets`] filter; span and
-//! field filters are not supported, which keeps a regex engine out of every daemon).
+//! field filters are not supported, which keeps `EnvFilter`'s regex matching out of the daemons).
 //!
 //! In the JSON format every line is one object with the keys of [`json`]'s schema: `timestamp`,
 //! `level`, `component`, `target`, `message`, then the fields of the enclosing spans and of the
