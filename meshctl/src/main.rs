@@ -164,19 +164,17 @@ enum AuthzCommand {
 
 fn init_tracing() {
     // A CLI: quiet unless asked. Logs go to stderr so stdout stays the results.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| mesh::logging::parse_filter(&f).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new()
-                .with_default(tracing_subscriber::filter::LevelFilter::WARN)
-        });
+    let (filter, refused) =
+        mesh::logging::filter_from_env(tracing_subscriber::filter::LevelFilter::WARN);
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    if let Some(refused) = refused {
+        tracing::warn!("{refused}");
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -92,10 +92,7 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .finish(std::io::stderr());
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| parse_filter(&f).ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let (filter, refused) = filter_from_env(LevelFilter::INFO);
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -115,6 +112,9 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
             )
             .init(),
     }
+    if let Some(refused) = refused {
+        tracing::warn!("{refused}");
+    }
     let reload: LogReload = Arc::new(move |level: &str| {
         if !level.is_empty() {
             let new = parse_filter(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
@@ -128,18 +128,47 @@ pub fn init(component: &'static str, format: LogFormat) -> Logging {
     Logging { reload, guard }
 }
 
+/// A log filter that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Nothing but commas and blanks.
+    #[error("no directive")]
+    Empty,
+    /// A directive that is not `level` or `target=level`.
+    #[error(transparent)]
+    Directive(#[from] tracing_subscriber::filter::ParseError),
+}
+
 /// Parses a filter: comma-separated `level` and `target=level` directives (blanks around them
 /// are ignored).
-pub fn parse_filter(directives: &str) -> Result<Targets, String> {
+pub fn parse_filter(directives: &str) -> Result<Targets, FilterError> {
     let directives: Vec<&str> = directives
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
     if directives.is_empty() {
-        return Err("no directive".into());
+        return Err(FilterError::Empty);
     }
-    directives.join(",").parse().map_err(|e| format!("{e}"))
+    Ok(directives.join(",").parse()?)
+}
+
+/// The filter of `RUST_LOG`, or `default` when it is unset or refused; a refused value comes
+/// back as the warning to log once logging is up (it is not silently dropped).
+pub fn filter_from_env(default: LevelFilter) -> (Targets, Option<String>) {
+    let fallback = || Targets::new().with_default(default);
+    match std::env::var("RUST_LOG") {
+        Err(_) => (fallback(), None),
+        Ok(value) => match parse_filter(&value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                fallback(),
+                Some(format!(
+                    "RUST_LOG={value:?} refused ({e}); logging at {default} (directives: level or target=level, comma-separated)"
+                )),
+            ),
+        },
+    }
 }
 
 /// The admin endpoint `/logging`: `GET` shows the filter, `POST /logging?level=<filter>` sets
@@ -213,5 +242,6 @@ mod tests {
         for bad in ["", " , ", "a=b=c", "mesh=shouty"] {
             assert!(parse_filter(bad).is_err(), "{bad:?} was accepted");
         }
+        assert!(matches!(parse_filter(" , "), Err(FilterError::Empty)));
     }
 }

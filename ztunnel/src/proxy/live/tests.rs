@@ -49,6 +49,18 @@ fn closed(guard: &LiveGuard) -> Option<CloseReason> {
         .clone()
 }
 
+/// A record, counted in `telemetry`, of a connection between unknown peers.
+fn record(telemetry: &Arc<Telemetry>, reporter: Reporter) -> ConnectionRecord {
+    ConnectionRecord::open(
+        telemetry,
+        reporter,
+        Peer::default(),
+        Peer::default(),
+        None,
+        true,
+    )
+}
+
 /// A client and a server end with `copy_until_closed` running between them under `guard`.
 fn copying(
     guard: LiveGuard,
@@ -259,14 +271,7 @@ async fn a_closed_copy_drops_both_sides_and_reports_the_bytes_moved() {
 #[test]
 fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
     let telemetry = Arc::new(Telemetry::default());
-    let record = ConnectionRecord::open(
-        &telemetry,
-        Reporter::destination,
-        Peer::default(),
-        Peer::default(),
-        None,
-        true,
-    );
+    let record = record(&telemetry, Reporter::destination);
     let end = CopyEnd::Closed {
         reason: CloseReason::PodRemoved { drain: DRAIN },
         transferred: Transferred {
@@ -550,18 +555,9 @@ async fn a_connection_copy_task_holds_its_copy_and_record_and_nothing_more() {
     let (b, _server) = tokio::io::duplex(64);
     let copy = copy_until_closed(a, b, live.register(&pod, Kind::Outbound).expect("served"));
     let copy_size = std::mem::size_of_val(&copy);
-    let telemetry = Arc::new(Telemetry::default());
-    let record = ConnectionRecord::open(
-        &telemetry,
-        Reporter::source,
-        Peer::default(),
-        Peer::default(),
-        None,
-        true,
-    );
     let task = proxied::Proxied {
         copy,
-        record: Some(record),
+        record: Some(record(&Arc::new(Telemetry::default()), Reporter::source)),
         _slot: crate::proxy::limits::PodCap::default()
             .admit()
             .expect("no cap"),
