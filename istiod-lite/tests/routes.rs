@@ -45,7 +45,7 @@ async fn a_route_in_the_directory_reaches_waypoints_and_only_them() {
     std::fs::write(env.config_dir.join("cluster.yaml"), &cluster).expect("write");
     let server = env.start_from_dir().await;
 
-    let waypoint = server.proxy_with_types(NODE1_TOKEN, vec![ROUTES_TYPE_URL]);
+    let waypoint = server.proxy_with_types(NODE1_TOKEN, vec![mesh::xds::ROUTES]);
     eventually("the waypoint is synced on all three types", || {
         waypoint.status.borrow().is_synced()
     })

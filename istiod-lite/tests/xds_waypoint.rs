@@ -5,7 +5,7 @@
 mod support;
 
 use mesh::l7authz::{evaluate, L7Request, WaypointContext};
-use mesh::xds::WAYPOINT_POLICY_TYPE_URLS;
+use mesh::xds::WAYPOINT_POLICY_TYPES;
 
 use support::cluster::{documents, web_pod, NAMESPACE_APPS, SERVICE_WEB};
 use support::*;
@@ -65,7 +65,7 @@ async fn a_targeted_policy_reaches_a_subscribed_waypoint_and_never_ztunnel() {
     let base = documents(&[NAMESPACE_APPS, &web_pod(1), SERVICE_WEB, WAYPOINT]);
     std::fs::write(&file, documents(&[&base, DENY_ADMIN, REQUEST_AUTHN])).expect("write");
     let server = env.start_from_dir().await;
-    let waypoint = server.proxy_with_types(NODE1_TOKEN, WAYPOINT_POLICY_TYPE_URLS.to_vec());
+    let waypoint = server.proxy_with_types(NODE1_TOKEN, WAYPOINT_POLICY_TYPES.to_vec());
     let ztunnel = server.proxy(NODE2_TOKEN);
 
     eventually(

@@ -114,7 +114,7 @@ pub async fn run(
             node: node_info(&config),
             backoff: BackoffConfig::default(),
             // L7 routes, policies and request authentication.
-            extra_types: mesh::xds::WAYPOINT_TYPE_URLS.to_vec(),
+            extra_types: mesh::xds::WAYPOINT_TYPES.to_vec(),
         },
         store.clone(),
     )

@@ -197,7 +197,11 @@ impl Running {
     }
 
     /// Like [`Running::proxy`], also subscribing to `extra_types` (as a waypoint does).
-    pub fn proxy_with_types(&self, token: &str, extra_types: Vec<&'static str>) -> Proxy {
+    pub fn proxy_with_types(
+        &self,
+        token: &str,
+        extra_types: Vec<mesh::xds::ResourceType>,
+    ) -> Proxy {
         let config = XdsConfig {
             address: format!("https://{}", self.addr),
             transport: XdsTransport::Tls(XdsTls {

@@ -13,9 +13,9 @@ use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoverySe
 use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::backoff::Backoff;
-use super::decode::{check, DECODABLE_TYPES};
+use super::decode::{check, ResourceType};
 use super::{
-    BearerToken, NodeInfo, TypeStatus, XdsConfig, XdsError, XdsStatus, XdsTransport, TYPE_URLS,
+    BearerToken, NodeInfo, TypeStatus, XdsConfig, XdsError, XdsStatus, XdsTransport, TYPES,
 };
 use crate::cert::parse_pem_certs;
 use crate::metrics::XdsMetrics;
@@ -51,8 +51,8 @@ pub struct XdsClient {
     node: NodeInfo,
     backoff: Backoff,
     store: Store,
-    /// The types subscribed to, in order: [`TYPE_URLS`] then the configured extra types.
-    types: Vec<&'static str>,
+    /// The types subscribed to, in order: [`TYPES`] then the configured extra types.
+    types: Vec<ResourceType>,
     status: watch::Sender<XdsStatus>,
     /// Type URL → resource name → version: what the store holds from the control plane, sent
     /// as `initial_resource_versions` on reconnect.
@@ -90,12 +90,9 @@ impl XdsClient {
         if let Some(BearerToken::Static(token)) = &config.token {
             authorization(token).map_err(XdsError::Token)?;
         }
-        let mut types: Vec<&'static str> = TYPE_URLS.to_vec();
-        for extra in &config.extra_types {
-            if !DECODABLE_TYPES.contains(extra) {
-                return Err(XdsError::UnsupportedType((*extra).to_string()));
-            }
-            if !types.contains(extra) {
+        let mut types: Vec<ResourceType> = TYPES.to_vec();
+        for extra in config.extra_types {
+            if !types.contains(&extra) {
                 types.push(extra);
             }
         }
@@ -109,10 +106,13 @@ impl XdsClient {
             backoff: Backoff::new(config.backoff),
             store,
             status: watch::Sender::new(XdsStatus {
-                subscribed: types.iter().map(|t| t.to_string()).collect(),
+                subscribed: types.iter().map(|t| t.type_url().to_string()).collect(),
                 ..XdsStatus::default()
             }),
-            known: types.iter().map(|t| (*t, BTreeMap::new())).collect(),
+            known: types
+                .iter()
+                .map(|t| (t.type_url(), BTreeMap::new()))
+                .collect(),
             types,
             metrics: XdsMetrics::default(),
         })
@@ -210,7 +210,7 @@ impl XdsClient {
         // Room for the initial requests plus a few ACKs; the loop below sends one reply per
         // response, so the queue never holds more than that.
         let (tx, rx) = mpsc::channel(self.types.len() + 4);
-        for type_url in self.types.clone() {
+        for type_url in self.types.iter().map(ResourceType::type_url) {
             let request = self.initial_request(type_url);
             tracing::debug!(
                 type_url,
@@ -288,18 +288,23 @@ impl XdsClient {
         self.metrics.received(&type_url);
         let nonce = response.nonce.clone();
         let version = response.system_version_info.clone();
-        let Some(known_type) = self.types.iter().copied().find(|t| *t == type_url) else {
+        let Some(kind) = self
+            .types
+            .iter()
+            .copied()
+            .find(|t| t.type_url() == type_url)
+        else {
             let error = format!("type {type_url:?} was not subscribed to");
             tracing::warn!(type_url, nonce, error, "rejecting xDS response (NACK)");
             self.metrics.nacked(&type_url);
             return nack(type_url, nonce, error);
         };
-        match check(response) {
+        match check(kind, response) {
             Ok(accepted) => {
                 let (added, removed) = (accepted.added.len(), accepted.removed.len());
                 let store_version = self.store.apply(accepted.batch);
                 self.metrics.acked(&type_url, received.elapsed());
-                let known = self.known.entry(known_type).or_default();
+                let known = self.known.entry(kind.type_url()).or_default();
                 for name in accepted.removed {
                     known.remove(&name);
                 }

@@ -5,11 +5,11 @@ use proto::discovery::{DeltaDiscoveryResponse, Resource};
 use proto::waypoint as pb;
 
 use super::*;
-use crate::xds::BackoffConfig;
+use crate::xds::{BackoffConfig, ADDRESSES, AUTHORIZATIONS, ROUTES};
 
 const SVC: &str = "shop/reviews.shop.svc.cluster.local";
 
-fn client(extra_types: &[&'static str], store: &Store) -> Result<XdsClient, XdsError> {
+fn client(extra_types: &[ResourceType], store: &Store) -> Result<XdsClient, XdsError> {
     XdsClient::new(
         XdsConfig {
             address: "http://127.0.0.1:1".into(),
@@ -63,14 +63,14 @@ fn response(resources: Vec<Resource>, removed: &[&str], nonce: &str) -> DeltaDis
 }
 
 #[test]
-fn routes_are_subscribed_only_when_asked_and_unknown_types_are_refused() {
+fn routes_are_subscribed_only_when_asked() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
     let _guard = runtime.enter();
     let store = Store::new();
     let ztunnel = client(&[], &store).expect("client");
-    assert_eq!(ztunnel.types, TYPE_URLS.to_vec());
+    assert_eq!(ztunnel.types, TYPES.to_vec());
     let mut ztunnel = ztunnel;
     let reply = ztunnel.handle(response(
         vec![routes_resource(SVC, "1", &routes("/a"))],
@@ -80,24 +80,13 @@ fn routes_are_subscribed_only_when_asked_and_unknown_types_are_refused() {
     assert!(reply.error_detail.is_some(), "a node tunnel refuses routes");
     assert!(store.routes(SVC).is_none());
 
-    let waypoint = client(&[proto::ROUTES_TYPE_URL], &store).expect("client");
-    assert_eq!(
-        waypoint.types,
-        vec![
-            proto::ADDRESS_TYPE_URL,
-            proto::AUTHORIZATION_TYPE_URL,
-            proto::ROUTES_TYPE_URL
-        ]
-    );
+    let waypoint = client(&[ROUTES], &store).expect("client");
+    assert_eq!(waypoint.types, vec![ADDRESSES, AUTHORIZATIONS, ROUTES]);
     assert_eq!(
         waypoint.status().borrow().subscribed.len(),
         3,
         "synced waits for the routes too"
     );
-    assert!(matches!(
-        client(&["type.googleapis.com/nope"], &store),
-        Err(XdsError::UnsupportedType(_))
-    ));
 }
 
 #[test]
@@ -107,7 +96,7 @@ fn an_invalid_route_is_nacked_by_name_and_the_last_good_one_is_kept() {
         .expect("runtime");
     let _guard = runtime.enter();
     let store = Store::new();
-    let mut waypoint = client(&[proto::ROUTES_TYPE_URL], &store).expect("client");
+    let mut waypoint = client(&[ROUTES], &store).expect("client");
 
     let reply = waypoint.handle(response(
         vec![routes_resource(SVC, "1", &routes("/a.*"))],

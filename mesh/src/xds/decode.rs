@@ -10,15 +10,119 @@ use crate::model::route::ServiceRoutes;
 use crate::model::{Address, ModelError, Policy};
 use crate::store::Batch;
 
-/// The resource types the client knows how to decode: the node tunnel's two and the ones a
-/// waypoint adds with [`super::XdsConfig::extra_types`].
-pub(super) const DECODABLE_TYPES: [&str; 5] = [
-    proto::ADDRESS_TYPE_URL,
-    proto::AUTHORIZATION_TYPE_URL,
-    proto::ROUTES_TYPE_URL,
-    proto::L7_POLICY_TYPE_URL,
-    proto::REQUEST_AUTHN_TYPE_URL,
-];
+/// A resource type the client can subscribe to: its type URL and how its resources become
+/// (or stop being) part of a store batch. Only the values defined here exist, so a client
+/// cannot subscribe to a type it cannot decode; and a proxy that never names the L7 types (the
+/// node tunnel) links none of their model (route regexes, L7 policies).
+#[derive(Clone, Copy)]
+pub struct ResourceType {
+    type_url: &'static str,
+    decode: fn(&str, Resource, &mut Batch) -> Result<(), String>,
+    remove: fn(&mut Batch, String),
+}
+
+impl ResourceType {
+    /// The type URL subscribed to, e.g. `type.googleapis.com/istio.workload.Address`.
+    pub fn type_url(&self) -> &'static str {
+        self.type_url
+    }
+}
+
+impl PartialEq for ResourceType {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_url == other.type_url
+    }
+}
+
+impl Eq for ResourceType {}
+
+impl std::fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.type_url)
+    }
+}
+
+/// `istio.workload.Address`: workloads and services.
+pub const ADDRESSES: ResourceType = ResourceType {
+    type_url: proto::ADDRESS_TYPE_URL,
+    decode: |name, resource, batch| {
+        let (_, a) =
+            decode::<proto::workload::Address, Address>(proto::ADDRESS_TYPE_URL, name, resource)?;
+        batch.upsert_address(a);
+        Ok(())
+    },
+    remove: |batch, name| {
+        batch.remove_address(name);
+    },
+};
+
+/// `istio.security.Authorization`: L4 authorization policies.
+pub const AUTHORIZATIONS: ResourceType = ResourceType {
+    type_url: proto::AUTHORIZATION_TYPE_URL,
+    decode: |name, resource, batch| {
+        let (_, p) = decode::<proto::security::Authorization, Policy>(
+            proto::AUTHORIZATION_TYPE_URL,
+            name,
+            resource,
+        )?;
+        batch.upsert_policy(p);
+        Ok(())
+    },
+    remove: |batch, name| {
+        batch.remove_policy(name);
+    },
+};
+
+/// A waypoint's L7 routes, one resource per service.
+pub const ROUTES: ResourceType = ResourceType {
+    type_url: proto::ROUTES_TYPE_URL,
+    decode: |name, resource, batch| {
+        let (_, r) = decode::<proto::waypoint::ServiceRoutes, ServiceRoutes>(
+            proto::ROUTES_TYPE_URL,
+            name,
+            resource,
+        )?;
+        batch.upsert_routes(r);
+        Ok(())
+    },
+    remove: |batch, name| {
+        batch.remove_routes(name);
+    },
+};
+
+/// A waypoint's L7 authorization policies.
+pub const L7_POLICIES: ResourceType = ResourceType {
+    type_url: proto::L7_POLICY_TYPE_URL,
+    decode: |name, resource, batch| {
+        let (_, p) = decode::<proto::waypoint::L7Policy, L7Policy>(
+            proto::L7_POLICY_TYPE_URL,
+            name,
+            resource,
+        )?;
+        batch.upsert_l7_policy(p);
+        Ok(())
+    },
+    remove: |batch, name| {
+        batch.remove_l7_policy(name);
+    },
+};
+
+/// A waypoint's RequestAuthentications (JWT rules).
+pub const REQUEST_AUTHNS: ResourceType = ResourceType {
+    type_url: proto::REQUEST_AUTHN_TYPE_URL,
+    decode: |name, resource, batch| {
+        let (_, a) = decode::<proto::waypoint::RequestAuthn, RequestAuthn>(
+            proto::REQUEST_AUTHN_TYPE_URL,
+            name,
+            resource,
+        )?;
+        batch.upsert_request_authn(a);
+        Ok(())
+    },
+    remove: |batch, name| {
+        batch.remove_request_authn(name);
+    },
+};
 
 /// A response that passed every check: the batch to apply and the version bookkeeping.
 #[derive(Debug)]
@@ -30,49 +134,22 @@ pub(super) struct Accepted {
     pub(super) removed: Vec<String>,
 }
 
-/// Decodes and validates every resource of a response of a subscribed type; any failure
-/// rejects the whole response, with one message per bad resource.
-pub(super) fn check(response: DeltaDiscoveryResponse) -> Result<Accepted, Vec<String>> {
-    let type_url = response.type_url.as_str();
+/// Decodes and validates every resource of a response of `kind` (the type it was sent as);
+/// any failure rejects the whole response, with one message per bad resource.
+pub(super) fn check(
+    kind: ResourceType,
+    response: DeltaDiscoveryResponse,
+) -> Result<Accepted, Vec<String>> {
     let mut batch = Batch::new();
     let mut added = Vec::with_capacity(response.resources.len());
     let mut rejects = Vec::new();
     for (index, resource) in response.resources.into_iter().enumerate() {
         let name = resource_name(&resource);
         let version = resource.version.clone();
-        let label = if name.is_empty() {
-            format!("resource #{index}")
-        } else {
-            format!("resource {name:?}")
-        };
-        let decoded = match type_url {
-            proto::ADDRESS_TYPE_URL => {
-                decode::<proto::workload::Address, Address>(type_url, &name, resource)
-                    .map(|(_, a)| batch.upsert_address(a))
-            }
-            proto::AUTHORIZATION_TYPE_URL => {
-                decode::<proto::security::Authorization, Policy>(type_url, &name, resource)
-                    .map(|(_, p)| batch.upsert_policy(p))
-            }
-            proto::ROUTES_TYPE_URL => {
-                decode::<proto::waypoint::ServiceRoutes, ServiceRoutes>(type_url, &name, resource)
-                    .map(|(_, r)| batch.upsert_routes(r))
-            }
-            proto::L7_POLICY_TYPE_URL => {
-                decode::<proto::waypoint::L7Policy, L7Policy>(type_url, &name, resource)
-                    .map(|(_, p)| batch.upsert_l7_policy(p))
-            }
-            proto::REQUEST_AUTHN_TYPE_URL => {
-                decode::<proto::waypoint::RequestAuthn, RequestAuthn>(type_url, &name, resource)
-                    .map(|(_, a)| batch.upsert_request_authn(a))
-            }
-            other => Err(format!(
-                "has type {other:?}, which this client cannot decode"
-            )),
-        };
-        match decoded {
-            Ok(_) => added.push((name, version)),
-            Err(reason) => rejects.push(format!("{label}: {reason}")),
+        match (kind.decode)(&name, resource, &mut batch) {
+            Ok(()) => added.push((name, version)),
+            Err(reason) if name.is_empty() => rejects.push(format!("resource #{index}: {reason}")),
+            Err(reason) => rejects.push(format!("resource {name:?}: {reason}")),
         }
     }
     if !rejects.is_empty() {
@@ -84,13 +161,7 @@ pub(super) fn check(response: DeltaDiscoveryResponse) -> Result<Accepted, Vec<St
         .chain(response.removed_resource_names.into_iter().map(|r| r.name))
         .collect();
     for name in &removed {
-        match type_url {
-            proto::ADDRESS_TYPE_URL => batch.remove_address(name.clone()),
-            proto::AUTHORIZATION_TYPE_URL => batch.remove_policy(name.clone()),
-            proto::ROUTES_TYPE_URL => batch.remove_routes(name.clone()),
-            proto::L7_POLICY_TYPE_URL => batch.remove_l7_policy(name.clone()),
-            _ => batch.remove_request_authn(name.clone()),
-        };
+        (kind.remove)(&mut batch, name.clone());
     }
     Ok(Accepted {
         batch,

@@ -32,21 +32,18 @@ use serde::{Deserialize, Serialize};
 pub use backoff::BackoffConfig;
 pub use client::XdsClient;
 
+pub use decode::{ResourceType, ADDRESSES, AUTHORIZATIONS, L7_POLICIES, REQUEST_AUTHNS, ROUTES};
+
 /// The resource types the client always subscribes to, in the order it subscribes.
-pub const TYPE_URLS: [&str; 2] = [proto::ADDRESS_TYPE_URL, proto::AUTHORIZATION_TYPE_URL];
+pub const TYPES: [ResourceType; 2] = [ADDRESSES, AUTHORIZATIONS];
 
-/// The extra types a waypoint subscribes to ([`XdsConfig::extra_types`]): L7 policies and
-/// RequestAuthns.
-pub const WAYPOINT_POLICY_TYPE_URLS: [&str; 2] =
-    [proto::L7_POLICY_TYPE_URL, proto::REQUEST_AUTHN_TYPE_URL];
+/// The extra types a waypoint's policy subscribes to ([`XdsConfig::extra_types`]): L7
+/// policies and RequestAuthns.
+pub const WAYPOINT_POLICY_TYPES: [ResourceType; 2] = [L7_POLICIES, REQUEST_AUTHNS];
 
-/// Everything a waypoint subscribes to besides [`TYPE_URLS`]: its services' L7 routes, and
-/// [`WAYPOINT_POLICY_TYPE_URLS`].
-pub const WAYPOINT_TYPE_URLS: [&str; 3] = [
-    proto::ROUTES_TYPE_URL,
-    proto::L7_POLICY_TYPE_URL,
-    proto::REQUEST_AUTHN_TYPE_URL,
-];
+/// Everything a waypoint subscribes to besides [`TYPES`]: its services' L7 routes, and
+/// [`WAYPOINT_POLICY_TYPES`].
+pub const WAYPOINT_TYPES: [ResourceType; 3] = [ROUTES, L7_POLICIES, REQUEST_AUTHNS];
 
 /// Where the control plane is and how to talk to it.
 #[derive(Clone)]
@@ -62,10 +59,9 @@ pub struct XdsConfig {
     pub node: NodeInfo,
     /// Reconnection delays.
     pub backoff: BackoffConfig,
-    /// Types subscribed to after [`TYPE_URLS`] (opt-in: a node tunnel leaves this empty, a
-    /// waypoint adds e.g. [`WAYPOINT_POLICY_TYPE_URLS`]). Each must be one the client can
-    /// decode, or [`XdsClient::new`] refuses the config.
-    pub extra_types: Vec<&'static str>,
+    /// Types subscribed to after [`TYPES`] (opt-in: a node tunnel leaves this empty, a
+    /// waypoint adds [`WAYPOINT_TYPES`]).
+    pub extra_types: Vec<ResourceType>,
 }
 
 impl std::fmt::Debug for XdsConfig {
@@ -209,9 +205,6 @@ pub enum XdsError {
     /// tonic refused the TLS settings.
     #[error("xDS TLS settings refused: {0}")]
     Tls(String),
-    /// An extra type that this client cannot decode.
-    #[error("xDS type {0:?} cannot be subscribed to: this client does not know how to decode it")]
-    UnsupportedType(String),
 }
 
 /// What the client has achieved so far; published on [`XdsClient::status`].
@@ -226,7 +219,7 @@ pub struct XdsStatus {
     pub last_error: Option<String>,
     /// Per type URL: versions and errors.
     pub types: BTreeMap<String, TypeStatus>,
-    /// The type URLs subscribed to; empty means [`TYPE_URLS`].
+    /// The type URLs subscribed to; empty means [`TYPES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribed: Vec<String>,
 }
@@ -237,7 +230,7 @@ impl XdsStatus {
     pub fn is_synced(&self) -> bool {
         let acked = |t: &str| self.types.get(t).is_some_and(|s| s.acks > 0);
         if self.subscribed.is_empty() {
-            TYPE_URLS.iter().all(|t| acked(t))
+            TYPES.iter().all(|t| acked(t.type_url()))
         } else {
             self.subscribed.iter().all(|t| acked(t))
         }
