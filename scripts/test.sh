@@ -57,7 +57,7 @@ step() {
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
 # end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
-# (tcpdump), requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), a TLS client that reads istiod-lite's serving certificate (openssl), and a
+# (tcpdump), musl-gcc for the static ztunnel, requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), a TLS client that reads istiod-lite's serving certificate (openssl), and a
 # real Prometheus that scrapes it (only the binary is run; its service is never started).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
@@ -65,7 +65,7 @@ for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
     iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
     /usr/lib/cni/bridge:containernetworking-plugins \
     /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux iperf3:iperf3 \
-    openssl:openssl; do
+    openssl:openssl musl-gcc:musl-tools; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
         missing+=("$pkg")
@@ -88,6 +88,12 @@ else
     have_nextest=0
     log "cargo-nextest not found: tests run with cargo test instead"
 fi
+# ztunnel ships statically linked against musl (manifests/images/ztunnel.Containerfile).
+musl=x86_64-unknown-linux-musl
+if ! rustup target list --installed | grep -qx "$musl"; then
+    log "installing the $musl target"
+    rustup target add "$musl"
+fi
 printf 'toolchain: %s; target dir: %s\n' "$(rustc --version)" "$CARGO_TARGET_DIR"
 
 # --- the gate ------------------------------------------------------------------------------
@@ -95,6 +101,18 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
 # The shipped feature set must build on its own, too.
 step build cargo build --workspace --locked
+# The static ztunnel the image ships: it must keep building, linking without shared libraries
+# (no ELF interpreter) and starting.
+static_ztunnel() {
+    cargo build --locked -p ztunnel --target "$musl"
+    local bin="$CARGO_TARGET_DIR/$musl/debug/ztunnel"
+    if readelf -l "$bin" | grep -q INTERP; then
+        echo "$bin is dynamically linked" >&2
+        return 1
+    fi
+    "$bin" --help >/dev/null
+}
+step static-ztunnel static_ztunnel
 if [ "$have_nextest" -eq 1 ]; then
     # Also builds every binary with the test features, so meshctl's demo test finds
     # istiod-lite next to meshctl.
@@ -122,5 +140,5 @@ fi
 trap - EXIT
 printf '\n'
 for t in "${timings[@]}"; do printf '  %s\n' "$t"; done
-printf 'test.sh: PASSED (fmt, clippy, build, tests, doctests, manifests, fuzz %ss/target) in %s\n' \
+printf 'test.sh: PASSED (fmt, clippy, build, static-ztunnel, tests, doctests, manifests, fuzz %ss/target) in %s\n' \
     "$fuzz_seconds" "$(elapsed "$start")"
