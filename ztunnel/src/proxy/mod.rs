@@ -93,9 +93,9 @@ impl PodContext {
     pub fn socket(&self, home: &Netns, v6: bool) -> io::Result<Socket> {
         self.netns.run(home, || {
             let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            // Non-blocking from creation: two fewer syscalls per connection than fcntl after.
+            let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
             socket.set_mark(ZTUNNEL_MARK)?;
-            socket.set_nonblocking(true)?;
             socket.set_tcp_nodelay(true)?;
             if let Some(keepalive) = &self.keepalive {
                 keepalive.apply(socket2::SockRef::from(&socket))?;
