@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The full gate, as CI runs it (.ci/run): formatting, lints, build, every test, a short fuzz run.
+# The full gate, as CI runs it (.ci/run): formatting, lints, build, the static ztunnel (built
+# and run through a local cluster), every test, a short fuzz run.
 #
 # Usage: scripts/test.sh
 #
-# Installs what it needs when missing: rustfmt and clippy, a C toolchain, kubernetes-validate
+# Installs what it needs when missing: rustfmt and clippy, the x86_64-unknown-linux-musl target
+# and musl-tools (the static ztunnel), a C toolchain, kubernetes-validate
 # (PyPI, for the manifests), and the tools of the
 # end-to-end tests (iproute2, iptables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins, tmux,
 # prometheus) with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests
