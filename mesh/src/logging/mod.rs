@@ -1,7 +1,8 @@
 //! Logging for every daemon of the mesh: one set-up, one JSON line schema, and a log filter that
 //! can be changed at run time on the admin port (`GET|POST /logging?level=<filter>`).
 //!
-//! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying.
+//! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying;
+//! its thread writes the lines queued since it woke in one write ([`WRITE_BATCH_BYTES`]).
 //! The level comes from `RUST_LOG` (default `info`): comma-separated `level` and
 //! `target=level` directives such as `info,ztunnel::proxy=debug` (a [`Targets`] filter; span and
 //! field filters are not supported, which keeps `EnvFilter`'s regex matching out of the daemons).

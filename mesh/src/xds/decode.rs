@@ -42,87 +42,31 @@ impl std::fmt::Debug for ResourceType {
     }
 }
 
+impl ResourceType {
+    /// The type whose resources are the model values `M`.
+    const fn of<M: XdsResource>() -> Self {
+        ResourceType {
+            type_url: M::TYPE_URL,
+            decode: decode_into::<M>,
+            remove: M::remove,
+        }
+    }
+}
+
 /// `istio.workload.Address`: workloads and services.
-pub const ADDRESSES: ResourceType = ResourceType {
-    type_url: proto::ADDRESS_TYPE_URL,
-    decode: |name, resource, batch| {
-        let (_, a) =
-            decode::<proto::workload::Address, Address>(proto::ADDRESS_TYPE_URL, name, resource)?;
-        batch.upsert_address(a);
-        Ok(())
-    },
-    remove: |batch, name| {
-        batch.remove_address(name);
-    },
-};
+pub const ADDRESSES: ResourceType = ResourceType::of::<Address>();
 
 /// `istio.security.Authorization`: L4 authorization policies.
-pub const AUTHORIZATIONS: ResourceType = ResourceType {
-    type_url: proto::AUTHORIZATION_TYPE_URL,
-    decode: |name, resource, batch| {
-        let (_, p) = decode::<proto::security::Authorization, Policy>(
-            proto::AUTHORIZATION_TYPE_URL,
-            name,
-            resource,
-        )?;
-        batch.upsert_policy(p);
-        Ok(())
-    },
-    remove: |batch, name| {
-        batch.remove_policy(name);
-    },
-};
+pub const AUTHORIZATIONS: ResourceType = ResourceType::of::<Policy>();
 
 /// A waypoint's L7 routes, one resource per service.
-pub const ROUTES: ResourceType = ResourceType {
-    type_url: proto::ROUTES_TYPE_URL,
-    decode: |name, resource, batch| {
-        let (_, r) = decode::<proto::waypoint::ServiceRoutes, ServiceRoutes>(
-            proto::ROUTES_TYPE_URL,
-            name,
-            resource,
-        )?;
-        batch.upsert_routes(r);
-        Ok(())
-    },
-    remove: |batch, name| {
-        batch.remove_routes(name);
-    },
-};
+pub const ROUTES: ResourceType = ResourceType::of::<ServiceRoutes>();
 
 /// A waypoint's L7 authorization policies.
-pub const L7_POLICIES: ResourceType = ResourceType {
-    type_url: proto::L7_POLICY_TYPE_URL,
-    decode: |name, resource, batch| {
-        let (_, p) = decode::<proto::waypoint::L7Policy, L7Policy>(
-            proto::L7_POLICY_TYPE_URL,
-            name,
-            resource,
-        )?;
-        batch.upsert_l7_policy(p);
-        Ok(())
-    },
-    remove: |batch, name| {
-        batch.remove_l7_policy(name);
-    },
-};
+pub const L7_POLICIES: ResourceType = ResourceType::of::<L7Policy>();
 
 /// A waypoint's RequestAuthentications (JWT rules).
-pub const REQUEST_AUTHNS: ResourceType = ResourceType {
-    type_url: proto::REQUEST_AUTHN_TYPE_URL,
-    decode: |name, resource, batch| {
-        let (_, a) = decode::<proto::waypoint::RequestAuthn, RequestAuthn>(
-            proto::REQUEST_AUTHN_TYPE_URL,
-            name,
-            resource,
-        )?;
-        batch.upsert_request_authn(a);
-        Ok(())
-    },
-    remove: |batch, name| {
-        batch.remove_request_authn(name);
-    },
-};
+pub const REQUEST_AUTHNS: ResourceType = ResourceType::of::<RequestAuthn>();
 
 /// A response that passed every check: the batch to apply and the version bookkeeping.
 #[derive(Debug)]
@@ -170,48 +114,100 @@ pub(super) fn check(
     })
 }
 
-/// Model values that are xDS resources, with the name the control plane must give them.
-trait Named {
+/// A model value that is the resource of one xDS type: its wire message, the name the control
+/// plane must give it, and how it enters or leaves a store batch.
+trait XdsResource: TryFrom<Self::Wire, Error = ModelError> {
+    type Wire: Message + Default;
+    const TYPE_URL: &'static str;
     fn xds_name(&self) -> String;
+    fn upsert(self, batch: &mut Batch);
+    fn remove(batch: &mut Batch, name: String);
 }
 
-impl Named for Address {
+impl XdsResource for Address {
+    type Wire = proto::workload::Address;
+    const TYPE_URL: &'static str = proto::ADDRESS_TYPE_URL;
     fn xds_name(&self) -> String {
         self.resource_name()
     }
-}
-
-impl Named for Policy {
-    fn xds_name(&self) -> String {
-        self.key()
+    fn upsert(self, batch: &mut Batch) {
+        batch.upsert_address(self);
+    }
+    fn remove(batch: &mut Batch, name: String) {
+        batch.remove_address(name);
     }
 }
 
-impl Named for L7Policy {
+impl XdsResource for Policy {
+    type Wire = proto::security::Authorization;
+    const TYPE_URL: &'static str = proto::AUTHORIZATION_TYPE_URL;
     fn xds_name(&self) -> String {
         self.key()
     }
-}
-
-impl Named for RequestAuthn {
-    fn xds_name(&self) -> String {
-        self.key()
+    fn upsert(self, batch: &mut Batch) {
+        batch.upsert_policy(self);
+    }
+    fn remove(batch: &mut Batch, name: String) {
+        batch.remove_policy(name);
     }
 }
 
-impl Named for ServiceRoutes {
+impl XdsResource for ServiceRoutes {
+    type Wire = proto::waypoint::ServiceRoutes;
+    const TYPE_URL: &'static str = proto::ROUTES_TYPE_URL;
     fn xds_name(&self) -> String {
         self.key().to_string()
     }
+    fn upsert(self, batch: &mut Batch) {
+        batch.upsert_routes(self);
+    }
+    fn remove(batch: &mut Batch, name: String) {
+        batch.remove_routes(name);
+    }
 }
 
-/// Decodes one resource's body as `W`, converts it to `M` and checks that its name matches its
-/// content. Returns the name and the value, or why not.
-fn decode<W, M>(type_url: &str, name: &str, resource: Resource) -> Result<(String, M), String>
-where
-    W: Message + Default,
-    M: TryFrom<W, Error = ModelError> + Named,
-{
+impl XdsResource for L7Policy {
+    type Wire = proto::waypoint::L7Policy;
+    const TYPE_URL: &'static str = proto::L7_POLICY_TYPE_URL;
+    fn xds_name(&self) -> String {
+        self.key()
+    }
+    fn upsert(self, batch: &mut Batch) {
+        batch.upsert_l7_policy(self);
+    }
+    fn remove(batch: &mut Batch, name: String) {
+        batch.remove_l7_policy(name);
+    }
+}
+
+impl XdsResource for RequestAuthn {
+    type Wire = proto::waypoint::RequestAuthn;
+    const TYPE_URL: &'static str = proto::REQUEST_AUTHN_TYPE_URL;
+    fn xds_name(&self) -> String {
+        self.key()
+    }
+    fn upsert(self, batch: &mut Batch) {
+        batch.upsert_request_authn(self);
+    }
+    fn remove(batch: &mut Batch, name: String) {
+        batch.remove_request_authn(name);
+    }
+}
+
+/// [`ResourceType`]'s decoder for `M`: decodes one resource and adds it to `batch`.
+fn decode_into<M: XdsResource>(
+    name: &str,
+    resource: Resource,
+    batch: &mut Batch,
+) -> Result<(), String> {
+    decode::<M>(name, resource)?.upsert(batch);
+    Ok(())
+}
+
+/// Decodes one resource's body as `M`'s wire message, converts it to `M` and checks that its
+/// name matches its content. Returns the value, or why not.
+fn decode<M: XdsResource>(name: &str, resource: Resource) -> Result<M, String> {
+    let type_url = M::TYPE_URL;
     if name.is_empty() {
         return Err("has no name".into());
     }
@@ -224,7 +220,7 @@ where
             body.type_url
         ));
     }
-    let wire = W::decode(body.value.as_slice())
+    let wire = M::Wire::decode(body.value.as_slice())
         .map_err(|e| format!("cannot be decoded as {type_url}: {e}"))?;
     let value = M::try_from(wire).map_err(|e| format!("is invalid: {e}"))?;
     let expected = value.xds_name();
@@ -233,7 +229,7 @@ where
             "is named {name:?} but its content is named {expected:?}"
         ));
     }
-    Ok((name.to_string(), value))
+    Ok(value)
 }
 
 /// The resource's name (the newer `resource_name` field when `name` is empty).
