@@ -122,9 +122,9 @@ fn pc_labels(p: &Pair) -> TcpLabels {
 }
 
 fn pc_connection(m: &TcpMetrics, p: &Pair) {
-    let labels = pc_labels(p);
-    m.opened.get_or_create(&labels).inc();
-    m.record_close(&labels, 1000, 2000);
+    let series = m.series(pc_labels(p));
+    series.record_open();
+    series.record_close(1000, 2000);
 }
 
 // ---------------------------------------------------------------------------------------------

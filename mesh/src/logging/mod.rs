@@ -1,8 +1,8 @@
 //! Logging for every daemon of the mesh: one set-up, one JSON line schema, and a log filter that
 //! can be changed at run time on the admin port (`GET|POST /logging?level=<filter>`).
 //!
-//! Lines go to stderr through a non-blocking writer, so a slow log sink never stalls proxying;
-//! its thread writes the lines queued since it woke in one write ([`WRITE_BATCH_BYTES`]).
+//! Lines go to stderr through a batching writer ([`writer`]), so a slow log sink never stalls
+//! proxying: a thread of its own writes the lines of each [`writer::FLUSH_DELAY`] in one write.
 //! The level comes from `RUST_LOG` (default `info`): comma-separated `level` and
 //! `target=level` directives such as `info,ztunnel::proxy=debug` (a [`Targets`] filter; span and
 //! field filters are not supported, which keeps `EnvFilter`'s regex matching out of the daemons).
@@ -12,6 +12,7 @@
 //! event itself, at the top level.
 
 pub mod json;
+pub mod writer;
 
 use std::fmt;
 use std::io::IsTerminal as _;
@@ -19,30 +20,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::http_server::{Call, Reply};
-
-/// Lines the writer holds before dropping new ones. The appender's default (128,000) allocates
-/// and touches a 4 MiB ring at start, most of an idle ztunnel's heap. 8,192 lines (256 KiB)
-/// absorb a burst (a flood of denied connections logs one line each) while stderr drains; past
-/// that, lines are dropped, never waited for.
-pub const BUFFERED_LINES: usize = 8192;
-
-/// Bytes of lines gathered into one write to stderr. The writer thread takes every line queued
-/// since it woke and writes them in one syscall, flushing whenever the queue is empty (so no
-/// line waits for later ones), instead of one write per line: a ztunnel logs a line per
-/// connection, two writes per proxied connection at thousands of connections a second.
-pub const WRITE_BATCH_BYTES: usize = 16 * 1024;
-
-/// The sink under the non-blocking writer: `out`, written in batches of queued lines.
-fn batched<W: std::io::Write>(out: W) -> std::io::BufWriter<W> {
-    std::io::BufWriter::with_capacity(WRITE_BATCH_BYTES, out)
-}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,8 +71,8 @@ pub type LogReload = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 pub struct Logging {
     /// Changes the filter at run time.
     pub reload: LogReload,
-    /// Flushes buffered lines when dropped.
-    pub guard: WorkerGuard,
+    /// Writes the lines still buffered when dropped.
+    pub guard: writer::WriterGuard,
 }
 
 impl fmt::Debug for Logging {
@@ -101,9 +84,10 @@ impl fmt::Debug for Logging {
 /// Installs the global subscriber for `component` (the value of the `component` key of JSON
 /// lines). Call once, first thing in `main`.
 pub fn init(component: &'static str, format: LogFormat) -> Logging {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(BUFFERED_LINES)
-        .finish(batched(std::io::stderr()));
+    // Without a thread there is no logging at all; a daemon that cannot start one at start-up
+    // cannot run anyway.
+    let (writer, guard) =
+        writer::batch_writer(std::io::stderr()).expect("starting the log writer thread");
     let (filter, refused) = filter_from_env(LevelFilter::INFO);
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -203,55 +187,6 @@ pub fn reply(reload: &LogReload, call: &Call<'_>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sink that records the size of each write; its first write waits for `gate`.
-    struct Sink {
-        writes: Arc<std::sync::Mutex<Vec<usize>>>,
-        gate: Option<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if let Some(gate) = self.gate.take() {
-                let _ = gate.recv();
-            }
-            self.writes.lock().expect("writes").push(buf.len());
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn lines_queued_while_the_writer_is_busy_go_out_in_one_write() {
-        use std::io::Write as _;
-        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (open, gate) = std::sync::mpsc::channel();
-        let sink = Sink {
-            writes: writes.clone(),
-            gate: Some(gate),
-        };
-        let (mut writer, guard) = NonBlockingBuilder::default()
-            .buffered_lines_limit(BUFFERED_LINES)
-            .finish(batched(sink));
-        let mut total = 0;
-        for i in 0..100 {
-            let line = format!("line {i}\n");
-            total += line.len();
-            writer.write_all(line.as_bytes()).expect("queued");
-        }
-        open.send(()).expect("gate");
-        drop(guard); // the worker writes what is queued, flushes and stops
-        let writes = writes.lock().expect("writes");
-        assert_eq!(writes.iter().sum::<usize>(), total, "every byte written");
-        assert!(
-            writes.len() <= 2,
-            "100 lines in {} writes: {writes:?}",
-            writes.len()
-        );
-    }
 
     #[test]
     fn log_format_names_parse_and_print_back() {

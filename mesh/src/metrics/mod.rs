@@ -53,7 +53,9 @@ pub mod xds;
 pub use crate::cert_manager::metrics::CertMetrics;
 pub use process::ProcessCollector;
 pub use runtime::RuntimeCollector;
-pub use tcp::{set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+pub use tcp::{
+    set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics, TcpSeries,
+};
 pub use xds::XdsMetrics;
 
 /// The mesh's version, as `mesh_build_info` reports it (one version for the workspace).

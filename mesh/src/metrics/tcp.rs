@@ -3,7 +3,8 @@
 //! Dashboards written for Istio work unchanged: the names, the labels and the `unknown` for a
 //! missing value all follow Istio's standard metrics.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -148,6 +149,42 @@ pub struct TcpMetrics {
     pub sent: Family<TcpLabels, Counter>,
     /// Bytes of the request direction (client to server), as Istio defines it.
     pub received: Family<TcpLabels, Counter>,
+    /// Every label set seen, with its four counters ([`TcpMetrics::series`]).
+    series: Arc<RwLock<SeriesMap>>,
+}
+
+type SeriesMap = HashMap<TcpLabels, Arc<TcpSeries>, foldhash::fast::RandomState>;
+
+/// One label set and its four counters (the same counters the families export), found once
+/// per connection: a connection counts its open and close through it instead of looking each
+/// counter up in its family (four look-ups, each hashing the 23 labels).
+#[derive(Debug)]
+pub struct TcpSeries {
+    labels: TcpLabels,
+    opened: Counter,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+}
+
+impl TcpSeries {
+    /// The label set.
+    pub fn labels(&self) -> &TcpLabels {
+        &self.labels
+    }
+
+    /// Counts a connection opened.
+    pub fn record_open(&self) {
+        self.opened.inc();
+    }
+
+    /// Records a connection's end: the close, the client's bytes (`received`) and the
+    /// server's bytes (`sent`).
+    pub fn record_close(&self, request_bytes: u64, response_bytes: u64) {
+        self.closed.inc();
+        self.received.inc_by(request_bytes);
+        self.sent.inc_by(response_bytes);
+    }
 }
 
 impl TcpMetrics {
@@ -177,12 +214,30 @@ impl TcpMetrics {
         m
     }
 
-    /// Records a connection's end: the close, the client's bytes (`received`) and the
-    /// server's bytes (`sent`).
-    pub fn record_close(&self, labels: &TcpLabels, request_bytes: u64, response_bytes: u64) {
-        self.closed.get_or_create(labels).inc();
-        self.received.get_or_create(labels).inc_by(request_bytes);
-        self.sent.get_or_create(labels).inc_by(response_bytes);
+    /// The counters of `labels`, created in the families on first use. Like the families
+    /// themselves, a label set once seen stays (its series keep being exported).
+    pub fn series(&self, labels: TcpLabels) -> Arc<TcpSeries> {
+        // A poisoned lock only means a panic elsewhere while inserting; the map is intact.
+        if let Some(found) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&labels)
+        {
+            return found.clone();
+        }
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(labels)
+            .or_insert_with_key(|labels| {
+                Arc::new(TcpSeries {
+                    opened: self.opened.get_or_create_owned(labels),
+                    closed: self.closed.get_or_create_owned(labels),
+                    sent: self.sent.get_or_create_owned(labels),
+                    received: self.received.get_or_create_owned(labels),
+                    labels: labels.clone(),
+                })
+            })
+            .clone()
     }
 }
 
@@ -202,8 +257,9 @@ mod tests {
         );
         set_label(&mut labels.destination_app, "");
         labels.connection_security_policy = SecurityPolicy::mutual_tls;
-        m.opened.get_or_create(&labels).inc();
-        m.record_close(&labels, 20, 10);
+        let series = m.series(labels);
+        series.record_open();
+        series.record_close(20, 10);
         let text = encode(&registry);
         for name in [
             "istio_tcp_connections_opened_total",
@@ -218,5 +274,30 @@ mod tests {
         assert!(text.contains("destination_app=\"unknown\""));
         assert!(text.contains("connection_security_policy=\"mutual_tls\""));
         assert!(text.contains("} 20"), "received bytes:\n{text}");
+    }
+
+    #[test]
+    fn equal_label_sets_share_one_series_and_its_counters_are_the_exported_ones() {
+        let mut registry = Registry::default();
+        let m = TcpMetrics::register(&mut registry);
+        let labels = || {
+            let mut l = TcpLabels::new(Reporter::source);
+            // Equal values in separate allocations: the series is found by value.
+            set_label(&mut l.destination_workload, "server");
+            l
+        };
+        let first = m.series(labels());
+        let second = m.series(labels());
+        assert!(Arc::ptr_eq(&first, &second));
+        first.record_open();
+        second.record_open();
+        second.record_close(5, 7);
+        assert_eq!(m.opened.get_or_create(&labels()).get(), 2);
+        assert_eq!(m.closed.get_or_create(&labels()).get(), 1);
+        assert_eq!(m.received.get_or_create(&labels()).get(), 5);
+        assert_eq!(m.sent.get_or_create(&labels()).get(), 7);
+        let mut flagged = labels();
+        flagged.response_flags = Label::from("UF");
+        assert!(!Arc::ptr_eq(&first, &m.series(flagged)));
     }
 }

@@ -394,7 +394,6 @@ async fn handle_plaintext(
     peer: SocketAddr,
     slot: Slot,
 ) {
-    let _ = stream.set_nodelay(true);
     let Some(orig_dst) = socket2::SockRef::from(&stream)
         .original_dst_v4()
         .ok()

@@ -105,11 +105,12 @@ impl PodContext {
     }
 
     /// Binds a listener on `port` (all addresses) inside the pod namespace. Accepted
-    /// connections inherit its keepalive settings.
+    /// connections inherit its no-delay and keepalive settings (no setsockopt per accept).
     pub fn listen(&self, home: &Netns, port: u16) -> io::Result<TcpListener> {
         let socket = self.netns.run(home, || {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             socket.set_mark(ZTUNNEL_MARK)?;
+            socket.set_tcp_nodelay(true)?;
             if let Some(keepalive) = &self.keepalive {
                 keepalive.apply(socket2::SockRef::from(&socket))?;
             }
@@ -274,5 +275,45 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<Stop>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use super::*;
+
+    /// A pod context whose namespace is the test's own (opening sockets needs root, for the
+    /// mark, as ztunnel itself does).
+    fn own_pod(keepalive: Option<TcpKeepalive>) -> PodContext {
+        let limits =
+            limits::Limits::new(mesh::limits::Acceptor::new(), None, Duration::from_secs(1));
+        let uid: Arc<str> = "pod-uid".into();
+        PodContext {
+            metrics: Telemetry::default().pod(&uid, None),
+            cap: limits.pod_cap(&uid),
+            identity: "spiffe://cluster.local/ns/default/sa/default"
+                .parse()
+                .expect("identity"),
+            netns: Netns::current().expect("own netns"),
+            uid,
+            keepalive,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_come_with_no_delay_and_keepalive_already_set() {
+        let pod = own_pod(Some(TcpKeepalive::default()));
+        let home = Netns::current().expect("own netns");
+        let listener = pod.listen(&home, 0).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let _client = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("TCP_NODELAY"));
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
     }
 }

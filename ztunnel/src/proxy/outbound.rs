@@ -291,7 +291,6 @@ async fn setup(
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<Ready> {
-    let _ = stream.set_nodelay(true);
     // Refused before a record exists: counted, with no access-log line (as before).
     let failed = || {
         inputs

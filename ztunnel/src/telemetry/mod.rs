@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mesh::metrics::{
-    set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics,
+    set_label, share_label, Label, Reporter, SecurityPolicy, TcpLabels, TcpMetrics, TcpSeries,
 };
 use mesh::model::{Service, Workload};
 use mesh::rbac::Decision;
@@ -132,7 +132,10 @@ pub struct Peer {
 /// One connection being proxied.
 pub struct ConnectionRecord {
     telemetry: Arc<Telemetry>,
-    labels: TcpLabels,
+    /// Its label set and counters, found once when it opens.
+    series: Arc<TcpSeries>,
+    /// `response_flags` learned after it opened (the close is counted under them).
+    flags: Option<Label>,
     src: Peer,
     dst: Peer,
     start: Instant,
@@ -193,10 +196,12 @@ impl ConnectionRecord {
         if mtls {
             l.connection_security_policy = SecurityPolicy::mutual_tls;
         }
-        telemetry.tcp.opened.get_or_create(&l).inc();
+        let series = telemetry.tcp.series(l);
+        series.record_open();
         ConnectionRecord {
             telemetry: telemetry.clone(),
-            labels: l,
+            series,
+            flags: None,
             src,
             dst,
             start: Instant::now(),
@@ -209,21 +214,21 @@ impl ConnectionRecord {
     /// Counts the connection in `pod`'s `ztunnel_connections_total` and, until it is
     /// finished, `ztunnel_connections_active` (direction from the reporter).
     pub fn for_pod(mut self, pod: &Arc<PodConnections>) -> Self {
-        self.active = Some(pod.open(Direction::of(self.labels.reporter)));
+        self.active = Some(pod.open(Direction::of(self.series.labels().reporter)));
         self
     }
 
     /// Finishes a connection that could not be set up: counts the failure by `reason`, then
     /// closes it as [`ConnectionRecord::close`] does with `error` and no bytes.
     pub fn fail(self, reason: FailureReason, error: &dyn std::fmt::Display) {
-        let direction = Direction::of(self.labels.reporter);
+        let direction = Direction::of(self.series.labels().reporter);
         self.telemetry.failures.record(direction, reason);
         self.close(0, 0, Some(error));
     }
 
     /// Sets the `response_flags` label (e.g. `DENY`, `UF` for upstream connect failure).
     pub fn set_flags(&mut self, flags: &str) {
-        self.labels.response_flags = Label::from(flags);
+        self.flags = Some(Label::from(flags));
     }
 
     /// Names the waypoint the connection came through (for the access log); the source is
@@ -241,47 +246,67 @@ impl ConnectionRecord {
     /// error if the connection failed.
     pub fn close(mut self, sent: u64, received: u64, error: Option<&dyn std::fmt::Display>) {
         // The opened count already used these labels; a flag learned later goes on the close.
-        if error.is_some() && &*self.labels.response_flags == "-" {
-            self.labels.response_flags = Label::from("UF");
+        if error.is_some() && self.flags.is_none() && &*self.series.labels().response_flags == "-" {
+            self.flags = Some(Label::from("UF"));
         }
-        self.telemetry
-            .tcp
-            .record_close(&self.labels, sent, received);
-        let fmt_addr = |p: &Peer| p.addr.map(|a| a.to_string()).unwrap_or_default();
-        let fmt_id = |p: &Peer| {
-            p.identity
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
+        let series = match self.flags.take() {
+            Some(flags) if flags != self.series.labels().response_flags => {
+                let mut labels = self.series.labels().clone();
+                labels.response_flags = flags;
+                self.telemetry.tcp.series(labels)
+            }
+            _ => self.series.clone(),
         };
-        let fmt_wl = |p: &Peer| {
-            p.workload
-                .as_ref()
-                .map(|w| format!("{}/{}", w.namespace(), w.name))
-                .unwrap_or_default()
-        };
+        series.record_close(sent, received);
+        let labels = series.labels();
         let duration_ms = self.start.elapsed().as_millis() as u64;
-        let error = error.map(ToString::to_string);
         tracing::info!(
             target: "access",
-            reporter = ?self.labels.reporter,
-            src.addr = %fmt_addr(&self.src),
-            src.workload = %fmt_wl(&self.src),
-            src.identity = %fmt_id(&self.src),
-            dst.addr = %fmt_addr(&self.dst),
-            dst.workload = %fmt_wl(&self.dst),
-            dst.identity = %fmt_id(&self.dst),
-            dst.service = %self.labels.destination_service,
-            via.waypoint = %self.via.as_ref().map(ToString::to_string).unwrap_or_default(),
-            mtls = matches!(self.labels.connection_security_policy, SecurityPolicy::mutual_tls),
+            reporter = ?labels.reporter,
+            src.addr = %Blank(self.src.addr.as_ref()),
+            src.workload = %Blank(self.src.workload.as_deref().map(WorkloadName)),
+            src.identity = %uri(self.src.identity.as_ref()),
+            dst.addr = %Blank(self.dst.addr.as_ref()),
+            dst.workload = %Blank(self.dst.workload.as_deref().map(WorkloadName)),
+            dst.identity = %uri(self.dst.identity.as_ref()),
+            dst.service = %labels.destination_service,
+            via.waypoint = %uri(self.via.as_ref()),
+            mtls = matches!(labels.connection_security_policy, SecurityPolicy::mutual_tls),
             bytes_sent = sent,
             bytes_recv = received,
             duration_ms,
-            flags = %self.labels.response_flags,
+            flags = %labels.response_flags,
             policy = self.policy.as_deref().unwrap_or(""),
-            error = error.as_deref().unwrap_or(""),
+            error = %Blank(error),
             "connection complete"
         );
+    }
+}
+
+/// Formats the value, or nothing for `None` (the access log's fields, written without
+/// allocating a string for each).
+struct Blank<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Blank<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An identity's URI, or nothing.
+fn uri(id: Option<&Identity>) -> &str {
+    id.map_or("", Identity::as_uri)
+}
+
+/// A workload as the access log names it: `namespace/name`.
+struct WorkloadName<'a>(&'a Workload);
+
+impl std::fmt::Display for WorkloadName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0.namespace(), self.0.name)
     }
 }
 

@@ -232,3 +232,40 @@ async fn pods_gauge_counts_served_pods_and_draining_ones() {
         "{text}"
     );
 }
+
+/// The value of the `istio_tcp_*` counter `name` whose `response_flags` is `flags`, summed
+/// over its series.
+fn tcp_with_flags(text: &str, name: &str, flags: &str) -> f64 {
+    let flags = format!("response_flags=\"{flags}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&flags))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_close_is_counted_under_the_flags_learned_after_the_open() {
+    let t = Arc::new(Telemetry::default());
+    let pod = t.pod(UID, Some(&info()));
+    let mut denied = record(&t, Reporter::destination, &pod);
+    denied.set_flags("DENY");
+    denied.close(0, 0, None);
+    record(&t, Reporter::destination, &pod).close(3, 0, Some(&"connection refused"));
+    record(&t, Reporter::destination, &pod).close(5, 9, None);
+
+    let text = t.encode();
+    let opened = "istio_tcp_connections_opened_total";
+    let closed = "istio_tcp_connections_closed_total";
+    assert_eq!(tcp_with_flags(&text, opened, "-"), 3.0, "{text}");
+    assert_eq!(tcp_with_flags(&text, closed, "DENY"), 1.0, "{text}");
+    assert_eq!(tcp_with_flags(&text, closed, "UF"), 1.0, "{text}");
+    assert_eq!(tcp_with_flags(&text, closed, "-"), 1.0, "{text}");
+    assert_eq!(
+        tcp_with_flags(&text, "istio_tcp_received_bytes_total", "UF"),
+        3.0
+    );
+    assert_eq!(
+        tcp_with_flags(&text, "istio_tcp_sent_bytes_total", "-"),
+        9.0
+    );
+}
