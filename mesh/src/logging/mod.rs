@@ -2,7 +2,8 @@
 //! can be changed at run time on the admin port (`GET|POST /logging?level=<filter>`).
 //!
 //! Lines go to stderr through a batching writer ([`writer`]), so a slow log sink never stalls
-//! proxying: a thread of its own writes the lines of each [`writer::FLUSH_DELAY`] in one write.
+//! proxying: a thread of its own writes them, at most once per [`writer::FLUSH_DELAY`] while
+//! lines keep coming.
 //! The level comes from `RUST_LOG` (default `info`): comma-separated `level` and
 //! `target=level` directives such as `info,ztunnel::proxy=debug` (a [`Targets`] filter; span and
 //! field filters are not supported, which keeps `EnvFilter`'s regex matching out of the daemons).

@@ -1,20 +1,21 @@
 //! The daemons' log writer: lines go into a shared buffer and a thread of their own writes them
 //! out in batches, so a slow or blocked log sink never stalls the thread that logged.
 //!
-//! The thread is woken once per batch, not once per line: the first line into an empty buffer
-//! wakes it, it waits [`FLUSH_DELAY`] for the lines that follow, then writes them all in one
-//! `write`. A ztunnel logs a line per connection; at thousands of connections a second a
-//! per-line hand-off (a channel, as `tracing-appender` has) wakes the writer thread for nearly
-//! every line and makes the data-plane threads pay for the wake-ups. Past [`BUFFER_BYTES`]
-//! lines are dropped, never waited for, and the writer says how many it dropped.
+//! The thread writes at most once per [`FLUSH_DELAY`]: a line logged after a quiet spell is
+//! written at once, and the lines that follow a write wait for the rest of the delay and go
+//! out together in one `write`. A ztunnel logs a line per connection; at thousands of
+//! connections a second a per-line hand-off (a channel, as `tracing-appender` has) wakes the
+//! writer thread for nearly every line and makes the data-plane threads pay for the wake-ups.
+//! Past [`BUFFER_BYTES`] lines are dropped, never waited for, and the writer says how many it
+//! dropped.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long the writer thread gathers lines after the first one of a batch. A line is on the
-/// sink at most this long after it was logged (plus the sink's own time).
+/// The shortest time between two writes while lines keep coming: a line is on the sink at
+/// most this long after it was logged (plus the sink's own time), at once after a quiet spell.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 /// Bytes of lines held while the sink catches up; lines that do not fit are dropped. 1 MiB is
@@ -153,21 +154,26 @@ impl Drop for WriterGuard {
 /// is out. A sink that fails loses that batch only (there is nowhere left to report it).
 fn write_batches<W: Write>(shared: &Shared, mut sink: W) {
     let mut batch = Vec::with_capacity(KEPT_CAPACITY);
+    let mut last_write: Option<Instant> = None;
     loop {
         let mut state = shared.lock();
         while state.lines.is_empty() && state.dropped == 0 && !state.closing {
             state.waiting = true;
             state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        if !state.closing && state.lines.len() < EARLY_WRITE_BYTES {
-            // Gather the lines that follow the first one; a flood or the guard cuts it short.
-            state.waiting = true;
-            state = shared
-                .wake
-                .wait_timeout(state, FLUSH_DELAY)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            state.waiting = false;
+        let due = last_write.map(|at| at + FLUSH_DELAY);
+        if let Some(wait) = due.and_then(|due| due.checked_duration_since(Instant::now())) {
+            if !state.closing && state.lines.len() < EARLY_WRITE_BYTES {
+                // Written a moment ago: gather until the delay is over; a flood or the guard
+                // cuts it short.
+                state.waiting = true;
+                state = shared
+                    .wake
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                state.waiting = false;
+            }
         }
         std::mem::swap(&mut batch, &mut state.lines);
         let dropped = std::mem::take(&mut state.dropped);
@@ -181,6 +187,7 @@ fn write_batches<W: Write>(shared: &Shared, mut sink: W) {
         }
         if !batch.is_empty() {
             let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+            last_write = Some(Instant::now());
         }
         batch.clear();
         batch.shrink_to(KEPT_CAPACITY);

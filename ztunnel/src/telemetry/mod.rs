@@ -260,6 +260,8 @@ impl ConnectionRecord {
         series.record_close(sent, received);
         let labels = series.labels();
         let duration_ms = self.start.elapsed().as_millis() as u64;
+        // Rare (failed connections only), and logged quoted as before.
+        let error = error.map(ToString::to_string);
         tracing::info!(
             target: "access",
             reporter = ?labels.reporter,
@@ -277,7 +279,7 @@ impl ConnectionRecord {
             duration_ms,
             flags = %labels.response_flags,
             policy = self.policy.as_deref().unwrap_or(""),
-            error = %Blank(error),
+            error = error.as_deref().unwrap_or(""),
             "connection complete"
         );
     }
