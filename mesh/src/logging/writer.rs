@@ -49,13 +49,6 @@ struct State {
     closing: bool,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A logger that panicked mid-append leaves at worst a torn line; keep logging.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A handle that appends log lines: `tracing_subscriber::fmt` takes an [`EventWriter`] from it
 /// for each event.
 #[derive(Debug, Clone)]
@@ -93,6 +86,11 @@ pub fn batch_writer<W: Write + Send + 'static>(
 }
 
 impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A logger that panicked mid-append leaves at worst a torn line; keep logging.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Appends `line` (one formatted event) whole, or drops it whole when the buffer is full.
     fn append(&self, line: &[u8]) {
         let mut state = self.lock();
@@ -204,9 +202,12 @@ mod tests {
     use std::time::Instant;
     use tracing_subscriber::fmt::MakeWriter as _;
 
+    /// Every write a [`Sink`] received.
+    type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
     /// A sink that records each write; its first write waits for `gate` when there is one.
     struct Sink {
-        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        writes: Writes,
         gate: Option<mpsc::Receiver<()>>,
     }
 
@@ -224,7 +225,7 @@ mod tests {
         }
     }
 
-    fn sink(gate: Option<mpsc::Receiver<()>>) -> (Sink, Arc<Mutex<Vec<Vec<u8>>>>) {
+    fn sink(gate: Option<mpsc::Receiver<()>>) -> (Sink, Writes) {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let sink = Sink {
             writes: writes.clone(),
@@ -237,20 +238,22 @@ mod tests {
         String::from_utf8(writes.lock().expect("writes").concat()).expect("utf-8")
     }
 
-    /// Writes `first` and waits until the writer thread has taken it (into a gated sink).
-    fn first_line_taken(writer: &BatchWriter) {
+    /// A writer whose sink is stalled in its first write (of `first\n`) until the returned
+    /// sender is used; what it wrote, once the guard is dropped, is in the returned list.
+    fn stalled_writer() -> (BatchWriter, WriterGuard, mpsc::Sender<()>, Writes) {
+        let (open, gate) = mpsc::channel();
+        let (sink, writes) = sink(Some(gate));
+        let (writer, guard) = batch_writer(sink).expect("thread");
         writer.make_writer().write_all(b"first\n").expect("queued");
         while !writer.shared.lock().lines.is_empty() {
             std::thread::sleep(Duration::from_millis(1));
         }
+        (writer, guard, open, writes)
     }
 
     #[test]
     fn lines_logged_while_the_sink_is_busy_go_out_in_order_in_one_write() {
-        let (open, gate) = mpsc::channel();
-        let (sink, writes) = sink(Some(gate));
-        let (writer, guard) = batch_writer(sink).expect("thread");
-        first_line_taken(&writer);
+        let (writer, guard, open, writes) = stalled_writer();
         let mut expected = String::from("first\n");
         for i in 0..100 {
             let line = format!("line {i}\n");
@@ -282,11 +285,7 @@ mod tests {
 
     #[test]
     fn a_stalled_sink_drops_lines_past_the_buffer_and_says_how_many() {
-        let (open, gate) = mpsc::channel();
-        let (sink, writes) = sink(Some(gate));
-        let (writer, guard) = batch_writer(sink).expect("thread");
-        // The first line takes the writer thread into the stalled sink.
-        first_line_taken(&writer);
+        let (writer, guard, open, writes) = stalled_writer();
         let line = [b'x'; 1023];
         let fits = BUFFER_BYTES / 1024;
         for _ in 0..fits + 10 {

@@ -249,14 +249,15 @@ impl ConnectionRecord {
         if error.is_some() && self.flags.is_none() && &*self.series.labels().response_flags == "-" {
             self.flags = Some(Label::from("UF"));
         }
-        let series = match self.flags.take() {
+        let relabelled = match self.flags.take() {
             Some(flags) if flags != self.series.labels().response_flags => {
                 let mut labels = self.series.labels().clone();
                 labels.response_flags = flags;
-                self.telemetry.tcp.series(labels)
+                Some(self.telemetry.tcp.series(labels))
             }
-            _ => self.series.clone(),
+            _ => None,
         };
+        let series = relabelled.as_ref().unwrap_or(&self.series);
         series.record_close(sent, received);
         let labels = series.labels();
         let duration_ms = self.start.elapsed().as_millis() as u64;
