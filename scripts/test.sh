@@ -7,7 +7,7 @@
 # Installs what it needs when missing: rustfmt and clippy, the x86_64-unknown-linux-musl target
 # and musl-tools (the static ztunnel), a C toolchain, kubernetes-validate
 # (PyPI, for the manifests), and the tools of the
-# end-to-end tests (iproute2, iptables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins, tmux,
+# end-to-end tests (iproute2, iptables, nftables, procps, tcpdump, curl, nghttp2-client, containernetworking-plugins, tmux,
 # prometheus) with apt-get; cargo-fuzz is installed by scripts/fuzz.sh. The end-to-end tests
 # need root (network namespaces) and fail without it.
 # Builds into a target directory outside the clone, $CARGO_TARGET_DIR (default
@@ -58,13 +58,13 @@ step() {
 # --- what the gate needs -------------------------------------------------------------------
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # command -> Debian package: a C toolchain (jemalloc and ring build C code) and the tools the
-# end-to-end tests drive: network namespaces (iproute2), capture rules (iptables), the wire
+# end-to-end tests drive: network namespaces (iproute2), capture rules (iptables; nft lists the ruleset the CNI tests compare), the wire
 # (tcpdump), musl-gcc for the static ztunnel, requests from pods (curl, and nghttp for HTTP/2), the CNI reference plugins of the local cluster, a terminal for `meshctl top` (tmux), a TLS client that reads istiod-lite's serving certificate (openssl), and a
 # real Prometheus that scrapes it (only the binary is run; its service is never started).
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for pair in cc:build-essential make:build-essential ip:iproute2 sysctl:procps \
-    iptables-restore:iptables iptables-save:iptables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
+    iptables-restore:iptables iptables-save:iptables nft:nftables tcpdump:tcpdump curl:curl nghttp:nghttp2-client \
     /usr/lib/cni/bridge:containernetworking-plugins \
     /usr/lib/cni/host-local:containernetworking-plugins prometheus:prometheus tmux:tmux iperf3:iperf3 \
     openssl:openssl musl-gcc:musl-tools; do

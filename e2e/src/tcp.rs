@@ -83,6 +83,29 @@ impl Topology {
         Ok(())
     }
 
+    /// From inside `netns`: `n` short connections in a row to the echo server at `to`, the
+    /// client closing each first; with `source_port`, all from that port. Each connection's
+    /// local address, in order.
+    pub fn tcp_churn(
+        &self,
+        netns: &(impl InNetns + ?Sized),
+        to: SocketAddr,
+        n: u32,
+        source_port: Option<u16>,
+    ) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut args = vec!["churn".to_string(), to.to_string(), n.to_string()];
+        args.extend(source_port.map(|p| p.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.exec_in(netns, Topology::tcp_tool()?, &args)?;
+        out.lines()
+            .filter_map(|l| l.strip_prefix("local="))
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("bad local address {a:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// From inside `netns`: `GET path` over HTTP/1.1 at `to` (ztunnel's admin, metrics and
     /// readiness endpoints). Any status is `Ok`; a connection failure is an error.
     pub fn http_get(

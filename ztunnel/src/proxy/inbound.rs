@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use mesh::copy::Abort;
+use mesh::hbone::connect::forwarded_for;
 use mesh::hbone::{H2Config, H2Stream, InboundRequest, Server, ServerCerts};
 use mesh::metrics::Reporter;
 use mesh::model::Workload;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use super::authz::{self, Inbound};
 use super::limits::Slot;
 use super::live::{proxied, Kind, LiveConnections, LiveGuard, PodKey};
+use super::source::Source;
 use super::waypoint::{self, Front, Origin};
 use super::{stopped, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
@@ -270,10 +272,15 @@ async fn setup_hbone(
         record.fail(FailureReason::denied, &decision.reason);
         return None;
     }
-    let spoof = Some(client_ip).filter(|ip| *ip != target.ip());
+    // The client's port is only taken from a `forwarded` address naming the tunnel's own peer:
+    // a wrong claim can only make the bind clash and fall back (see `source`).
+    let client_port = forwarded_for(req.headers())
+        .filter(|f| f.ip() == client_ip)
+        .map(|f| f.port());
+    let source = Source::for_client(client_ip, client_port, target);
     match inputs
         .limits
-        .connect(pod, &inputs.home, target, spoof)
+        .connect(pod, &inputs.home, target, source)
         .await
     {
         Ok(mut app) => match req.accept() {
@@ -470,9 +477,12 @@ async fn handle_plaintext(
         stream.abort();
         return record.fail(FailureReason::denied, &decision.reason);
     }
+    // Never the client's own port here: the intercepted connection already holds that 4-tuple
+    // in this namespace.
+    let source = Source::for_client(peer.ip(), None, orig_dst);
     match inputs
         .limits
-        .connect(&pod, &inputs.home, orig_dst, Some(peer.ip()))
+        .connect(&pod, &inputs.home, orig_dst, source)
         .await
     {
         Ok(app) => proxied::spawn(record, stream, app, guard, slot),

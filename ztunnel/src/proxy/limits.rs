@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +30,7 @@ use mesh::copy::Abort;
 use mesh::limits::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::source::Source;
 use super::PodContext;
 use crate::netns::Netns;
 use crate::telemetry::{Direction, FailureReason, Telemetry};
@@ -205,10 +206,9 @@ impl Limits {
         pod: &PodContext,
         home: &Netns,
         dst: SocketAddr,
-        spoof_source: Option<IpAddr>,
+        source: Source,
     ) -> io::Result<TcpStream> {
-        match tokio::time::timeout(self.connect_timeout, pod.connect(home, dst, spoof_source)).await
-        {
+        match tokio::time::timeout(self.connect_timeout, pod.connect(home, dst, source)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -29,12 +29,14 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::netns::Netns;
 use crate::telemetry::{PodConnections, Telemetry};
+use source::Source;
 
 pub mod authz;
 pub mod inbound;
 pub mod limits;
 pub mod live;
 pub mod outbound;
+pub mod source;
 pub mod waypoint;
 
 /// What every pod proxy shares.
@@ -125,27 +127,33 @@ impl PodContext {
         TcpListener::from_std(socket.into())
     }
 
-    /// Connects from inside the pod namespace to `dst`. With `spoof_source`, the connection
-    /// leaves from that address (IP_TRANSPARENT) so the application sees the real client;
-    /// falls back to the pod's own address when the kernel refuses.
+    /// Connects from inside the pod namespace to `dst` from `source`, or from the next source
+    /// when the kernel refuses that one's address or port ([`source`] says why and in what
+    /// order).
     pub async fn connect(
         &self,
         home: &Netns,
         dst: SocketAddr,
-        spoof_source: Option<IpAddr>,
+        mut source: Source,
     ) -> io::Result<TcpStream> {
-        let mut socket = self.socket(home, dst.is_ipv6())?;
-        if let Some(src) = spoof_source.filter(|s| s.is_ipv4() == dst.is_ipv4()) {
-            let bound = socket
-                .set_ip_transparent_v4(true)
-                .and_then(|()| socket.bind(&SocketAddr::new(src, 0).into()));
-            if let Err(e) = bound {
-                tracing::debug!(error = %e, %src, "cannot keep the client's source address");
-                socket = self.socket(home, dst.is_ipv6())?;
-            }
+        loop {
+            let socket = self.socket(home, dst.is_ipv6())?;
+            let error = match source.bind(&socket) {
+                Ok(()) => {
+                    let socket = TcpSocket::from_std_stream(socket.into());
+                    match socket.connect(dst).await {
+                        Err(e) if source::is_address_clash(&e) => e,
+                        done => return done,
+                    }
+                }
+                Err(e) => e,
+            };
+            let Some(next) = source.fallback() else {
+                return Err(error);
+            };
+            tracing::debug!(error = %error, ?source, %dst, "source refused; trying the next");
+            source = next;
         }
-        let socket = TcpSocket::from_std_stream(socket.into());
-        socket.connect(dst).await
     }
 }
 
@@ -157,7 +165,7 @@ pub struct PodConnector {
 
 impl Connector for PodConnector {
     fn connect(&self, dst: SocketAddr, _src_ip: Option<IpAddr>) -> ConnectFuture<'_> {
-        Box::pin(self.pod.connect(&self.home, dst, None))
+        Box::pin(self.pod.connect(&self.home, dst, Source::Pod))
     }
 }
 

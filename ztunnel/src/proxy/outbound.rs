@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::limits::Slot;
 use super::live::{proxied, Ends, Kind, LiveGuard};
+use super::source::Source;
 use super::{stopped, PodConnector, PodContext, ProxyInputs};
 use crate::telemetry::{ConnectionRecord, Direction, FailureReason, Peer};
 
@@ -371,7 +372,11 @@ async fn setup(
                 false,
             )
             .for_pod(&pod.metrics);
-            match inputs.limits.connect(pod, &inputs.home, addr, None).await {
+            match inputs
+                .limits
+                .connect(pod, &inputs.home, addr, Source::Pod)
+                .await
+            {
                 Ok(up) => Some(Ready {
                     record,
                     upstream: Upstream::Tcp(up),

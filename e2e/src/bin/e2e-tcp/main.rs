@@ -17,6 +17,8 @@
 //! e2e-tcp reset-client <ip:port> <text>  send <text>, wait for `ready`, then reset
 //! e2e-tcp hold <ip:port> <n> <until-file>  hold n verified connections open (see `hold.rs`)
 //! e2e-tcp silent <ip:port> <secs>   connect, send nothing, report how the server ends it
+//! e2e-tcp churn <ip:port> <n> [<source port>]
+//!                                   n short connections in a row, the client closing first
 //! e2e-tcp rate <ip:port> --until-file <path> [--rps <n>]
 //!                                   fixed-rate HTTP/1.1 GETs, a new connection each (`load.rs`)
 //! e2e-tcp stream <ip:port> --until-file <path> [--bytes-per-sec <n>]
@@ -32,6 +34,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod churn;
 mod hold;
 mod load;
 mod reset;
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         ["reset-client", addr, text] => reset::reset_client(addr, text),
         ["hold", addr, n, until] => hold::hold(addr, n, until),
         ["silent", addr, secs] => hold::silent(addr, secs),
+        ["churn", rest @ ..] => churn::churn(rest),
         ["rate", rest @ ..] => load::rate(rest),
         ["stream", rest @ ..] => load::stream(rest),
         _ => Err("usage: e2e-tcp echo PORT | hello PORT TEXT | sink PORT | \
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
                   send-forged --to IP:PORT [--mark N] [--source IP[:PORT]] [--data TEXT] \
                   [--timeout-ms N] | reset-server PORT | await-server PORT | \
                   await-reply IP:PORT TEXT | reset-client IP:PORT TEXT | \
-                  hold IP:PORT N FILE | silent IP:PORT SECS | \
+                  hold IP:PORT N FILE | silent IP:PORT SECS | churn IP:PORT N [PORT] | \
                   rate IP:PORT --until-file PATH [--rps N] | \
                   stream IP:PORT --until-file PATH [--bytes-per-sec N]"
             .into()),

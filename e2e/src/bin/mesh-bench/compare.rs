@@ -241,6 +241,9 @@ impl<'a> Compare<'a> {
                 cfg.conns,
             )?;
             s.add(m, key("sat", suffix), sat.rps);
+            // Whatever mesh ran before, this pass starts with no TIME_WAIT in either pod.
+            clear_time_wait(self.c, pods.client)?;
+            clear_time_wait(self.c, server)?;
             let conn = self.load(
                 pods.client,
                 "load-conn",
@@ -457,22 +460,42 @@ fn print(cfg: &Cfg, idle: usize, meshes: &[Mesh], s: &Samples) {
     }
 }
 
+/// Drops every TIME_WAIT socket in a pod's namespace (`ss -K`): the new-connection pass of one
+/// mesh must not inherit another's. (A mesh that connects to the app from the client's address
+/// leaves its TIME_WAITs in the server pod, where they can hold the 4-tuples the next mesh
+/// picks.)
+fn clear_time_wait(c: &Cluster, p: &PodRef) -> anyhow::Result<()> {
+    pod_exec(c, p, &["ss", "-K", "-t", "-4", "state", "time-wait"])
+}
+
 /// Per-netns TCP settings of a pod for the new-connection rate: the client closes first, so
 /// its ports sit in TIME_WAIT; a wide port range and reuse of TIME_WAIT ports for new
 /// outgoing connections keep the closed loop from running out of ports.
 pub(crate) fn tune_pod(c: &Cluster, p: &PodRef) -> anyhow::Result<()> {
-    let netns = format!("{}-{}-{}", c.name, p.namespace, p.name);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &netns, "sysctl", "-qw"])
-        .args([
+    pod_exec(
+        c,
+        p,
+        &[
+            "sysctl",
+            "-qw",
             "net.ipv4.ip_local_port_range=10000 65000",
             "net.ipv4.tcp_tw_reuse=1",
-        ])
+        ],
+    )
+}
+
+/// Runs `cmd` inside pod `p`'s namespace; an error with its stderr unless it succeeds.
+fn pod_exec(c: &Cluster, p: &PodRef, cmd: &[&str]) -> anyhow::Result<()> {
+    let netns = format!("{}-{}-{}", c.name, p.namespace, p.name);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(cmd)
         .output()
-        .context("running sysctl in a pod")?;
+        .with_context(|| format!("running {} in {netns}", cmd[0]))?;
     anyhow::ensure!(
         out.status.success(),
-        "sysctl in {netns}: {}",
+        "{} in {netns}: {}",
+        cmd[0],
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
