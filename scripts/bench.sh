@@ -5,7 +5,7 @@
 # meshctl (`meshctl cluster up --nodes 2`: istiod-lite, a CNI node agent and a ztunnel per node,
 # pods through the real CNI chain). Not a test: cargo test never runs it.
 #
-# Usage: scripts/bench.sh [--rate R] [--secs S] [--idle N] [--conns C]
+# Usage: scripts/bench.sh [--rate R] [--secs S] [--conn-secs S] [--idle N] [--conns C]
 #                         [--http-rate R] [--rounds N] [--only tcp|http|all|scaling]
 #
 # Builds the release binaries (meshctl, and the ztunnel, istiod-lite, cni-plugin and waypoint it starts

@@ -249,7 +249,7 @@ impl<'a> Compare<'a> {
                 "load-conn",
                 server.addr(CONN_PORT),
                 0.0,
-                cfg.secs,
+                cfg.conn_secs.unwrap_or(cfg.secs),
                 cfg.conns,
             )?;
             s.add(m, key("conn", suffix), conn.rps);

@@ -30,6 +30,7 @@
 //! ```text
 //! mesh-bench [--rate R] [--secs S] [--idle N] [--conns C] [--rounds N]   (1000 req/s, 5 s, 10000, 8, 3)
 //!            [--upstream PATH | --no-upstream] [--no-hbone-bench]
+//!            [--conn-secs S]                             the new-connection pass alone (--secs)
 //!            [--http-rate R] [--only tcp|http|all]       the waypoint part (1000 req/s, all)
 //!            [--only scaling]                            1, 2, 4 clients x 1, 2 ztunnel workers
 //! mesh-bench --smoke [--upstream PATH | --no-upstream]   each path carries bytes (about 1 s each)
@@ -158,6 +159,9 @@ pub(crate) struct Cfg {
     /// Fixed request rate of the side-by-side comparison.
     pub(crate) rate: f64,
     pub(crate) secs: f64,
+    /// Length of the new-connection pass when not `secs`: a sustained pass shows whether
+    /// TIME_WAIT piles up where it slows new connections.
+    pub(crate) conn_secs: Option<f64>,
     idle: usize,
     pub(crate) conns: usize,
     /// Fixed request rate of the HTTP comparison.
@@ -174,6 +178,7 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
     let mut c = Cfg {
         rate: 1000.0,
         secs: 5.0,
+        conn_secs: None,
         idle: 10_000,
         conns: 8,
         http_rate: 1000.0,
@@ -206,6 +211,7 @@ fn parse_cfg(a: &[&str]) -> anyhow::Result<Cfg> {
         match *k {
             "--rate" => c.rate = v.parse()?,
             "--secs" => c.secs = v.parse()?,
+            "--conn-secs" => c.conn_secs = Some(v.parse()?),
             "--idle" => c.idle = v.parse()?,
             "--conns" => c.conns = v.parse()?,
             "--http-rate" => c.http_rate = v.parse()?,
