@@ -291,6 +291,7 @@ mod tests {
     #![allow(clippy::expect_used)]
 
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// A pod context whose namespace is the test's own (opening sockets needs root, for the
     /// mark, as ztunnel itself does).
@@ -323,5 +324,53 @@ mod tests {
         assert!(accepted.nodelay().expect("TCP_NODELAY"));
         let socket = socket2::SockRef::from(&accepted);
         assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+    }
+
+    /// A loopback listener and a port on 127.0.0.1 that nothing holds.
+    async fn listener_and_free_port() -> (TcpListener, SocketAddr, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let dst = listener.local_addr().expect("addr");
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        (listener, dst, free)
+    }
+
+    #[tokio::test]
+    async fn the_clients_port_is_kept_and_its_time_wait_taken_over() {
+        let pod = own_pod(None);
+        let home = Netns::current().expect("own netns");
+        let (listener, dst, client) = listener_and_free_port().await;
+        for round in 0..2 {
+            let mut app = pod
+                .connect(&home, dst, Source::Client(client))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(app.local_addr().expect("local"), client, "round {round}");
+            let (mut accepted, _) = listener.accept().await.expect("accept");
+            // We close first, as when the client does: the TIME_WAIT is ours.
+            app.shutdown().await.expect("shutdown");
+            let mut rest = Vec::new();
+            accepted.read_to_end(&mut rest).await.expect("eof");
+            drop(accepted);
+            app.read_to_end(&mut rest).await.expect("app eof");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_port_already_in_use_falls_back_to_the_client_ip() {
+        let pod = own_pod(None);
+        let home = Netns::current().expect("own netns");
+        let (_listener, dst, _) = listener_and_free_port().await;
+        // This 4-tuple is taken: the connection must leave from another port of the same IP.
+        let held = TcpStream::connect(dst).await.expect("held");
+        let taken = held.local_addr().expect("local");
+        let app = pod
+            .connect(&home, dst, Source::Client(taken))
+            .await
+            .expect("fallback connect");
+        let local = app.local_addr().expect("local");
+        assert_eq!(local.ip(), taken.ip());
+        assert_ne!(local.port(), taken.port());
     }
 }

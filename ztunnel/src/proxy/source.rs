@@ -17,8 +17,9 @@
 //!    (IP_BIND_ADDRESS_NO_PORT), so a port is only refused when that very 4-tuple is taken.
 //! 3. [`Source::Pod`]: the pod's own address, when the kernel refuses both.
 //!
-//! Each step falls to the next only on an address clash, never after the application could
-//! have seen a connection attempt.
+//! Each step falls to the next when its bind is refused (the port is held, or IP_TRANSPARENT is
+//! not allowed) or connect finds its address taken; never after the application could have
+//! seen a connection attempt.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

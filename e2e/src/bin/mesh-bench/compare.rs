@@ -465,7 +465,7 @@ fn print(cfg: &Cfg, idle: usize, meshes: &[Mesh], s: &Samples) {
 /// leaves its TIME_WAITs in the server pod, where they can hold the 4-tuples the next mesh
 /// picks.)
 fn clear_time_wait(c: &Cluster, p: &PodRef) -> anyhow::Result<()> {
-    pod_exec(c, p, &["ss", "-K", "-t", "-4", "state", "time-wait"])
+    pod_exec(c, p, "ss", &["-K", "-t", "-4", "state", "time-wait"])
 }
 
 /// Per-netns TCP settings of a pod for the new-connection rate: the client closes first, so
@@ -475,8 +475,8 @@ pub(crate) fn tune_pod(c: &Cluster, p: &PodRef) -> anyhow::Result<()> {
     pod_exec(
         c,
         p,
+        "sysctl",
         &[
-            "sysctl",
             "-qw",
             "net.ipv4.ip_local_port_range=10000 65000",
             "net.ipv4.tcp_tw_reuse=1",
@@ -484,18 +484,17 @@ pub(crate) fn tune_pod(c: &Cluster, p: &PodRef) -> anyhow::Result<()> {
     )
 }
 
-/// Runs `cmd` inside pod `p`'s namespace; an error with its stderr unless it succeeds.
-fn pod_exec(c: &Cluster, p: &PodRef, cmd: &[&str]) -> anyhow::Result<()> {
+/// Runs `tool args...` inside pod `p`'s namespace; an error with its stderr unless it succeeds.
+fn pod_exec(c: &Cluster, p: &PodRef, tool: &str, args: &[&str]) -> anyhow::Result<()> {
     let netns = format!("{}-{}-{}", c.name, p.namespace, p.name);
     let out = Command::new("ip")
-        .args(["netns", "exec", &netns])
-        .args(cmd)
+        .args(["netns", "exec", &netns, tool])
+        .args(args)
         .output()
-        .with_context(|| format!("running {} in {netns}", cmd[0]))?;
+        .with_context(|| format!("running {tool} in {netns}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "{} in {netns}: {}",
-        cmd[0],
+        "{tool} in {netns}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
