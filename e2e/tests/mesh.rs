@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{metric_sum, Mesh, Svc, WAIT};
-use e2e::Capture;
+use e2e::{Capture, Pod, Topology};
 
 /// Pod A (node 1) reaches pod B (node 2) through its ordinary socket calls; the bytes arrive
 /// exactly; between the nodes there is only TLS to 15008; metrics and access logs match.
@@ -182,6 +182,157 @@ fn short_connections_keep_the_clients_address_past_the_servers_port_range() {
         tail.iter().all(|p| *p == from),
         "the app saw {tail:?}, not {from} each time"
     );
+}
+
+/// Sockets whose bytes never leave the node take ztunnel's local congestion control (reno by
+/// default); tunnels between nodes keep the node's. With one connection held open to a server
+/// on node 2 from a pod on node 1 and from a pod on node 2: ztunnel's connections to the app
+/// and from the app (15001) are reno with no keepalive timer, the tunnel between the two pods
+/// of node 2 is reno at both ends, the tunnel across nodes keeps the namespace's default (and
+/// its keepalive) at both ends, and the applications' own sockets keep the default.
+#[test]
+fn only_sockets_that_stay_on_the_node_take_the_local_congestion_control() {
+    let mut mesh = Mesh::new("mesh_congestion", 2);
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let a = mesh.pod(0, "demo", "client", "client", "client", true);
+    let b = mesh.pod(1, "demo", "server", "server", "server", true);
+    let c = mesh.pod(1, "demo", "neighbour", "client", "client", true);
+    mesh.start();
+    let _echo = mesh.topo.tcp_echo(&b, 7000).expect("echo");
+    for p in [&a, &b, &c] {
+        mesh.enroll(p);
+    }
+    for (node, uid) in [(0, &b.uid), (1, &b.uid), (1, &a.uid), (1, &c.uid)] {
+        mesh.wait_workload(node, uid);
+    }
+    let default = mesh
+        .topo
+        .exec_in(&b, "sysctl", &["-n", "net.ipv4.tcp_congestion_control"])
+        .expect("sysctl")
+        .trim()
+        .to_string();
+    let until = mesh.topo.dir().join("congestion.until");
+    let holds: Vec<_> = [&a, &c]
+        .into_iter()
+        .map(|from| {
+            let hold = mesh
+                .topo
+                .spawn_in(
+                    from,
+                    Topology::tcp_tool().expect("e2e-tcp"),
+                    &[
+                        "hold",
+                        &b.addr(7000).to_string(),
+                        "1",
+                        until.to_str().expect("utf-8"),
+                    ],
+                    &[],
+                )
+                .expect("hold");
+            hold.wait_for_log("held ok=1", WAIT)
+                .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", hold.log_tail(), mesh.logs()));
+            hold
+        })
+        .collect();
+
+    let sockets = |pod: &Pod| -> Vec<Socket> {
+        let out = mesh
+            .topo
+            .exec_in(pod, "ss", &["-Htnio", "state", "established"])
+            .expect("ss");
+        parse_ss(&out)
+    };
+    let find = |socks: &[Socket], what: &str, pick: &dyn Fn(&Socket) -> bool| -> Socket {
+        socks
+            .iter()
+            .find(|s| pick(s))
+            .cloned()
+            .unwrap_or_else(|| panic!("no socket for {what} in {socks:#?}"))
+    };
+    let (a_ip, c_ip) = (format!("{}:", a.ip), format!("{}:", c.ip));
+
+    let server = sockets(&b);
+    for from in [&a_ip, &c_ip] {
+        let to_app = find(&server, "ztunnel -> app", &|s| {
+            s.local.starts_with(from.as_str()) && s.peer.ends_with(":7000")
+        });
+        assert_eq!(to_app.congestion(), "reno", "{to_app:?}");
+        assert!(!to_app.info.contains("keepalive"), "{to_app:?}");
+        let app = find(&server, "the app's socket", &|s| {
+            s.local.ends_with(":7000") && s.peer.starts_with(from.as_str())
+        });
+        assert_eq!(app.congestion(), default, "{app:?}");
+    }
+    let across = find(&server, "HBONE in from node 1", &|s| {
+        s.local.ends_with(":15008") && s.peer.starts_with(&a_ip)
+    });
+    assert_eq!(across.congestion(), default, "{across:?}");
+    let neighbour = find(&server, "HBONE in from node 2", &|s| {
+        s.local.ends_with(":15008") && s.peer.starts_with(&c_ip)
+    });
+    assert_eq!(neighbour.congestion(), "reno", "{neighbour:?}");
+
+    let client = sockets(&a);
+    let from_app = find(&client, "app -> 15001", &|s| s.local.ends_with(":15001"));
+    assert_eq!(from_app.congestion(), "reno", "{from_app:?}");
+    assert!(!from_app.info.contains("keepalive"), "{from_app:?}");
+    let across = find(&client, "HBONE out to node 2", &|s| {
+        s.peer.ends_with(":15008")
+    });
+    assert_eq!(across.congestion(), default, "{across:?}");
+    assert!(across.info.contains("keepalive"), "{across:?}");
+    let neighbour = find(&sockets(&c), "HBONE out on node 2", &|s| {
+        s.peer.ends_with(":15008")
+    });
+    assert_eq!(neighbour.congestion(), "reno", "{neighbour:?}");
+    std::fs::write(&until, b"").expect("release the holds");
+    for hold in holds {
+        hold.wait_for_log("verified ok=1", WAIT).expect("verified");
+    }
+}
+
+/// One socket of `ss -Htnio`.
+#[derive(Debug, Clone)]
+struct Socket {
+    local: String,
+    peer: String,
+    /// Its `-i` line (flags and congestion control, then counters) and its `-o` timer.
+    info: String,
+}
+
+impl Socket {
+    /// The congestion control: the last flag (`ts sack reno`) before the first `name:value`.
+    fn congestion(&self) -> &str {
+        self.info
+            .split_whitespace()
+            .take_while(|w| !w.contains(':'))
+            .last()
+            .unwrap_or("")
+    }
+}
+
+fn parse_ss(out: &str) -> Vec<Socket> {
+    let mut socks = Vec::new();
+    let mut lines = out.lines().peekable();
+    while let Some(line) = lines.next() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 4 || line.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let info = match lines.peek() {
+            Some(next) if next.starts_with(char::is_whitespace) => {
+                lines.next().unwrap_or_default().trim().to_string()
+            }
+            _ => String::new(),
+        };
+        socks.push(Socket {
+            local: cols[2].to_string(),
+            peer: cols[3].to_string(),
+            // -o puts `timer:(...)` at the end of the address line.
+            info: format!("{info} {}", cols[4..].join(" ")),
+        });
+    }
+    socks
 }
 
 /// A service VIP spreads connections over its endpoints; a pod outside the mesh is reached by

@@ -13,6 +13,7 @@
 //! - [`http_server`]: the small HTTP server behind admin, metrics and readiness ports.
 //! - [`runtime`]: a proxy's control and data-plane tokio runtimes.
 //! - [`copy`]: bidirectional byte copying: half-close on a clean end, abort on an error.
+//! - [`tcp_congestion`]: the congestion control of a socket, checked once at start.
 //! - [`tcp_keepalive`]: TCP keepalive on proxied sockets.
 //! - [`limits`]: the open-file limit raised at start; an accept loop that survives running out of
 //!   file descriptors (counted, logged, shed with a reset, backed off).
@@ -43,6 +44,7 @@ pub mod model;
 pub mod rbac;
 pub mod runtime;
 pub mod store;
+pub mod tcp_congestion;
 pub mod tcp_keepalive;
 #[cfg(any(test, feature = "testing"))]
 #[allow(clippy::expect_used, missing_docs)]

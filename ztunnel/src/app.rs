@@ -7,12 +7,14 @@ use mesh::ca_client::{CaClient, CaClientConfig};
 use mesh::cert_manager::{CertManager, RenewalConfig};
 use mesh::metrics::XdsMetrics;
 use mesh::store::Store;
+use mesh::tcp_congestion::CongestionControl;
 use mesh::xds::{BackoffConfig, BearerToken, NodeInfo, XdsClient, XdsConfig, XdsTls, XdsTransport};
 
 use crate::admin::{AdminState, LogReload};
 use crate::config::Config;
 use crate::inpod::{self, PodStates, Pods};
 use crate::netns::Netns;
+use crate::proxy::hop::SocketSettings;
 use crate::proxy::live::LiveConnections;
 use crate::proxy::ProxyInputs;
 use crate::telemetry::Telemetry;
@@ -153,6 +155,13 @@ pub async fn run(
         live: live.clone(),
         pool_stats: pool_stats.clone(),
         limits,
+        sockets: SocketSettings {
+            keepalive: config.keepalive(),
+            local_congestion: config
+                .local_congestion_control
+                .clone()
+                .and_then(CongestionControl::usable),
+        },
     };
     let zds = tokio::spawn(inpod::run(
         inputs,

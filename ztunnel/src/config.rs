@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use mesh::tcp_congestion::CongestionControl;
 use mesh::tcp_keepalive::TcpKeepalive;
 
 /// How log lines are written (the schema of JSON lines: `mesh::logging::json`).
@@ -109,8 +110,10 @@ pub struct Config {
     #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 20)]
     pub drain_deadline_secs: u64,
 
-    /// TCP keepalive on every proxied socket (the pod's and the tunnels'), so that a peer
-    /// that vanished is noticed and its connection torn down end to end.
+    /// TCP keepalive on every proxied socket that leaves the pod (the tunnels', and
+    /// plaintext peers'), so that a peer that vanished is noticed and its connection torn down
+    /// end to end. Sockets to the pod's own applications never carry it: their other end is
+    /// this kernel, which answers the probes even for a hung application.
     #[arg(long, env = "KEEPALIVE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub keepalive_enabled: bool,
 
@@ -125,6 +128,13 @@ pub struct Config {
     /// Unanswered keepalive probes before a connection is declared dead.
     #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
     pub keepalive_retries: u32,
+
+    /// TCP congestion control of the sockets whose bytes never leave this node: to the pod's
+    /// own applications, and tunnels between pods of this node. A pacing algorithm (BBR, the
+    /// default of many nodes) only spends timers there. Empty: the node's default. Tunnels to
+    /// other nodes always keep the node's default.
+    #[arg(long, env = "LOCAL_CONGESTION_CONTROL", default_value = "reno", value_parser = local_congestion)]
+    pub local_congestion_control: LocalCongestion,
 
     /// How long an identity's certificate keeps being renewed after the last pod with that
     /// identity left this node, in seconds. A pod that comes back, or a new pod of the same
@@ -206,6 +216,20 @@ impl Config {
             interval: self.keepalive_interval,
             retries: self.keepalive_retries,
         })
+    }
+}
+
+/// `--local-congestion-control`: an algorithm, or `None` (given empty) for the node's default.
+/// (An alias, so that clap takes the whole value from the parser instead of making the flag
+/// optional.)
+pub type LocalCongestion = Option<CongestionControl>;
+
+/// Parses `--local-congestion-control`.
+fn local_congestion(s: &str) -> Result<LocalCongestion, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
     }
 }
 
@@ -309,5 +333,31 @@ mod tests {
         assert_eq!(ka.time, Duration::from_secs(30));
         assert_eq!(ka.interval, Duration::from_secs(5));
         assert_eq!(ka.retries, 9);
+    }
+
+    #[test]
+    fn local_congestion_control_is_reno_by_default_can_be_turned_off_and_is_checked() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ztunnel", "--node-name", "n1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args)
+        };
+        let default = parse(&[]).expect("valid").local_congestion_control;
+        assert_eq!(default.map(|cc| cc.to_string()).as_deref(), Some("reno"));
+        let cubic = parse(&["--local-congestion-control", "cubic"]).expect("valid");
+        assert_eq!(
+            cubic
+                .local_congestion_control
+                .map(|cc| cc.to_string())
+                .as_deref(),
+            Some("cubic")
+        );
+        let off = parse(&["--local-congestion-control", ""]).expect("valid");
+        assert!(off.local_congestion_control.is_none());
+        let bad = parse(&["--local-congestion-control", "bbr;rm"]).expect_err("invalid");
+        assert!(
+            bad.to_string().contains("not a congestion control name"),
+            "{bad}"
+        );
     }
 }

@@ -244,7 +244,7 @@ fn add(
         uid: uid_shared,
         identity,
         netns,
-        keepalive: inputs.config.keepalive(),
+        sockets: inputs.sockets.clone(),
     };
     let proxy = PodProxy::start(inputs, pod)
         .map_err(|e| format!("cannot open listeners in the pod's namespace: {e}"))?;

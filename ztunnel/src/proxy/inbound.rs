@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authz::{self, Inbound};
+use super::hop::{self, Hop};
 use super::limits::Slot;
 use super::live::{proxied, Kind, LiveConnections, LiveGuard, PodKey};
 use super::source::Source;
@@ -86,6 +87,7 @@ pub async fn serve_hbone(
     let accept = async {
         loop {
             let (tcp, peer) = inputs.limits.acceptor().accept(&listener, "HBONE").await;
+            local_congestion_from_this_node(&inputs, &pod, &tcp, peer);
             let (server, handler) = (server.clone(), handler.clone());
             let on_authenticated = tunnel_guard(inputs.live.clone(), key.clone());
             // The pod leaving the mesh sends GOAWAY at once: clients take new streams
@@ -112,6 +114,26 @@ pub async fn serve_hbone(
     tokio::select! {
         () = accept => {}
         () = stopped(stop) => {}
+    }
+}
+
+/// A tunnel from a pod on this node gets the local congestion control ([`hop`]); the listener's
+/// default is for tunnels from other nodes.
+fn local_congestion_from_this_node(
+    inputs: &ProxyInputs,
+    pod: &PodContext,
+    tcp: &TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(cc) = &inputs.sockets.local_congestion else {
+        return;
+    };
+    let src = pod.workload(&inputs.store);
+    let network = src.as_deref().map_or("", |w| w.network.as_str());
+    if hop::toward(&inputs.store, network, peer.ip(), &inputs.config.node_name) == Hop::Node {
+        if let Err(e) = cc.apply(&socket2::SockRef::from(tcp)) {
+            tracing::debug!(error = %e, %peer, "local congestion control not set");
+        }
     }
 }
 
@@ -280,7 +302,7 @@ async fn setup_hbone(
     let source = Source::for_client(client_ip, client_port, target);
     match inputs
         .limits
-        .connect(pod, &inputs.home, target, source)
+        .connect(pod, &inputs.home, target, Hop::App, source)
         .await
     {
         Ok(mut app) => match req.accept() {
@@ -482,7 +504,7 @@ async fn handle_plaintext(
     let source = Source::for_client(peer.ip(), None, orig_dst);
     match inputs
         .limits
-        .connect(&pod, &inputs.home, orig_dst, source)
+        .connect(&pod, &inputs.home, orig_dst, Hop::App, source)
         .await
     {
         Ok(app) => proxied::spawn(record, stream, app, guard, slot),

@@ -30,6 +30,7 @@ use mesh::copy::Abort;
 use mesh::limits::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::hop::Hop;
 use super::source::Source;
 use super::PodContext;
 use crate::netns::Netns;
@@ -206,9 +207,11 @@ impl Limits {
         pod: &PodContext,
         home: &Netns,
         dst: SocketAddr,
+        hop: Hop,
         source: Source,
     ) -> io::Result<TcpStream> {
-        match tokio::time::timeout(self.connect_timeout, pod.connect(home, dst, source)).await {
+        let connect = pod.connect(home, dst, hop, source);
+        match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

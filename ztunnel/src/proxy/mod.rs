@@ -19,7 +19,6 @@ use mesh::cert_manager::CertManager;
 use mesh::hbone::{ConnectFuture, Connector, PoolStats};
 use mesh::model::Workload;
 use mesh::store::Store;
-use mesh::tcp_keepalive::TcpKeepalive;
 use mesh::Identity;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -29,9 +28,11 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::netns::Netns;
 use crate::telemetry::{PodConnections, Telemetry};
+use hop::{Hop, SocketSettings};
 use source::Source;
 
 pub mod authz;
+pub mod hop;
 pub mod inbound;
 pub mod limits;
 pub mod live;
@@ -58,6 +59,8 @@ pub struct ProxyInputs {
     pub pool_stats: PoolStats,
     /// Descriptor, per-pod and set-up limits ([`limits`]).
     pub limits: Arc<limits::Limits>,
+    /// Keepalive and congestion control of pod sockets, by [`Hop`].
+    pub sockets: SocketSettings,
 }
 
 /// The pod a proxy serves.
@@ -69,8 +72,8 @@ pub struct PodContext {
     pub identity: Identity,
     /// Its network namespace.
     pub netns: Netns,
-    /// TCP keepalive for every socket opened for it (`None`: off).
-    pub keepalive: Option<TcpKeepalive>,
+    /// Keepalive and congestion control of every socket opened for it, by [`Hop`].
+    pub sockets: SocketSettings,
     /// Its connection counts (`ztunnel_connections_*`), resolved once for the pod.
     pub metrics: Arc<PodConnections>,
     /// Its place under `--max-connections-per-pod`, resolved once for the pod.
@@ -91,31 +94,28 @@ impl PodContext {
         }
     }
 
-    /// Creates a TCP socket inside the pod namespace, marked so it is not captured.
-    pub fn socket(&self, home: &Netns, v6: bool) -> io::Result<Socket> {
+    /// Creates a TCP socket inside the pod namespace toward `hop`, marked so it is not captured.
+    pub fn socket(&self, home: &Netns, v6: bool, hop: Hop) -> io::Result<Socket> {
         self.netns.run(home, || {
             let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
             // Non-blocking from creation: two fewer syscalls per connection than fcntl after.
             let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
             socket.set_mark(ZTUNNEL_MARK)?;
             socket.set_tcp_nodelay(true)?;
-            if let Some(keepalive) = &self.keepalive {
-                keepalive.apply(socket2::SockRef::from(&socket))?;
-            }
+            self.sockets.apply(&socket, hop)?;
             Ok(socket)
         })
     }
 
-    /// Binds a listener on `port` (all addresses) inside the pod namespace. Accepted
-    /// connections inherit its no-delay and keepalive settings (no setsockopt per accept).
-    pub fn listen(&self, home: &Netns, port: u16) -> io::Result<TcpListener> {
+    /// Binds a listener on `port` (all addresses) inside the pod namespace, whose clients are
+    /// at `hop`. Accepted connections inherit its no-delay, keepalive and congestion control
+    /// (no setsockopt per accept).
+    pub fn listen(&self, home: &Netns, port: u16, hop: Hop) -> io::Result<TcpListener> {
         let socket = self.netns.run(home, || {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             socket.set_mark(ZTUNNEL_MARK)?;
             socket.set_tcp_nodelay(true)?;
-            if let Some(keepalive) = &self.keepalive {
-                keepalive.apply(socket2::SockRef::from(&socket))?;
-            }
+            self.sockets.apply(&socket, hop)?;
             socket.set_reuse_address(true)?;
             // A restarted ztunnel binds beside the old one before it goes away.
             socket.set_reuse_port(true)?;
@@ -127,17 +127,18 @@ impl PodContext {
         TcpListener::from_std(socket.into())
     }
 
-    /// Connects from inside the pod namespace to `dst` from `source`, or from the next source
-    /// when the kernel refuses that one's address or port ([`source`] says why and in what
-    /// order).
+    /// Connects from inside the pod namespace to `dst` at `hop` from `source`, or from the next
+    /// source when the kernel refuses that one's address or port ([`source`] says why and in
+    /// what order).
     pub async fn connect(
         &self,
         home: &Netns,
         dst: SocketAddr,
+        hop: Hop,
         mut source: Source,
     ) -> io::Result<TcpStream> {
         loop {
-            let socket = self.socket(home, dst.is_ipv6())?;
+            let socket = self.socket(home, dst.is_ipv6(), hop)?;
             let error = match source.bind(&socket) {
                 Ok(()) => {
                     let socket = TcpSocket::from_std_stream(socket.into());
@@ -161,11 +162,17 @@ impl PodContext {
 pub struct PodConnector {
     pod: PodContext,
     home: Netns,
+    store: Store,
+    /// For this node's name: a tunnel to a workload on it is a [`Hop::Node`].
+    config: Arc<Config>,
 }
 
 impl Connector for PodConnector {
     fn connect(&self, dst: SocketAddr, _src_ip: Option<IpAddr>) -> ConnectFuture<'_> {
-        Box::pin(self.pod.connect(&self.home, dst, Source::Pod))
+        let src = self.pod.workload(&self.store);
+        let network = src.as_deref().map_or("", |w| w.network.as_str());
+        let hop = hop::toward(&self.store, network, dst.ip(), &self.config.node_name);
+        Box::pin(self.pod.connect(&self.home, dst, hop, Source::Pod))
     }
 }
 
@@ -195,9 +202,10 @@ impl std::fmt::Debug for PodProxy {
 impl PodProxy {
     /// Binds 15001, 15006 and 15008 in the pod's namespace and starts serving.
     pub fn start(inputs: &ProxyInputs, pod: PodContext) -> io::Result<PodProxy> {
-        let outbound_listener = pod.listen(&inputs.home, OUTBOUND_PORT)?;
-        let inbound_listener = pod.listen(&inputs.home, INBOUND_PORT)?;
-        let hbone_listener = pod.listen(&inputs.home, HBONE_PORT)?;
+        // 15001's clients are the pod's own applications; 15006's and 15008's are elsewhere.
+        let outbound_listener = pod.listen(&inputs.home, OUTBOUND_PORT, Hop::App)?;
+        let inbound_listener = pod.listen(&inputs.home, INBOUND_PORT, Hop::Network)?;
+        let hbone_listener = pod.listen(&inputs.home, HBONE_PORT, Hop::Network)?;
         inputs.certs.prefetch(&pod.identity);
         if let Some(kept) = inputs.live.pod_started(&pod.key()) {
             tracing::info!(uid = %pod.uid, netns = pod.netns.inode(), connections = kept, "pod handed over again before its drain ended; its connections stay");
@@ -291,11 +299,12 @@ mod tests {
     #![allow(clippy::expect_used)]
 
     use super::*;
+    use mesh::tcp_keepalive::TcpKeepalive;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// A pod context whose namespace is the test's own (opening sockets needs root, for the
     /// mark, as ztunnel itself does).
-    fn own_pod(keepalive: Option<TcpKeepalive>) -> PodContext {
+    fn own_pod(sockets: SocketSettings) -> PodContext {
         let limits =
             limits::Limits::new(mesh::limits::Acceptor::new(), None, Duration::from_secs(1));
         let uid: Arc<str> = "pod-uid".into();
@@ -307,23 +316,64 @@ mod tests {
                 .expect("identity"),
             netns: Netns::current().expect("own netns"),
             uid,
-            keepalive,
+            sockets,
+        }
+    }
+
+    fn keepalive_and_reno() -> SocketSettings {
+        SocketSettings {
+            keepalive: Some(TcpKeepalive::default()),
+            local_congestion: Some("reno".parse().expect("reno")),
+        }
+    }
+
+    fn congestion(socket: &socket2::SockRef<'_>) -> String {
+        let name = socket.tcp_congestion().expect("TCP_CONGESTION");
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_come_with_the_listeners_settings_already_set() {
+        let pod = own_pod(keepalive_and_reno());
+        let home = Netns::current().expect("own netns");
+        let default = congestion(&socket2::SockRef::from(
+            &TcpSocket::new_v4().expect("socket"),
+        ));
+        for (hop, keepalive, cc) in [
+            (Hop::Network, true, default.as_str()),
+            (Hop::App, false, "reno"),
+        ] {
+            let listener = pod.listen(&home, 0, hop).expect("listen");
+            let port = listener.local_addr().expect("addr").port();
+            let _client = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert!(accepted.nodelay().expect("TCP_NODELAY"), "{hop:?}");
+            let socket = socket2::SockRef::from(&accepted);
+            assert_eq!(
+                socket.keepalive().expect("SO_KEEPALIVE"),
+                keepalive,
+                "{hop:?}"
+            );
+            assert_eq!(congestion(&socket), cc, "{hop:?}");
         }
     }
 
     #[tokio::test]
-    async fn accepted_connections_come_with_no_delay_and_keepalive_already_set() {
-        let pod = own_pod(Some(TcpKeepalive::default()));
+    async fn connections_to_the_app_take_the_local_congestion_control_and_no_keepalive() {
+        let pod = own_pod(keepalive_and_reno());
         let home = Netns::current().expect("own netns");
-        let listener = pod.listen(&home, 0).expect("listen");
-        let port = listener.local_addr().expect("addr").port();
-        let _client = TcpStream::connect(("127.0.0.1", port))
+        let (_listener, dst, _) = listener_and_free_port().await;
+        let app = pod
+            .connect(&home, dst, Hop::App, Source::Pod)
             .await
             .expect("connect");
-        let (accepted, _) = listener.accept().await.expect("accept");
-        assert!(accepted.nodelay().expect("TCP_NODELAY"));
-        let socket = socket2::SockRef::from(&accepted);
-        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        let socket = socket2::SockRef::from(&app);
+        assert_eq!(congestion(&socket), "reno");
+        assert!(!socket.keepalive().expect("SO_KEEPALIVE"));
     }
 
     /// A loopback listener and a port on 127.0.0.1 that nothing holds.
@@ -338,12 +388,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_clients_port_is_kept_and_its_time_wait_taken_over() {
-        let pod = own_pod(None);
+        let pod = own_pod(SocketSettings::default());
         let home = Netns::current().expect("own netns");
         let (listener, dst, client) = listener_and_free_port().await;
         for round in 0..2 {
             let mut app = pod
-                .connect(&home, dst, Source::Client(client))
+                .connect(&home, dst, Hop::App, Source::Client(client))
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert_eq!(app.local_addr().expect("local"), client, "round {round}");
@@ -359,14 +409,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_port_already_in_use_falls_back_to_the_client_ip() {
-        let pod = own_pod(None);
+        let pod = own_pod(SocketSettings::default());
         let home = Netns::current().expect("own netns");
         let (_listener, dst, _) = listener_and_free_port().await;
         // This 4-tuple is taken: the connection must leave from another port of the same IP.
         let held = TcpStream::connect(dst).await.expect("held");
         let taken = held.local_addr().expect("local");
         let app = pod
-            .connect(&home, dst, Source::Client(taken))
+            .connect(&home, dst, Hop::App, Source::Client(taken))
             .await
             .expect("fallback connect");
         let local = app.local_addr().expect("local");

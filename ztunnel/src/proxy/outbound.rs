@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::hop::Hop;
 use super::limits::Slot;
 use super::live::{proxied, Ends, Kind, LiveGuard};
 use super::source::Source;
@@ -217,6 +218,8 @@ pub async fn serve(
         Arc::new(PodConnector {
             pod: pod.clone(),
             home: inputs.home.clone(),
+            store: inputs.store.clone(),
+            config: inputs.config.clone(),
         }),
         inputs.pool_stats.clone(),
     );
@@ -374,7 +377,7 @@ async fn setup(
             .for_pod(&pod.metrics);
             match inputs
                 .limits
-                .connect(pod, &inputs.home, addr, Source::Pod)
+                .connect(pod, &inputs.home, addr, Hop::Network, Source::Pod)
                 .await
             {
                 Ok(up) => Some(Ready {
