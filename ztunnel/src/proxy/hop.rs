@@ -5,10 +5,11 @@
 //! pod on this node over the node's bridge — takes the local congestion control instead
 //! (`--local-congestion-control`, `reno` by default): a pacing algorithm such as BBR, the
 //! default on many nodes, arms a timer per burst there and probes for a bottleneck the path does
-//! not have. Measured on the local cluster: bulk through one node 7.0–7.2 → 7.4–8.0 Gbit/s with
-//! this alone (docs/performance.md, "Levers tried"). A socket to the pod's own application also
-//! skips keepalive: the kernel at the other end is this one, and it answers the probes even for
-//! a hung application, so they can never find anything.
+//! not have (on the local cluster, same-node bulk gained about a fifth: docs/performance.md,
+//! "Levers tried"). Reno needs no privilege: every kernel has it and allows it to every process.
+//! A socket to the pod's own application also skips keepalive: the kernel at the other end is
+//! this one, and it answers the probes even for a hung application, so they can never find
+//! anything.
 
 use std::io;
 use std::net::IpAddr;
