@@ -50,7 +50,7 @@ pub struct SocketSettings {
 
 impl SocketSettings {
     /// Applies what `hop` calls for to `socket` (not yet connected, or a listener whose
-    /// accepted connections inherit it).
+    /// accepted connections inherit it). Only a keepalive error is an error.
     pub fn apply(&self, socket: &Socket, hop: Hop) -> io::Result<()> {
         if hop != Hop::App {
             if let Some(keepalive) = &self.keepalive {
@@ -59,7 +59,11 @@ impl SocketSettings {
         }
         if hop != Hop::Network {
             if let Some(cc) = &self.local_congestion {
-                cc.apply(socket)?;
+                // Checked at start; should this socket still refuse it, the connection goes on
+                // with the node's default rather than fail for a tuning.
+                if let Err(e) = cc.apply(socket) {
+                    tracing::debug!(error = %e, congestion_control = %cc, "local congestion control not set");
+                }
             }
         }
         Ok(())
