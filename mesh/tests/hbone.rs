@@ -217,6 +217,40 @@ async fn client_half_close_lets_server_reply_afterwards() {
     assert_eq!(reply, "12345");
 }
 
+/// The client's first bytes, sent with the CONNECT (`connect_with`), reach the server ahead of
+/// everything written on the stream afterwards, byte exact, alone or with more behind them.
+#[tokio::test]
+async fn first_bytes_sent_with_the_connect_arrive_first_and_exact() {
+    let fx = start_server(Behaviour::Echo).await;
+    let cert = fx.client_cert("default/sa/sleep");
+    let pool = Pool::new(H2Config::default(), Arc::new(TcpConnector));
+    let key = fx.key(&cert, vec![fx.server_id.clone()]);
+    for (first, rest) in [(payload(1), payload(2)), (payload(3), Vec::new())] {
+        let mut stream = pool
+            .connect_with(
+                &key,
+                &cert,
+                fx.target(),
+                &ConnectMeta::default(),
+                bytes::Bytes::from(first.clone()),
+            )
+            .await
+            .expect("stream");
+        stream.write_all(&rest).await.expect("write");
+        stream.shutdown().await.expect("half-close");
+        let mut echoed = Vec::new();
+        stream.read_to_end(&mut echoed).await.expect("echo");
+        assert_eq!(echoed.len(), first.len() + rest.len());
+        assert!(echoed[..first.len()] == first[..], "first bytes first");
+        assert!(echoed[first.len()..] == rest[..], "then the rest");
+    }
+    assert_eq!(
+        pool.connections_opened(),
+        1,
+        "both on one pooled connection"
+    );
+}
+
 #[tokio::test]
 async fn server_half_close_lets_client_keep_sending() {
     let fx = start_server(Behaviour::ServerClosesFirst).await;

@@ -290,6 +290,11 @@ pub struct LiveGuard {
 }
 
 impl LiveGuard {
+    /// Counts `n` bytes read from the client before the copy started (sent with the CONNECT).
+    pub fn read_before_copy(&self, n: usize) {
+        self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Records the connection's ends for the admin endpoint (outbound: once routed).
     pub fn describe(&self, ends: Ends) {
         // Once per connection, and never the registry's lock: this is on every outbound
@@ -556,7 +561,15 @@ where
         reason = silent(&counts, first_byte_timeout) => {
             Err(CopyEnd::Closed { reason, transferred: counts.get() })
         }
-        res = mesh::copy::copy_bidirectional(&mut a, &mut b) => Ok(res?),
+        // The counters, not the copy's own totals: they include bytes read before it.
+        res = mesh::copy::copy_bidirectional(&mut a, &mut b) => match res {
+            Ok(_) => Ok(counts.get()),
+            Err(CopyError::Io { side, source, .. }) => Err(CopyEnd::Io(CopyError::Io {
+                side,
+                transferred: counts.get(),
+                source,
+            })),
+        },
     };
     match &result {
         Err(CopyEnd::Closed { reason, .. }) if reason.is_graceful() => {

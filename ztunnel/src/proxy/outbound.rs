@@ -9,12 +9,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use mesh::copy::Abort;
 use mesh::hbone::{Baggage, ConnectMeta, H2Config, H2Stream, Pool, PoolKey};
 use mesh::metrics::Reporter;
 use mesh::model::{GatewayAddress, HealthStatus, Service, TunnelProtocol, Workload};
 use mesh::store::Store;
 use mesh::Identity;
+use nix::sys::socket::MsgFlags;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -434,7 +436,21 @@ async fn setup(
                 origin: None,
             };
             tracing::debug!(%endpoint, %authority, via_waypoint, "HBONE");
-            match pool.connect(&key, &cert, authority, &meta).await {
+            let first = match first_bytes(stream) {
+                Ok(first) => first,
+                Err(e) => {
+                    // Reset (or failed) before anything was sent on: the error was this
+                    // read's to report, so the connection ends here, as a reset.
+                    stream.abort();
+                    record.fail(FailureReason::of_io(&e), &e);
+                    return None;
+                }
+            };
+            guard.read_before_copy(first.len());
+            match pool
+                .connect_with(&key, &cert, authority, &meta, first)
+                .await
+            {
                 Ok(tunnel) => Some(Ready {
                     record,
                     upstream: Upstream::Tunnel(tunnel),
@@ -451,6 +467,32 @@ async fn setup(
             }
         }
     }
+}
+
+/// Most of the client's first bytes sent with the CONNECT: one TLS record's worth.
+const FIRST_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Where [`first_bytes`] reads: a connection's future never holds the buffer.
+    static FIRST: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; FIRST_BYTES].into_boxed_slice());
+}
+
+/// What the client has sent already (a request, a TLS ClientHello), without waiting: it goes out
+/// with the CONNECT ([`Pool::connect_with`]). Empty when nothing has arrived (a server-first
+/// protocol, or a client slower than the set-up) and at EOF (which the copy meets again). An
+/// error (a reset) is reported once by the kernel, so it is returned. Read past tokio, which
+/// has not polled the fresh socket yet: its readiness stays as it was, so the copy's first read
+/// finds whatever is left.
+fn first_bytes(stream: &TcpStream) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd as _;
+    FIRST.with_borrow_mut(|buf| {
+        match nix::sys::socket::recv(stream.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+            Err(nix::errno::Errno::EAGAIN) => Ok(Bytes::new()),
+            Err(e) => Err(e.into()),
+        }
+    })
 }
 
 /// The connection's ends as the admin endpoint's `/connections` shows them.
@@ -508,6 +550,52 @@ mod tests {
     use super::*;
     use mesh::store::Batch;
     use proto::workload as pb;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A connected pair on loopback: (the client's end, ztunnel's accepted end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        (client, accepted)
+    }
+
+    #[tokio::test]
+    async fn first_bytes_takes_what_was_sent_and_leaves_the_rest_to_the_copy() {
+        let (mut client, mut accepted) = pair().await;
+        assert!(first_bytes(&accepted).expect("nothing yet").is_empty());
+        let sent: Vec<u8> = (0..FIRST_BYTES + 1000).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.expect("send");
+        // Loopback delivers at once; wait until all of it is there.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let first = first_bytes(&accepted).expect("first");
+        assert_eq!(first.len(), FIRST_BYTES);
+        assert_eq!(first[..], sent[..FIRST_BYTES]);
+        let mut rest = vec![0; 1000];
+        accepted
+            .read_exact(&mut rest)
+            .await
+            .expect("the copy reads the rest");
+        assert_eq!(rest[..], sent[FIRST_BYTES..]);
+        client.shutdown().await.expect("half-close");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(first_bytes(&accepted).expect("EOF is empty").is_empty());
+        assert_eq!(accepted.read(&mut rest).await.expect("eof again"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_before_the_connect_is_an_error_not_an_empty_read() {
+        let (client, accepted) = pair().await;
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("linger 0");
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let err = first_bytes(&accepted).expect_err("reset");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
 
     fn workload(name: &str, ip: [u8; 4], hbone: bool, services: &[(&str, u32, u32)]) -> Workload {
         let w = pb::Workload {
