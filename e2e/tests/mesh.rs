@@ -98,6 +98,16 @@ fn cross_node_traffic_is_hbone_byte_exact_and_observed() {
         &["reporter=\"destination\"", &src_principal],
     );
     assert_eq!(sent, expected, "echoed bytes at the destination\n{m}");
+    // The source counts the same bytes, including a client's first bytes that went out with
+    // the CONNECT rather than through the copy.
+    let m = mesh.metrics(0);
+    for (family, what) in [
+        ("istio_tcp_received_bytes_total", "request"),
+        ("istio_tcp_sent_bytes_total", "echoed"),
+    ] {
+        let at_source = metric_sum(&m, family, &["reporter=\"source\"", &src_principal]);
+        assert_eq!(at_source, expected, "{what} bytes at the source\n{m}");
+    }
 
     // Access log: one line per connection at close, with both identities.
     let complete = || {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::authz::{self, Inbound};
-use super::hop::{self, Hop};
+use super::hop::Hop;
 use super::limits::Slot;
 use super::live::{proxied, Kind, LiveConnections, LiveGuard, PodKey};
 use super::source::Source;
@@ -117,7 +117,7 @@ pub async fn serve_hbone(
     }
 }
 
-/// A tunnel from a pod on this node gets the local congestion control ([`hop`]); the listener's
+/// A tunnel from a pod on this node gets the local congestion control ([`super::hop`]); the listener's
 /// default is for tunnels from other nodes.
 fn local_congestion_from_this_node(
     inputs: &ProxyInputs,
@@ -128,9 +128,7 @@ fn local_congestion_from_this_node(
     let Some(cc) = &inputs.sockets.local_congestion else {
         return;
     };
-    let src = pod.workload(&inputs.store);
-    let network = src.as_deref().map_or("", |w| w.network.as_str());
-    if hop::toward(&inputs.store, network, peer.ip(), &inputs.config.node_name) == Hop::Node {
+    if pod.tunnel_hop(&inputs.store, peer.ip(), &inputs.config.node_name) == Hop::Node {
         if let Err(e) = cc.apply(&socket2::SockRef::from(tcp)) {
             tracing::debug!(error = %e, %peer, "local congestion control not set");
         }

@@ -548,6 +548,8 @@ where
 {
     // The guard's counters: the admin endpoint reads them while the copy runs.
     let counts = guard.counts.clone();
+    // Bytes read from `a` before the copy (sent with the CONNECT): the copy's totals lack them.
+    let before = counts.get().a_to_b;
     let mut a = Counted {
         inner: a,
         counts: &counts,
@@ -561,12 +563,11 @@ where
         reason = silent(&counts, first_byte_timeout) => {
             Err(CopyEnd::Closed { reason, transferred: counts.get() })
         }
-        // The counters, not the copy's own totals: they include bytes read before it.
         res = mesh::copy::copy_bidirectional(&mut a, &mut b) => match res {
-            Ok(_) => Ok(counts.get()),
-            Err(CopyError::Io { side, source, .. }) => Err(CopyEnd::Io(CopyError::Io {
+            Ok(t) => Ok(with_before(t, before)),
+            Err(CopyError::Io { side, transferred, source }) => Err(CopyEnd::Io(CopyError::Io {
                 side,
-                transferred: counts.get(),
+                transferred: with_before(transferred, before),
                 source,
             })),
         },
@@ -688,6 +689,14 @@ impl Counts {
             a_to_b: self.read.load(Ordering::Relaxed),
             b_to_a: self.written.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// `t` with `before` more bytes from `a` to `b`.
+fn with_before(t: Transferred, before: u64) -> Transferred {
+    Transferred {
+        a_to_b: t.a_to_b + before,
+        ..t
     }
 }
 

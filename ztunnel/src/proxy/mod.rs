@@ -86,6 +86,14 @@ impl PodContext {
         store.workload(&self.uid)
     }
 
+    /// Where a tunnel to or from `ip` (looked up on the pod's network) ends: [`Hop::Node`] when
+    /// that is a workload on `node`.
+    pub fn tunnel_hop(&self, store: &Store, ip: IpAddr, node: &str) -> Hop {
+        let src = self.workload(store);
+        let network = src.as_deref().map_or("", |w| w.network.as_str());
+        hop::toward(store, network, ip, node)
+    }
+
     /// The key its connections are registered under.
     pub fn key(&self) -> live::PodKey {
         live::PodKey {
@@ -169,9 +177,9 @@ pub struct PodConnector {
 
 impl Connector for PodConnector {
     fn connect(&self, dst: SocketAddr, _src_ip: Option<IpAddr>) -> ConnectFuture<'_> {
-        let src = self.pod.workload(&self.store);
-        let network = src.as_deref().map_or("", |w| w.network.as_str());
-        let hop = hop::toward(&self.store, network, dst.ip(), &self.config.node_name);
+        let hop = self
+            .pod
+            .tunnel_hop(&self.store, dst.ip(), &self.config.node_name);
         Box::pin(self.pod.connect(&self.home, dst, hop, Source::Pod))
     }
 }

@@ -481,9 +481,10 @@ thread_local! {
 /// What the client has sent already (a request, a TLS ClientHello), without waiting: it goes out
 /// with the CONNECT ([`Pool::connect_with`]). Empty when nothing has arrived (a server-first
 /// protocol, or a client slower than the set-up) and at EOF (which the copy meets again). An
-/// error (a reset) is reported once by the kernel, so it is returned. Read past tokio, which
-/// has not polled the fresh socket yet: its readiness stays as it was, so the copy's first read
-/// finds whatever is left.
+/// error (a reset) is reported once by the kernel, so it is returned. Read past tokio: its
+/// readiness for the socket is only cleared by a read of its own that finds nothing, so the
+/// copy's first read still finds whatever is left. Costs one `recv` per HBONE connection when
+/// nothing is there yet; when something is, it is the copy's first read, done earlier.
 fn first_bytes(stream: &TcpStream) -> std::io::Result<Bytes> {
     use std::os::fd::AsRawFd as _;
     FIRST.with_borrow_mut(|buf| {
