@@ -259,11 +259,23 @@ fn only_sockets_that_stay_on_the_node_take_the_local_congestion_control() {
             .cloned()
             .unwrap_or_else(|| panic!("no socket for {what} in {socks:#?}"))
     };
+    // `ss -o` shows one timer: while a segment is unacked it is the retransmit timer (`on`), so
+    // a keepalive is judged only once the socket has settled.
+    let settled = |pod: &Pod, what: &str, pick: &dyn Fn(&Socket) -> bool| -> Socket {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let sock = find(&sockets(pod), what, pick);
+            if !sock.info.contains("timer:(on") || Instant::now() > deadline {
+                return sock;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let (a_ip, c_ip) = (format!("{}:", a.ip), format!("{}:", c.ip));
 
     let server = sockets(&b);
     for from in [&a_ip, &c_ip] {
-        let to_app = find(&server, "ztunnel -> app", &|s| {
+        let to_app = settled(&b, "ztunnel -> app", &|s| {
             s.local.starts_with(from.as_str()) && s.peer.ends_with(":7000")
         });
         assert_eq!(to_app.congestion(), "reno", "{to_app:?}");
@@ -282,13 +294,10 @@ fn only_sockets_that_stay_on_the_node_take_the_local_congestion_control() {
     });
     assert_eq!(neighbour.congestion(), "reno", "{neighbour:?}");
 
-    let client = sockets(&a);
-    let from_app = find(&client, "app -> 15001", &|s| s.local.ends_with(":15001"));
+    let from_app = settled(&a, "app -> 15001", &|s| s.local.ends_with(":15001"));
     assert_eq!(from_app.congestion(), "reno", "{from_app:?}");
     assert!(!from_app.info.contains("keepalive"), "{from_app:?}");
-    let across = find(&client, "HBONE out to node 2", &|s| {
-        s.peer.ends_with(":15008")
-    });
+    let across = settled(&a, "HBONE out to node 2", &|s| s.peer.ends_with(":15008"));
     assert_eq!(across.congestion(), default, "{across:?}");
     assert!(across.info.contains("keepalive"), "{across:?}");
     let neighbour = find(&sockets(&c), "HBONE out on node 2", &|s| {
