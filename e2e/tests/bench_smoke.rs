@@ -1,8 +1,9 @@
 //! The mesh benchmark still runs: `mesh-bench --smoke` brings up a local cluster and sends
 //! bytes through every path the benchmark measures — no mesh, our ztunnel, and upstream Istio
-//! ztunnel standing in for ours when its shared build is there — for about a second each. It
-//! asserts only that each path carried bytes, never a timing. Needs root and the workspace's
-//! binaries (`cargo build --workspace --bins`); runs in the `local-cluster` test group.
+//! ztunnel standing in for ours when its shared build is there, and ours and upstream at either
+//! end of one tunnel, both ways — for about a second each. It asserts only that each path carried
+//! bytes, never a timing. Needs root and the workspace's binaries (`cargo build --workspace
+//! --bins`); runs in the `local-cluster` test group.
 
 #![allow(clippy::expect_used, clippy::print_stderr)]
 
@@ -33,10 +34,12 @@ fn every_benchmark_path_carries_bytes_no_mesh_ours_and_upstream_when_present() {
             "note: upstream ztunnel is not there (../shared/anchors/ztunnel): its path was skipped"
         );
     } else {
-        assert!(
-            stdout.contains("smoke: upstream: "),
-            "the upstream path did not report bytes:\n{stdout}\n{stderr}"
-        );
+        for path in ["upstream", "ours -> upstream", "upstream -> ours"] {
+            assert!(
+                stdout.contains(&format!("smoke: {path}: ")),
+                "the {path} path did not report bytes:\n{stdout}\n{stderr}"
+            );
+        }
     }
     assert!(stdout.contains("smoke: ok"), "{stdout}\n{stderr}");
 }

@@ -93,7 +93,7 @@ impl<'a> Compare<'a> {
 
     /// Until one exchange through the path works (the proxy may still be opening the pod's
     /// listeners).
-    fn probe(&self, client: &PodRef, server: &PodRef) -> anyhow::Result<()> {
+    pub(crate) fn probe(&self, client: &PodRef, server: &PodRef) -> anyhow::Result<()> {
         e2e::retry_until(
             &format!(
                 "{}/{} to reach {}",

@@ -78,9 +78,9 @@ impl Upstream {
         self.procs.iter().find(|p| p.node == node).map(Proc::pid)
     }
 
-    /// Stops ours on every node of `nodes`, starts upstream there, and waits until each is ready
-    /// and serves its pods (`served[i]` are the pods of `nodes[i]`, which must show `Up`) and
-    /// knows `known` as HBONE workloads.
+    /// Stops ours on every node of `nodes` (ours keeps the other nodes), starts upstream there,
+    /// and waits until each is ready and serves its pods (`served[i]` are the pods of
+    /// `nodes[i]`, which must show `Up`) and knows `known` as HBONE workloads.
     pub(crate) fn swap_in(
         &mut self,
         c: &Cluster,
@@ -91,7 +91,9 @@ impl Upstream {
         if !self.procs.is_empty() {
             return Ok(());
         }
-        c.ok(&["cluster", "stop", "ztunnel"])?;
+        for node in nodes {
+            c.ok(&["cluster", "stop", "ztunnel", "--node", node])?;
+        }
         // Teardown on error or signal stops them, even if this `Upstream` is never dropped.
         static HOOKED: std::sync::Once = std::sync::Once::new();
         HOOKED.call_once(|| crate::cluster::before_down(stop_all));
@@ -109,8 +111,8 @@ impl Upstream {
         Ok(())
     }
 
-    /// Stops upstream and starts ours again on every node (`meshctl cluster start ztunnel`
-    /// waits until ours is ready).
+    /// Stops upstream and starts ours again where it was stopped (`meshctl cluster start
+    /// ztunnel` skips a node whose ztunnel runs and waits until ours is ready).
     pub(crate) fn swap_out(&mut self, c: &Cluster) -> anyhow::Result<()> {
         if self.procs.is_empty() {
             return Ok(());
