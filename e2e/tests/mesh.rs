@@ -204,6 +204,8 @@ fn short_connections_keep_the_clients_address_past_the_servers_port_range() {
 fn only_sockets_that_stay_on_the_node_take_the_local_congestion_control() {
     let mut mesh = Mesh::new("mesh_congestion", 2);
     mesh.ambient_namespaces = vec!["demo".into()];
+    // Pods of one node talk through a tunnel, not in-process: its two ends are checked here.
+    mesh.ztunnel_env = vec![("SAME_NODE_DIRECT".into(), "false".into())];
     let a = mesh.pod(0, "demo", "client", "client", "client", true);
     let b = mesh.pod(1, "demo", "server", "server", "server", true);
     let c = mesh.pod(1, "demo", "neighbour", "client", "client", true);

@@ -133,6 +133,15 @@ fn resets_propagate_both_ways_same_node_and_cross_node_and_nothing_is_left() {
         );
         assert!(line.starts_with("outcome=reset"), "warm-up: {line}");
     }
+    // Same node, an allowed connection is carried in-process; a refused one goes through the
+    // tunnel (as every refusal does), whose pooled connection belongs to the baseline too.
+    let line = client(
+        &mesh,
+        &client_pod,
+        "await-reply",
+        near.pod.addr(CLOSED_PORT),
+    );
+    assert!(line.starts_with("outcome=reset"), "warm-up: {line}");
     // (Pooled HBONE connections count as live tunnels: they stay, and are part of it.)
     let baselines: Vec<_> = (0..2).map(|i| settled_counts(&mesh, i)).collect();
 

@@ -162,6 +162,7 @@ pub async fn run(
                 .clone()
                 .and_then(CongestionControl::usable),
         },
+        served: Arc::default(),
     };
     let zds = tokio::spawn(inpod::run(
         inputs,

@@ -136,6 +136,13 @@ pub struct Config {
     #[arg(long, env = "LOCAL_CONGESTION_CONTROL", default_value = "reno", value_parser = local_congestion)]
     pub local_congestion_control: LocalCongestion,
 
+    /// Connections between two pods this ztunnel serves are carried in-process: the
+    /// destination's policy is checked and both ends are recorded as through a tunnel, but
+    /// no TLS, HTTP/2 or third TCP connection is set up between two of our own sockets.
+    /// `false` tunnels them over HBONE like every other connection.
+    #[arg(long, env = "SAME_NODE_DIRECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub same_node_direct: bool,
+
     /// How long an identity's certificate keeps being renewed after the last pod with that
     /// identity left this node, in seconds. A pod that comes back, or a new pod of the same
     /// identity, within it finds the certificate ready; after it the renewal stops and the
@@ -359,5 +366,16 @@ mod tests {
             bad.to_string().contains("not a congestion control name"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn pods_of_this_node_are_joined_in_process_unless_turned_off() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["ztunnel", "--node-name", "n1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).expect("valid")
+        };
+        assert!(parse(&[]).same_node_direct);
+        assert!(!parse(&["--same-node-direct", "false"]).same_node_direct);
     }
 }

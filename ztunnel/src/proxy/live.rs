@@ -403,12 +403,33 @@ impl LiveConnections {
     /// Registers a connection of `pod`. `None` when the pod is not served (never handed over,
     /// removed, draining): the connection must be refused.
     pub fn register(self: &Arc<Self>, pod: &PodKey, kind: Kind) -> Option<LiveGuard> {
+        self.insert(pod, kind, Arc::default())
+    }
+
+    /// Registers `beside`'s connection under `pod` too (one connection between two pods this
+    /// ztunnel serves, carried in-process): the two registrations share its counts and its
+    /// close signal, so whatever closes either closes the connection. `None` when `pod` is
+    /// not served.
+    pub fn register_beside(
+        self: &Arc<Self>,
+        pod: &PodKey,
+        kind: Kind,
+        beside: &LiveGuard,
+    ) -> Option<LiveGuard> {
+        self.insert(pod, kind, beside.counts.clone())
+    }
+
+    fn insert(
+        self: &Arc<Self>,
+        pod: &PodKey,
+        kind: Kind,
+        counts: Arc<Counts>,
+    ) -> Option<LiveGuard> {
         let mut inner = self.lock();
         if !matches!(inner.pods.get(pod), Some(PodState::Serving)) {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let counts = Arc::new(Counts::default());
         inner.conns.insert(
             id,
             Live {

@@ -37,6 +37,7 @@ pub mod inbound;
 pub mod limits;
 pub mod live;
 pub mod outbound;
+pub mod same_node;
 pub mod source;
 pub mod waypoint;
 
@@ -61,6 +62,8 @@ pub struct ProxyInputs {
     pub limits: Arc<limits::Limits>,
     /// Keepalive and congestion control of pod sockets, by [`Hop`].
     pub sockets: SocketSettings,
+    /// The pods served now, for connections between two of them ([`same_node`]).
+    pub served: Arc<same_node::ServedPods>,
 }
 
 /// The pod a proxy serves.
@@ -192,6 +195,7 @@ pub struct PodProxy {
     shutdown: watch::Sender<Stop>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<live::LiveConnections>,
+    served: Arc<same_node::ServedPods>,
     /// The drain period of its live connections once stopped; `None`: ztunnel itself is
     /// stopping and closes them at its own drain deadline.
     drain: Option<Duration>,
@@ -218,6 +222,7 @@ impl PodProxy {
         if let Some(kept) = inputs.live.pod_started(&pod.key()) {
             tracing::info!(uid = %pod.uid, netns = pod.netns.inode(), connections = kept, "pod handed over again before its drain ended; its connections stay");
         }
+        inputs.served.serve(&pod);
         let (shutdown, rx) = watch::channel(Stop::Running);
         let tasks = vec![
             tokio::spawn(outbound::serve(
@@ -245,6 +250,7 @@ impl PodProxy {
             shutdown,
             tasks,
             live: inputs.live.clone(),
+            served: inputs.served.clone(),
             drain: Some(inputs.config.pod_drain()),
         })
     }
@@ -271,6 +277,7 @@ impl Drop for PodProxy {
         for task in &self.tasks {
             task.abort();
         }
+        self.served.leave(&self.pod);
         let key = self.pod.key();
         let draining = match self.drain {
             Some(drain) => self.live.pod_removed(&key, drain),

@@ -19,10 +19,33 @@ use super::{copy_until_closed, CopyEnd, LiveGuard};
 use crate::proxy::limits::Slot;
 use crate::telemetry::ConnectionRecord;
 
-/// Copies between `a` and `b` until the connection ends (see [`copy_until_closed`]), then
-/// finishes `record`; `slot` is released with it. Runs as a new task in the current span.
-pub fn spawn<A, B>(record: ConnectionRecord, a: A, b: B, guard: LiveGuard, slot: Slot)
+/// What a copy finishes when it ends: the connection's record, or more than one.
+pub trait Finish: Send + 'static {
+    /// Records the outcome of [`copy_until_closed`] (`a_to_b`: from the client).
+    fn finish(self, result: &Result<Transferred, CopyEnd>);
+}
+
+impl Finish for ConnectionRecord {
+    fn finish(self, result: &Result<Transferred, CopyEnd>) {
+        finish(self, result);
+    }
+}
+
+/// A connection recorded at both ends by this ztunnel (carried in-process: the source's
+/// record, and the destination's half).
+impl<D: Finish> Finish for (ConnectionRecord, D) {
+    fn finish(self, result: &Result<Transferred, CopyEnd>) {
+        finish(self.0, result);
+        self.1.finish(result);
+    }
+}
+
+/// Copies between `a` (the client's side) and `b` until the connection ends (see
+/// [`copy_until_closed`]), then finishes `record`; `slot` is released with it. Runs as a new
+/// task in the current span.
+pub fn spawn<R, A, B>(record: R, a: A, b: B, guard: LiveGuard, slot: Slot)
 where
+    R: Finish,
     A: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
 {
@@ -37,22 +60,22 @@ where
 pin_project_lite::pin_project! {
     /// A copy and the record it finishes: no more state than the two need (an `async` block
     /// would keep a second copy of its captured future while awaiting it).
-    pub(crate) struct Proxied<F> {
+    pub(crate) struct Proxied<F, R> {
         #[pin]
         pub(crate) copy: F,
-        pub(crate) record: Option<ConnectionRecord>,
+        pub(crate) record: Option<R>,
         pub(crate) _slot: Slot,
     }
 }
 
-impl<F: Future<Output = Result<Transferred, CopyEnd>>> Future for Proxied<F> {
+impl<F: Future<Output = Result<Transferred, CopyEnd>>, R: Finish> Future for Proxied<F, R> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         let result = ready!(this.copy.poll(cx));
         if let Some(record) = this.record.take() {
-            finish(record, result);
+            record.finish(&result);
         }
         Poll::Ready(())
     }
@@ -60,12 +83,12 @@ impl<F: Future<Output = Result<Transferred, CopyEnd>>> Future for Proxied<F> {
 
 /// Finishes `record` with the outcome of [`copy_until_closed`]: bytes, and the reason and
 /// flags when ztunnel closed it.
-pub fn finish(mut record: ConnectionRecord, result: Result<Transferred, CopyEnd>) {
+pub fn finish(mut record: ConnectionRecord, result: &Result<Transferred, CopyEnd>) {
     let end = match result {
         Ok(t) => return record.close(t.a_to_b, t.b_to_a, None),
         Err(end) => end,
     };
-    let t = match &end {
+    let t = match end {
         CopyEnd::Io(CopyError::Io { transferred, .. }) => *transferred,
         CopyEnd::Closed {
             reason,
@@ -75,5 +98,5 @@ pub fn finish(mut record: ConnectionRecord, result: Result<Transferred, CopyEnd>
             *transferred
         }
     };
-    record.close(t.a_to_b, t.b_to_a, Some(&end));
+    record.close(t.a_to_b, t.b_to_a, Some(end));
 }

@@ -118,6 +118,39 @@ async fn a_removed_pods_connections_go_on_for_the_drain_period_then_close() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_connection_registered_beside_another_closes_with_either_pod_and_leaves_with_both() {
+    let (src, dst) = (key(1), key(2));
+    let live = served(&src);
+    let outbound = live.register(&src, Kind::Outbound).expect("served");
+    assert!(
+        live.register_beside(&dst, inbound(), &outbound).is_none(),
+        "the destination is not served yet"
+    );
+    live.pod_started(&dst);
+    let beside = live
+        .register_beside(&dst, inbound(), &outbound)
+        .expect("served");
+    assert_eq!(live.len(), 2, "one entry under each pod");
+    outbound.read_before_copy(5);
+    let listed = live.connections();
+    assert!(
+        listed.iter().all(|c| c.bytes_sent == 5),
+        "both entries show the one connection's bytes: {listed:?}"
+    );
+
+    // The destination's removal closes the connection its source's copy waits on.
+    live.pod_removed(&dst, DRAIN);
+    sleep(DRAIN + Duration::from_millis(10)).await;
+    assert_eq!(
+        closed(&outbound),
+        Some(CloseReason::PodRemoved { drain: DRAIN })
+    );
+    drop(beside);
+    drop(outbound);
+    assert!(live.is_empty(), "both entries leave with their guards");
+}
+
+#[tokio::test(start_paused = true)]
 async fn connections_that_end_within_the_drain_leave_nothing_behind() {
     let pod = key(1);
     let live = served(&pod);
@@ -283,7 +316,7 @@ fn a_drained_connection_is_counted_with_its_bytes_and_the_drain_flag() {
         end.to_string(),
         "closed: pod removed from the mesh: drain period of 5s ended"
     );
-    finish(record, Err(end));
+    finish(record, &Err(end));
     let metrics = telemetry.encode();
     let line = |name: &str| {
         metrics
