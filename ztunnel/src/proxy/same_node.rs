@@ -109,9 +109,23 @@ pub async fn connect(
         return None;
     }
     let slot = pod.cap.admit().ok()?;
+    // What a tunnel's far end would see: an address of the source pod's own (a tunnel leaves
+    // from one), and the client's port only when the client used that address too.
+    let src_workload = src.workload(store);
+    let client_ip = src_workload
+        .as_ref()
+        .filter(|w| !w.addresses.contains(&peer.ip()))
+        .and_then(|w| {
+            w.addresses
+                .iter()
+                .find(|a| a.is_ipv4() == peer.is_ipv4())
+                .copied()
+        })
+        .unwrap_or(peer.ip());
+    let client_port = (client_ip == peer.ip()).then_some(peer.port());
     let inbound = Inbound::direct(Connection {
         src_identity: Some(src.identity.clone()),
-        src_ip: peer.ip(),
+        src_ip: client_ip,
         dst_ip: dst.ip(),
         dst_port: dst.port(),
     });
@@ -125,7 +139,7 @@ pub async fn connect(
     if !decision.allowed {
         return None;
     }
-    let source = Source::for_client(peer.ip(), Some(peer.port()), dst);
+    let source = Source::for_client(client_ip, client_port, dst);
     let app = match inputs
         .limits
         .connect(&pod, &inputs.home, dst, Hop::App, source)
@@ -144,7 +158,7 @@ pub async fn connect(
         &inputs.telemetry,
         Reporter::destination,
         Peer {
-            workload: src.workload(store),
+            workload: src_workload,
             identity: Some(src.identity.clone()),
             addr: Some(peer),
         },
