@@ -39,6 +39,7 @@ pub mod identity;
 pub mod l7authz;
 pub mod limits;
 pub mod logging;
+pub mod memmove;
 pub mod metrics;
 pub mod model;
 pub mod rbac;
