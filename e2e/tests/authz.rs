@@ -170,23 +170,7 @@ fn a_policy_update_closes_live_connections_that_became_denied() {
     let (t, _echoes) = isolation("authz_live");
     let m = &t.mesh;
     let gate = m.topo.dir().join("gate");
-    let long = m
-        .topo
-        .spawn_in(
-            &t.client_b,
-            Topology::tcp_tool().expect("e2e-tcp"),
-            &[
-                "send-gated",
-                &t.server.addr(7000).to_string(),
-                "before|",
-                gate.to_str().unwrap(),
-                "after",
-            ],
-            &[],
-        )
-        .expect("long-lived client");
-    long.wait_for_log("first sent", WAIT)
-        .expect("connection open");
+    let long = m.send_gated(&t.client_b, t.server.addr(7000), "before|", &gate, "after");
 
     let applied = std::time::Instant::now();
     m.apply(SAME_NAMESPACE_ONLY);

@@ -462,23 +462,7 @@ fn restarts_of_ztunnel_and_istiod_lose_nothing() {
 
     // A long-lived connection across the control plane outage.
     let gate = mesh.topo.dir().join("gate");
-    let long = mesh
-        .topo
-        .spawn_in(
-            &a,
-            e2e::Topology::tcp_tool().expect("e2e-tcp"),
-            &[
-                "send-gated",
-                &b.addr(7000).to_string(),
-                "opened-before|",
-                gate.to_str().unwrap(),
-                "finished-after",
-            ],
-            &[],
-        )
-        .expect("long-lived client");
-    long.wait_for_log("first sent", WAIT)
-        .expect("long-lived connection open");
+    let _long = mesh.send_gated(&a, b.addr(7000), "opened-before|", &gate, "finished-after");
     mesh.stop_istiod();
     assert_eq!(
         mesh.topo
@@ -515,23 +499,7 @@ fn a_removed_pods_connections_drain_then_close_unless_it_comes_back() {
     // its gate file exists; the echo sends both back.
     let hold = |name: &str| {
         let gate = mesh.topo.dir().join(format!("{name}-gate"));
-        let proc = mesh
-            .topo
-            .spawn_in(
-                &a,
-                e2e::Topology::tcp_tool().expect("e2e-tcp"),
-                &[
-                    "send-gated",
-                    &b.addr(7000).to_string(),
-                    &format!("{name}-before|"),
-                    gate.to_str().unwrap(),
-                    "after",
-                ],
-                &[],
-            )
-            .expect("long-lived client");
-        proc.wait_for_log("first sent", WAIT)
-            .expect("long-lived connection open");
+        let proc = mesh.send_gated(&a, b.addr(7000), &format!("{name}-before|"), &gate, "after");
         (proc, gate)
     };
     let finish = |(proc, gate): &(e2e::Proc, std::path::PathBuf)| {

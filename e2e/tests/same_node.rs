@@ -10,35 +10,7 @@
 mod common;
 
 use common::{metric_sum, Mesh, WAIT};
-use e2e::{Capture, Topology};
-
-const DENY_7300: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: deny-7300
-  namespace: demo
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: [\"7300\"]
-";
-
-const DENY_7000: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: deny-7000
-  namespace: demo
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: [\"7000\"]
-";
+use e2e::Capture;
 
 #[test]
 fn pods_of_one_node_are_joined_in_process_with_policy_metrics_and_the_clients_address() {
@@ -53,7 +25,7 @@ fn pods_of_one_node_are_joined_in_process_with_policy_metrics_and_the_clients_ad
         mesh.enroll(p);
     }
     mesh.wait_workload(0, &b.uid);
-    mesh.apply(DENY_7300);
+    mesh.apply(&common::deny_port("demo", 7300));
     mesh.wait_policy(0, "demo/deny-7300", true);
 
     // Nothing between the two pods crosses the server pod's interface: not even a tunnel.
@@ -128,24 +100,8 @@ fn pods_of_one_node_are_joined_in_process_with_policy_metrics_and_the_clients_ad
 
     // A live in-process connection that a new policy denies is closed.
     let gate = mesh.topo.dir().join("gate");
-    let long = mesh
-        .topo
-        .spawn_in(
-            &a,
-            Topology::tcp_tool().expect("e2e-tcp"),
-            &[
-                "send-gated",
-                &b.addr(7000).to_string(),
-                "before|",
-                gate.to_str().unwrap(),
-                "after",
-            ],
-            &[],
-        )
-        .expect("long-lived client");
-    long.wait_for_log("first sent", WAIT)
-        .expect("connection open");
-    mesh.apply(DENY_7000);
+    let long = mesh.send_gated(&a, b.addr(7000), "before|", &gate, "after");
+    mesh.apply(&common::deny_port("demo", 7000));
     e2e::wait_until("live connection closed", WAIT, || {
         z.log()
             .contains("closing a live connection no longer allowed")

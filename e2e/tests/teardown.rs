@@ -20,20 +20,6 @@ const CLOSED_PORT: u16 = 7999;
 /// A DENY policy covers this port.
 const DENIED_PORT: u16 = 7300;
 
-const DENY_PORT: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: deny-7300
-  namespace: demo
-spec:
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        ports: [\"7300\"]
-";
-
 struct Servers {
     pod: Pod,
     _reset: Proc,
@@ -119,7 +105,7 @@ fn resets_propagate_both_ways_same_node_and_cross_node_and_nothing_is_left() {
     }
     mesh.wait_workload(0, &far.pod.uid);
     mesh.wait_workload(1, &client_pod.uid);
-    mesh.apply(DENY_PORT);
+    mesh.apply(&common::deny_port("demo", DENIED_PORT));
     mesh.wait_policy(0, "demo/deny-7300", true);
     mesh.wait_policy(1, "demo/deny-7300", true);
 

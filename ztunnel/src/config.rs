@@ -255,6 +255,13 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// The config from a node name and `extra` flags.
+    fn parse_with(extra: &[&str]) -> Result<Config, clap::Error> {
+        let mut args = vec!["ztunnel", "--node-name", "n1"];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args)
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         Config::command().debug_assert();
@@ -262,25 +269,15 @@ mod tests {
 
     #[test]
     fn refuses_plaintext_control_plane_addresses() {
-        let base = ["ztunnel", "--node-name", "n1"];
-        let with = |extra: &[&str]| {
-            let mut args: Vec<&str> = base.to_vec();
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args)
-        };
-        assert!(with(&["--xds-address", "http://cp:15012"]).is_err());
-        assert!(with(&["--ca-address", "http://cp:15012"]).is_err());
-        let ok = with(&["--xds-address", "https://cp:15012"]).expect("valid");
+        assert!(parse_with(&["--xds-address", "http://cp:15012"]).is_err());
+        assert!(parse_with(&["--ca-address", "http://cp:15012"]).is_err());
+        let ok = parse_with(&["--xds-address", "https://cp:15012"]).expect("valid");
         assert_eq!(ok.ca_address(), "https://cp:15012");
     }
 
     #[test]
     fn removed_pods_drain_for_five_seconds_unless_configured() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec!["ztunnel", "--node-name", "n1"];
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args).expect("valid")
-        };
+        let parse = |extra: &[&str]| parse_with(extra).expect("valid");
         assert_eq!(parse(&[]).pod_drain(), Duration::from_secs(5));
         assert_eq!(
             parse(&["--pod-drain-secs", "2"]).pod_drain(),
@@ -297,11 +294,7 @@ mod tests {
     #[test]
     fn pods_have_no_connection_cap_a_ten_second_connect_deadline_and_an_hour_to_first_byte_unless_configured(
     ) {
-        let parse = |extra: &[&str]| {
-            let mut args = vec!["ztunnel", "--node-name", "n1"];
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args).expect("valid")
-        };
+        let parse = |extra: &[&str]| parse_with(extra).expect("valid");
         let default = parse(&[]);
         assert_eq!(default.max_connections_per_pod(), None);
         assert_eq!(default.connect_timeout, Duration::from_secs(10));
@@ -328,11 +321,7 @@ mod tests {
 
     #[test]
     fn keepalive_is_on_by_default_with_upstream_timings_and_can_be_turned_off() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec!["ztunnel", "--node-name", "n1"];
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args).expect("valid")
-        };
+        let parse = |extra: &[&str]| parse_with(extra).expect("valid");
         assert_eq!(parse(&[]).keepalive(), Some(TcpKeepalive::default()));
         assert_eq!(parse(&["--keepalive-enabled", "false"]).keepalive(), None);
         let tuned = parse(&["--keepalive-time", "30s", "--keepalive-interval", "5s"]);
@@ -344,14 +333,9 @@ mod tests {
 
     #[test]
     fn local_congestion_control_is_reno_by_default_can_be_turned_off_and_is_checked() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec!["ztunnel", "--node-name", "n1"];
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args)
-        };
-        let default = parse(&[]).expect("valid").local_congestion_control;
+        let default = parse_with(&[]).expect("valid").local_congestion_control;
         assert_eq!(default.map(|cc| cc.to_string()).as_deref(), Some("reno"));
-        let cubic = parse(&["--local-congestion-control", "cubic"]).expect("valid");
+        let cubic = parse_with(&["--local-congestion-control", "cubic"]).expect("valid");
         assert_eq!(
             cubic
                 .local_congestion_control
@@ -359,9 +343,9 @@ mod tests {
                 .as_deref(),
             Some("cubic")
         );
-        let off = parse(&["--local-congestion-control", ""]).expect("valid");
+        let off = parse_with(&["--local-congestion-control", ""]).expect("valid");
         assert!(off.local_congestion_control.is_none());
-        let bad = parse(&["--local-congestion-control", "bbr;rm"]).expect_err("invalid");
+        let bad = parse_with(&["--local-congestion-control", "bbr;rm"]).expect_err("invalid");
         assert!(
             bad.to_string().contains("not a congestion control name"),
             "{bad}"
@@ -370,11 +354,7 @@ mod tests {
 
     #[test]
     fn pods_of_this_node_are_joined_in_process_unless_turned_off() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec!["ztunnel", "--node-name", "n1"];
-            args.extend_from_slice(extra);
-            Config::try_parse_from(args).expect("valid")
-        };
+        let parse = |extra: &[&str]| parse_with(extra).expect("valid");
         assert!(parse(&[]).same_node_direct);
         assert!(!parse(&["--same-node-direct", "false"]).same_node_direct);
     }

@@ -500,6 +500,49 @@ impl Mesh {
         }
         out
     }
+
+    /// A long-lived client in `from`: connects to `to`, sends `first`, and once `gate` exists
+    /// sends `second` (`e2e-tcp send-gated`). Returns once the first part is sent.
+    pub fn send_gated(
+        &self,
+        from: &Pod,
+        to: std::net::SocketAddr,
+        first: &str,
+        gate: &std::path::Path,
+        second: &str,
+    ) -> Proc {
+        let gate = gate.to_str().expect("utf-8 path");
+        let proc = self
+            .topo
+            .spawn_in(
+                from,
+                Topology::tcp_tool().expect("e2e-tcp"),
+                &["send-gated", &to.to_string(), first, gate, second],
+                &[],
+            )
+            .expect("long-lived client");
+        proc.wait_for_log("first sent", WAIT)
+            .unwrap_or_else(|e| panic!("long-lived connection open: {e:#}\n{}", self.logs()));
+        proc
+    }
+}
+
+/// An AuthorizationPolicy `deny-<port>` in `namespace` that denies every connection to `port`.
+pub fn deny_port(namespace: &str, port: u16) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-{port}
+  namespace: {namespace}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        ports: [\"{port}\"]
+"
+    )
 }
 
 /// Sums the values of metric lines named `name` whose labels contain every `needle`.

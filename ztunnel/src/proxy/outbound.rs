@@ -421,7 +421,16 @@ async fn setup(
             )
             .for_pod(&pod.metrics);
             if let Some(w) = workload.as_ref().filter(|_| !via_waypoint) {
-                let direct = same_node::connect(inputs, pod, &guard, peer, w, authority).await;
+                let direct = same_node::connect(
+                    inputs,
+                    pod,
+                    src_workload.clone(),
+                    &guard,
+                    peer,
+                    w,
+                    authority,
+                )
+                .await;
                 if let Some((app, dst)) = direct {
                     return Some(Ready {
                         record,

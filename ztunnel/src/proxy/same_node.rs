@@ -40,13 +40,14 @@ use crate::telemetry::{ConnectionRecord, Peer};
 /// The pods this ztunnel serves now, by workload uid.
 #[derive(Debug, Default)]
 pub struct ServedPods {
-    pods: RwLock<HashMap<Arc<str>, PodContext>>,
+    /// Shared, so a lookup on a connection's path is one reference count.
+    pods: RwLock<HashMap<Arc<str>, Arc<PodContext>>>,
 }
 
 impl ServedPods {
     /// `pod` is served from now on (a pod handed over again replaces its earlier context).
     pub fn serve(&self, pod: &PodContext) {
-        self.write().insert(pod.uid.clone(), pod.clone());
+        self.write().insert(pod.uid.clone(), Arc::new(pod.clone()));
     }
 
     /// `pod` is no longer served; a newer context of the same uid stays.
@@ -61,7 +62,7 @@ impl ServedPods {
     }
 
     /// The pod of workload `uid`, when this ztunnel serves it.
-    pub fn get(&self, uid: &str) -> Option<PodContext> {
+    pub fn get(&self, uid: &str) -> Option<Arc<PodContext>> {
         self.pods
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -69,7 +70,7 @@ impl ServedPods {
             .cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, PodContext>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<PodContext>>> {
         self.pods.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -90,10 +91,12 @@ impl proxied::Finish for Destination {
 
 /// Connects `src`'s client at `peer` straight to `dst` (a workload address and port) when
 /// this ztunnel serves that workload's pod and nothing would refuse the connection; `None`
-/// sends it through the tunnel. `src_guard` is the connection's registration under `src`.
+/// sends it through the tunnel. `src_guard` is the connection's registration under `src`,
+/// `src_workload` the control plane's view of `src`.
 pub async fn connect(
     inputs: &ProxyInputs,
     src: &PodContext,
+    src_workload: Option<Arc<Workload>>,
     src_guard: &LiveGuard,
     peer: SocketAddr,
     dst_workload: &Arc<Workload>,
@@ -111,7 +114,6 @@ pub async fn connect(
     let slot = pod.cap.admit().ok()?;
     // What a tunnel's far end would see: an address of the source pod's own (a tunnel leaves
     // from one), and the client's port only when the client used that address too.
-    let src_workload = src.workload(store);
     let client_ip = src_workload
         .as_ref()
         .filter(|w| !w.addresses.contains(&peer.ip()))
@@ -135,7 +137,9 @@ pub async fn connect(
         inputs
             .live
             .register_beside(&pod.key(), Kind::Inbound(inbound.clone()), src_guard)?;
-    let decision = authz::check(store, dst_workload, &inbound);
+    // Logged (dry run) and counted only when this path carries the connection: a refusal
+    // goes through the tunnel, whose own check logs and counts it once.
+    let decision = authz::decide(&store.policies_for(dst_workload), &inbound);
     if !decision.allowed {
         return None;
     }
@@ -151,6 +155,7 @@ pub async fn connect(
             return None;
         }
     };
+    authz::log_dry_run(&inbound, &decision);
     inputs
         .telemetry
         .authorization(dst_workload.namespace(), &decision);
@@ -210,7 +215,10 @@ mod tests {
         let (b, c) = (pod("uid-b"), pod("uid-c"));
         served.serve(&b);
         served.serve(&c);
-        assert_eq!(served.get("uid-b").map(|p| p.uid), Some(b.uid.clone()));
+        assert_eq!(
+            served.get("uid-b").map(|p| p.uid.clone()),
+            Some(b.uid.clone())
+        );
         served.leave(&b);
         assert!(served.get("uid-b").is_none());
         assert!(served.get("uid-c").is_some(), "the other pod stays");
