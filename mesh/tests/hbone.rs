@@ -193,6 +193,37 @@ async fn hundred_concurrent_streams_round_trip_byte_exact_on_one_connection() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_round_trips_byte_exact_with_a_tls_write_buffer_below_and_above_a_record() {
+    // Below one TLS record (rustls still writes whole records) and the default; both ends
+    // use it, so each direction is written through it.
+    for tls_write_buffer in [1024, mesh::hbone::TLS_WRITE_BUFFER] {
+        let config = H2Config {
+            tls_write_buffer,
+            ..H2Config::default()
+        };
+        let fx = start_server_with(Behaviour::Echo, config.clone()).await;
+        let cert = fx.client_cert("default/sa/sleep");
+        let pool = Pool::new(config, Arc::new(TcpConnector));
+        let key = fx.key(&cert, vec![fx.server_id.clone()]);
+        let stream = pool
+            .connect(&key, &cert, fx.target(), &ConnectMeta::default())
+            .await
+            .expect("stream opens");
+        let (mut r, mut w) = tokio::io::split(stream);
+        let data: Vec<u8> = (0..3_000_000).map(|j| (j * 7 % 251) as u8).collect();
+        let writer = async {
+            w.write_all(&data).await.expect("write");
+            w.shutdown().await.expect("half-close");
+        };
+        let mut got = Vec::new();
+        let (_, read) = tokio::join!(writer, r.read_to_end(&mut got));
+        read.expect("read echo");
+        assert_eq!(got.len(), data.len(), "buffer {tls_write_buffer}: length");
+        assert!(got == data, "buffer {tls_write_buffer}: bytes differ");
+    }
+}
+
 #[tokio::test]
 async fn client_half_close_lets_server_reply_afterwards() {
     let fx = start_server(Behaviour::CountThenReply).await;

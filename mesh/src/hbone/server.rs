@@ -298,9 +298,12 @@ impl Server {
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + self.config.handshake_timeout;
         let timed_out = |_| HboneError::Timeout("HBONE connection set-up");
-        let (tls, peer) = tokio::time::timeout_at(deadline, self.tls_handshake(tcp, peer_addr))
+        let (mut tls, peer) = tokio::time::timeout_at(deadline, self.tls_handshake(tcp, peer_addr))
             .await
             .map_err(timed_out)??;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(self.config.tls_write_buffer));
         let Some(guard) = on_authenticated(&peer) else {
             return Err(HboneError::Refused("the destination is not served here"));
         };

@@ -128,7 +128,7 @@ pub(super) async fn handshake(
                     source: Arc::new(source),
                 })?;
         let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(tls)
+        let mut tls = TlsConnector::from(tls)
             .connect(ServerName::IpAddress(dst.ip().into()), tcp)
             .await
             .map_err(|source| HboneError::Tls {
@@ -138,6 +138,9 @@ pub(super) async fn handshake(
         if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
             return Err(HboneError::Alpn);
         }
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(config.tls_write_buffer));
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window)
