@@ -123,6 +123,13 @@ impl Pods {
     }
 }
 
+/// First wait before reconnecting to the CNI agent.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait: the agent refuses new pods until ztunnel has re-linked (they would have no
+/// proxy), and a failed connect to a unix socket costs nothing, so a restarted agent is found
+/// within a second.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Runs the ZDS link forever, once the xDS config is synced: connect, serve, reconnect.
 pub async fn run(
     inputs: ProxyInputs,
@@ -135,12 +142,12 @@ pub async fn run(
         // An error: the xDS client is gone, which only happens at shutdown.
         let _ = xds.wait_for(XdsStatus::is_synced).await;
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         match ZdsClient::connect(&socket).await {
             Ok(client) => {
                 tracing::info!(socket = %socket.display(), "connected to the CNI agent");
-                backoff = Duration::from_millis(100);
+                backoff = RECONNECT_BACKOFF_MIN;
                 if let Err(e) = serve(&inputs, &pods, &client).await {
                     tracing::warn!(error = %e, "CNI agent link lost; pods keep running, reconnecting");
                 }
@@ -150,7 +157,7 @@ pub async fn run(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
     }
 }
 

@@ -147,6 +147,9 @@ struct Live {
     /// with the guard, which sets them without the registry's lock).
     since: Instant,
     counts: Arc<Counts>,
+    /// Registered beside another pod's entry ([`LiveConnections::register_beside`]): the
+    /// shared ends are that entry's view, so this one shows its own [`Kind`]'s.
+    beside: bool,
 }
 
 /// The two ends of a proxied connection, as the admin endpoint shows them. Inbound ones are
@@ -403,7 +406,7 @@ impl LiveConnections {
     /// Registers a connection of `pod`. `None` when the pod is not served (never handed over,
     /// removed, draining): the connection must be refused.
     pub fn register(self: &Arc<Self>, pod: &PodKey, kind: Kind) -> Option<LiveGuard> {
-        self.insert(pod, kind, Arc::default())
+        self.insert(pod, kind, Arc::default(), false)
     }
 
     /// Registers `beside`'s connection under `pod` too (one connection between two pods this
@@ -416,7 +419,7 @@ impl LiveConnections {
         kind: Kind,
         beside: &LiveGuard,
     ) -> Option<LiveGuard> {
-        self.insert(pod, kind, beside.counts.clone())
+        self.insert(pod, kind, beside.counts.clone(), true)
     }
 
     fn insert(
@@ -424,6 +427,7 @@ impl LiveConnections {
         pod: &PodKey,
         kind: Kind,
         counts: Arc<Counts>,
+        beside: bool,
     ) -> Option<LiveGuard> {
         let mut inner = self.lock();
         if !matches!(inner.pods.get(pod), Some(PodState::Serving)) {
@@ -438,6 +442,7 @@ impl LiveConnections {
                 rechecked: false,
                 since: Instant::now(),
                 counts: counts.clone(),
+                beside,
             },
         );
         Some(LiveGuard {
@@ -503,7 +508,10 @@ impl LiveConnections {
                 let info = ConnectionInfo {
                     pod_uid: l.pod.uid.to_string(),
                     direction,
-                    ends: l.counts.ends.get().cloned().unwrap_or(derived),
+                    ends: match l.counts.ends.get() {
+                        Some(ends) if !l.beside => ends.clone(),
+                        _ => derived,
+                    },
                     bytes_sent: t.a_to_b,
                     bytes_received: t.b_to_a,
                     age_ms: u64::try_from(l.since.elapsed().as_millis()).unwrap_or(u64::MAX),

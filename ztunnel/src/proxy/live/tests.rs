@@ -132,10 +132,32 @@ async fn a_connection_registered_beside_another_closes_with_either_pod_and_leave
         .expect("served");
     assert_eq!(live.len(), 2, "one entry under each pod");
     outbound.read_before_copy(5);
+    outbound.describe(Ends {
+        src: Some("10.11.0.2".into()),
+        dst: Some("10.96.0.10:80".parse().expect("service address")),
+        ..Ends::default()
+    });
     let listed = live.connections();
     assert!(
         listed.iter().all(|c| c.bytes_sent == 5),
         "both entries show the one connection's bytes: {listed:?}"
+    );
+    let ends_of = |direction: &str| {
+        listed
+            .iter()
+            .find(|c| c.direction == direction)
+            .map(|c| c.ends.dst)
+            .expect("listed")
+    };
+    assert_eq!(
+        ends_of("outbound"),
+        Some("10.96.0.10:80".parse().expect("addr")),
+        "the source pod's entry: the address the client dialled"
+    );
+    assert_eq!(
+        ends_of("inbound"),
+        Some("10.12.0.2:7000".parse().expect("addr")),
+        "the destination pod's entry: its own address, not the source's view"
     );
 
     // The destination's removal closes the connection its source's copy waits on.
