@@ -195,8 +195,8 @@ async fn hundred_concurrent_streams_round_trip_byte_exact_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_round_trips_byte_exact_with_a_tls_write_buffer_below_and_above_a_record() {
-    // Below one TLS record (rustls still writes whole records) and the default; both ends
-    // use it, so each direction is written through it.
+    // Below one TLS record (rustls then takes less plaintext per write) and the default;
+    // both ends use it, so each direction is written through it.
     for tls_write_buffer in [1024, mesh::hbone::TLS_WRITE_BUFFER] {
         let config = H2Config {
             tls_write_buffer,

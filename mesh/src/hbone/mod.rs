@@ -40,7 +40,7 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// is 64 KiB).
 pub const TLS_WRITE_BUFFER: usize = 256 * 1024;
 
-/// HTTP/2 and pool tuning. The defaults are the values upstream uses.
+/// HTTP/2 and pool tuning. The HTTP/2 defaults are the values upstream uses.
 #[derive(Debug, Clone)]
 pub struct H2Config {
     /// Per-stream window.
