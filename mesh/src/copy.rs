@@ -8,11 +8,13 @@
 //! waits on a connection whose other half is gone (RFC 9113 §8.5 asks the same of a CONNECT
 //! proxy).
 //!
-//! Each direction starts with a 16 KiB buffer and doubles it (up to 256 KiB) whenever a read
-//! fills it, so bulk transfers make few syscalls; a direction that waits for bytes with an
-//! initial-size buffer gives it back to a small per-thread pool, so an idle connection holds
-//! none and the next request does not allocate and zero a new one. Both
-//! directions are driven by one future over the two streams, with no lock and no split.
+//! Each direction reads into a `BytesMut` that starts at 16 KiB and doubles (up to 256 KiB)
+//! whenever a read fills it, so bulk transfers make few syscalls; reads land in uninitialised
+//! room, so nothing is zeroed. A stream that can hold bytes it owns (an HBONE stream: HTTP/2
+//! queues `Bytes`) takes what was read as it is ([`Abort::poll_write_owned`]); any other is
+//! written a slice. A direction that waits for bytes with an initial-size buffer gives it back
+//! to a small per-thread pool, so an idle connection holds none. Both directions are driven by
+//! one future over the two streams, with no lock and no split.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -21,6 +23,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// First buffer size of each direction.
@@ -30,21 +33,22 @@ const POOLED_PER_THREAD: usize = 32;
 
 thread_local! {
     /// Initial-size buffers given back by idle directions. A request/response connection goes
-    /// idle between requests: taking a buffer from here spares the allocation and the zeroing
-    /// of a fresh one on every request, and the pool is bounded, so idle connections still hold
-    /// none.
-    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// idle between requests: taking a buffer from here spares an allocation per request, and
+    /// the pool is bounded, so idle connections still hold none.
+    static POOL: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// An initial-size buffer: a pooled one, or a new one.
-fn take_buffer() -> Vec<u8> {
+/// An empty initial-size buffer: a pooled one, or a new one.
+fn take_buffer() -> BytesMut {
     POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; INITIAL_BUFFER])
+        .unwrap_or_else(|| BytesMut::with_capacity(INITIAL_BUFFER))
 }
 
-/// Gives an initial-size buffer back to this thread's pool (or to the allocator when full).
-fn give_back(buf: Vec<u8>) {
-    if buf.len() == INITIAL_BUFFER {
+/// Gives a buffer back to this thread's pool when it is a whole initial-size one that nobody
+/// else holds (bytes handed on without copying may still be queued); else lets it go.
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    if buf.try_reclaim(INITIAL_BUFFER) && buf.capacity() == INITIAL_BUFFER {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < POOLED_PER_THREAD {
@@ -53,15 +57,38 @@ fn give_back(buf: Vec<u8>) {
         });
     }
 }
+
 /// Largest buffer a direction grows to.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// A stream that can be torn down so that its peer learns the connection failed, rather than
-/// seeing a clean end.
+/// seeing a clean end; and one that may hand over, or take, bytes without a copy.
 pub trait Abort {
     /// Marks the stream failed: a TCP socket sends a reset when it is closed (SO_LINGER 0), an
     /// HTTP/2 stream sends RST_STREAM now. Reads and writes after this are not expected.
     fn abort(&mut self);
+
+    /// Queues bytes from the front of `buf` without copying them, for a stream that can hold
+    /// bytes it owns (an HBONE stream hands them to HTTP/2 as they are): takes what it queued
+    /// off `buf` and returns how many. `None` (the default): this stream cannot, and the copy
+    /// writes it a slice with `poll_write` instead.
+    fn poll_write_owned(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _buf: &mut Bytes,
+    ) -> Option<Poll<io::Result<usize>>> {
+        None
+    }
+
+    /// The next bytes this stream received, as it holds them (an HBONE stream: the payload of
+    /// a DATA frame), for a stream that can give them without copying: `Ok(None)` at EOF.
+    /// `None` (the default): this stream cannot, and the copy reads it with `poll_read`.
+    fn poll_read_owned(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<Option<Bytes>>>> {
+        None
+    }
 }
 
 impl Abort for tokio::net::TcpStream {
@@ -78,17 +105,33 @@ impl Abort for tokio::io::DuplexStream {
     fn abort(&mut self) {}
 }
 
-impl<T: Abort + ?Sized> Abort for &mut T {
-    fn abort(&mut self) {
-        (**self).abort();
-    }
+/// A reference or a box is the stream it points to.
+macro_rules! forward_abort {
+    ($($stream:ty),*) => {$(
+        impl<T: Abort + ?Sized> Abort for $stream {
+            fn abort(&mut self) {
+                (**self).abort();
+            }
+
+            fn poll_write_owned(
+                &mut self,
+                cx: &mut Context<'_>,
+                buf: &mut Bytes,
+            ) -> Option<Poll<io::Result<usize>>> {
+                (**self).poll_write_owned(cx, buf)
+            }
+
+            fn poll_read_owned(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Option<Poll<io::Result<Option<Bytes>>>> {
+                (**self).poll_read_owned(cx)
+            }
+        }
+    )*};
 }
 
-impl<T: Abort + ?Sized> Abort for Box<T> {
-    fn abort(&mut self) {
-        (**self).abort();
-    }
-}
+forward_abort!(&mut T, Box<T>);
 
 /// A stream whose transport cannot signal a reset (an upgraded HTTP connection, say): aborting
 /// it does nothing, and dropping it is all its peer sees.
@@ -191,7 +234,7 @@ where
     let failure = poll_fn(|cx| {
         let mut pending = false;
         if !forward.done {
-            match forward.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            match forward.poll_copy(cx, &mut *a, &mut *b) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err((reader_failed, e))) => {
                     let side = if reader_failed { Side::A } else { Side::B };
@@ -201,7 +244,7 @@ where
             }
         }
         if !backward.done {
-            match backward.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            match backward.poll_copy(cx, &mut *b, &mut *a) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err((reader_failed, e))) => {
                     let side = if reader_failed { Side::B } else { Side::A };
@@ -237,15 +280,16 @@ where
     }
 }
 
-/// One direction's state: a buffer, what of it is still to be written, and how far it got.
+/// One direction's state: the bytes read and not yet written, room for the next read, and how
+/// far it got.
 struct Direction {
-    buf: Vec<u8>,
-    /// Written up to here.
-    pos: usize,
-    /// Filled up to here.
-    cap: usize,
-    /// The last read filled the buffer: grow it before the next one.
-    grow: bool,
+    /// Room for the next read. What a read fills is split off into `received`.
+    buf: BytesMut,
+    /// Read (or handed over by a reader that owns them) and not yet written.
+    received: Bytes,
+    /// How much the next read asks for: [`INITIAL_BUFFER`], doubled by each read that filled
+    /// it, up to [`MAX_BUFFER`].
+    size: usize,
     read_eof: bool,
     /// Written since the last flush.
     unflushed: bool,
@@ -256,10 +300,9 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Direction {
-            buf: Vec::new(),
-            pos: 0,
-            cap: 0,
-            grow: false,
+            buf: BytesMut::new(),
+            received: Bytes::new(),
+            size: INITIAL_BUFFER,
             read_eof: false,
             unflushed: false,
             done: false,
@@ -267,72 +310,120 @@ impl Direction {
         }
     }
 
+    /// Makes room for a read of about `size` bytes: the buffer's own room while at least half
+    /// of that is left, else its whole allocation back (when no bytes of it are still queued
+    /// by a writer) or a new one.
+    fn make_room(&mut self) {
+        if self.buf.capacity() == 0 && self.size == INITIAL_BUFFER {
+            self.buf = take_buffer();
+        } else if self.buf.capacity() < self.size / 2 {
+            self.buf.reserve(self.size);
+        }
+    }
+
+    /// Reads what `reader` has: `Ok(true)` when there are bytes to write or EOF was reached,
+    /// `Ok(false)` when it has nothing yet (and will wake this task).
+    fn fill<R>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> io::Result<bool>
+    where
+        R: AsyncRead + Abort + Unpin + ?Sized,
+    {
+        if let Some(owned) = reader.poll_read_owned(cx) {
+            return match owned {
+                Poll::Pending => Ok(false),
+                Poll::Ready(Ok(Some(bytes))) => {
+                    self.received = bytes;
+                    Ok(true)
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.read_eof = true;
+                    Ok(true)
+                }
+                Poll::Ready(Err(e)) => Err(e),
+            };
+        }
+        self.make_room();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf) {
+            Poll::Pending => Ok(false),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(0)) => {
+                self.read_eof = true;
+                Ok(true)
+            }
+            Poll::Ready(Ok(n)) => {
+                if n >= self.size && self.size < MAX_BUFFER {
+                    self.size *= 2;
+                }
+                // The bytes read, apart from the room left for the next read.
+                self.received = self.buf.split().freeze();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Counts `n` bytes written; a writer that took none has failed.
+    fn wrote(&mut self, n: usize) -> Result<(), (bool, io::Error)> {
+        if n == 0 {
+            let e = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes");
+            return Err((false, e));
+        }
+        self.total += n as u64;
+        self.unflushed = true;
+        Ok(())
+    }
+
     /// Moves bytes until `reader` reaches EOF, then half-closes `writer`. An error comes back
     /// with whether it was the read (`true`) or the write side that failed.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: AsyncRead + Abort + Unpin + ?Sized,
+        W: AsyncWrite + Abort + Unpin + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.read_eof {
-                if self.buf.is_empty() {
-                    self.buf = take_buffer();
-                } else if self.grow && self.buf.len() < MAX_BUFFER {
-                    self.buf.resize(self.buf.len() * 2, 0);
-                }
-                self.grow = false;
-                let mut read = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
-                    Poll::Pending => {
+            if self.received.is_empty() && !self.read_eof {
+                match self.fill(cx, reader) {
+                    Ok(true) => {}
+                    Ok(false) => {
                         // Nothing more to send for now: push out what was written.
                         if self.unflushed {
-                            ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (false, e))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))
+                                .map_err(|e| (false, e))?;
                             self.unflushed = false;
                         }
                         // Idle, with nothing buffered: an idle connection holds no buffer (the
                         // next read takes one from the thread's pool). A grown buffer is kept:
                         // its direction moves bulk and will fill it again.
-                        if self.buf.len() <= INITIAL_BUFFER {
+                        if self.size == INITIAL_BUFFER {
                             give_back(std::mem::take(&mut self.buf));
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.read_eof = true;
-                        } else {
-                            self.grow = n == self.buf.len();
-                            self.pos = 0;
-                            self.cap = n;
-                        }
+                    Err(e) => return Poll::Ready(Err((true, e))),
+                }
+            }
+            while !self.received.is_empty() {
+                let n = match writer.poll_write_owned(cx, &mut self.received) {
+                    // Taken off the front by the writer.
+                    Some(written) => ready!(written).map_err(|e| (false, e))?,
+                    None => {
+                        let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.received))
+                            .map_err(|e| (false, e))?;
+                        self.received.advance(n.min(self.received.len()));
+                        n
                     }
-                }
+                };
+                self.wrote(n)?;
             }
-            while self.pos < self.cap {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.pos..self.cap]))
-                .map_err(|e| (false, e))?;
-                if n == 0 {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes");
-                    return Poll::Ready(Err((false, e)));
-                }
-                self.pos += n;
-                self.total += n as u64;
-                self.unflushed = true;
-            }
+            // Written: let go of the buffer's bytes, so the next read can reuse its room.
+            self.received = Bytes::new();
             if self.read_eof {
-                ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (false, e))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|e| (false, e))?;
                 // Half-close: the peer sees EOF in this direction only.
-                match ready!(writer.as_mut().poll_shutdown(cx)) {
+                match ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
                     Ok(()) => {}
                     // The peer already went away entirely; nothing more to tell it.
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}

@@ -125,6 +125,22 @@ impl<T: mesh::copy::Abort> mesh::copy::Abort for Prefixed<T> {
     fn abort(&mut self) {
         self.io.abort();
     }
+
+    fn poll_write_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Bytes,
+    ) -> Option<Poll<io::Result<usize>>> {
+        self.io.poll_write_owned(cx, buf)
+    }
+
+    /// The prefix first, whole; then whatever `io` gives.
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Option<Bytes>>>> {
+        if !self.prefix.is_empty() {
+            return Some(Poll::Ready(Ok(Some(std::mem::take(&mut self.prefix)))));
+        }
+        self.io.poll_read_owned(cx)
+    }
 }
 
 impl<T> Prefixed<T> {

@@ -52,6 +52,27 @@ impl mesh::copy::Abort for UpstreamIo {
             UpstreamIo::Tcp(s) => s.abort(),
         }
     }
+
+    fn poll_write_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::Bytes,
+    ) -> Option<Poll<io::Result<usize>>> {
+        match self {
+            UpstreamIo::Hbone(s) => s.poll_write_owned(cx, buf),
+            UpstreamIo::Tcp(s) => s.poll_write_owned(cx, buf),
+        }
+    }
+
+    fn poll_read_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<Option<bytes::Bytes>>>> {
+        match self {
+            UpstreamIo::Hbone(s) => s.poll_read_owned(cx),
+            UpstreamIo::Tcp(s) => s.poll_read_owned(cx),
+        }
+    }
 }
 
 impl AsyncRead for UpstreamIo {

@@ -200,14 +200,14 @@ async fn buffers_grow_with_bulk_and_bytes_arrive_exactly() {
 async fn a_direction_waiting_for_bytes_holds_no_buffer_until_they_come() {
     let (mut app, reader) = tokio::io::duplex(64 * 1024);
     let (writer, mut peer) = tokio::io::duplex(64 * 1024);
-    let (mut reader, mut writer) = (Box::pin(reader), Box::pin(writer));
+    let (mut reader, mut writer) = (reader, writer);
     let mut dir = Direction::new();
     app.write_all(b"hello").await.expect("write");
     let waker = futures::task::noop_waker_ref();
     let mut cx = Context::from_waker(waker);
     // Reads the 5 bytes, writes them on, then waits: the buffer is given back.
     assert!(dir
-        .poll_copy(&mut cx, reader.as_mut(), writer.as_mut())
+        .poll_copy(&mut cx, &mut reader, &mut writer)
         .is_pending());
     assert_eq!(dir.buf.capacity(), 0);
     let mut got = [0u8; 5];
@@ -216,9 +216,128 @@ async fn a_direction_waiting_for_bytes_holds_no_buffer_until_they_come() {
     // More bytes: a buffer again, and they arrive.
     app.write_all(b"again").await.expect("write");
     assert!(dir
-        .poll_copy(&mut cx, reader.as_mut(), writer.as_mut())
+        .poll_copy(&mut cx, &mut reader, &mut writer)
         .is_pending());
     peer.read_exact(&mut got).await.expect("read");
     assert_eq!(&got, b"again");
     assert_eq!(dir.total, 10);
+}
+
+/// A writer that only takes owned bytes: a slice write fails the test.
+#[derive(Default)]
+struct Owning {
+    chunks: Vec<bytes::Bytes>,
+    shut: bool,
+}
+
+impl Abort for Owning {
+    fn abort(&mut self) {}
+
+    fn poll_write_owned(
+        &mut self,
+        _cx: &mut Context<'_>,
+        buf: &mut Bytes,
+    ) -> Option<Poll<io::Result<usize>>> {
+        // At most 5,000 bytes at a time, as a stream short of flow-control window would.
+        let n = buf.len().min(5_000);
+        self.chunks.push(buf.split_to(n));
+        Some(Poll::Ready(Ok(n)))
+    }
+}
+
+impl AsyncWrite for Owning {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        panic!("a writer that takes owned bytes was written a slice");
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_writer_that_takes_owned_bytes_gets_what_was_read_in_order_and_whole() {
+    let (mut app, mut reader) = tokio::io::duplex(64 * 1024);
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let feed = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            app.write_all(&sent).await.expect("write");
+            app.shutdown().await.expect("shutdown");
+        })
+    };
+    let mut writer = Owning::default();
+    let mut dir = Direction::new();
+    poll_fn(|cx| dir.poll_copy(cx, &mut reader, &mut writer))
+        .await
+        .expect("clean copy");
+    feed.await.expect("join");
+    let got: Vec<u8> = writer
+        .chunks
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect();
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "bytes reordered or changed");
+    assert_eq!(dir.total, sent.len() as u64);
+    assert!(writer.shut, "EOF is passed on as a half-close");
+}
+
+/// A reader that hands over chunks it owns, then EOF: a slice read fails the test.
+struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+impl Abort for Chunks {
+    fn abort(&mut self) {}
+
+    fn poll_read_owned(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<Option<Bytes>>>> {
+        Some(Poll::Ready(Ok(self.0.pop_front())))
+    }
+}
+
+impl AsyncRead for Chunks {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        panic!("a reader that gives owned bytes was read into a slice");
+    }
+}
+
+#[tokio::test]
+async fn bytes_a_reader_hands_over_are_written_in_order_and_whole_then_eof() {
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    // Uneven chunks, and an empty one (an empty DATA frame), which is not an EOF.
+    let mut chunks = std::collections::VecDeque::new();
+    let mut rest = bytes::Bytes::from(sent.clone());
+    for size in [1, 70_000, 0, 16_384, 3].into_iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        chunks.push_back(rest.split_to(size.min(rest.len())));
+    }
+    let mut reader = Chunks(chunks);
+    let (mut writer, mut peer) = tokio::io::duplex(8 * 1024);
+    let read = tokio::spawn(async move {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.expect("read");
+        got
+    });
+    let mut dir = Direction::new();
+    poll_fn(|cx| dir.poll_copy(cx, &mut reader, &mut writer))
+        .await
+        .expect("clean copy");
+    drop(writer);
+    let got = read.await.expect("join");
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "bytes reordered or changed");
+    assert_eq!(dir.total, sent.len() as u64);
 }

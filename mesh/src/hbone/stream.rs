@@ -80,6 +80,31 @@ fn h2_to_io(e: h2::Error) -> io::Error {
     }
 }
 
+impl H2Stream {
+    /// Waits for received bytes in `pending`: `Ok(false)` at the peer's END_STREAM.
+    fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        // An empty DATA frame without END_STREAM carries nothing: read on, it is not an EOF.
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(false)),
+                Some(Ok(data)) => {
+                    // Give the window back now: the bytes are ours, the peer may send more.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(e)) => {
+                    // A peer that resets with NO_ERROR after END_STREAM has simply finished.
+                    if e.reason() == Some(h2::Reason::NO_ERROR) {
+                        return Poll::Ready(Ok(false));
+                    }
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -87,23 +112,8 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // An empty DATA frame without END_STREAM carries nothing: read on, it is not an EOF.
-        while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => {
-                    // Give the window back now: the bytes are ours, the peer may send more.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
-                Some(Err(e)) => {
-                    // A peer that resets with NO_ERROR after END_STREAM has simply finished.
-                    if e.reason() == Some(h2::Reason::NO_ERROR) {
-                        return Poll::Ready(Ok(()));
-                    }
-                    return Poll::Ready(Err(h2_to_io(e)));
-                }
-            }
+        if !ready!(this.poll_received(cx))? {
+            return Poll::Ready(Ok(()));
         }
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending[..n]);
@@ -117,41 +127,41 @@ impl AsyncRead for H2Stream {
     }
 }
 
-impl AsyncWrite for H2Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+impl H2Stream {
+    /// Queues up to `len` bytes, `take(n)` giving the first `n` of them as `Bytes` once h2 has
+    /// room for `n`; how many were queued.
+    fn poll_send(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        len: usize,
+        take: impl FnOnce(usize) -> Bytes,
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        if this.write_closed {
+        if self.write_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "HBONE stream write half is closed",
             )));
         }
-        this.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        self.send.reserve_capacity(len.min(MAX_WRITE));
         loop {
             // Capacity first, and the reset check only when waiting: both register this task
             // as the stream's send waker, and h2 wakes that waker when the next write's
             // `reserve_capacity` assigns capacity. Registered on every write, it made each
             // write wake its own task (a second poll, and often another worker thread woken
             // to steal it: twice upstream's context switches per request).
-            match this.send.poll_capacity(cx) {
+            match self.send.poll_capacity(cx) {
                 Poll::Ready(Some(Ok(0))) => continue,
                 Poll::Ready(Some(Ok(n))) => {
-                    let n = n.min(buf.len());
-                    this.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_to_io)?;
+                    let n = n.min(len);
+                    self.send.send_data(take(n), false).map_err(h2_to_io)?;
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
                 Poll::Ready(None) => {
-                    return Poll::Ready(Err(match this.send.poll_reset(cx) {
+                    return Poll::Ready(Err(match self.send.poll_reset(cx) {
                         Poll::Ready(reason) => reset_error(reason),
                         Poll::Pending => {
                             io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed")
@@ -161,13 +171,23 @@ impl AsyncWrite for H2Stream {
                 Poll::Pending => {
                     // A reset from the peer wins over waiting for capacity that will never
                     // come.
-                    if let Poll::Ready(reason) = this.send.poll_reset(cx) {
+                    if let Poll::Ready(reason) = self.send.poll_reset(cx) {
                         return Poll::Ready(Err(reset_error(reason)));
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -190,6 +210,25 @@ impl Abort for H2Stream {
     fn abort(&mut self) {
         self.write_closed = true;
         self.send.send_reset(h2::Reason::CONNECT_ERROR);
+    }
+
+    /// HTTP/2 queues the copy's bytes as they are: no copy on the way to the TLS record.
+    fn poll_write_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Bytes,
+    ) -> Option<Poll<io::Result<usize>>> {
+        Some(self.poll_send(cx, buf.len(), |n| buf.split_to(n)))
+    }
+
+    /// A DATA frame's payload as h2 received it: no copy on the way to the application.
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Option<Bytes>>>> {
+        Some(match self.poll_received(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(true)) => Poll::Ready(Ok(Some(std::mem::take(&mut self.pending)))),
+            Poll::Ready(Ok(false)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        })
     }
 }
 

@@ -17,23 +17,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
+
+use counted::Counted;
 use mesh::Identity;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 // Tokio's clock: connection ages follow paused time in tests.
 use tokio::time::Instant;
 
+mod counted;
 pub mod proxied;
 mod recheck;
 
@@ -726,58 +726,6 @@ fn with_before(t: Transferred, before: u64) -> Transferred {
     Transferred {
         a_to_b: t.a_to_b + before,
         ..t
-    }
-}
-
-/// A stream that counts its bytes into [`Counts`].
-struct Counted<'c, S> {
-    inner: S,
-    counts: &'c Counts,
-}
-
-impl<S: Abort> Abort for Counted<'_, S> {
-    fn abort(&mut self) {
-        self.inner.abort();
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let n = (buf.filled().len() - before) as u64;
-            this.counts.read.fetch_add(n, Ordering::Relaxed);
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            this.counts.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
