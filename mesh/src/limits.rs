@@ -10,10 +10,12 @@
 //! connection stays queued: a plain retry loop spins at 100 % CPU and the client waits on a
 //! connection nobody will take. [`Acceptor::accept`] instead counts the failure in
 //! `mesh_accept_errors_total{listener,reason}`, warns at most once per
-//! [`WARN_INTERVAL`] (with how many it did not log), frees a spare descriptor kept for this
-//! moment to take the queued connection and close it with a reset (the client fails at once,
-//! cleanly), and backs off briefly before accepting again. Service resumes by itself once
-//! connections close.
+//! [`WARN_INTERVAL`] (with how many it did not log), frees one of [`SPARES`] descriptors kept
+//! for this moment to take the queued connections and close them with a reset (the clients fail
+//! at once, cleanly), and backs off briefly before accepting again. Another thread may take the
+//! freed descriptor first (a new HBONE connection, say); the second spare is there for the next
+//! try, so one lost race cannot leave queued clients waiting until some connection closes.
+//! Service resumes by itself once connections close.
 
 use std::fs::File;
 use std::io;
@@ -28,6 +30,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
+
+/// Descriptors kept in reserve for shedding: one can be lost to a race with another thread
+/// and the next shed still has one.
+pub const SPARES: usize = 2;
 
 /// At most one "accept failed" warning per listener kind per this interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
@@ -144,8 +150,8 @@ struct WarnState {
 pub struct Acceptor {
     errors: Family<AcceptLabels, Counter>,
     warned: Arc<Mutex<std::collections::HashMap<&'static str, WarnState>>>,
-    /// A descriptor held in reserve, given up to accept-and-reset when out of descriptors.
-    spare: Arc<Mutex<Option<File>>>,
+    /// Descriptors held in reserve, one given up to accept-and-reset when out of descriptors.
+    spares: Arc<Mutex<Vec<File>>>,
     shed: Arc<AtomicU64>,
 }
 
@@ -153,7 +159,7 @@ impl Acceptor {
     /// An acceptor whose counts are not exported (tests, tools).
     pub fn new() -> Self {
         let a = Acceptor::default();
-        a.refill_spare();
+        a.refill_spares();
         a
     }
 
@@ -244,20 +250,17 @@ impl Acceptor {
         }
     }
 
-    /// Gives up the spare descriptor to take the queued connections (up to [`SHED_BATCH`])
-    /// and reset them one by one, so their clients fail now instead of waiting in the queue;
-    /// then takes the spare back.
+    /// Gives up a spare descriptor to take the queued connections (up to [`SHED_BATCH`]) and
+    /// reset them one by one, so their clients fail now instead of waiting in the queue; then
+    /// opens spares again.
     ///
     /// Synchronous (no await between giving the spare up and taking it back), so other tasks
-    /// have the least chance to take the freed descriptor first.
+    /// have the least chance to take the freed descriptor first; other threads still can,
+    /// hence a second spare.
     fn shed_queued(&self, listener: &TcpListener) {
-        let had_spare = self
-            .spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some();
-        if had_spare {
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(spare) = spare {
+            drop(spare);
             for _ in 0..SHED_BATCH {
                 // Each reset frees the descriptor the next accept needs. The listener is
                 // non-blocking: an empty queue is `WouldBlock`, and tokio's next accept
@@ -271,14 +274,25 @@ impl Acceptor {
                 self.shed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.refill_spare();
+        self.refill_spares();
     }
 
-    fn refill_spare(&self) {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.is_none() {
-            *spare = File::open("/dev/null").ok();
+    /// Opens spares until there are [`SPARES`], or no descriptor is free (the next shed tries
+    /// again).
+    fn refill_spares(&self) {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        while spares.len() < SPARES {
+            match File::open("/dev/null") {
+                Ok(f) => spares.push(f),
+                Err(_) => break,
+            }
         }
+    }
+
+    /// How many spares are held now.
+    #[cfg(test)]
+    fn spares(&self) -> usize {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 

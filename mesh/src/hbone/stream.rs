@@ -4,8 +4,9 @@
 //! peer's END_STREAM arrives, and nothing else: an empty DATA frame without END_STREAM is legal
 //! HTTP/2 and is skipped. [`Abort`] sends RST_STREAM with CONNECT_ERROR, the code a CONNECT
 //! proxy uses for a TCP reset (RFC 9113 §8.5). Received data is handed back to the
-//! flow-control window as soon as it is copied out, so the window never stalls a reader that
-//! keeps up.
+//! flow-control window as soon as it is taken, so the window never stalls a reader that keeps
+//! up. A copy ([`crate::copy`]) gives the stream the bytes it read, and takes each DATA
+//! frame's payload, as `Bytes`: no copy either way.
 
 use std::io;
 use std::pin::Pin;
@@ -53,34 +54,7 @@ impl H2Stream {
             _guard: guard,
         }
     }
-}
 
-/// The error a write gets when the peer reset the stream (`Ok`: its reason).
-fn reset_error(reason: Result<h2::Reason, h2::Error>) -> io::Error {
-    match reason {
-        Ok(reason) => io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            format!("HBONE stream reset by peer: {reason:?}"),
-        ),
-        Err(e) => h2_to_io(e),
-    }
-}
-
-fn h2_to_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        return e
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
-    }
-    match e.reason() {
-        Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL | h2::Reason::CONNECT_ERROR) => {
-            io::Error::new(io::ErrorKind::ConnectionReset, e)
-        }
-        _ => io::Error::other(e),
-    }
-}
-
-impl H2Stream {
     /// Waits for received bytes in `pending`: `Ok(false)` at the peer's END_STREAM.
     fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         // An empty DATA frame without END_STREAM carries nothing: read on, it is not an EOF.
@@ -103,31 +77,7 @@ impl H2Stream {
         }
         Poll::Ready(Ok(true))
     }
-}
 
-impl AsyncRead for H2Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !ready!(this.poll_received(cx))? {
-            return Poll::Ready(Ok(()));
-        }
-        let n = this.pending.len().min(buf.remaining());
-        buf.put_slice(&this.pending[..n]);
-        this.pending.advance(n);
-        if this.pending.is_empty() {
-            // An emptied slice still holds the frame's whole receive buffer: let it go, or an
-            // idle stream pins the buffer its last frame came in.
-            this.pending = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl H2Stream {
     /// Queues up to `len` bytes, `take(n)` giving the first `n` of them as `Bytes` once h2 has
     /// room for `n`; how many were queued.
     fn poll_send(
@@ -178,6 +128,53 @@ impl H2Stream {
                 }
             }
         }
+    }
+}
+
+/// The error a write gets when the peer reset the stream (`Ok`: its reason).
+fn reset_error(reason: Result<h2::Reason, h2::Error>) -> io::Error {
+    match reason {
+        Ok(reason) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("HBONE stream reset by peer: {reason:?}"),
+        ),
+        Err(e) => h2_to_io(e),
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    match e.reason() {
+        Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL | h2::Reason::CONNECT_ERROR) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, e)
+        }
+        _ => io::Error::other(e),
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !ready!(this.poll_received(cx))? {
+            return Poll::Ready(Ok(()));
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        if this.pending.is_empty() {
+            // An emptied slice still holds the frame's whole receive buffer: let it go, or an
+            // idle stream pins the buffer its last frame came in.
+            this.pending = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -63,3 +63,27 @@ async fn a_registered_acceptor_exports_its_counts_at_zero_until_errors() {
     let text = crate::metrics::encode(&registry);
     assert!(text.contains("mesh_accept_errors_total"), "{text}");
 }
+
+#[tokio::test]
+async fn a_shed_resets_the_queued_connection_and_leaves_both_spares_in_place() {
+    use tokio::io::AsyncReadExt;
+    let acceptor = Acceptor::new();
+    assert_eq!(acceptor.spares(), SPARES);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    // Queued and not yet taken, as when accept fails for lack of descriptors.
+    acceptor.shed_queued(&listener);
+    assert_eq!(acceptor.shed(), 1);
+    let mut buf = [0u8; 1];
+    let read = client.read(&mut buf).await;
+    assert!(
+        matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+        "the queued client is reset: {read:?}"
+    );
+    assert_eq!(acceptor.spares(), SPARES, "both spares are back");
+    // Nothing queued: nothing shed, the spares stay.
+    acceptor.shed_queued(&listener);
+    assert_eq!((acceptor.shed(), acceptor.spares()), (1, SPARES));
+}
