@@ -23,8 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh::copy::{Abort, CopyError, Transferred};
-
-use counted::Counted;
 use mesh::Identity;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +35,7 @@ mod counted;
 pub mod proxied;
 mod recheck;
 
+use counted::Counted;
 pub use proxied::finish;
 
 /// One serving of a pod: its uid and the network namespace it was handed over with. A new
