@@ -14,6 +14,13 @@
 //! and take the pods back. The old ztunnel learns it is replaced from SIGTERM (`meshctl rollout
 //! restart ztunnel`, or the kubelet once the new DaemonSet pod is ready, which needs its
 //! snapshot applied), and drains.
+//!
+//! If the newer connection ends while an older one is parked (the new ztunnel crashed before
+//! the old one was told to go), the newest parked connection serves the pods again: it first
+//! gets what changed since it was parked (a del for each pod gone or changed, an add for each
+//! pod new or changed), then every later change. Without that, a pod enrolled after the new
+//! ztunnel took over would have no ztunnel at all: its captured traffic would go to ports
+//! nobody listens on.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -47,13 +54,87 @@ enum Event {
     Del(String),
 }
 
+/// A queue of events for one connection's task.
+type Queue = mpsc::UnboundedSender<Event>;
+
+/// The connection that gets every change.
+#[derive(Debug)]
+struct Active {
+    /// Its connection number.
+    id: u64,
+    /// Its event queue.
+    queue: Queue,
+    /// Hands it a new queue should it serve the pods again after being parked.
+    resume: mpsc::UnboundedSender<mpsc::UnboundedReceiver<Event>>,
+}
+
+/// A connection replaced by a newer one, open and idle until its ztunnel exits.
+#[derive(Debug)]
+struct Parked {
+    id: u64,
+    resume: mpsc::UnboundedSender<mpsc::UnboundedReceiver<Event>>,
+    /// The pods its ztunnel was told of when it was parked.
+    known: BTreeMap<String, Enrolled>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Enrolled pods by uid.
     pods: BTreeMap<String, Enrolled>,
-    /// The connected ztunnel: its connection number and event queue.
-    ztunnel: Option<(u64, mpsc::UnboundedSender<Event>)>,
+    /// The connected ztunnel.
+    ztunnel: Option<Active>,
+    /// Older connections, oldest first.
+    parked: Vec<Parked>,
     connections: u64,
+}
+
+impl State {
+    /// Makes the newest parked connection whose task still runs the active one, its queue
+    /// primed with what changed since it was parked. Whether one was.
+    fn resume_parked(&mut self) -> bool {
+        while let Some(parked) = self.parked.pop() {
+            let (queue, rx) = mpsc::unbounded_channel();
+            for event in catch_up(&parked.known, &self.pods) {
+                // The receiver is in hand: this cannot fail.
+                let _ = queue.send(event);
+            }
+            if parked.resume.send(rx).is_ok() {
+                tracing::info!(
+                    connection = parked.id,
+                    "the newer ztunnel went away; the one it replaced serves the pods again"
+                );
+                self.ztunnel = Some(Active {
+                    id: parked.id,
+                    queue,
+                    resume: parked.resume,
+                });
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// What a ztunnel told of `known` must hear to serve `now`: a del for every pod gone or
+/// changed (another network namespace or service account), then an add for every pod new or
+/// changed. Nobody waits for these adds: a refusal is logged by the connection's task.
+fn catch_up(known: &BTreeMap<String, Enrolled>, now: &BTreeMap<String, Enrolled>) -> Vec<Event> {
+    let same = |a: &Enrolled, b: &Enrolled| {
+        Arc::ptr_eq(&a.netns, &b.netns) && a.info.service_account == b.info.service_account
+    };
+    let mut events = Vec::new();
+    for (uid, was) in known {
+        if !now.get(uid).is_some_and(|pod| same(pod, was)) {
+            events.push(Event::Del(uid.clone()));
+        }
+    }
+    for (uid, pod) in now {
+        if !known.get(uid).is_some_and(|was| same(pod, was)) {
+            let (ack, _nobody) = oneshot::channel();
+            events.push(Event::Add(pod.clone(), ack));
+        }
+    }
+    events
 }
 
 /// The enrolled pods and the ztunnel connection.
@@ -67,13 +148,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `event` for the active connection. A queue found closed (its task ended without
+    /// saying so, which only a panic does) is dropped, and a parked connection takes over: the
+    /// event is already in what it catches up on.
     fn send(state: &mut State, event: Event) -> bool {
         let sent = state
             .ztunnel
             .as_ref()
-            .is_some_and(|(_, tx)| tx.send(event).is_ok());
-        if !sent {
-            state.ztunnel = None;
+            .is_some_and(|active| active.queue.send(event).is_ok());
+        if !sent && state.ztunnel.take().is_some() {
+            state.resume_parked();
         }
         sent
     }
@@ -131,7 +215,7 @@ impl Hub {
         self.state()
             .ztunnel
             .as_ref()
-            .is_some_and(|(_, tx)| !tx.is_closed())
+            .is_some_and(|active| !active.queue.is_closed())
     }
 
     /// How many pods are enrolled.
@@ -139,70 +223,110 @@ impl Hub {
         self.state().pods.len()
     }
 
-    /// Serves one ztunnel connection until it fails or a newer one replaces it.
+    /// Serves one ztunnel connection until it fails or its ztunnel closes it; while a newer one
+    /// has replaced it, it is parked (see the module docs).
     pub async fn serve(self: Arc<Self>, sock: SeqPacket) {
         let conn = match tokio::time::timeout(HELLO_TIMEOUT, ZdsServerConn::accept(sock)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return tracing::warn!(error = %e, "ztunnel hello failed"),
             Err(_) => return tracing::warn!("ztunnel did not say hello in time"),
         };
-        // Snapshot and subscription under one lock: no change falls between them.
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Snapshot and subscription under one lock: no change falls between them, and the
+        // connection this one replaces is parked knowing exactly the pods queued to it.
+        let (queue, mut rx) = mpsc::unbounded_channel();
+        let (resume, mut resumed) = mpsc::unbounded_channel();
         let (id, snapshot): (u64, Vec<Enrolled>) = {
             let mut state = self.state();
             state.connections += 1;
             let id = state.connections;
-            state.ztunnel = Some((id, tx));
+            if let Some(older) = state.ztunnel.take() {
+                let known = state.pods.clone();
+                state.parked.push(Parked {
+                    id: older.id,
+                    resume: older.resume,
+                    known,
+                });
+            }
+            state.ztunnel = Some(Active { id, queue, resume });
             (id, state.pods.values().cloned().collect())
         };
         tracing::info!(pods = snapshot.len(), "ztunnel connected; sending snapshot");
-        let result = async {
-            for pod in &snapshot {
-                // A refused pod is logged by send_add; the snapshot goes on.
-                let _refused = send_add(&conn, pod).await?;
+        let mut snapshot = Some(snapshot);
+        let result = loop {
+            if let Err(e) = relay(&conn, snapshot.take(), &mut rx).await {
+                break Err(e);
             }
-            conn.snapshot_sent().await?;
-            while let Some(event) = rx.recv().await {
-                match event {
-                    Event::Add(pod, ack) => {
-                        let answer = match send_add(&conn, &pod).await {
-                            Ok(answer) => answer,
-                            Err(e) => {
-                                let _ = ack.send(Err(e.to_string()));
-                                return Err(e);
-                            }
-                        };
-                        let _ = ack.send(answer);
-                    }
-                    Event::Del(uid) => {
-                        conn.del(&uid).await?;
-                        tracing::info!(uid = %uid, "sent del to ztunnel");
-                    }
-                }
+            tracing::info!(
+                connection = id,
+                "a newer ztunnel took over; keeping this connection open until its ztunnel exits"
+            );
+            tokio::select! {
+                () = conn.closed() => break Ok(()),
+                Some(queue) = resumed.recv() => rx = queue,
             }
-            Ok::<(), mesh::zds::ZdsError>(())
-        }
-        .await;
+        };
         match result {
-            Ok(()) => {
-                tracing::info!(
-                    connection = id,
-                    "a newer ztunnel took over; keeping this connection open until its ztunnel exits"
-                );
-                conn.closed().await;
-                tracing::info!(connection = id, "replaced ztunnel closed its connection");
-            }
+            Ok(()) => tracing::info!(connection = id, "replaced ztunnel closed its connection"),
             Err(e) => {
-                tracing::warn!(error = %e, "ztunnel connection ended; the next one gets a snapshot")
+                tracing::warn!(connection = id, error = %e, "ztunnel connection ended")
             }
         }
         let mut state = self.state();
-        if state
-            .ztunnel
-            .as_ref()
-            .is_some_and(|(current, _)| *current == id)
-        {
+        state.parked.retain(|parked| parked.id != id);
+        if state.ztunnel.as_ref().is_some_and(|active| active.id == id) {
             state.ztunnel = None;
+            state.resume_parked();
+        }
+    }
+}
+
+/// Sends `snapshot` (the first time) and then every queued event, until the queue closes
+/// (`Ok`: a newer connection took over) or the link fails. A link that closes while nothing
+/// is queued fails at once, not at the next change, so a parked connection resumes promptly.
+async fn relay(
+    conn: &ZdsServerConn,
+    snapshot: Option<Vec<Enrolled>>,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<(), mesh::zds::ZdsError> {
+    if let Some(snapshot) = snapshot {
+        for pod in &snapshot {
+            // A refused pod is logged by send_add; the snapshot goes on.
+            let _refused = send_add(conn, pod).await?;
+        }
+        conn.snapshot_sent().await?;
+    }
+    loop {
+        // ztunnel sends nothing unasked, so between requests the link is only read for its
+        // end; both futures are cancel-safe.
+        let event = tokio::select! {
+            biased;
+            event = rx.recv() => event,
+            () = conn.closed() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "ztunnel closed the link",
+                )
+                .into())
+            }
+        };
+        let Some(event) = event else {
+            return Ok(());
+        };
+        match event {
+            Event::Add(pod, ack) => {
+                let answer = match send_add(conn, &pod).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        let _ = ack.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                let _ = ack.send(answer);
+            }
+            Event::Del(uid) => {
+                conn.del(&uid).await?;
+                tracing::info!(uid = %uid, "sent del to ztunnel");
+            }
         }
     }
 }

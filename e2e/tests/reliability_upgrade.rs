@@ -213,3 +213,61 @@ fn a_connection_open_at_the_drain_deadline_is_closed_with_a_fin_not_a_reset() {
         old.log_tail()
     );
 }
+
+#[test]
+fn a_new_ztunnel_that_dies_mid_upgrade_leaves_the_old_one_serving_pods_enrolled_meanwhile_and_after(
+) {
+    let mut mesh = Mesh::new("rel_upgrade_crash", 2);
+    mesh.real_cni = true;
+    mesh.ambient_namespaces = vec!["demo".into()];
+    let client = mesh.pod(0, "demo", "client", "client", "client", false);
+    let first = mesh.pod(1, "demo", "first", "first", "first", false);
+    // Known to the control plane from the start, enrolled by the CNI agent later.
+    let during = mesh.pod(1, "demo", "during", "during", "during", false);
+    let after = mesh.pod(1, "demo", "after", "after", "after", false);
+    mesh.start();
+    for p in [&client, &first] {
+        let (code, out) = mesh.cni("ADD", p);
+        assert_eq!(code, 0, "ADD {}: {out}\n{}", p.name, mesh.logs());
+    }
+    let (client, first) = (&client, &first);
+    let _servers = [first, &during, &after].map(|p| mesh.topo.tcp_echo(p, 7000).expect("echo"));
+    let reaches = |mesh: &Mesh, to: &Pod| {
+        e2e::wait_until(
+            &format!("{} answers through the mesh", to.name),
+            WAIT,
+            || {
+                mesh.topo
+                    .tcp_send(client, to.addr(7000), "hello")
+                    .is_ok_and(|echo| echo.contains("hello"))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    };
+    reaches(&mesh, first);
+
+    // The new ztunnel takes the node and a pod enrolled then, and dies before the old one is
+    // told to go.
+    let new = mesh.surge_ztunnel(1);
+    let (code, out) = mesh.cni("ADD", &during);
+    assert_eq!(code, 0, "ADD during: {out}\n{}", mesh.logs());
+    new.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the new ztunnel");
+    new.wait_exit(WAIT).expect("the new ztunnel is gone");
+
+    // The old one serves the node again: the pod enrolled while it was parked, one enrolled
+    // now, and the one it always had.
+    let (code, out) = mesh.cni("ADD", &after);
+    assert_eq!(code, 0, "ADD after: {out}\n{}", mesh.logs());
+    for pod in [&during, &after, first] {
+        mesh.wait_workload(0, &pod.uid);
+        reaches(&mesh, pod);
+    }
+    let agent = mesh.cni_agents[&mesh.nodes[1].name].log();
+    assert!(
+        agent.contains("the one it replaced serves the pods again"),
+        "{agent}"
+    );
+    let old = &mesh.ztunnels[&mesh.nodes[1].name];
+    assert!(old.is_running(), "{}", old.log_tail());
+}

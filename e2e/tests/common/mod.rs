@@ -309,11 +309,8 @@ impl Mesh {
     /// draining; the caller waits for its exit. Needs `real_cni` (the real agent parks the
     /// old ztunnel's link; the fake one would hand the pods back and forth).
     pub fn upgrade_ztunnel(&mut self, i: usize) -> Proc {
-        assert!(self.real_cni, "an upgrade needs the real CNI agent");
         let name = self.nodes[i].name.clone();
-        let new = self.spawn_ztunnel(i);
-        new.wait_for_log("ztunnel ready", WAIT)
-            .unwrap_or_else(|e| panic!("the new ztunnel on {name}: {e:#}\n{}", self.logs()));
+        let new = self.surge_ztunnel(i);
         let old = self
             .ztunnels
             .insert(name.clone(), new)
@@ -321,6 +318,22 @@ impl Mesh {
         old.signal(nix::sys::signal::Signal::SIGTERM)
             .expect("SIGTERM the old ztunnel");
         old
+    }
+
+    /// The first half of an upgrade: starts a second ztunnel on node `i` beside the running
+    /// one and waits until it has taken every pod from the CNI agent. The running one stays
+    /// the node's (and is not signalled); the caller owns the new one.
+    pub fn surge_ztunnel(&mut self, i: usize) -> Proc {
+        assert!(self.real_cni, "an upgrade needs the real CNI agent");
+        let new = self.spawn_ztunnel(i);
+        new.wait_for_log("ztunnel ready", WAIT).unwrap_or_else(|e| {
+            panic!(
+                "the new ztunnel on {}: {e:#}\n{}",
+                self.nodes[i].name,
+                self.logs()
+            )
+        });
+        new
     }
 
     /// Spawns a ztunnel process for node `i` (admin, metrics and readiness ports are shared
