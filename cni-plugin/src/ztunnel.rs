@@ -120,7 +120,7 @@ impl State {
 /// changed. Nobody waits for these adds: a refusal is logged by the connection's task.
 fn catch_up(known: &BTreeMap<String, Enrolled>, now: &BTreeMap<String, Enrolled>) -> Vec<Event> {
     let same = |a: &Enrolled, b: &Enrolled| {
-        Arc::ptr_eq(&a.netns, &b.netns) && a.info.service_account == b.info.service_account
+        a.info.service_account == b.info.service_account && same_netns(&a.netns, &b.netns)
     };
     let mut events = Vec::new();
     for (uid, was) in known {
@@ -277,6 +277,17 @@ impl Hub {
             state.ztunnel = None;
             state.resume_parked();
         }
+    }
+}
+
+/// Whether two descriptors are the same network namespace: a pod enrolled again (a retried
+/// `ADD`) holds a new descriptor of the namespace ztunnel already serves. One that cannot be
+/// read counts as another.
+fn same_netns(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

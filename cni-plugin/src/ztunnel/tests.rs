@@ -220,3 +220,28 @@ async fn a_parked_connection_that_closed_is_not_resumed_and_the_pods_wait_for_a_
         "the next ztunnel gets every pod in its snapshot"
     );
 }
+
+#[test]
+fn catching_up_skips_a_pod_enrolled_again_with_a_new_descriptor_of_the_same_namespace() {
+    let was = pod(UID);
+    let known = BTreeMap::from([(UID.to_string(), was.clone())]);
+    // A retried ADD: the same namespace, opened again.
+    let again = pod(UID);
+    assert!(!Arc::ptr_eq(&was.netns, &again.netns));
+    let now = BTreeMap::from([(UID.to_string(), again)]);
+    assert!(catch_up(&known, &now).is_empty(), "nothing to tell ztunnel");
+
+    // Another namespace under the same uid (the pod's sandbox was recreated): del, then add.
+    let mut other = pod(UID);
+    // (Any other file stands in for it: only its identity is compared.)
+    other.netns = Arc::new(File::open("/proc/self/ns/uts").expect("another namespace"));
+    let now = BTreeMap::from([(UID.to_string(), other)]);
+    let events: Vec<String> = catch_up(&known, &now)
+        .iter()
+        .map(|e| match e {
+            Event::Del(uid) => format!("del {uid}"),
+            Event::Add(pod, _) => format!("add {}", pod.uid),
+        })
+        .collect();
+    assert_eq!(events, [format!("del {UID}"), format!("add {UID}")]);
+}
