@@ -12,3 +12,18 @@ pub fn provider() -> Arc<CryptoProvider> {
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
 }
+
+/// [`provider`] with its TLS 1.3 cipher suites only, for workload-to-workload TLS (HBONE),
+/// which speaks nothing older: a ClientHello offers no suite the handshake could never use.
+/// istiod-lite's serving side keeps [`provider`] (it serves TLS 1.2 clients too).
+pub fn tls13_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = (*provider()).clone();
+            p.cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13);
+            Arc::new(p)
+        })
+        .clone()
+}

@@ -25,6 +25,7 @@ use crate::identity::Identity;
 pub const ALPN_H2: &[u8] = b"h2";
 
 pub use crate::crypto::provider;
+use crate::crypto::tls13_provider;
 
 impl WorkloadCertificate {
     /// The server TLS config for this identity, built once per certificate.
@@ -79,7 +80,7 @@ pub fn client_config(cert: &WorkloadCertificate, expected: Vec<Identity>) -> Cli
         expected,
         provider: provider(),
     });
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(tls13_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 is supported by the built-in provider")
         .dangerous()
@@ -102,7 +103,7 @@ pub fn server_config(cert: &WorkloadCertificate) -> Arc<ServerConfig> {
             .ok(),
         trust_domain: cert.identity().trust_domain().to_string(),
     });
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(tls13_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 is supported by the built-in provider")
         .with_client_cert_verifier(verifier)
@@ -303,6 +304,36 @@ mod tests {
         format!("spiffe://cluster.local/ns/{s}")
             .parse()
             .expect("identity")
+    }
+
+    /// The cipher suites a ClientHello (one TLS record) offers.
+    fn offered_suites(hello: &[u8]) -> Vec<u16> {
+        // Record header 5, handshake header 4, legacy version 2, random 32.
+        let mut at = 5 + 4 + 2 + 32;
+        at += 1 + usize::from(hello[at]); // legacy session id
+        let len = usize::from(u16::from_be_bytes([hello[at], hello[at + 1]]));
+        hello[at + 2..at + 2 + len]
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn the_hbone_client_hello_offers_tls13_suites_only() {
+        let ca = crate::testing::TestCa::new("cluster.local", std::time::Duration::from_secs(3600));
+        let cert = ca.issue(&id("a/sa/client"));
+        let config = cached_client_config(&cert, &[id("b/sa/web")]);
+        let name = ServerName::try_from("hbone").expect("name");
+        let mut conn = rustls::ClientConnection::new(config, name).expect("client");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("ClientHello");
+        let suites = offered_suites(&hello);
+        assert!(!suites.is_empty(), "{hello:?}");
+        // TLS 1.3 suites are 0x13xx (RFC 8446 B.4); TLS 1.2's ECDHE suites are 0xc0xx/0xccxx.
+        assert!(
+            suites.iter().all(|s| s >> 8 == 0x13),
+            "only TLS 1.3 suites: {suites:04x?}"
+        );
     }
 
     #[test]
