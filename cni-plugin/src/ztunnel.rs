@@ -90,8 +90,8 @@ struct State {
 
 impl State {
     /// Makes the newest parked connection whose task still runs the active one, its queue
-    /// primed with what changed since it was parked. Whether one was.
-    fn resume_parked(&mut self) -> bool {
+    /// primed with what changed since it was parked; none left: no ztunnel is connected.
+    fn resume_parked(&mut self) {
         while let Some(parked) = self.parked.pop() {
             let (queue, rx) = mpsc::unbounded_channel();
             for event in catch_up(&parked.known, &self.pods) {
@@ -108,10 +108,9 @@ impl State {
                     queue,
                     resume: parked.resume,
                 });
-                return true;
+                return;
             }
         }
-        false
     }
 }
 
