@@ -10,16 +10,22 @@
 //! connection stays queued: a plain retry loop spins at 100 % CPU and the client waits on a
 //! connection nobody will take. [`Acceptor::accept`] instead counts the failure in
 //! `mesh_accept_errors_total{listener,reason}`, warns at most once per
-//! [`WARN_INTERVAL`] (with how many it did not log), resets every queued connection (the
-//! clients fail at once, cleanly) and backs off briefly before accepting again. The reset needs
-//! no descriptor (see [`reset_queue`]): an earlier version freed a spare descriptor to accept and
-//! reset them one by one, and lost whenever another thread (a new HBONE connection, say) took the
-//! freed descriptor first, leaving the queued clients waiting until some connection closed.
+//! [`WARN_INTERVAL`] (with how many it did not log), frees one of [`SPARES`] descriptors kept
+//! for this moment to take the queued connections and close them with a reset (the clients fail
+//! at once, cleanly), and backs off briefly before accepting again. Another thread may take the
+//! freed descriptor first (a new HBONE connection, say); the second spare is there for the next
+//! try, so one lost race cannot leave queued clients waiting until some connection closes.
 //! Service resumes by itself once connections close.
+//!
+//! Not `shutdown(SHUT_RD)` and `listen` again on the listener, although that resets its whole
+//! queue without a descriptor: between the two calls the socket is closed, and if the runtime's
+//! driver polls it then it sees a hang-up, which tokio keeps as the listener's readiness for
+//! good; every later accept then finds the listener ready and the accept loop spins (tried, and
+//! a test that held the window open hung).
 
+use std::fs::File;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,11 +37,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Descriptors kept in reserve for shedding: one can be lost to a race with another thread
+/// and the next shed still has one.
+pub const SPARES: usize = 2;
+
 /// At most one "accept failed" warning per listener kind per this interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after an accept failure for lack of descriptors: long enough not to spin, short
 /// enough that service resumes promptly when connections close.
 pub const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// Most queued connections reset in one go while out of descriptors.
+pub const SHED_BATCH: usize = 128;
 /// Pause after any other accept failure.
 pub const OTHER_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -144,13 +156,17 @@ struct WarnState {
 pub struct Acceptor {
     errors: Family<AcceptLabels, Counter>,
     warned: Arc<Mutex<std::collections::HashMap<&'static str, WarnState>>>,
+    /// Descriptors held in reserve, one given up to accept-and-reset when out of descriptors.
+    spares: Arc<Mutex<Vec<File>>>,
     shed: Arc<AtomicU64>,
 }
 
 impl Acceptor {
     /// An acceptor whose counts are not exported (tests, tools).
     pub fn new() -> Self {
-        Acceptor::default()
+        let a = Acceptor::default();
+        a.refill_spares();
+        a
     }
 
     /// An acceptor counting into `mesh_accept_errors_total{listener,reason}` in `registry`.
@@ -201,7 +217,7 @@ impl Acceptor {
                     self.warn(name, reason, &e);
                     let pause = match reason {
                         AcceptError::fd_limit => {
-                            self.shed_queued(listener, name);
+                            self.shed_queued(listener);
                             FD_BACKOFF
                         }
                         AcceptError::other => OTHER_BACKOFF,
@@ -240,63 +256,50 @@ impl Acceptor {
         }
     }
 
-    /// Resets the connections queued on `listener` (see [`reset_queue`]) and counts them.
-    fn shed_queued(&self, listener: &TcpListener, name: &'static str) {
-        match reset_queue(listener) {
-            Ok(queued) => {
-                self.shed.fetch_add(u64::from(queued), Ordering::Relaxed);
+    /// Gives up a spare descriptor to take the queued connections (up to [`SHED_BATCH`]) and
+    /// reset them one by one, so their clients fail now instead of waiting in the queue; then
+    /// opens spares again.
+    ///
+    /// Synchronous (no await between giving the spare up and taking it back), so other tasks
+    /// have the least chance to take the freed descriptor first; other threads still can,
+    /// hence a second spare.
+    fn shed_queued(&self, listener: &TcpListener) {
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(spare) = spare {
+            drop(spare);
+            for _ in 0..SHED_BATCH {
+                // Each reset frees the descriptor the next accept needs. The listener is
+                // non-blocking: an empty queue is `WouldBlock`, and tokio's next accept
+                // simply tries again.
+                let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
+                    break;
+                };
+                // Linger 0: close() sends a reset.
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                drop(socket);
+                self.shed.fetch_add(1, Ordering::Relaxed);
             }
-            // Only a listener bound to port 0 whose port was taken meanwhile gets here.
-            Err(e) => tracing::error!(listener = name, error = %e, "cannot reset the accept queue"),
+        }
+        self.refill_spares();
+    }
+
+    /// Opens spares until there are [`SPARES`], or no descriptor is free (the next shed tries
+    /// again).
+    fn refill_spares(&self) {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        while spares.len() < SPARES {
+            match File::open("/dev/null") {
+                Ok(f) => spares.push(f),
+                Err(_) => break,
+            }
         }
     }
-}
 
-/// Resets every connection queued on `listener` without taking a descriptor, and returns how
-/// many were queued. `shutdown(SHUT_RD)` on a listening socket closes it: the kernel resets each
-/// queued connection and leaves the socket unbound from listening; `listen` opens it again with
-/// the backlog it had. A listener bound to an explicit port keeps it throughout; one bound to
-/// port 0 loses it to the kernel on the way, so it is bound to it again (a `bind` that fails
-/// with `EINVAL` is one that still holds its port). The descriptor, and its registration with
-/// the runtime, stay the same.
-pub fn reset_queue(listener: &TcpListener) -> io::Result<u32> {
-    let sock = socket2::SockRef::from(listener);
-    let addr = sock.local_addr()?;
-    let (queued, backlog) = accept_queue(listener.as_fd())?;
-    sock.shutdown(Shutdown::Read)?;
-    match sock.bind(&addr) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
-        Err(e) => return Err(e),
+    /// How many spares are held now.
+    #[cfg(test)]
+    fn spares(&self) -> usize {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
-    sock.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(queued)
-}
-
-/// A listening socket's accept queue: connections waiting now and the most it holds. For a
-/// listener, `TCP_INFO` reports these in `tcpi_unacked` and `tcpi_sacked`.
-#[allow(unsafe_code)]
-fn accept_queue(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    use nix::libc;
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a zeroed `tcp_info` of `len` bytes that the kernel writes at most `len`
-    // bytes of; the descriptor is borrowed, so open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zero is a valid value of every field, and the kernel filled in what it knows.
-    let info = unsafe { info.assume_init() };
-    Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 #[cfg(test)]

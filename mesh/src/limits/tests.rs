@@ -64,99 +64,26 @@ async fn a_registered_acceptor_exports_its_counts_at_zero_until_errors() {
     assert!(text.contains("mesh_accept_errors_total"), "{text}");
 }
 
-/// Connects `n` clients that the listener's queue holds (nobody accepts them).
-async fn queued_clients(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let mut clients = Vec::new();
-    for _ in 0..n {
-        clients.push(TcpStream::connect(addr).await.expect("connect"));
-    }
-    clients
-}
-
-/// Each client's next read is a reset.
-async fn assert_reset(clients: Vec<TcpStream>) {
+#[tokio::test]
+async fn a_shed_resets_the_queued_connection_and_leaves_both_spares_in_place() {
     use tokio::io::AsyncReadExt;
-    for mut client in clients {
-        let mut buf = [0u8; 1];
-        let read = client.read(&mut buf).await;
-        assert!(
-            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-            "a queued client is reset: {read:?}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn a_shed_resets_every_queued_connection_without_a_descriptor_and_the_listener_accepts_again()
-{
     let acceptor = Acceptor::new();
+    assert_eq!(acceptor.spares(), SPARES);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (_, backlog) = accept_queue(listener.as_fd()).expect("tcp_info");
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
     // Queued and not yet taken, as when accept fails for lack of descriptors.
-    let clients = queued_clients(addr, 5).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(accept_queue(listener.as_fd()).expect("tcp_info").0, 5);
-    acceptor.shed_queued(&listener, "test");
-    assert_eq!(acceptor.shed(), 5);
-    assert_reset(clients).await;
-    // A port the kernel picked (bound to port 0) is bound again: same address, same backlog.
-    assert_eq!(listener.local_addr().expect("addr"), addr);
-    assert_eq!(
-        accept_queue(listener.as_fd()).expect("tcp_info"),
-        (0, backlog)
-    );
-    let client = tokio::spawn(async move { TcpStream::connect(addr).await.expect("connect") });
-    let (_conn, peer) =
-        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(&listener, "test"))
-            .await
-            .expect("the listener accepts again");
-    assert_eq!(
-        peer,
-        client.await.expect("client").local_addr().expect("addr")
-    );
-    // Nothing queued: nothing shed.
-    acceptor.shed_queued(&listener, "test");
-    assert_eq!(acceptor.shed(), 5);
-}
-
-/// A listener as ztunnel's pod listeners are made: bound to `addr` by number, in an
-/// `SO_REUSEPORT` group (a restarted ztunnel binds beside the old one).
-fn reuse_port_listener(addr: SocketAddr) -> TcpListener {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    socket.set_reuse_address(true).expect("reuseaddr");
-    socket.set_reuse_port(true).expect("reuseport");
-    socket.set_nonblocking(true).expect("nonblocking");
-    socket.bind(&addr.into()).expect("bind");
-    socket.listen(1024).expect("listen");
-    TcpListener::from_std(socket.into()).expect("tokio listener")
-}
-
-#[tokio::test]
-async fn a_listener_bound_to_an_explicit_port_keeps_it_and_its_reuse_port_group_through_a_shed() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = reuse_port_listener(addr);
-    let clients = queued_clients(addr, 2).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(reset_queue(&listener).expect("reset"), 2);
-    assert_reset(clients).await;
-    assert_eq!(listener.local_addr().expect("addr"), addr);
-    // A second member of the group: new connections are spread over both again, so the
-    // listener that was reset is back in the group.
-    let other = reuse_port_listener(addr);
-    let clients = queued_clients(addr, 64).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (on_reset, _) = accept_queue(listener.as_fd()).expect("tcp_info");
-    let (on_other, _) = accept_queue(other.as_fd()).expect("tcp_info");
-    assert_eq!(on_reset + on_other, 64);
+    acceptor.shed_queued(&listener);
+    assert_eq!(acceptor.shed(), 1);
+    let mut buf = [0u8; 1];
+    let read = client.read(&mut buf).await;
     assert!(
-        on_reset > 0 && on_other > 0,
-        "both members take connections: {on_reset} and {on_other}"
+        matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+        "the queued client is reset: {read:?}"
     );
-    drop(clients);
+    assert_eq!(acceptor.spares(), SPARES, "both spares are back");
+    // Nothing queued: nothing shed, the spares stay.
+    acceptor.shed_queued(&listener);
+    assert_eq!((acceptor.shed(), acceptor.spares()), (1, SPARES));
 }
