@@ -10,11 +10,13 @@
 //! connection stays queued: a plain retry loop spins at 100 % CPU and the client waits on a
 //! connection nobody will take. [`Acceptor::accept`] instead counts the failure in
 //! `mesh_accept_errors_total{listener,reason}`, warns at most once per
-//! [`WARN_INTERVAL`] (with how many it did not log), frees one of [`SPARES`] descriptors kept
-//! for this moment to take the queued connections and close them with a reset (the clients fail
-//! at once, cleanly), and backs off briefly before accepting again. Another thread may take the
-//! freed descriptor first (a new HBONE connection, say); the second spare is there for the next
-//! try, so one lost race cannot leave queued clients waiting until some connection closes.
+//! [`WARN_INTERVAL`] (with how many it did not log), takes the queued connections and closes
+//! them with a reset (the clients fail at once, cleanly), and backs off briefly before accepting
+//! again. Taking them needs descriptors the process has run out of: a thread with a descriptor
+//! table of its own does it (`shedder`), where nothing else in the process can take its slots.
+//! Where that thread cannot start (`unshare` refused), the acceptor keeps [`SPARES`]
+//! descriptors instead and frees one to accept into; another thread may take the freed
+//! descriptor first (a new HBONE connection, say), so a second spare is there for the next try.
 //! Service resumes by itself once connections close.
 //!
 //! Not `shutdown(SHUT_RD)` and `listen` again on the listener, although that resets its whole
@@ -26,6 +28,7 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,8 +40,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 
-/// Descriptors kept in reserve for shedding: one can be lost to a race with another thread
-/// and the next shed still has one.
+mod shedder;
+
+/// Descriptors kept in reserve for shedding where the shedding thread cannot start: one can be
+/// lost to a race with another thread and the next shed still has one.
 pub const SPARES: usize = 2;
 
 /// At most one "accept failed" warning per listener kind per this interval.
@@ -152,20 +157,45 @@ struct WarnState {
 
 /// Accepts connections for a process: counts and logs failures, sheds connections while out
 /// of descriptors (see the module docs). Cheap to clone; one per process.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Acceptor {
     errors: Family<AcceptLabels, Counter>,
     warned: Arc<Mutex<std::collections::HashMap<&'static str, WarnState>>>,
-    /// Descriptors held in reserve, one given up to accept-and-reset when out of descriptors.
+    /// Takes and resets queued connections from a descriptor table of its own; `None` where it
+    /// could not start.
+    shedder: Option<Arc<shedder::Shedder>>,
+    /// Without the shedder: descriptors held in reserve, one given up to accept-and-reset.
     spares: Arc<Mutex<Vec<File>>>,
     shed: Arc<AtomicU64>,
 }
 
+impl Default for Acceptor {
+    fn default() -> Self {
+        Acceptor::new()
+    }
+}
+
 impl Acceptor {
-    /// An acceptor whose counts are not exported (tests, tools).
+    /// An acceptor whose counts are not exported (tests, tools). Starts the shedding thread, or
+    /// opens spares where it cannot start.
     pub fn new() -> Self {
-        let a = Acceptor::default();
-        a.refill_spares();
+        let shedder = match shedder::Shedder::start() {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no shedding thread; spare descriptors instead");
+                None
+            }
+        };
+        let a = Acceptor {
+            errors: Family::default(),
+            warned: Arc::default(),
+            shedder,
+            spares: Arc::default(),
+            shed: Arc::default(),
+        };
+        if a.shedder.is_none() {
+            a.refill_spares();
+        }
         a
     }
 
@@ -256,14 +286,26 @@ impl Acceptor {
         }
     }
 
-    /// Gives up a spare descriptor to take the queued connections (up to [`SHED_BATCH`]) and
-    /// reset them one by one, so their clients fail now instead of waiting in the queue; then
-    /// opens spares again.
-    ///
-    /// Synchronous (no await between giving the spare up and taking it back), so other tasks
-    /// have the least chance to take the freed descriptor first; other threads still can,
-    /// hence a second spare.
+    /// Takes the queued connections (up to [`SHED_BATCH`]) and resets them one by one, so their
+    /// clients fail now instead of waiting in the queue: through the shedding thread, or by
+    /// giving up a spare descriptor and opening spares again.
     fn shed_queued(&self, listener: &TcpListener) {
+        if let Some(shedder) = &self.shedder {
+            match shedder.shed(listener.as_fd()) {
+                Ok(n) => {
+                    self.shed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reset queued connections"),
+            }
+            return;
+        }
+        self.shed_with_a_spare(listener);
+    }
+
+    /// Gives up a spare to accept into. Synchronous (no await between giving the spare up and
+    /// taking it back), so other tasks have the least chance to take the freed descriptor
+    /// first; other threads still can, hence a second spare.
+    fn shed_with_a_spare(&self, listener: &TcpListener) {
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(spare) = spare {
             drop(spare);
@@ -293,6 +335,20 @@ impl Acceptor {
                 Err(_) => break,
             }
         }
+    }
+
+    /// An acceptor without the shedding thread, as where it cannot start.
+    #[cfg(test)]
+    fn with_spares_only() -> Self {
+        let a = Acceptor {
+            errors: Family::default(),
+            warned: Arc::default(),
+            shedder: None,
+            spares: Arc::default(),
+            shed: Arc::default(),
+        };
+        a.refill_spares();
+        a
     }
 
     /// How many spares are held now.

@@ -1,0 +1,198 @@
+//! A thread with a descriptor table of its own, which takes the connections queued on a listener
+//! and resets them, for when the process has no descriptor left.
+//!
+//! `accept(2)` needs a free slot in the caller's descriptor table. Out of descriptors, freeing a
+//! spare and accepting into it races with every other thread of the process: a new HBONE
+//! connection opened at that instant takes the freed slot first, and the queued clients wait
+//! until some connection closes. This thread unshares its table at start (`unshare(CLONE_FILES)`)
+//! and keeps nothing in it but its end of a socket pair. A listener sent over the pair
+//! (`SCM_RIGHTS`, which takes no slot on the sending side) lands in that nearly empty table,
+//! where accepting cannot run out, whatever the rest of the process holds.
+//!
+//! `unshare` may be refused (a seccomp profile that allows it only with `CAP_SYS_ADMIN`);
+//! [`Shedder::start`] then fails and the caller keeps spare descriptors instead.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{
+    self, setsockopt, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::sys::time::TimeVal;
+
+use super::SHED_BATCH;
+
+/// How long a caller waits for the thread's answer before giving up on it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The caller's end of the link to the shedding thread; the thread ends when this is dropped.
+#[derive(Debug)]
+pub(super) struct Shedder {
+    /// One request and its answer at a time.
+    link: Mutex<OwnedFd>,
+}
+
+impl Shedder {
+    /// Starts the thread, and returns once its descriptor table is its own.
+    pub(super) fn start() -> io::Result<Shedder> {
+        let (near, far) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        setsockopt(
+            &near,
+            sockopt::ReceiveTimeout,
+            &TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0),
+        )?;
+        let far_raw = far.as_raw_fd();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("fd-shedder".into())
+            .stack_size(64 * 1024)
+            .spawn(move || match own_table(far_raw) {
+                Ok(far) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&far);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })?;
+        let ready = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the shedding thread ended before it started"))?;
+        // The thread holds its own copy now; this one would keep the pair open after the
+        // thread ends (or, if it failed, the thread's table is ours and `far` is still ours).
+        drop(far);
+        ready?;
+        Ok(Shedder {
+            link: Mutex::new(near),
+        })
+    }
+
+    /// Resets up to [`SHED_BATCH`] connections queued on `listener` (non-blocking) and returns
+    /// how many. Blocks the caller for the round trip to the thread (well under a millisecond,
+    /// at most [`ANSWER_TIMEOUT`]).
+    pub(super) fn shed(&self, listener: BorrowedFd<'_>) -> io::Result<u64> {
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let fds = [listener.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        socket::sendmsg::<()>(
+            link.as_raw_fd(),
+            &[IoSlice::new(&[1])],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        let mut answer = [0u8; 8];
+        let n = socket::recv(link.as_raw_fd(), &mut answer, MsgFlags::empty())?;
+        if n != answer.len() {
+            return Err(io::Error::other("the shedding thread ended"));
+        }
+        Ok(u64::from_le_bytes(answer))
+    }
+}
+
+/// On the new thread: gives it a descriptor table of its own and closes everything in it but
+/// `far` (the copies only; the process's descriptors stay open).
+#[allow(unsafe_code)]
+fn own_table(far: RawFd) -> io::Result<OwnedFd> {
+    unshare(CloneFlags::CLONE_FILES)?;
+    // SAFETY: after the unshare this table's `far` is a copy nobody else in the process can
+    // reach; the thread owns it from here.
+    let far_owned = unsafe { OwnedFd::from_raw_fd(far) };
+    let below = u32::try_from(far).unwrap_or(0);
+    if below > 3 {
+        close_range(3, below - 1)?;
+    }
+    close_range(below + 1, u32::MAX)?;
+    Ok(far_owned)
+}
+
+/// `close_range(2)`: closes every descriptor from `first` to `last` in the caller's table.
+#[allow(unsafe_code)]
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: called only on the shedding thread, after it unshared its table: what it closes
+    // are that table's copies, which no `OwnedFd` anywhere refers to.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            nix::libc::c_uint::from(first),
+            nix::libc::c_uint::from(last),
+            0 as nix::libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The thread's loop: for each listener received, resets what is queued on it and answers how
+/// many; ends when the caller's end is closed.
+fn serve(link: &OwnedFd) {
+    loop {
+        let Ok(Some(listener)) = receive_listener(link.as_fd()) else {
+            return;
+        };
+        let shed = reset_queued(&listener);
+        drop(listener);
+        let answer = shed.to_le_bytes();
+        if socket::send(link.as_raw_fd(), &answer, MsgFlags::MSG_NOSIGNAL).is_err() {
+            return;
+        }
+    }
+}
+
+/// The next listener sent over `link`; `None` once the caller's end is closed.
+#[allow(unsafe_code)]
+fn receive_listener(link: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let msg = socket::recvmsg::<()>(
+        link.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel installed this descriptor in our table for this message;
+                // nobody else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(r) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    if msg.bytes == 0 && fd.is_none() {
+        return Ok(None);
+    }
+    fd.map(Some)
+        .ok_or_else(|| io::Error::other("a request without a listener"))
+}
+
+/// Accepts and resets up to [`SHED_BATCH`] queued connections. The listener is non-blocking
+/// (its flags are shared with the process's descriptor): an empty queue ends the batch.
+fn reset_queued(listener: &OwnedFd) -> u64 {
+    let sock = socket2::SockRef::from(listener);
+    let mut shed = 0;
+    for _ in 0..SHED_BATCH {
+        let Ok((conn, _)) = sock.accept() else {
+            break;
+        };
+        // Linger 0: close() sends a reset.
+        let _ = conn.set_linger(Some(Duration::ZERO));
+        drop(conn);
+        shed += 1;
+    }
+    shed
+}
