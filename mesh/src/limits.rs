@@ -13,7 +13,8 @@
 //! [`WARN_INTERVAL`] (with how many it did not log), takes the queued connections and closes
 //! them with a reset (the clients fail at once, cleanly), and backs off briefly before accepting
 //! again. Taking them needs descriptors the process has run out of: a thread with a descriptor
-//! table of its own does it (`shedder`), where nothing else in the process can take its slots.
+//! table of its own does it (`shedder`, started at the first shed, so an idle process has no
+//! thread more), where nothing else in the process can take its slots.
 //! Where that thread cannot start (`unshare` refused), the acceptor keeps [`SPARES`]
 //! descriptors instead and frees one to accept into; another thread may take the freed
 //! descriptor first (a new HBONE connection, say), so a second spare is there for the next try.
@@ -161,12 +162,18 @@ struct WarnState {
 pub struct Acceptor {
     errors: Family<AcceptLabels, Counter>,
     warned: Arc<Mutex<std::collections::HashMap<&'static str, WarnState>>>,
-    /// Takes and resets queued connections from a descriptor table of its own; `None` where it
-    /// could not start.
-    shedder: Option<Arc<shedder::Shedder>>,
-    /// Without the shedder: descriptors held in reserve, one given up to accept-and-reset.
-    spares: Arc<Mutex<Vec<File>>>,
+    /// How queued connections are taken while out of descriptors.
+    shedding: Arc<Mutex<Shedding>>,
     shed: Arc<AtomicU64>,
+}
+
+/// How an acceptor takes queued connections while out of descriptors.
+#[derive(Debug)]
+enum Shedding {
+    /// Through the shedding thread (started at the first shed).
+    Thread(shedder::Shedder),
+    /// By freeing one of these spares to accept into, where the thread cannot start.
+    Spares(Vec<File>),
 }
 
 impl Default for Acceptor {
@@ -176,26 +183,22 @@ impl Default for Acceptor {
 }
 
 impl Acceptor {
-    /// An acceptor whose counts are not exported (tests, tools). Starts the shedding thread, or
-    /// opens spares where it cannot start.
+    /// An acceptor whose counts are not exported (tests, tools).
     pub fn new() -> Self {
-        let shedder = match shedder::Shedder::start() {
-            Ok(s) => Some(Arc::new(s)),
+        let shedding = match shedder::Shedder::new() {
+            Ok(s) => Shedding::Thread(s),
             Err(e) => {
-                tracing::debug!(error = %e, "no shedding thread; spare descriptors instead");
-                None
+                tracing::debug!(error = %e, "no link for a shedding thread; spare descriptors instead");
+                Shedding::Spares(Vec::new())
             }
         };
         let a = Acceptor {
             errors: Family::default(),
             warned: Arc::default(),
-            shedder,
-            spares: Arc::default(),
+            shedding: Arc::new(Mutex::new(shedding)),
             shed: Arc::default(),
         };
-        if a.shedder.is_none() {
-            a.refill_spares();
-        }
+        a.refill_spares();
         a
     }
 
@@ -290,63 +293,56 @@ impl Acceptor {
     /// clients fail now instead of waiting in the queue: through the shedding thread, or by
     /// giving up a spare descriptor and opening spares again.
     fn shed_queued(&self, listener: &TcpListener) {
-        if let Some(shedder) = &self.shedder {
-            match shedder.shed(listener.as_fd()) {
+        let mut shedding = self.shedding.lock().unwrap_or_else(|p| p.into_inner());
+        if let Shedding::Thread(shedder) = &mut *shedding {
+            if let Err(e) = shedder.start() {
+                tracing::warn!(error = %e, "no shedding thread; spare descriptors instead");
+                // Its link is closed with it: two descriptors free for the spares.
+                *shedding = Shedding::Spares(Vec::new());
+                refill(&mut shedding);
+            }
+        }
+        match &mut *shedding {
+            Shedding::Thread(shedder) => match shedder.shed(listener.as_fd()) {
                 Ok(n) => {
                     self.shed.fetch_add(n, Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot reset queued connections"),
-            }
-            return;
-        }
-        self.shed_with_a_spare(listener);
-    }
-
-    /// Gives up a spare to accept into. Synchronous (no await between giving the spare up and
-    /// taking it back), so other tasks have the least chance to take the freed descriptor
-    /// first; other threads still can, hence a second spare.
-    fn shed_with_a_spare(&self, listener: &TcpListener) {
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(spare) = spare {
-            drop(spare);
-            for _ in 0..SHED_BATCH {
-                // Each reset frees the descriptor the next accept needs. The listener is
-                // non-blocking: an empty queue is `WouldBlock`, and tokio's next accept
-                // simply tries again.
-                let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
-                    break;
-                };
-                // Linger 0: close() sends a reset.
-                let _ = socket.set_linger(Some(Duration::ZERO));
-                drop(socket);
-                self.shed.fetch_add(1, Ordering::Relaxed);
+            },
+            Shedding::Spares(spares) => {
+                // Synchronous (no await between giving the spare up and taking it back), so
+                // other tasks have the least chance to take the freed descriptor first; other
+                // threads still can, hence a second spare.
+                if let Some(spare) = spares.pop() {
+                    drop(spare);
+                    for _ in 0..SHED_BATCH {
+                        // Each reset frees the descriptor the next accept needs. The listener
+                        // is non-blocking: an empty queue is `WouldBlock`, and tokio's next
+                        // accept simply tries again.
+                        let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
+                            break;
+                        };
+                        // Linger 0: close() sends a reset.
+                        let _ = socket.set_linger(Some(Duration::ZERO));
+                        drop(socket);
+                        self.shed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                refill(&mut shedding);
             }
         }
-        self.refill_spares();
     }
 
-    /// Opens spares until there are [`SPARES`], or no descriptor is free (the next shed tries
-    /// again).
+    /// Opens spares, where they are the way to shed, until there are [`SPARES`].
     fn refill_spares(&self) {
-        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        while spares.len() < SPARES {
-            match File::open("/dev/null") {
-                Ok(f) => spares.push(f),
-                Err(_) => break,
-            }
-        }
+        refill(&mut self.shedding.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// An acceptor without the shedding thread, as where it cannot start.
     #[cfg(test)]
     fn with_spares_only() -> Self {
-        let a = Acceptor {
-            errors: Family::default(),
-            warned: Arc::default(),
-            shedder: None,
-            spares: Arc::default(),
-            shed: Arc::default(),
-        };
+        let a = Acceptor::new();
+        *a.shedding.lock().unwrap_or_else(|p| p.into_inner()) = Shedding::Spares(Vec::new());
         a.refill_spares();
         a
     }
@@ -354,7 +350,32 @@ impl Acceptor {
     /// How many spares are held now.
     #[cfg(test)]
     fn spares(&self) -> usize {
-        self.spares.lock().unwrap_or_else(|p| p.into_inner()).len()
+        match &*self.shedding.lock().unwrap_or_else(|p| p.into_inner()) {
+            Shedding::Spares(spares) => spares.len(),
+            Shedding::Thread(_) => 0,
+        }
+    }
+
+    /// Whether queued connections are shed through the thread (started or not).
+    #[cfg(test)]
+    fn sheds_through_the_thread(&self) -> bool {
+        matches!(
+            &*self.shedding.lock().unwrap_or_else(|p| p.into_inner()),
+            Shedding::Thread(_)
+        )
+    }
+}
+
+/// Opens spares until there are [`SPARES`], or no descriptor is free (the next shed tries
+/// again); nothing when shedding goes through the thread.
+fn refill(shedding: &mut Shedding) {
+    if let Shedding::Spares(spares) = shedding {
+        while spares.len() < SPARES {
+            match File::open("/dev/null") {
+                Ok(f) => spares.push(f),
+                Err(_) => break,
+            }
+        }
     }
 }
 

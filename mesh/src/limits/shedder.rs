@@ -10,11 +10,10 @@
 //! where accepting cannot run out, whatever the rest of the process holds.
 //!
 //! `unshare` may be refused (a seccomp profile that allows it only with `CAP_SYS_ADMIN`);
-//! [`Shedder::start`] then fails and the caller keeps spare descriptors instead.
+//! [`Shedder::start`] then fails and the caller falls back to spare descriptors.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sched::{unshare, CloneFlags};
@@ -30,15 +29,18 @@ use super::SHED_BATCH;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The caller's end of the link to the shedding thread; the thread ends when this is dropped.
+/// The thread starts at the first shed, so an idle process has no thread more: starting it
+/// needs no new descriptor, the link is made up front.
 #[derive(Debug)]
 pub(super) struct Shedder {
-    /// One request and its answer at a time.
-    link: Mutex<OwnedFd>,
+    near: OwnedFd,
+    /// The thread's end until it starts.
+    far: Option<OwnedFd>,
 }
 
 impl Shedder {
-    /// Starts the thread, and returns once its descriptor table is its own.
-    pub(super) fn start() -> io::Result<Shedder> {
+    /// The link, without the thread.
+    pub(super) fn new() -> io::Result<Shedder> {
         let (near, far) = socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -50,15 +52,29 @@ impl Shedder {
             sockopt::ReceiveTimeout,
             &TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0),
         )?;
+        Ok(Shedder {
+            near,
+            far: Some(far),
+        })
+    }
+
+    /// Starts the thread unless it runs, and returns once its descriptor table is its own. An
+    /// error means it cannot start (nor will it: the link is spent).
+    pub(super) fn start(&mut self) -> io::Result<()> {
+        let Some(far) = self.far.take() else {
+            return Ok(());
+        };
         let far_raw = far.as_raw_fd();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        // Allocated here, so the thread allocates nothing until it sheds.
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
         std::thread::Builder::new()
             .name("fd-shedder".into())
             .stack_size(64 * 1024)
             .spawn(move || match own_table(far_raw) {
                 Ok(far) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(&far);
+                    serve(&far, &mut cmsg);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -70,17 +86,15 @@ impl Shedder {
         // The thread holds its own copy now; this one would keep the pair open after the
         // thread ends (or, if it failed, the thread's table is ours and `far` is still ours).
         drop(far);
-        ready?;
-        Ok(Shedder {
-            link: Mutex::new(near),
-        })
+        ready
     }
 
     /// Resets up to [`SHED_BATCH`] connections queued on `listener` (non-blocking) and returns
     /// how many. Blocks the caller for the round trip to the thread (well under a millisecond,
     /// at most [`ANSWER_TIMEOUT`]).
-    pub(super) fn shed(&self, listener: BorrowedFd<'_>) -> io::Result<u64> {
-        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+    pub(super) fn shed(&mut self, listener: BorrowedFd<'_>) -> io::Result<u64> {
+        self.start()?;
+        let link = &self.near;
         let fds = [listener.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         socket::sendmsg::<()>(
@@ -136,9 +150,9 @@ fn close_range(first: u32, last: u32) -> io::Result<()> {
 
 /// The thread's loop: for each listener received, resets what is queued on it and answers how
 /// many; ends when the caller's end is closed.
-fn serve(link: &OwnedFd) {
+fn serve(link: &OwnedFd, cmsg: &mut [u8]) {
     loop {
-        let Ok(Some(listener)) = receive_listener(link.as_fd()) else {
+        let Ok(Some(listener)) = receive_listener(link.as_fd(), cmsg) else {
             return;
         };
         let shed = reset_queued(&listener);
@@ -152,14 +166,13 @@ fn serve(link: &OwnedFd) {
 
 /// The next listener sent over `link`; `None` once the caller's end is closed.
 #[allow(unsafe_code)]
-fn receive_listener(link: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+fn receive_listener(link: BorrowedFd<'_>, cmsg: &mut [u8]) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(&mut byte)];
     let msg = socket::recvmsg::<()>(
         link.as_raw_fd(),
         &mut iov,
-        Some(&mut cmsg),
+        Some(cmsg),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     let mut fd = None;

@@ -99,7 +99,7 @@ fn open_fds() -> usize {
 async fn a_shed_through_the_shedding_thread_resets_every_queued_connection_and_holds_no_spare() {
     let acceptor = Acceptor::new();
     assert!(
-        acceptor.shedder.is_some(),
+        acceptor.sheds_through_the_thread(),
         "the shedding thread starts here"
     );
     assert_eq!(acceptor.spares(), 0);
