@@ -114,26 +114,37 @@ impl Shedder {
 }
 
 /// On the new thread: gives it a descriptor table of its own and closes everything in it but
-/// `far` (the copies only; the process's descriptors stay open).
+/// `far` (the copies only; the process's descriptors stay open). Its standard streams then point
+/// at `/dev/null`: a copy kept there could be any socket of the process (where it started with
+/// them closed), held open by this table; and nothing accepted here should take their numbers.
 #[allow(unsafe_code)]
 fn own_table(far: RawFd) -> io::Result<OwnedFd> {
     unshare(CloneFlags::CLONE_FILES)?;
     // SAFETY: after the unshare this table's `far` is a copy nobody else in the process can
     // reach; the thread owns it from here.
     let far_owned = unsafe { OwnedFd::from_raw_fd(far) };
-    let below = u32::try_from(far).unwrap_or(0);
-    if below > 3 {
-        close_range(3, below - 1)?;
+    let at = u32::try_from(far).map_err(|_| io::Error::other("negative descriptor"))?;
+    if at > 0 {
+        close_range(0, at - 1)?;
     }
-    close_range(below + 1, u32::MAX)?;
+    close_range(at + 1, u32::MAX)?;
+    loop {
+        let null = std::fs::File::open("/dev/null")?;
+        if null.as_raw_fd() > 2 {
+            break;
+        }
+        // Kept for the thread's life as one of its standard streams.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+    }
     Ok(far_owned)
 }
 
 /// `close_range(2)`: closes every descriptor from `first` to `last` in the caller's table.
 #[allow(unsafe_code)]
 fn close_range(first: u32, last: u32) -> io::Result<()> {
-    // SAFETY: called only on the shedding thread, after it unshared its table: what it closes
-    // are that table's copies, which no `OwnedFd` anywhere refers to.
+    // SAFETY: called only on the shedding thread, after it unshared its table and before it
+    // opened anything: what it closes are that table's copies, which nothing of the thread's
+    // own refers to.
     let rc = unsafe {
         nix::libc::syscall(
             nix::libc::SYS_close_range,
