@@ -92,9 +92,13 @@ ZTUNNEL = {
                     "{{node}} {{namespace}}/{{pod}}")),
             panel("Connection failures /s by reason", "cps",
                   "Connections ztunnel could not complete: denied, upstream_connect, no_healthy_upstream, "
-                  "tls_handshake, hbone, unknown_destination, timeout, other.",
+                  "tls_handshake, hbone, unknown_destination, timeout, other; and connections reset "
+                  "while still queued because ztunnel was out of file descriptors (0 is healthy).",
                   q(rate("ztunnel_connection_failures_total", ZT, "node, direction, reason"),
-                    "{{node}} {{direction}} {{reason}}")),
+                    "{{node}} {{direction}} {{reason}}"),
+                  q(f"{rate('mesh_accept_shed_total', ZT, 'node')} "
+                    f"or max by (node) (mesh_xds_connected{{{ZT}}}) * 0",
+                    "{{node}} reset while queued (out of file descriptors)")),
         ]),
         ("Bytes", [
             panel("Bytes in /s", "Bps", "Bytes received from the connection's source, by node.",

@@ -188,6 +188,16 @@ fn out_of_descriptors_ztunnel_resets_new_connections_warns_counts_and_recovers()
     );
     println!("mesh_accept_errors_total{{listener=outbound,reason=fd_limit}} = {errors}");
     assert!(errors >= 1.0, "{metrics}");
+    let shed = metric_sum(
+        &metrics,
+        "mesh_accept_shed_total",
+        &["listener=\"outbound\""],
+    );
+    println!("mesh_accept_shed_total{{listener=outbound}} = {shed}");
+    assert!(
+        shed >= 1.0 && shed <= failed as f64,
+        "the connections reset while queued are counted, and are among those that failed: {metrics}"
+    );
 }
 
 /// With `MAX_CONNECTIONS_PER_POD=20`, a pod's 21st live connection is reset and counted as

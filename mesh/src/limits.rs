@@ -149,6 +149,11 @@ struct AcceptLabels {
     reason: AcceptError,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    listener: &'static str,
+}
+
 /// Rate limit for one listener kind's warnings.
 #[derive(Debug, Default)]
 struct WarnState {
@@ -165,6 +170,8 @@ pub struct Acceptor {
     /// How queued connections are taken while out of descriptors.
     shedding: Arc<Mutex<Shedding>>,
     shed: Arc<AtomicU64>,
+    /// The same count by listener, exported as `mesh_accept_shed_total`.
+    shed_by_listener: Family<ShedLabels, Counter>,
 }
 
 /// How an acceptor takes queued connections while out of descriptors.
@@ -197,18 +204,25 @@ impl Acceptor {
             warned: Arc::default(),
             shedding: Arc::new(Mutex::new(shedding)),
             shed: Arc::default(),
+            shed_by_listener: Family::default(),
         };
         a.refill_spares();
         a
     }
 
-    /// An acceptor counting into `mesh_accept_errors_total{listener,reason}` in `registry`.
+    /// An acceptor counting into `mesh_accept_errors_total{listener,reason}` and
+    /// `mesh_accept_shed_total{listener}` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let a = Acceptor::new();
         registry.register(
             "mesh_accept_errors",
             "Failed accepts by listener and reason (fd_limit: out of file descriptors)",
             a.errors.clone(),
+        );
+        registry.register(
+            "mesh_accept_shed",
+            "Connections reset while queued because the process was out of file descriptors, by listener",
+            a.shed_by_listener.clone(),
         );
         a
     }
@@ -250,7 +264,7 @@ impl Acceptor {
                     self.warn(name, reason, &e);
                     let pause = match reason {
                         AcceptError::fd_limit => {
-                            self.shed_queued(listener);
+                            self.shed_queued(listener, name);
                             FD_BACKOFF
                         }
                         AcceptError::other => OTHER_BACKOFF,
@@ -292,7 +306,16 @@ impl Acceptor {
     /// Takes the queued connections (up to [`SHED_BATCH`]) and resets them one by one, so their
     /// clients fail now instead of waiting in the queue: through the shedding thread, or by
     /// giving up a spare descriptor and opening spares again.
-    fn shed_queued(&self, listener: &TcpListener) {
+    fn shed_queued(&self, listener: &TcpListener, name: &'static str) {
+        let shed = self.shed_with(listener);
+        self.shed.fetch_add(shed, Ordering::Relaxed);
+        self.shed_by_listener
+            .get_or_create(&ShedLabels { listener: name })
+            .inc_by(shed);
+    }
+
+    /// [`Acceptor::shed_queued`] without the counting; returns how many were reset.
+    fn shed_with(&self, listener: &TcpListener) -> u64 {
         let mut shedding = self.shedding.lock().unwrap_or_else(|p| p.into_inner());
         if let Shedding::Thread(shedder) = &mut *shedding {
             if let Err(e) = shedder.start() {
@@ -304,15 +327,17 @@ impl Acceptor {
         }
         match &mut *shedding {
             Shedding::Thread(shedder) => match shedder.shed(listener.as_fd()) {
-                Ok(n) => {
-                    self.shed.fetch_add(n, Ordering::Relaxed);
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reset queued connections");
+                    0
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot reset queued connections"),
             },
             Shedding::Spares(spares) => {
                 // Synchronous (no await between giving the spare up and taking it back), so
                 // other tasks have the least chance to take the freed descriptor first; other
                 // threads still can, hence a second spare.
+                let mut shed = 0;
                 if let Some(spare) = spares.pop() {
                     drop(spare);
                     for _ in 0..SHED_BATCH {
@@ -325,10 +350,11 @@ impl Acceptor {
                         // Linger 0: close() sends a reset.
                         let _ = socket.set_linger(Some(Duration::ZERO));
                         drop(socket);
-                        self.shed.fetch_add(1, Ordering::Relaxed);
+                        shed += 1;
                     }
                 }
                 refill(&mut shedding);
+                shed
             }
         }
     }

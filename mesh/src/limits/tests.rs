@@ -64,6 +64,21 @@ async fn a_registered_acceptor_exports_its_counts_at_zero_until_errors() {
     assert!(text.contains("mesh_accept_errors_total"), "{text}");
 }
 
+#[tokio::test]
+async fn connections_shed_are_exported_by_listener() {
+    let mut registry = Registry::default();
+    let a = Acceptor::register(&mut registry);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clients = queued_clients(listener.local_addr().unwrap(), 2).await;
+    a.shed_queued(&listener, "outbound");
+    assert_reset(clients).await;
+    let text = crate::metrics::encode(&registry);
+    assert!(
+        text.contains("mesh_accept_shed_total{listener=\"outbound\"} 2"),
+        "{text}"
+    );
+}
+
 /// Connects `n` clients that the listener's queue holds (nobody accepts them).
 async fn queued_clients(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut clients = Vec::new();
@@ -106,11 +121,11 @@ async fn a_shed_through_the_shedding_thread_resets_every_queued_connection_and_h
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let clients = queued_clients(listener.local_addr().expect("addr"), 3).await;
     // Queued and not yet taken, as when accept fails for lack of descriptors.
-    acceptor.shed_queued(&listener);
+    acceptor.shed_queued(&listener, "test");
     assert_eq!(acceptor.shed(), 3);
     assert_reset(clients).await;
     // Nothing queued: nothing shed.
-    acceptor.shed_queued(&listener);
+    acceptor.shed_queued(&listener, "test");
     assert_eq!(acceptor.shed(), 3);
 }
 
@@ -121,11 +136,11 @@ async fn without_the_shedding_thread_a_shed_resets_the_queued_connection_and_lea
     assert_eq!(acceptor.spares(), SPARES);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let clients = queued_clients(listener.local_addr().expect("addr"), 1).await;
-    acceptor.shed_queued(&listener);
+    acceptor.shed_queued(&listener, "test");
     assert_eq!(acceptor.shed(), 1);
     assert_reset(clients).await;
     assert_eq!(acceptor.spares(), SPARES, "both spares are back");
-    acceptor.shed_queued(&listener);
+    acceptor.shed_queued(&listener, "test");
     assert_eq!((acceptor.shed(), acceptor.spares()), (1, SPARES));
 }
 
@@ -199,7 +214,7 @@ async fn full_table_child() {
         }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    acceptor.shed_queued(&listener);
+    acceptor.shed_queued(&listener, "test");
     let shed = acceptor.shed();
     stop.store(true, Ordering::Relaxed);
     let stolen = thief.join().expect("thief");

@@ -15,6 +15,7 @@
 //! | `tokio_alive_tasks` | gauge | `runtime` | tasks alive in the runtime |
 //! | `mesh_build_info` | gauge | `component`, `version` | always 1 |
 //! | `mesh_accept_errors_total` | counter | `listener`, `reason` | failed accepts: `fd_limit` (out of file descriptors; queued connections are reset) or `other` (the listener's own errors; a connection the client aborted before it was taken is retried at once and not counted) ([`crate::limits`]) |
+//! | `mesh_accept_shed_total` | counter | `listener` | connections reset while queued because the process was out of file descriptors ([`crate::limits`]) |
 //! | `mesh_xds_connected` | gauge | | 1 while the delta ADS stream is up |
 //! | `mesh_xds_reconnects_total` | counter | | retries after the stream ended or an attempt failed |
 //! | `mesh_xds_messages_total` | counter | `type` | responses received |

@@ -1,7 +1,8 @@
 //! What a client can make ztunnel hold, bounded.
 //!
 //! - **Descriptors.** Every pod listener accepts through one [`mesh::limits::Acceptor`]: out of
-//!   file descriptors, the queued connection is reset, the failure is counted in
+//!   file descriptors, the queued connections are reset (counted in
+//!   `mesh_accept_shed_total{listener}`), the failure is counted in
 //!   `mesh_accept_errors_total{listener,reason="fd_limit"}` and warned about (rate-limited),
 //!   and the listener backs off briefly instead of spinning.
 //! - **Connections per pod** (`--max-connections-per-pod`, off by default): a pod's live
