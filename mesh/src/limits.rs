@@ -318,45 +318,40 @@ impl Acceptor {
     fn shed_with(&self, listener: &TcpListener) -> u64 {
         let mut shedding = self.shedding.lock().unwrap_or_else(|p| p.into_inner());
         if let Shedding::Thread(shedder) = &mut *shedding {
-            if let Err(e) = shedder.start() {
-                tracing::warn!(error = %e, "no shedding thread; spare descriptors instead");
-                // Its link is closed with it: two descriptors free for the spares.
-                *shedding = Shedding::Spares(Vec::new());
-                refill(&mut shedding);
-            }
-        }
-        match &mut *shedding {
-            Shedding::Thread(shedder) => match shedder.shed(listener.as_fd()) {
-                Ok(n) => n,
+            match shedder.shed(listener.as_fd()) {
+                Ok(n) => return n,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reset queued connections");
-                    0
+                    tracing::warn!(error = %e, "no shedding thread; spare descriptors from now on");
+                    // Its link closes with it: two descriptors free for the spares.
+                    *shedding = Shedding::Spares(Vec::new());
+                    refill(&mut shedding);
                 }
-            },
-            Shedding::Spares(spares) => {
-                // Synchronous (no await between giving the spare up and taking it back), so
-                // other tasks have the least chance to take the freed descriptor first; other
-                // threads still can, hence a second spare.
-                let mut shed = 0;
-                if let Some(spare) = spares.pop() {
-                    drop(spare);
-                    for _ in 0..SHED_BATCH {
-                        // Each reset frees the descriptor the next accept needs. The listener
-                        // is non-blocking: an empty queue is `WouldBlock`, and tokio's next
-                        // accept simply tries again.
-                        let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
-                            break;
-                        };
-                        // Linger 0: close() sends a reset.
-                        let _ = socket.set_linger(Some(Duration::ZERO));
-                        drop(socket);
-                        shed += 1;
-                    }
-                }
-                refill(&mut shedding);
-                shed
             }
         }
+        let Shedding::Spares(spares) = &mut *shedding else {
+            return 0;
+        };
+        // Synchronous (no await between giving the spare up and taking it back), so other
+        // tasks have the least chance to take the freed descriptor first; other threads still
+        // can, hence a second spare.
+        let mut shed = 0;
+        if let Some(spare) = spares.pop() {
+            drop(spare);
+            for _ in 0..SHED_BATCH {
+                // Each reset frees the descriptor the next accept needs. The listener is
+                // non-blocking: an empty queue is `WouldBlock`, and tokio's next accept simply
+                // tries again.
+                let Ok((socket, _)) = socket2::SockRef::from(listener).accept() else {
+                    break;
+                };
+                // Linger 0: close() sends a reset.
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                drop(socket);
+                shed += 1;
+            }
+        }
+        refill(&mut shedding);
+        shed
     }
 
     /// Opens spares, where they are the way to shed, until there are [`SPARES`].
@@ -370,6 +365,15 @@ impl Acceptor {
         let a = Acceptor::new();
         *a.shedding.lock().unwrap_or_else(|p| p.into_inner()) = Shedding::Spares(Vec::new());
         a.refill_spares();
+        a
+    }
+
+    /// An acceptor whose shedding thread is gone.
+    #[cfg(test)]
+    fn with_the_thread_gone() -> Self {
+        let a = Acceptor::new();
+        *a.shedding.lock().unwrap_or_else(|p| p.into_inner()) =
+            Shedding::Thread(shedder::Shedder::gone().expect("socketpair"));
         a
     }
 

@@ -60,7 +60,7 @@ impl Shedder {
 
     /// Starts the thread unless it runs, and returns once its descriptor table is its own. An
     /// error means it cannot start (nor will it: the link is spent).
-    pub(super) fn start(&mut self) -> io::Result<()> {
+    fn start(&mut self) -> io::Result<()> {
         let Some(far) = self.far.take() else {
             return Ok(());
         };
@@ -89,8 +89,21 @@ impl Shedder {
         ready
     }
 
-    /// Resets up to [`SHED_BATCH`] connections queued on `listener` (non-blocking) and returns
-    /// how many. Blocks the caller for the round trip to the thread (well under a millisecond,
+    /// A link whose thread is gone, as after it ended unexpectedly (tests).
+    #[cfg(test)]
+    pub(super) fn gone() -> io::Result<Shedder> {
+        let (near, far) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        drop(far);
+        Ok(Shedder { near, far: None })
+    }
+
+    /// Starts the thread if need be (see [`Shedder::start`]), then resets up to [`SHED_BATCH`]
+    /// connections queued on `listener` (non-blocking) and returns how many. Blocks the caller for the round trip to the thread (well under a millisecond,
     /// at most [`ANSWER_TIMEOUT`]).
     pub(super) fn shed(&mut self, listener: BorrowedFd<'_>) -> io::Result<u64> {
         self.start()?;

@@ -144,6 +144,23 @@ async fn without_the_shedding_thread_a_shed_resets_the_queued_connection_and_lea
     assert_eq!((acceptor.shed(), acceptor.spares()), (1, SPARES));
 }
 
+#[tokio::test]
+async fn when_the_shedding_thread_is_gone_the_acceptor_sheds_with_spares_from_then_on() {
+    let acceptor = Acceptor::with_the_thread_gone();
+    assert!(acceptor.sheds_through_the_thread());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let clients = queued_clients(listener.local_addr().expect("addr"), 1).await;
+    acceptor.shed_queued(&listener, "test");
+    assert!(!acceptor.sheds_through_the_thread());
+    assert_eq!(acceptor.spares(), SPARES);
+    assert_eq!(
+        acceptor.shed(),
+        1,
+        "the same shed still took the connection"
+    );
+    assert_reset(clients).await;
+}
+
 /// Set in the child process of the test below, which fills its own descriptor table.
 const FULL_TABLE_CHILD: &str = "MESH_LIMITS_FULL_TABLE_CHILD";
 
