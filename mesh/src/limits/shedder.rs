@@ -92,14 +92,9 @@ impl Shedder {
     /// A link whose thread is gone, as after it ended unexpectedly (tests).
     #[cfg(test)]
     pub(super) fn gone() -> io::Result<Shedder> {
-        let (near, far) = socket::socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
-        drop(far);
-        Ok(Shedder { near, far: None })
+        let mut link = Shedder::new()?;
+        link.far = None;
+        Ok(link)
     }
 
     /// Starts the thread if need be (see [`Shedder::start`]), then resets up to [`SHED_BATCH`]
