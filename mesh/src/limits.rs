@@ -15,9 +15,11 @@
 //! again. Taking them needs descriptors the process has run out of: a thread with a descriptor
 //! table of its own does it (`shedder`, started at the first shed, so an idle process has no
 //! thread more), where nothing else in the process can take its slots.
-//! Where that thread cannot start (`unshare` refused), the acceptor keeps [`SPARES`]
-//! descriptors instead and frees one to accept into; another thread may take the freed
-//! descriptor first (a new HBONE connection, say), so a second spare is there for the next try.
+//! The accept loop waits for the thread's answer (well under a millisecond; a thread that does
+//! not answer within 200 ms is given up). Where that thread cannot start (`unshare` refused) or
+//! fails later, the acceptor keeps [`SPARES`] descriptors instead, for good, and frees one to
+//! accept into; another thread may take the freed descriptor first (a new HBONE connection,
+//! say), so a second spare is there for the next try.
 //! Service resumes by itself once connections close.
 //!
 //! Not `shutdown(SHUT_RD)` and `listen` again on the listener, although that resets its whole
@@ -366,6 +368,15 @@ impl Acceptor {
         *a.shedding.lock().unwrap_or_else(|p| p.into_inner()) = Shedding::Spares(Vec::new());
         a.refill_spares();
         a
+    }
+
+    /// An acceptor whose shedding thread never answers, and the thread's end of the link.
+    #[cfg(test)]
+    fn with_a_silent_thread() -> (Self, std::os::fd::OwnedFd) {
+        let a = Acceptor::new();
+        let (shedder, far) = shedder::Shedder::silent().expect("socketpair");
+        *a.shedding.lock().unwrap_or_else(|p| p.into_inner()) = Shedding::Thread(shedder);
+        (a, far)
     }
 
     /// An acceptor whose shedding thread is gone.

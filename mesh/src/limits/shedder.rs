@@ -21,12 +21,14 @@ use nix::sys::socket::{
     self, setsockopt, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
-use nix::sys::time::TimeVal;
+use nix::sys::time::{TimeVal, TimeValLike};
 
 use super::SHED_BATCH;
 
-/// How long a caller waits for the thread's answer before giving up on it.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a caller waits for the thread's answer before giving up on it for good. A full
+/// batch takes about a millisecond; the caller is an accept loop on a runtime worker, so this
+/// also bounds how long a thread that stopped answering can stall that worker.
+pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The caller's end of the link to the shedding thread; the thread ends when this is dropped.
 /// The thread starts at the first shed, so an idle process has no thread more: starting it
@@ -50,7 +52,8 @@ impl Shedder {
         setsockopt(
             &near,
             sockopt::ReceiveTimeout,
-            &TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0),
+            // Whole milliseconds: a zero `SO_RCVTIMEO` would mean no timeout at all.
+            &TimeVal::milliseconds(ANSWER_TIMEOUT.as_millis().max(1) as i64),
         )?;
         Ok(Shedder {
             near,
@@ -92,14 +95,24 @@ impl Shedder {
     /// A link whose thread is gone, as after it ended unexpectedly (tests).
     #[cfg(test)]
     pub(super) fn gone() -> io::Result<Shedder> {
+        Ok(Shedder::silent()?.0)
+    }
+
+    /// A link whose thread never answers (tests): its end is returned instead, for the caller to
+    /// hold open.
+    #[cfg(test)]
+    pub(super) fn silent() -> io::Result<(Shedder, OwnedFd)> {
         let mut link = Shedder::new()?;
-        link.far = None;
-        Ok(link)
+        let far = link
+            .far
+            .take()
+            .ok_or_else(|| io::Error::other("no far end"))?;
+        Ok((link, far))
     }
 
     /// Starts the thread if need be (see [`Shedder::start`]), then resets up to [`SHED_BATCH`]
-    /// connections queued on `listener` (non-blocking) and returns how many. Blocks the caller for the round trip to the thread (well under a millisecond,
-    /// at most [`ANSWER_TIMEOUT`]).
+    /// connections queued on `listener` (non-blocking) and returns how many. Blocks the caller
+    /// for the round trip to the thread (well under a millisecond, at most [`ANSWER_TIMEOUT`]).
     pub(super) fn shed(&mut self, listener: BorrowedFd<'_>) -> io::Result<u64> {
         self.start()?;
         let link = &self.near;

@@ -161,6 +161,23 @@ async fn when_the_shedding_thread_is_gone_the_acceptor_sheds_with_spares_from_th
     assert_reset(clients).await;
 }
 
+#[tokio::test]
+async fn a_shedding_thread_that_does_not_answer_is_given_up_within_the_answer_timeout() {
+    let (acceptor, _far) = Acceptor::with_a_silent_thread();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let clients = queued_clients(listener.local_addr().expect("addr"), 1).await;
+    let started = Instant::now();
+    acceptor.shed_queued(&listener, "test");
+    let took = started.elapsed();
+    assert!(
+        took >= shedder::ANSWER_TIMEOUT && took < 4 * shedder::ANSWER_TIMEOUT,
+        "waited {took:?} for an answer that never came"
+    );
+    assert!(!acceptor.sheds_through_the_thread());
+    assert_eq!(acceptor.shed(), 1, "the spares took the connection");
+    assert_reset(clients).await;
+}
+
 /// Set in the child process of the test below, which fills its own descriptor table.
 const FULL_TABLE_CHILD: &str = "MESH_LIMITS_FULL_TABLE_CHILD";
 
